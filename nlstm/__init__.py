@@ -1,0 +1,7 @@
+"""nlstm: Numba-accelerated recurrent networks for CPUs."""
+from ._threads import get_num_threads, set_num_threads
+from .lstm import LSTM
+
+__version__ = "0.1.0"
+
+__all__ = ["LSTM", "set_num_threads", "get_num_threads", "__version__"]

@@ -1,0 +1,88 @@
+"""nlstm's threads: one pool for the recurrent kernels, and the BLAS pool behind NumPy.
+
+The recurrent kernels release the GIL, and the rows of a batch are independent, so
+each thread runs the whole sequence for its own range of rows. The large products run
+in NumPy's BLAS between kernel calls, never at the same time as the kernels, so only
+one pool is busy at a time. ``set_num_threads`` sets both.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import numba
+
+_num_threads = max(1, numba.config.NUMBA_NUM_THREADS)
+_pool: ThreadPoolExecutor | None = None
+_blas_setters: list | None = None
+
+# Below this much recurrent work (multiply-adds) a second thread costs more than it saves.
+_MIN_PARALLEL_WORK = 1_000_000
+
+
+def _find_blas_setters() -> list:
+    """The ``*_set_num_threads`` functions of the OpenBLAS libraries loaded in this process."""
+    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+             "openblas_set_num_threads64_", "openblas_set_num_threads")
+    setters, seen = [], set()
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
+    except OSError:  # not Linux: leave BLAS to its own defaults
+        return setters
+    for path in sorted(paths):
+        if path in seen or not os.path.exists(path):
+            continue
+        seen.add(path)
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in names:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                setters.append(fn)
+                break
+    return setters
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads for nlstm's kernels and for NumPy's BLAS."""
+    global _num_threads, _pool, _blas_setters
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    _num_threads = n
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    if _pool is not None and _pool._max_workers < n - 1:
+        _pool.shutdown(wait=True)
+        _pool = None
+    if _blas_setters is None:
+        _blas_setters = _find_blas_setters()
+    for setter in _blas_setters:
+        setter(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads nlstm uses."""
+    return _num_threads
+
+
+def run_rows(B: int, work: float, call: Callable[[int, int, int], None]) -> None:
+    """Run ``call(b0, b1, i)`` over disjoint row ranges of a batch of B rows, in parallel.
+
+    ``work`` is the recurrent multiply-adds of the whole call; small jobs stay serial.
+    """
+    global _pool
+    n = min(_num_threads, B)
+    if n <= 1 or work < _MIN_PARALLEL_WORK:
+        call(0, B, 0)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=max(1, _num_threads - 1), thread_name_prefix="nlstm")
+    futures = [_pool.submit(call, i * B // n, (i + 1) * B // n, i) for i in range(1, n)]
+    call(0, B // n, 0)
+    for f in futures:
+        f.result()

@@ -1,0 +1,59 @@
+"""Checks that run before any kernel: the only wall between bad input and a kernel
+that has no bounds checks. Each raises TypeError or ValueError naming the argument."""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def layer_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from e
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def real_array(name: str, value, check_finite: bool) -> np.ndarray:
+    """``value`` as an ndarray of a real numeric dtype (not yet converted)."""
+    try:
+        a = np.asarray(value)
+    except Exception as e:  # ragged lists and the like
+        raise TypeError(f"{name} must be array-like of real numbers: {e}") from e
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must have a real numeric dtype, got {a.dtype}")
+    if check_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to the layer to skip this check)")
+    return a
+
+
+def expect_shape(name: str, a: np.ndarray, shape: tuple) -> None:
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+
+
+def lengths_array(lengths, B: int, T: int) -> np.ndarray:
+    """``lengths`` as a fresh int64 array of shape (B,) with values in 0..T."""
+    try:
+        a = np.asarray(lengths)
+    except Exception as e:
+        raise TypeError(f"lengths must be an array of ints: {e}") from e
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"lengths must have an integer dtype, got {a.dtype}")
+    if a.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), one per batch row, got {a.shape}")
+    if B and (a.min() < 0 or a.max() > T):
+        raise ValueError(f"lengths must be in 0..{T} (the sequence length), got values in "
+                         f"{a.min()}..{a.max()}")
+    return np.array(a, dtype=np.int64)

@@ -1,0 +1,60 @@
+"""A second call with the same shapes allocates nothing in compiled code.
+
+Numba's runtime counts one allocation for every ndarray handed from Python into a
+compiled function (the meminfo that adapts it), and nothing can avoid that. So the test
+counts the array arguments of every kernel call and requires the runtime's allocation
+counter to have moved by exactly that much: any array a kernel allocated inside itself,
+even one per call, would show up as a difference.
+"""
+import threading
+
+import numpy as np
+import pytest
+from numba.core.runtime import rtsys
+
+import nlstm
+from nlstm.kernels import lstm as K
+
+
+@pytest.fixture
+def counted_kernels(monkeypatch):
+    count = [0]
+    lock = threading.Lock()
+
+    def counting(kernel):
+        def call(*args):
+            with lock:
+                count[0] += sum(isinstance(a, np.ndarray) for a in args)
+            return kernel(*args)
+        return call
+
+    for name in ("lstm_forward", "lstm_backward", "lstm_step"):
+        monkeypatch.setattr(K, name, counting(getattr(K, name)))
+    return count
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [1, 64])  # 64 rows run on several threads when there are several
+def test_steady_state_allocates_nothing(counted_kernels, dtype, B):
+    rng = np.random.default_rng(0)
+    m = nlstm.LSTM(8, 32, num_layers=2, bidirectional=True, dtype=dtype, seed=0)
+    x = rng.standard_normal((40, B, 8))
+    lengths = rng.integers(0, 41, B)
+    dy = rng.standard_normal((40, B, 64))
+    step = nlstm.LSTM(8, 32, num_layers=2, dtype=dtype, seed=0)
+
+    def one_round():
+        m(x, lengths=lengths)
+        m.forward(x, lengths=lengths)
+        m.backward(dy)
+        step.step(x[0])
+
+    one_round()  # compiles and allocates the workspace
+    ws = m._ws
+    counted_kernels[0] = 0
+    before = rtsys.get_allocation_stats().alloc
+    one_round()
+    allocated = rtsys.get_allocation_stats().alloc - before
+    assert counted_kernels[0] > 0
+    assert allocated == counted_kernels[0], "a kernel allocated inside compiled code"
+    assert m._ws is ws  # same shapes reuse the workspace

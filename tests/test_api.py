@@ -1,0 +1,76 @@
+"""The layer's API: shapes, dtypes, gradients accumulating, state dict, threads."""
+import numpy as np
+import pytest
+
+import nlstm
+
+
+def test_shapes_and_dtypes():
+    for dtype in (np.float32, np.float64):
+        m = nlstm.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=dtype)
+        y, (h, c) = m(np.zeros((5, 7, 3)))
+        assert y.shape == (5, 7, 8) and h.shape == c.shape == (4, 5, 4)
+        assert y.dtype == h.dtype == c.dtype == dtype
+        assert all(p.dtype == dtype for p in m.params.values())
+        y, (h, c) = m(np.zeros((7, 3)))
+        assert y.shape == (7, 8) and h.shape == (4, 4)
+
+
+def test_state_dict_names_and_init():
+    m = nlstm.LSTM(3, 16, num_layers=2, bidirectional=True, seed=5)
+    sd = m.state_dict()
+    assert list(sd)[:4] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    assert sd["weight_ih_l0"].shape == (64, 3) and sd["weight_ih_l1_reverse"].shape == (64, 32)
+    assert max(abs(v).max() for v in sd.values()) <= 0.25
+    assert all(abs(v).max() > 0.2 for v in sd.values())  # really uniform over ±1/√H
+    same = nlstm.LSTM(3, 16, num_layers=2, bidirectional=True, seed=5).state_dict()
+    assert all(np.array_equal(sd[k], same[k]) for k in sd)
+    other = nlstm.LSTM(3, 16, num_layers=2, bidirectional=True, seed=6).state_dict()
+    assert not np.array_equal(sd["weight_ih_l0"], other["weight_ih_l0"])
+    sd["weight_ih_l0"][:] = 0  # a copy: the layer is untouched
+    assert m.params["weight_ih_l0"].any()
+    assert "bias_ih_l0" not in nlstm.LSTM(3, 4, bias=False).state_dict()
+
+
+def test_gradients_accumulate_until_zero_grad():
+    rng = np.random.default_rng(0)
+    m = nlstm.LSTM(3, 4, dtype=np.float64, seed=0)
+    x, dy = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))
+    m.forward(x)
+    m.backward(dy)
+    once = {k: v.copy() for k, v in m.grads.items()}
+    assert all(v.any() for v in once.values())
+    m.forward(x)
+    m.backward(dy)
+    for k in once:
+        np.testing.assert_allclose(m.grads[k], 2 * once[k], rtol=1e-12, err_msg=k)
+    m.zero_grad()
+    assert not any(v.any() for v in m.grads.values())
+
+
+def test_one_and_two_threads_agree():
+    rng = np.random.default_rng(0)
+    m = nlstm.LSTM(16, 64, num_layers=2, bidirectional=True, seed=0)
+    x = rng.standard_normal((30, 32, 16)).astype(np.float32)
+    lengths = rng.integers(0, 31, 32)
+    dy = rng.standard_normal((30, 32, 128)).astype(np.float32)
+    results = []
+    before = nlstm.get_num_threads()
+    try:
+        for n in (1, 2):
+            nlstm.set_num_threads(n)
+            m.zero_grad()
+            y, (h, c) = m.forward(x, lengths=lengths)
+            dx, _ = m.backward(dy)
+            results.append((y, h, c, dx, {k: v.copy() for k, v in m.grads.items()}))
+    finally:
+        nlstm.set_num_threads(before)
+    (y1, h1, c1, dx1, g1), (y2, h2, c2, dx2, g2) = results
+    for a, b in [(y1, y2), (h1, h2), (c1, c2), (dx1, dx2)] + [(g1[k], g2[k]) for k in g1]:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_set_num_threads_rejects_bad_values():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError):
+            nlstm.set_num_threads(bad)

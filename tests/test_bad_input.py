@@ -1,0 +1,182 @@
+"""Every bad input raises before any kernel runs, and leaves the layer as it was."""
+import numpy as np
+import pytest
+
+import nlstm
+
+T, B, I, H, L = 5, 3, 4, 6, 2
+
+
+def snapshot(m):
+    bufs = []
+    if m._ws is not None:
+        ws = m._ws
+        bufs = [ws.x, ws.h0, ws.c0, ws.h_n, ws.c_n, ws.lengths, *ws.y,
+                *[a for row in ws.gates for a in row], *[a for row in ws.h for a in row]]
+    return ({k: v.copy() for k, v in m.params.items()}, {k: v.copy() for k, v in m.grads.items()},
+            [b.copy() for b in bufs], m._trained, m._ws)
+
+
+def assert_unchanged(m, snap):
+    params, grads, bufs, trained, ws = snap
+    assert m._ws is ws and m._trained == trained
+    for k in params:
+        np.testing.assert_array_equal(m.params[k], params[k], err_msg=k)
+        np.testing.assert_array_equal(m.grads[k], grads[k], err_msg=k)
+    now = snapshot(m)[2]
+    for a, b in zip(now, bufs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture
+def trained():
+    """A layer with a training forward, one backward's gradients, and a second forward pending."""
+    rng = np.random.default_rng(0)
+    m = nlstm.LSTM(I, H, num_layers=L, seed=0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    m.forward(x)
+    m.backward(np.ones((T, B, H), np.float32))
+    m.forward(x, lengths=[5, 2, 0])
+    return m, x
+
+
+good_state = lambda: (np.zeros((L, B, H), np.float32), np.zeros((L, B, H), np.float32))
+
+FORWARD_CASES = [
+    ("ndim", lambda x: dict(x=x[None]), ValueError, "2-D"),
+    ("ndim1", lambda x: dict(x=x[0, 0]), ValueError, "2-D"),
+    ("feature size", lambda x: dict(x=x[..., :3]), ValueError, "Expected 4, got 3"),
+    ("empty", lambda x: dict(x=x[:0]), ValueError, "at least one"),
+    ("complex", lambda x: dict(x=x.astype(np.complex64)), TypeError, "real numeric"),
+    ("strings", lambda x: dict(x=np.full(x.shape, "a")), TypeError, "real numeric"),
+    ("bool", lambda x: dict(x=x > 0), TypeError, "real numeric"),
+    ("nan x", lambda x: dict(x=np.where(x > 1, np.nan, x)), ValueError, "NaN"),
+    ("inf x", lambda x: dict(x=np.where(x > 1, np.inf, x)), ValueError, "NaN or Inf"),
+    ("state pair", lambda x: dict(x=x, state=np.zeros((L, B, H))), TypeError, "pair"),
+    ("state shape", lambda x: dict(x=x, state=(np.zeros((L, B, H)), np.zeros((1, B, H)))),
+     ValueError, r"state c0 must have shape \(2, 3, 6\)"),
+    ("state batch", lambda x: dict(x=x, state=(np.zeros((L, 2, H)),) * 2), ValueError, "state h0"),
+    ("state nan", lambda x: dict(x=x, state=(np.full((L, B, H), np.nan),) * 2), ValueError, "NaN"),
+    ("state complex", lambda x: dict(x=x, state=(np.zeros((L, B, H), complex),) * 2), TypeError,
+     "state h0"),
+    ("lengths shape", lambda x: dict(x=x, lengths=[1, 2]), ValueError, r"lengths must have shape \(3,\)"),
+    ("lengths float", lambda x: dict(x=x, lengths=[1.0, 2.0, 3.0]), TypeError, "integer"),
+    ("lengths negative", lambda x: dict(x=x, lengths=[1, -1, 3]), ValueError, "0..5"),
+    ("lengths too long", lambda x: dict(x=x, lengths=[1, 6, 3]), ValueError, "0..5"),
+    ("lengths unbatched", lambda x: dict(x=x[:, 0], lengths=[3]), ValueError, "batched"),
+]
+
+
+@pytest.mark.parametrize("name,make,exc,match", FORWARD_CASES, ids=[c[0] for c in FORWARD_CASES])
+@pytest.mark.parametrize("train", [False, True])
+def test_forward_rejects(trained, name, make, exc, match, train):
+    m, x = trained
+    snap = snapshot(m)
+    with pytest.raises(exc, match=match):
+        m.forward(**make(x), train=train)
+    assert_unchanged(m, snap)
+
+
+BACKWARD_CASES = [
+    ("dy shape", dict(dy=np.ones((T, B, H + 1))), ValueError, r"dy must have shape \(5, 3, 6\)"),
+    ("dy complex", dict(dy=np.ones((T, B, H), complex)), TypeError, "dy"),
+    ("dy nan", dict(dy=np.full((T, B, H), np.nan)), ValueError, "dy contains NaN"),
+    ("dh_n shape", dict(dy=np.ones((T, B, H)), dh_n=np.ones((L, B))), ValueError, "dh_n"),
+    ("dc_n shape", dict(dy=np.ones((T, B, H)), dc_n=np.ones((1, B, H))), ValueError, "dc_n"),
+]
+
+
+@pytest.mark.parametrize("name,kw,exc,match", BACKWARD_CASES, ids=[c[0] for c in BACKWARD_CASES])
+def test_backward_rejects(trained, name, kw, exc, match):
+    m, _ = trained
+    snap = snapshot(m)
+    with pytest.raises(exc, match=match):
+        m.backward(**kw)
+    assert_unchanged(m, snap)
+    m.backward(np.ones((T, B, H)))  # the pending training forward is still usable
+
+
+def test_backward_needs_training_forward(trained):
+    m, x = trained
+    m(x)  # inference overwrites the buffers
+    snap = snapshot(m)
+    with pytest.raises(ValueError, match="train=True"):
+        m.backward(np.ones((T, B, H)))
+    assert_unchanged(m, snap)
+    m.forward(x)
+    m.backward(np.ones((T, B, H)))
+    with pytest.raises(ValueError, match="once"):  # the gate buffers now hold gradients
+        m.backward(np.ones((T, B, H)))
+
+
+def test_check_finite_off_lets_nan_through():
+    m = nlstm.LSTM(I, H, check_finite=False, seed=0)
+    y, _ = m(np.full((T, B, I), np.nan))
+    assert np.isnan(y).all()
+
+
+def test_other_real_dtypes_and_strides_are_converted():
+    rng = np.random.default_rng(1)
+    m = nlstm.LSTM(I, H, seed=0, dtype=np.float64)
+    x = rng.standard_normal((T, 2 * B, I))
+    want, _ = m(x[:, ::2].copy())
+    got, _ = m(x[:, ::2])  # non-contiguous
+    np.testing.assert_array_equal(got, want)
+    xi = rng.integers(-3, 3, (T, B, I))
+    np.testing.assert_array_equal(m(xi)[0], m(xi.astype(np.float64))[0])
+    x16 = x[:, :B].astype(np.float16)
+    np.testing.assert_array_equal(m(x16)[0], m(x16.astype(np.float64))[0])
+    assert m(x[:, :B].tolist())[0].shape == (T, B, H)
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(input_size=0, hidden_size=3), ValueError, "input_size"),
+    (dict(input_size=2, hidden_size=2.5), TypeError, "hidden_size"),
+    (dict(input_size=2, hidden_size=3, num_layers=0), ValueError, "num_layers"),
+    (dict(input_size=2, hidden_size=3, dtype=np.int32), TypeError, "dtype"),
+    (dict(input_size=2, hidden_size=3, dtype=np.float16), TypeError, "dtype"),
+])
+def test_constructor_rejects(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        nlstm.LSTM(**kw)
+
+
+def test_load_state_dict_rejects_and_keeps_weights():
+    m = nlstm.LSTM(I, H, num_layers=2, seed=0)
+    good = m.state_dict()
+    before = m.state_dict()
+    bad_key = dict(good)
+    bad_key["weight_ih_l2"] = bad_key.pop("weight_ih_l1")
+    bad_shape = dict(good, weight_hh_l1=np.zeros((4 * H, H + 1)))
+    bad_value = dict(good, bias_ih_l0=np.full(4 * H, np.nan))
+    half = {k: (np.zeros_like(v) if k.endswith("l0") else v) for k, v in good.items()}
+    half["bias_hh_l1"] = np.zeros(3)  # a later bad entry must not let earlier ones load
+    for d, exc, match in [(bad_key, ValueError, "missing.*weight_ih_l1.*unexpected.*weight_ih_l2"),
+                          (bad_shape, ValueError, "weight_hh_l1"),
+                          (bad_value, ValueError, "bias_ih_l0"),
+                          (half, ValueError, "bias_hh_l1"),
+                          ([1, 2], TypeError, "mapping")]:
+        with pytest.raises(exc, match=match):
+            m.load_state_dict(d)
+        for k in before:
+            np.testing.assert_array_equal(m.params[k], before[k], err_msg=k)
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(x_t=np.zeros((B, I + 1))), ValueError, "Expected 4, got 5"),
+    (dict(x_t=np.zeros((1, B, I))), ValueError, "x_t must be 1-D"),
+    (dict(x_t=np.zeros((B, I)), state=(np.zeros((L, B, H)), np.zeros((L, B + 1, H)))), ValueError,
+     "state c0"),
+    (dict(x_t=np.full((B, I), np.inf)), ValueError, "x_t contains"),
+    (dict(x_t=np.zeros((B, I), complex)), TypeError, "x_t"),
+])
+def test_step_rejects(kw, exc, match):
+    m = nlstm.LSTM(I, H, num_layers=L, seed=0)
+    with pytest.raises(exc, match=match):
+        m.step(**kw)
+
+
+def test_step_refuses_bidirectional():
+    m = nlstm.LSTM(I, H, bidirectional=True)
+    with pytest.raises(ValueError, match="unidirectional"):
+        m.step(np.zeros(I))

@@ -1,0 +1,43 @@
+"""Streaming: step by step equals the whole sequence in one call."""
+import numpy as np
+import pytest
+
+import nlstm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("L,B", [(1, 1), (3, 4)])
+def test_step_equals_sequence(dtype, L, B):
+    rng = np.random.default_rng(L)
+    m = nlstm.LSTM(3, 5, num_layers=L, dtype=dtype, seed=L)
+    x = rng.standard_normal((7, B, 3)).astype(dtype)
+    h0, c0 = rng.standard_normal((2, L, B, 5)).astype(dtype)
+    y, (h, c) = m(x, (h0, c0))
+    state = (h0, c0)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    for t in range(7):
+        y_t, state = m.step(x[t], state)
+        assert y_t.dtype == dtype and y_t.shape == (B, 5)
+        np.testing.assert_allclose(y_t, y[t], err_msg=f"y[{t}]", **tol)
+    np.testing.assert_allclose(state[0], h, err_msg="h", **tol)
+    np.testing.assert_allclose(state[1], c, err_msg="c", **tol)
+
+
+def test_step_unbatched_and_default_state():
+    m = nlstm.LSTM(3, 4, num_layers=2, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    y, (h, c) = m(x)
+    state = None
+    for t in range(6):
+        y_t, state = m.step(x[t], state)
+    assert y_t.shape == (4,) and state[0].shape == (2, 4)
+    np.testing.assert_allclose(y_t, y[-1], rtol=1e-12)
+    np.testing.assert_allclose(state[1], c, rtol=1e-12)
+
+
+def test_step_does_not_modify_given_state():
+    m = nlstm.LSTM(3, 4, seed=0)
+    h0 = np.ones((1, 2, 4), np.float32)
+    c0 = np.ones((1, 2, 4), np.float32)
+    m.step(np.ones((2, 3)), (h0, c0))
+    assert (h0 == 1).all() and (c0 == 1).all()
