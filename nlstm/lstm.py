@@ -23,9 +23,10 @@ class _Workspace:
     h_n, c_n, dh0, dc0: (L·D, B, H)
     dy_a, dy_b: (T, B, D·H) ping-pong buffers for gradients between layers; dx: (T, B, I)
     work: (threads, H) scratch of the backward kernel
+    masks[k]: (T, B, D·H) dropout mask (0 or 1/(1-p)) applied to y[k] for k < L-1
     """
 
-    def __init__(self, T, B, I, H, L, D, dtype, threads):
+    def __init__(self, T, B, I, H, L, D, dtype, threads, dropout):
         self.key = (T, B)
         e = lambda *s: np.empty(s, dtype)
         self.x = e(T, B, I)
@@ -46,6 +47,7 @@ class _Workspace:
         self.dx = e(T, B, I)
         self.work = e(threads, H)
         self.lengths = np.empty(B, np.int64)
+        self.masks = [e(T, B, D * H) for _ in range(L - 1)] if dropout else []
 
 
 class LSTM:
@@ -61,7 +63,7 @@ class LSTM:
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
-                 seed: Optional[int] = None, check_finite: bool = True):
+                 seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0):
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
@@ -71,6 +73,10 @@ class LSTM:
         self.num_directions = 2 if self.bidirectional else 1
         self.dtype = layer_dtype(dtype)
         self.check_finite = bool(check_finite)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.seed = seed
         H = self.hidden_size
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(H)
@@ -78,6 +84,7 @@ class LSTM:
         for name, shape in self._param_shapes().items():
             self.params[name] = rng.uniform(-bound, bound, shape).astype(self.dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._dropout_rng = rng  # continues the init stream: one seed fixes both
         self._zero_bias = np.zeros(4 * H, self.dtype)
         self._ws: Optional[_Workspace] = None
         self._trained = False  # the workspace holds a training forward that backward may use
@@ -107,6 +114,13 @@ class LSTM:
             return (p[f"weight_ih_l{k}{sfx}"], p[f"weight_hh_l{k}{sfx}"],
                     p[f"bias_ih_l{k}{sfx}"], p[f"bias_hh_l{k}{sfx}"])
         return p[f"weight_ih_l{k}{sfx}"], p[f"weight_hh_l{k}{sfx}"], self._zero_bias, self._zero_bias
+
+    def get_config(self) -> dict:
+        """The constructor arguments, as JSON-compatible values."""
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    bidirectional=self.bidirectional, dtype=self.dtype.name, seed=self.seed,
+                    check_finite=self.check_finite, dropout=self.dropout)
 
     def state_dict(self) -> dict:
         """Copies of the parameters, under PyTorch's key names."""
@@ -185,7 +199,8 @@ class LSTM:
         ws = self._ws
         if ws is None or ws.key != (T, B):
             ws = _Workspace(T, B, self.input_size, self.hidden_size, self.num_layers,
-                            self.num_directions, self.dtype, _threads.get_num_threads())
+                            self.num_directions, self.dtype, _threads.get_num_threads(),
+                            self.dropout > 0)
             self._ws = ws
         return ws
 
@@ -226,14 +241,14 @@ class LSTM:
         else:
             np.copyto(ws.h0, state[0].reshape(ws.h0.shape), casting="unsafe")
             np.copyto(ws.c0, state[1].reshape(ws.c0.shape), casting="unsafe")
-        self._run_forward(ws)
+        self._run_forward(ws, train)
         self._unbatched = unbatched
         self._trained = bool(train)
         y = self._user_layout(ws.y[-1], unbatched)
         shape = self._state_shape(B, unbatched)
         return y, (ws.h_n.reshape(shape).copy(), ws.c_n.reshape(shape).copy())
 
-    def _run_forward(self, ws: _Workspace) -> None:
+    def _run_forward(self, ws: _Workspace, train: bool) -> None:
         T, B = ws.key
         H, D = self.hidden_size, self.num_directions
         work = float(T) * B * 4 * H * H
@@ -251,6 +266,15 @@ class LSTM:
                 args = (y, h, c, ws.h_n[i], ws.c_n[i], gates, w_hh, ws.h0[i], ws.c0[i],
                         ws.lengths, d == 1, d * H)
                 _threads.run_rows(B, work, lambda b0, b1, _: K.lstm_forward(b0, b1, *args))
+            if train and self.dropout and k < self.num_layers - 1:
+                # Inverted dropout on the input of the next layer; y[k] is not needed again
+                # except as that input, so it is masked in place.
+                mask = ws.masks[k]
+                keep = 1.0 - self.dropout
+                self._dropout_rng.random(dtype=self.dtype, out=mask)
+                np.less(mask, keep, out=mask)
+                mask *= self.dtype.type(1.0 / keep)
+                y *= mask
             inp = y
 
     # ---- backward ---------------------------------------------------------------------
@@ -326,6 +350,8 @@ class LSTM:
                     np.matmul(dg, w_ih, out=dx2)
                 else:
                     dx2 += dg @ w_ih
+            if k > 0 and self.dropout:
+                dx *= ws.masks[k - 1]
             dy, spare = dx, dy
         return ws.dx
 
@@ -373,5 +399,5 @@ class LSTM:
     def __repr__(self) -> str:
         extra = "".join(f", {n}={getattr(self, n)}" for n, default in
                         (("num_layers", 1), ("bias", True), ("batch_first", False),
-                         ("bidirectional", False)) if getattr(self, n) != default)
+                         ("bidirectional", False), ("dropout", 0.0)) if getattr(self, n) != default)
         return f"LSTM({self.input_size}, {self.hidden_size}{extra}, dtype={self.dtype.name})"
