@@ -1,6 +1,7 @@
 """nlstm: Numba-accelerated recurrent networks for CPUs."""
 from ._threads import get_num_threads, set_num_threads
 from .lstm import LSTM
+from .recurrent import RecurrentLayer
 
 __version__ = "0.1.0"
 

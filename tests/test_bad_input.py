@@ -7,12 +7,20 @@ import nlstm
 T, B, I, H, L = 5, 3, 4, 6, 2
 
 
+def arrays_in(obj):
+    """Every ndarray held by a workspace, in a fixed order."""
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [a for o in obj for a in arrays_in(o)]
+    if isinstance(obj, dict):
+        return [a for k in sorted(obj) for a in arrays_in(obj[k])]
+    return arrays_in(vars(obj)) if hasattr(obj, "__dict__") else []
+
+
 def snapshot(m):
-    bufs = []
-    if m._ws is not None:
-        ws = m._ws
-        bufs = [ws.x, ws.h0, ws.c0, ws.h_n, ws.c_n, ws.lengths, *ws.y,
-                *[a for row in ws.gates for a in row], *[a for row in ws.h for a in row]]
+    bufs = [] if m._ws is None else arrays_in(m._ws)
+    assert m._ws is None or len(bufs) > 10
     return ({k: v.copy() for k, v in m.params.items()}, {k: v.copy() for k, v in m.grads.items()},
             [b.copy() for b in bufs], m._trained, m._ws)
 

@@ -5,11 +5,7 @@ all time steps (one GEMM, biases folded in) before ``lstm_forward``, and the wei
 gradients and ``dx`` (one GEMM each over all steps) after ``lstm_backward``. The
 kernels only carry h and c through time.
 
-Time and state slots. Buffers ``h`` and ``c`` have T+1 slots so that step 0 needs no
-special case. For a forward direction the state before time t is slot t and the state
-after it slot t+1 (slot 0 holds h0). For a reverse direction the state before time t
-is slot t+1 and after it slot t, and each row b starts at its own end: slot
-``lengths[b]`` holds h0. Gates and outputs are indexed by time t in both directions.
+Time and state slots are as in :mod:`nlstm.kernels.slots`.
 
 Rows of the batch are independent in the recurrence, so the kernels take a row range
 ``b0:b1``: the layer runs one call per thread on disjoint ranges (the kernels release
@@ -18,6 +14,7 @@ Gate order is PyTorch's: i, f, g, o.
 """
 from .activations import sigmoid, tanh
 from .config import kernel
+from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
 
 
 @kernel
@@ -42,40 +39,20 @@ def _pointwise(g, c_prev, c_new, h_new):
 
 
 @kernel
-def _slots(t, L, reverse):
-    """(slot before time t, slot after time t) for a row of length L."""
-    if reverse:
-        return t + 1, t
-    return t, t + 1
-
-
-@kernel
 def _forward_rows(b0, b1, y, h, c, h_n, c_n, gates, w_hh, h0, c0, lengths, reverse, col):
     T = gates.shape[0]
     G = gates.shape[2]
     H = G // 4
-    for b in range(b0, b1):
-        L = lengths[b]
-        start = L if reverse else 0
-        for j in range(H):
-            h[start, b, j] = h0[b, j]
-            c[start, b, j] = c0[b, j]
-        # Slots no step writes are zeroed, so that the whole-sequence weight-gradient
-        # products never read uninitialised memory (0 * NaN would poison them).
-        for s in range(L + 1, T + 1):
-            for j in range(H):
-                h[s, b, j] = 0
-                c[s, b, j] = 0
-        for t in range(L, T):
-            for j in range(H):
-                y[t, b, col + j] = 0
+    begin_rows(b0, b1, h, h0, lengths, reverse)
+    begin_rows(b0, b1, c, c0, lengths, reverse)
+    zero_padding(b0, b1, y, lengths, col, H)
     for step in range(T):
         for b in range(b0, b1):
             L = lengths[b]
             if step >= L:
                 continue
-            t = L - 1 - step if reverse else step
-            p, o = _slots(t, L, reverse)
+            t = step_time(step, L, reverse)
+            p, o = slots(t, reverse)
             g = gates[t, b]
             hp = h[p, b]
             for j in range(G):
@@ -87,11 +64,8 @@ def _forward_rows(b0, b1, y, h, c, h_n, c_n, gates, w_hh, h0, c0, lengths, rever
             _pointwise(g, c[p, b], c[o, b], h[o, b])
             for j in range(H):
                 y[t, b, col + j] = h[o, b, j]
-    for b in range(b0, b1):
-        last = 0 if reverse else lengths[b]
-        for j in range(H):
-            h_n[b, j] = h[last, b, j]
-            c_n[b, j] = c[last, b, j]
+    end_rows(b0, b1, h_n, h, lengths, reverse)
+    end_rows(b0, b1, c_n, c, lengths, reverse)
 
 
 @kernel
@@ -114,21 +88,18 @@ def _backward_rows(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh,
     G = gates.shape[2]
     H = G // 4
     for b in range(b0, b1):
-        L = lengths[b]
         for j in range(H):
             dh0[b, j] = dh_n[b, j]
             dc0[b, j] = dc_n[b, j]
-        for t in range(L, T):
-            for j in range(G):
-                dgates[t, b, j] = 0
+    zero_rows_past(b0, b1, dgates, lengths)
     # dh0/dc0 carry the running gradient of each row's state, back to the start.
     for step in range(T - 1, -1, -1):
         for b in range(b0, b1):
             L = lengths[b]
             if step >= L:
                 continue
-            t = L - 1 - step if reverse else step
-            p, o = _slots(t, L, reverse)
+            t = step_time(step, L, reverse)
+            p, o = slots(t, reverse)
             g = gates[t, b]
             dg = dgates[t, b]  # may alias g: every read of index j precedes its write
             for j in range(H):

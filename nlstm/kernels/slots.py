@@ -1,0 +1,73 @@
+"""Time and state slots, shared by every cell's kernels.
+
+State buffers have T+1 slots so that no step needs a special case. For a forward
+direction the state before time t is slot t and the state after it slot t+1 (slot 0
+holds the initial state). For a reverse direction the state before time t is slot t+1
+and after it slot t, and each row b starts at its own end: slot ``lengths[b]`` holds the
+initial state. Gates and outputs are indexed by time t in both directions.
+"""
+from .config import kernel
+
+
+@kernel
+def step_time(step, L, reverse):
+    """The time index of sequential step ``step`` for a row of length L."""
+    return L - 1 - step if reverse else step
+
+
+@kernel
+def slots(t, reverse):
+    """(slot before time t, slot after time t)."""
+    if reverse:
+        return t + 1, t
+    return t, t + 1
+
+
+@kernel
+def begin_rows(b0, b1, state, init, lengths, reverse):
+    """Put each row's initial state in its start slot; zero the slots no step writes.
+
+    state: (T+1, B, n); init: (B, n). The zeros keep whole-sequence weight-gradient
+    products from reading uninitialised memory (0 * NaN would poison them).
+    """
+    T = state.shape[0] - 1
+    n = state.shape[2]
+    for b in range(b0, b1):
+        L = lengths[b]
+        start = L if reverse else 0
+        for j in range(n):
+            state[start, b, j] = init[b, j]
+        for s in range(L + 1, T + 1):
+            for j in range(n):
+                state[s, b, j] = 0
+
+
+@kernel
+def zero_padding(b0, b1, y, lengths, col, width):
+    """y[t, b, col:col+width] = 0 for t past each row's length."""
+    T = y.shape[0]
+    for b in range(b0, b1):
+        for t in range(lengths[b], T):
+            for j in range(width):
+                y[t, b, col + j] = 0
+
+
+@kernel
+def end_rows(b0, b1, final, state, lengths, reverse):
+    """final[b] = each row's state after its last step; final: (B, n)."""
+    n = state.shape[2]
+    for b in range(b0, b1):
+        last = 0 if reverse else lengths[b]
+        for j in range(n):
+            final[b, j] = state[last, b, j]
+
+
+@kernel
+def zero_rows_past(b0, b1, a, lengths):
+    """a[t, b, :] = 0 for t past each row's length; a: (T, B, n)."""
+    T = a.shape[0]
+    n = a.shape[2]
+    for b in range(b0, b1):
+        for t in range(lengths[b], T):
+            for j in range(n):
+                a[t, b, j] = 0

@@ -1,0 +1,457 @@
+"""The machinery every recurrent layer shares: validation, layouts, lengths, directions,
+stacked layers, dropout, workspaces, threads and streaming.
+
+A cell (``LSTM``, ``GRU``, ``RNN``) subclasses :class:`RecurrentLayer` and supplies its
+parameter shapes, how the input projection folds its biases, and the three calls into its
+kernels: a whole-sequence forward and backward for one direction of one layer, and one
+streaming step of one layer.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _threads
+from ._validate import expect_shape, layer_dtype, lengths_array, positive_int, real_array
+
+
+class Workspace:
+    """Every buffer one (T, B) shape needs, allocated once and reused.
+
+    x: (T, B, I) the input, time-major, in the layer's dtype
+    y[k]: (T, B, D·O) output of layer k (O: output features per direction)
+    gates[k][d]: (T, B, G·H) input projection, then saved gates, then gate gradients
+    states[s][k][d]: (T+1, B, size of state s) state slots (see nlstm.kernels.slots)
+    init[s], final[s], dinit[s], dfinal[s]: (L·D, B, size of state s)
+    dy_a, dy_b: (T, B, D·O) ping-pong gradient buffers between layers; dx: (T, B, I)
+    masks[k]: (T, B, D·O) dropout masks for k < L-1
+    extra[k][d]: dict of cell-specific saved buffers
+    work: (threads, W) scratch rows for the kernels, one per thread
+    """
+
+    def __init__(self, layer: "RecurrentLayer", T: int, B: int):
+        self.key = (T, B)
+        L, D, G, H, O = (layer.num_layers, layer.num_directions, layer._G, layer.hidden_size,
+                         layer._out_size)
+        dt = layer.dtype
+        e = lambda *s: np.empty(s, dt)
+        sizes = layer._state_sizes()
+        self.x = e(T, B, layer.input_size)
+        self.y = [e(T, B, D * O) for _ in range(L)]
+        self.gates = [[e(T, B, G * H) for _ in range(D)] for _ in range(L)]
+        self.states = [[[e(T + 1, B, n) for _ in range(D)] for _ in range(L)] for n in sizes]
+        self.init = [e(L * D, B, n) for n in sizes]
+        self.final = [e(L * D, B, n) for n in sizes]
+        self.dinit = [e(L * D, B, n) for n in sizes]
+        self.dfinal = [e(L * D, B, n) for n in sizes]
+        self.dy_a = e(T, B, D * O)
+        self.dy_b = e(T, B, D * O)
+        self.dx = e(T, B, layer.input_size)
+        self.masks = [e(T, B, D * O) for _ in range(L - 1)] if layer.dropout else []
+        self.extra = [[layer._extra_buffers(T, B) for _ in range(D)] for _ in range(L)]
+        self.work = e(_threads.get_num_threads(), layer._work_size())
+        self.lengths = np.empty(B, np.int64)
+
+    def ensure_work_rows(self, n: int) -> None:
+        if self.work.shape[0] < n:  # threads were added since allocation
+            self.work = np.empty((n, self.work.shape[1]), self.work.dtype)
+
+
+class RecurrentLayer:
+    """Base of the recurrent layers. Shapes follow PyTorch: x is (T, B, I), (B, T, I) with
+    ``batch_first``, or unbatched (T, I); states are (L·D, B, ·), or (L·D, ·) unbatched."""
+
+    _G = 1                         # gate blocks of H rows in weight_ih / weight_hh
+    _state_labels = ("h0",)        # names of the state arrays, for messages
+    _name = "RecurrentLayer"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
+                 seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0):
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.num_layers = positive_int("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if self.bidirectional else 1
+        self.dtype = layer_dtype(dtype)
+        self.check_finite = bool(check_finite)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.seed = seed
+
+    def _init_params(self) -> None:
+        """Uniform init over ±1/√H from ``seed``, as PyTorch; then the cell's adjustments."""
+        rng = np.random.default_rng(self.seed)
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        self.params: dict = {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
+                             for name, shape in self._param_shapes().items()}
+        self._adjust_init()
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._zero_bias = np.zeros(self._G * self.hidden_size, self.dtype)
+        self._dropout_rng = rng  # continues the init stream: one seed fixes both
+        self._ws: Optional[Workspace] = None
+        self._trained = False  # the workspace holds a training forward that backward may use
+        self._unbatched = False
+        self._step_work = np.empty(self._work_size(), self.dtype)
+
+    # ---- what a cell provides -----------------------------------------------------------
+    @property
+    def _out_size(self) -> int:
+        """Output features per direction."""
+        return self.hidden_size
+
+    def _state_sizes(self) -> Tuple[int, ...]:
+        return (self._out_size,)
+
+    def _extra_param_shapes(self, k: int, sfx: str) -> dict:
+        return {}
+
+    def _adjust_init(self) -> None:
+        pass
+
+    def _extra_buffers(self, T: int, B: int) -> dict:
+        return {}
+
+    def _work_size(self) -> int:
+        return self._out_size
+
+    def _config_extra(self) -> dict:
+        return {}
+
+    def _forward_dir(self, ws: Workspace, k: int, d: int, inp: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _backward_dir(self, ws: Workspace, k: int, d: int, inp: np.ndarray, dy: np.ndarray,
+                      dx: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _step_layer(self, k: int, x: np.ndarray, old: Sequence[np.ndarray],
+                    new: Sequence[np.ndarray]) -> None:
+        raise NotImplementedError
+
+    # ---- parameters ---------------------------------------------------------------------
+    def _suffixes(self):
+        return ("", "_reverse")[: self.num_directions]
+
+    def _param_shapes(self) -> dict:
+        G, H, D, O = self._G, self.hidden_size, self.num_directions, self._out_size
+        shapes = {}
+        for k in range(self.num_layers):
+            I = self.input_size if k == 0 else D * O
+            for sfx in self._suffixes():
+                shapes[f"weight_ih_l{k}{sfx}"] = (G * H, I)
+                shapes[f"weight_hh_l{k}{sfx}"] = (G * H, O)
+                if self.bias:
+                    shapes[f"bias_ih_l{k}{sfx}"] = (G * H,)
+                    shapes[f"bias_hh_l{k}{sfx}"] = (G * H,)
+                shapes.update(self._extra_param_shapes(k, sfx))
+        return shapes
+
+    def _p(self, name: str, k: int, d: int) -> np.ndarray:
+        """Parameter ``name`` ("weight_ih", "bias_hh", ...) of layer k, direction d."""
+        key = f"{name}_l{k}{self._suffixes()[d]}"
+        if name.startswith("bias") and not self.bias:
+            return self._zero_bias
+        return self.params[key]
+
+    def _g(self, name: str, k: int, d: int) -> Optional[np.ndarray]:
+        """The gradient array of ``name`` for layer k, direction d (None without bias)."""
+        return self.grads.get(f"{name}_l{k}{self._suffixes()[d]}")
+
+    def get_config(self) -> dict:
+        """The constructor arguments, as JSON-compatible values."""
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                    bidirectional=self.bidirectional, dtype=self.dtype.name, seed=self.seed,
+                    check_finite=self.check_finite, dropout=self.dropout, **self._config_extra())
+
+    def state_dict(self) -> dict:
+        """Copies of the parameters, under PyTorch's key names."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Load parameters from PyTorch-named arrays (anything ``np.asarray`` takes).
+
+        Checks every key and shape before changing anything.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        shapes = self._param_shapes()
+        missing = sorted(set(shapes) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(shapes))
+        if missing or unexpected:
+            raise ValueError(f"state_dict keys do not match: missing {missing}, unexpected {unexpected}")
+        new = {}
+        for name, shape in shapes.items():
+            a = real_array(f"state_dict[{name!r}]", state_dict[name], check_finite=True)
+            expect_shape(f"state_dict[{name!r}]", a, shape)
+            new[name] = a
+        for name, a in new.items():
+            np.copyto(self.params[name], a, casting="unsafe")
+
+    def zero_grad(self) -> None:
+        """Set every accumulated parameter gradient to zero."""
+        for g in self.grads.values():
+            g.fill(0)
+
+    # ---- state in and out ---------------------------------------------------------------
+    def _pack_state(self, arrays: Sequence[np.ndarray]):
+        """The user's form of a state: a single array, or a tuple for several."""
+        return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+    def _state_shapes(self, B: int, unbatched: bool):
+        LD = self.num_layers * self.num_directions
+        return [(LD, n) if unbatched else (LD, B, n) for n in self._state_sizes()]
+
+    def _check_state(self, state, B: int, unbatched: bool, what: str = "state"):
+        """The given state as a list of checked arrays, or None."""
+        if state is None:
+            return None
+        labels = self._state_labels
+        if len(labels) == 1:
+            arrays = [state]
+        else:
+            if not isinstance(state, (tuple, list)) or len(state) != len(labels):
+                raise TypeError(f"{what} must be a pair ({', '.join(labels)})")
+            arrays = list(state)
+        out = []
+        for label, a, shape in zip(labels, arrays, self._state_shapes(B, unbatched)):
+            a = real_array(f"{what} {label}", a, self.check_finite)
+            expect_shape(f"{what} {label}", a, shape)
+            out.append(a)
+        return out
+
+    # ---- input checks and layouts -------------------------------------------------------
+    def _check_input(self, x) -> Tuple[np.ndarray, bool]:
+        """x as given (checked), and whether it is unbatched."""
+        x = real_array("input", x, self.check_finite)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"input must be 2-D (T, I) unbatched or 3-D batched, got {x.ndim}-D "
+                             f"with shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input.size(-1) must be equal to input_size. Expected "
+                             f"{self.input_size}, got {x.shape[-1]}")
+        if x.size == 0:
+            raise ValueError(f"input must have at least one time step and one batch row, got "
+                             f"shape {x.shape}")
+        return x, x.ndim == 2
+
+    def _time_major(self, a: np.ndarray, unbatched: bool) -> np.ndarray:
+        """A view of a user-layout sequence array as (T, B, F)."""
+        if unbatched:
+            return a[:, None, :]
+        return a.transpose(1, 0, 2) if self.batch_first else a
+
+    def _user_layout(self, a: np.ndarray, unbatched: bool) -> np.ndarray:
+        """A fresh user-layout copy of a (T, B, F) array."""
+        if unbatched:
+            return a[:, 0, :].copy()
+        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a.copy()
+
+    def _y_shape(self, T: int, B: int, unbatched: bool) -> tuple:
+        F = self.num_directions * self._out_size
+        if unbatched:
+            return (T, F)
+        return (B, T, F) if self.batch_first else (T, B, F)
+
+    def _workspace(self, T: int, B: int) -> Workspace:
+        if self._ws is None or self._ws.key != (T, B):
+            self._ws = Workspace(self, T, B)
+        return self._ws
+
+    # ---- forward --------------------------------------------------------------------------
+    def __call__(self, x, state=None, lengths=None):
+        """Inference: ``y, state = layer(x, state, lengths)``."""
+        return self.forward(x, state, lengths, train=False)
+
+    def forward(self, x, state=None, lengths=None, train: bool = True):
+        """Run the whole sequence; with ``train`` keep what ``backward`` needs.
+
+        x: (T, B, I), (B, T, I) with batch_first, or (T, I)
+        state: optional initial state, shaped as the returned one
+        lengths: optional (B,) ints in 0..T; outputs past a row's length are zero and its
+                 final state is the state at its own last step (reverse directions start
+                 at each row's own end)
+        Returns y: (T, B, D·O) (or batch-first / unbatched) and the final state.
+        """
+        x, unbatched = self._check_input(x)
+        xt = self._time_major(x, unbatched)
+        T, B = xt.shape[0], xt.shape[1]
+        state = self._check_state(state, B, unbatched)
+        if lengths is not None:
+            if unbatched:
+                raise ValueError("lengths is only for batched input; unbatched input is one "
+                                 "sequence of length T")
+            lens = lengths_array(lengths, B, T)
+        # Everything is checked: from here on the workspace may change.
+        self._trained = False
+        ws = self._workspace(T, B)
+        np.copyto(ws.x, xt, casting="unsafe")
+        if lengths is None:
+            ws.lengths.fill(T)
+        else:
+            ws.lengths[:] = lens
+        for s, buf in enumerate(ws.init):
+            if state is None:
+                buf.fill(0)
+            else:
+                np.copyto(buf, state[s].reshape(buf.shape), casting="unsafe")
+        self._run_forward(ws, train)
+        self._unbatched = unbatched
+        self._trained = bool(train)
+        y = self._user_layout(ws.y[-1], unbatched)
+        return y, self._pack_state([f.reshape(s).copy() for f, s in
+                                    zip(ws.final, self._state_shapes(B, unbatched))])
+
+    def _run_forward(self, ws: Workspace, train: bool) -> None:
+        inp = ws.x
+        for k in range(self.num_layers):
+            for d in range(self.num_directions):
+                self._forward_dir(ws, k, d, inp)
+            y = ws.y[k]
+            if train and self.dropout and k < self.num_layers - 1:
+                # Inverted dropout on the input of the next layer. y[k] is not needed again
+                # except as that input, so it is masked in place.
+                mask = ws.masks[k]
+                keep = 1.0 - self.dropout
+                self._dropout_rng.random(dtype=self.dtype, out=mask)
+                np.less(mask, keep, out=mask)
+                mask *= self.dtype.type(1.0 / keep)
+                y *= mask
+            inp = y
+
+    def _project(self, ws: Workspace, k: int, d: int, inp: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """gates[k][d] = inp·W_ihᵀ + bias for every step at once; returns the gates buffer."""
+        T, B = ws.key
+        gates = ws.gates[k][d]
+        np.matmul(inp.reshape(T * B, -1), self._p("weight_ih", k, d).T,
+                  out=gates.reshape(T * B, -1))
+        gates += bias
+        return gates
+
+    def _rows(self, ws: Workspace, call) -> None:
+        """Run ``call(b0, b1, thread)`` over the batch on nlstm's threads."""
+        T, B = ws.key
+        work = float(T) * B * self._G * self.hidden_size * self._out_size
+        _threads.run_rows(B, work, call)
+
+    # ---- backward -------------------------------------------------------------------------
+    def _backward(self, dy, dstate: list):
+        """Gradients of the last training forward.
+
+        dy: gradient of y, same shape as y; dstate: gradient of each final state array, or
+        None. Returns dx (shape of x) and the gradient of the initial state (shaped as the
+        state), and adds every parameter gradient into ``self.grads``.
+        """
+        if not self._trained:
+            raise ValueError("backward() needs a forward(..., train=True) first, and each "
+                             "training forward can be backpropagated once")
+        ws = self._ws
+        T, B = ws.key
+        unbatched = self._unbatched
+        dy = real_array("dy", dy, self.check_finite)
+        expect_shape("dy", dy, self._y_shape(T, B, unbatched))
+        shapes = self._state_shapes(B, unbatched)
+        checked = []
+        for label, g, shape in zip(self._state_labels, dstate, shapes):
+            name = "d" + label[:-1] + "_n"
+            if g is not None:
+                g = real_array(name, g, self.check_finite)
+                expect_shape(name, g, shape)
+            checked.append(g)
+        # Everything is checked.
+        self._trained = False
+        np.copyto(ws.dy_a, self._time_major(dy, unbatched), casting="unsafe")
+        for buf, g in zip(ws.dfinal, checked):
+            if g is None:
+                buf.fill(0)
+            else:
+                np.copyto(buf, g.reshape(buf.shape), casting="unsafe")
+        ws.ensure_work_rows(_threads.get_num_threads())
+        dy, spare = ws.dy_a, ws.dy_b
+        for k in reversed(range(self.num_layers)):
+            inp = ws.x if k == 0 else ws.y[k - 1]
+            dx = ws.dx if k == 0 else spare
+            for d in range(self.num_directions):
+                self._backward_dir(ws, k, d, inp, dy, dx)
+            if k > 0 and self.dropout:
+                dx *= ws.masks[k - 1]
+            dy, spare = dx, dy
+        return (self._user_layout(ws.dx, unbatched),
+                self._pack_state([g.reshape(s).copy() for g, s in zip(ws.dinit, shapes)]))
+
+    def _weight_grads(self, ws: Workspace, k: int, d: int, inp: np.ndarray, dgates: np.ndarray,
+                      hprev: np.ndarray, dx: np.ndarray, dgates_hh: Optional[np.ndarray] = None) -> None:
+        """Whole-sequence products after the sequential pass.
+
+        dgates: (T, B, G·H) gradients of the input-side gate pre-activations;
+        dgates_hh: those of the hidden side when they differ (GRU), else dgates;
+        hprev: (T, B, ·) the recurrent input of each step. Writes dx (d == 0) or adds to it.
+        """
+        T, B = ws.key
+        dgi = dgates.reshape(T * B, -1)
+        dgh = dgi if dgates_hh is None else dgates_hh.reshape(T * B, -1)
+        self._g("weight_ih", k, d)[...] += dgi.T @ inp.reshape(T * B, -1)
+        self._g("weight_hh", k, d)[...] += dgh.T @ hprev.reshape(T * B, -1)
+        if self.bias:
+            self._g("bias_ih", k, d)[...] += dgi.sum(axis=0)
+            self._g("bias_hh", k, d)[...] += dgh.sum(axis=0)
+        dx2 = dx.reshape(T * B, -1)
+        if d == 0:
+            np.matmul(dgi, self._p("weight_ih", k, d), out=dx2)
+        else:
+            dx2 += dgi @ self._p("weight_ih", k, d)
+
+    # ---- streaming ------------------------------------------------------------------------
+    def step(self, x_t, state=None):
+        """Advance every layer by one time step: ``y_t, state = layer.step(x_t, state)``.
+
+        x_t: (B, I) or (I,); state: optional, shaped as ``forward``'s final state (L, B, ·)
+        or (L, ·). Equal to running the sequence in one call, one step at a time.
+        """
+        if self.bidirectional:
+            raise ValueError(f"step() needs a unidirectional {self._name}: a bidirectional "
+                             "layer must see the whole sequence")
+        x = real_array("x_t", x_t, self.check_finite)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"x_t must be 1-D (I,) or 2-D (B, I), got shape {x.shape}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"x_t.size(-1) must be equal to input_size. Expected "
+                             f"{self.input_size}, got {x.shape[-1]}")
+        unbatched = x.ndim == 1
+        B = 1 if unbatched else x.shape[0]
+        if B == 0:
+            raise ValueError("x_t must have at least one batch row")
+        st = self._check_state(state, B, unbatched)
+        L, dt = self.num_layers, self.dtype
+        x = np.ascontiguousarray(x.reshape(B, self.input_size), dtype=dt)
+        sizes = self._state_sizes()
+        new = [np.empty((L, B, n), dt) for n in sizes]
+        if st is None:
+            old = [np.zeros((L, B, n), dt) for n in sizes]
+        else:
+            old = [np.ascontiguousarray(a, dtype=dt).reshape(L, B, n) for a, n in zip(st, sizes)]
+        inp = x
+        for k in range(L):
+            self._step_layer(k, inp, [o[k] for o in old], [n[k] for n in new])
+            inp = new[0][k]
+        y = new[0][-1]
+        if unbatched:
+            return y[0].copy(), self._pack_state([n[:, 0] for n in new])
+        return y.copy(), self._pack_state(new)
+
+    def __repr__(self) -> str:
+        defaults = dict(num_layers=1, bias=True, batch_first=False, bidirectional=False, dropout=0.0)
+        cfg = self.get_config()
+        extra = "".join(f", {n}={cfg[n]}" for n in cfg
+                        if n not in ("input_size", "hidden_size", "dtype", "seed", "check_finite")
+                        and cfg[n] != defaults.get(n, self._config_defaults().get(n)))
+        return f"{self._name}({self.input_size}, {self.hidden_size}{extra}, dtype={self.dtype.name})"
+
+    def _config_defaults(self) -> dict:
+        return {}
