@@ -65,7 +65,8 @@ class LSTM(RecurrentLayer):
                 gates, h, c, self._p("weight_hh", k, d), ws.lengths, d == 1, d * H)
         self._rows(ws, lambda b0, b1, t: K.lstm_backward(b0, b1, *args, ws.work[t]))
         # The gates buffer now holds the gate gradients.
-        self._weight_grads(ws, k, d, inp, gates, h[1:] if d == 1 else h[:-1], dx)
+        self._input_grads(ws, k, d, inp, gates, dx)
+        self._hidden_grads(ws, k, d, gates, self._hprev(h, d))
 
     def _step_layer(self, k, x, old, new) -> None:
         K.lstm_step(new[0], new[1], x, old[0], old[1], self._p("weight_ih", k, 0),

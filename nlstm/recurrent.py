@@ -385,27 +385,39 @@ class RecurrentLayer:
         return (self._user_layout(ws.dx, unbatched),
                 self._pack_state([g.reshape(s).copy() for g, s in zip(ws.dinit, shapes)]))
 
-    def _weight_grads(self, ws: Workspace, k: int, d: int, inp: np.ndarray, dgates: np.ndarray,
-                      hprev: np.ndarray, dx: np.ndarray, dgates_hh: Optional[np.ndarray] = None) -> None:
-        """Whole-sequence products after the sequential pass.
+    def _input_grads(self, ws: Workspace, k: int, d: int, inp: np.ndarray, dgates: np.ndarray,
+                     dx: np.ndarray) -> None:
+        """Whole-sequence products for the input side, after the sequential pass.
 
-        dgates: (T, B, G·H) gradients of the input-side gate pre-activations;
-        dgates_hh: those of the hidden side when they differ (GRU), else dgates;
-        hprev: (T, B, ·) the recurrent input of each step. Writes dx (d == 0) or adds to it.
+        dgates: (T, B, G·H) gradients of the input-side gate pre-activations; inp: the
+        layer's input (T, B, I). Adds into W_ih's and b_ih's gradients; writes dx (d == 0)
+        or adds to it.
         """
         T, B = ws.key
-        dgi = dgates.reshape(T * B, -1)
-        dgh = dgi if dgates_hh is None else dgates_hh.reshape(T * B, -1)
-        self._g("weight_ih", k, d)[...] += dgi.T @ inp.reshape(T * B, -1)
-        self._g("weight_hh", k, d)[...] += dgh.T @ hprev.reshape(T * B, -1)
+        dg = dgates.reshape(T * B, -1)
+        self._g("weight_ih", k, d)[...] += dg.T @ inp.reshape(T * B, -1)
         if self.bias:
-            self._g("bias_ih", k, d)[...] += dgi.sum(axis=0)
-            self._g("bias_hh", k, d)[...] += dgh.sum(axis=0)
+            self._g("bias_ih", k, d)[...] += dg.sum(axis=0)
         dx2 = dx.reshape(T * B, -1)
         if d == 0:
-            np.matmul(dgi, self._p("weight_ih", k, d), out=dx2)
+            np.matmul(dg, self._p("weight_ih", k, d), out=dx2)
         else:
-            dx2 += dgi @ self._p("weight_ih", k, d)
+            dx2 += dg @ self._p("weight_ih", k, d)
+
+    def _hidden_grads(self, ws: Workspace, k: int, d: int, dgates: np.ndarray, hprev: np.ndarray,
+                      rows: slice = slice(None)) -> None:
+        """The hidden side: W_hh[rows] and b_hh[rows] gradients from the gate gradients
+        dgates (T, B, G·H) and the recurrent input of each step hprev (T, B, ·)."""
+        T, B = ws.key
+        dg = dgates.reshape(T * B, -1)[:, rows]
+        self._g("weight_hh", k, d)[rows] += dg.T @ hprev.reshape(T * B, -1)
+        if self.bias:
+            self._g("bias_hh", k, d)[rows] += dg.sum(axis=0)
+
+    @staticmethod
+    def _hprev(state: np.ndarray, d: int) -> np.ndarray:
+        """The state before each time step, (T, B, ·), from its (T+1)-slot buffer."""
+        return state[1:] if d == 1 else state[:-1]
 
     # ---- streaming ------------------------------------------------------------------------
     def step(self, x_t, state=None):

@@ -1,12 +1,23 @@
-"""Randomized LSTM configurations shared by the reference and torch tests."""
+"""Randomized configurations of every cell, shared by the reference and torch tests."""
 import numpy as np
 
 import nlstm
+import reference as R
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-9, atol=1e-11)}
 
+# kind -> (constructor, extra kwargs, reference cell)
+KINDS = {
+    "lstm": (nlstm.LSTM, {}, R.LSTMCell),
+    "gru": (nlstm.GRU, {}, lambda: R.GRUCell(True)),
+    "gru_lbr0": (nlstm.GRU, dict(linear_before_reset=False), lambda: R.GRUCell(False)),
+    "rnn_tanh": (nlstm.RNN, dict(nonlinearity="tanh"), lambda: R.RNNCell("tanh")),
+    "rnn_relu": (nlstm.RNN, dict(nonlinearity="relu"), lambda: R.RNNCell("relu")),
+}
+TORCH_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
-def make_case(seed, dtype, allow_zero_length=True):
+
+def make_case(seed, dtype, kind="lstm", allow_zero_length=True):
     """A random configuration with inputs and upstream gradients, in the user's layout."""
     rng = np.random.default_rng(seed)
     L = int(rng.integers(1, 4))
@@ -16,8 +27,10 @@ def make_case(seed, dtype, allow_zero_length=True):
     T, B, I, H = (int(rng.integers(1, 7)), int(rng.integers(1, 5)), int(rng.integers(1, 6)),
                   int(rng.integers(1, 7)))
     D = 2 if bi else 1
-    m = nlstm.LSTM(I, H, num_layers=L, bidirectional=bi, batch_first=batch_first, dtype=dtype,
-                   seed=seed, bias=rng.random() < 0.85)
+    cls, extra, ref_cell = KINDS[kind]
+    m = cls(I, H, num_layers=L, bidirectional=bi, batch_first=batch_first, dtype=dtype,
+            seed=seed, bias=rng.random() < 0.85, **extra)
+    n_states = len(m._state_labels)
     if unbatched:
         B = 1
         x = rng.standard_normal((T, I))
@@ -33,12 +46,22 @@ def make_case(seed, dtype, allow_zero_length=True):
             lengths = rng.integers(0 if allow_zero_length else 1, T + 1, size=B)
     state = None
     if rng.random() < 0.6:
-        state = (rng.standard_normal(s_shape), rng.standard_normal(s_shape))
-    up = (rng.standard_normal(y_shape), rng.standard_normal(s_shape), rng.standard_normal(s_shape))
-    cast = lambda a: None if a is None else np.asarray(a, dtype)
-    return dict(model=m, x=cast(x), state=None if state is None else tuple(map(cast, state)),
+        state = [rng.standard_normal(s_shape) for _ in range(n_states)]
+    cast = lambda a: np.asarray(a, dtype)
+    return dict(model=m, kind=kind, ref_cell=ref_cell(), x=cast(x),
+                state=None if state is None else [cast(s) for s in state],
                 lengths=lengths, unbatched=unbatched, T=T, B=B, H=H, L=L, D=D,
-                dy=cast(up[0]), dh_n=cast(up[1]), dc_n=cast(up[2]))
+                dy=cast(rng.standard_normal(y_shape)),
+                dfinal=[cast(rng.standard_normal(s_shape)) for _ in range(n_states)])
+
+
+def user_state(case, arrays):
+    """The state in the form the layer takes: a single array or a tuple."""
+    return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
+def as_list(state):
+    return list(state) if isinstance(state, tuple) else [state]
 
 
 def time_major(case, a):
@@ -56,6 +79,7 @@ def state3(case, s):
 def run_nlstm(case):
     m = case["model"]
     m.zero_grad()
-    y, (h, c) = m.forward(case["x"], case["state"], case["lengths"])
-    dx, (dh0, dc0) = m.backward(case["dy"], case["dh_n"], case["dc_n"])
-    return dict(y=y, h_n=h, c_n=c, dx=dx, dh0=dh0, dc0=dc0, grads=m.grads)
+    state = None if case["state"] is None else user_state(case, case["state"])
+    y, final = m.forward(case["x"], state, case["lengths"])
+    dx, dinit = m.backward(case["dy"], *case["dfinal"])
+    return dict(y=y, final=as_list(final), dx=dx, dinit=as_list(dinit), grads=m.grads)

@@ -1,7 +1,10 @@
 """The float64 oracle: recurrent layers written straight from their equations.
 
 Slow on purpose: one row and one time step at a time, no shared buffers, no tricks.
-Arrays are time-major: x (T, B, I); states (L·D, B, H); params use PyTorch's names.
+Arrays are time-major: x (T, B, I); states (L·D, B, ·); params use PyTorch's names.
+A cell is a pair of functions: ``step(w, x, state) -> (new_state, saved)`` and
+``step_back(w, saved, dstate_new) -> (dx, dstate_prev, dweights)``; the driver runs
+them over rows, lengths, directions and layers.
 """
 import numpy as np
 
@@ -10,85 +13,187 @@ def sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
+# ---- cells ----------------------------------------------------------------------------
+class LSTMCell:
+    """i = σ(W_ii x + b_ii + W_hi h + b_hi), f = σ(…), g = tanh(…), o = σ(…),
+    c' = f⊙c + i⊙g, h' = o⊙tanh(c'). State (h, c); output h."""
+    G, n_states = 4, 2
+
+    def step(self, w, x, state):
+        h, c = state
+        H = h.shape[0]
+        z = w["weight_ih"] @ x + w["bias_ih"] + w["weight_hh"] @ h + w["bias_hh"]
+        i, f, g, o = sigmoid(z[:H]), sigmoid(z[H:2 * H]), np.tanh(z[2 * H:3 * H]), sigmoid(z[3 * H:])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        return (h_new, c_new), (x, h, c, i, f, g, o, c_new)
+
+    def step_back(self, w, saved, dstate):
+        x, h, c, i, f, g, o, c_new = saved
+        dh, dc = dstate
+        tc = np.tanh(c_new)
+        do = dh * tc
+        dc = dc + dh * o * (1 - tc ** 2)
+        di, df, dg = dc * g, dc * c, dc * i
+        dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g ** 2), do * o * (1 - o)])
+        dw = dict(weight_ih=np.outer(dz, x), weight_hh=np.outer(dz, h), bias_ih=dz, bias_hh=dz)
+        return w["weight_ih"].T @ dz, (w["weight_hh"].T @ dz, dc * f), dw
+
+
+class GRUCell:
+    """r = σ(W_ir x + b_ir + W_hr h + b_hr), z = σ(W_iz x + b_iz + W_hz h + b_hz),
+    n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn))      (linear_before_reset, PyTorch)
+    n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn)      (otherwise, ONNX's default)
+    h' = (1 − z)⊙n + z⊙h."""
+    G, n_states = 3, 1
+
+    def __init__(self, linear_before_reset=True):
+        self.lbr = linear_before_reset
+
+    def step(self, w, x, state):
+        (h,) = state
+        H = h.shape[0]
+        Wi, Wh, bi, bh = w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"]
+        gi = Wi @ x + bi
+        r = sigmoid(gi[:H] + Wh[:H] @ h + bh[:H])
+        z = sigmoid(gi[H:2 * H] + Wh[H:2 * H] @ h + bh[H:2 * H])
+        if self.lbr:
+            hn = Wh[2 * H:] @ h + bh[2 * H:]
+            n = np.tanh(gi[2 * H:] + r * hn)
+        else:
+            n = np.tanh(gi[2 * H:] + Wh[2 * H:] @ (r * h) + bh[2 * H:])
+            hn = None
+        h_new = (1 - z) * n + z * h
+        return (h_new,), (x, h, r, z, n, hn)
+
+    def step_back(self, w, saved, dstate):
+        x, h, r, z, n, hn = saved
+        (dh,) = dstate
+        H = h.shape[0]
+        Wh = w["weight_hh"]
+        dn = dh * (1 - z)
+        dz = dh * (h - n)
+        dh_prev = dh * z
+        dn_pre = dn * (1 - n ** 2)
+        dz_pre = dz * z * (1 - z)
+        dWh = np.zeros_like(Wh)
+        if self.lbr:
+            dr = dn_pre * hn
+            dhn = dn_pre * r
+            dWh[2 * H:] = np.outer(dhn, h)
+            dh_prev = dh_prev + Wh[2 * H:].T @ dhn
+            dbh_n = dhn
+        else:
+            drh = Wh[2 * H:].T @ dn_pre
+            dr = drh * h
+            dh_prev = dh_prev + drh * r
+            dWh[2 * H:] = np.outer(dn_pre, r * h)
+            dbh_n = dn_pre
+        dr_pre = dr * r * (1 - r)
+        dWh[:H] = np.outer(dr_pre, h)
+        dWh[H:2 * H] = np.outer(dz_pre, h)
+        dh_prev = dh_prev + Wh[:H].T @ dr_pre + Wh[H:2 * H].T @ dz_pre
+        dgi = np.concatenate([dr_pre, dz_pre, dn_pre])
+        dw = dict(weight_ih=np.outer(dgi, x), weight_hh=dWh, bias_ih=dgi,
+                  bias_hh=np.concatenate([dr_pre, dz_pre, dbh_n]))
+        return w["weight_ih"].T @ dgi, (dh_prev,), dw
+
+
+class RNNCell:
+    """h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+    G, n_states = 1, 1
+
+    def __init__(self, nonlinearity="tanh"):
+        self.relu = nonlinearity == "relu"
+
+    def step(self, w, x, state):
+        (h,) = state
+        pre = w["weight_ih"] @ x + w["bias_ih"] + w["weight_hh"] @ h + w["bias_hh"]
+        h_new = np.maximum(pre, 0) if self.relu else np.tanh(pre)
+        return (h_new,), (x, h, pre, h_new)
+
+    def step_back(self, w, saved, dstate):
+        x, h, pre, h_new = saved
+        (dh,) = dstate
+        dpre = dh * (pre > 0) if self.relu else dh * (1 - h_new ** 2)
+        dw = dict(weight_ih=np.outer(dpre, x), weight_hh=np.outer(dpre, h), bias_ih=dpre, bias_hh=dpre)
+        return w["weight_ih"].T @ dpre, (w["weight_hh"].T @ dpre,), dw
+
+
+# ---- driver -----------------------------------------------------------------------------
 def _order(L, reverse):
     return range(L - 1, -1, -1) if reverse else range(L)
 
 
-def lstm_forward(params, x, h0, c0, lengths, num_layers, bidirectional):
-    """Returns y (T, B, D·H), h_n, c_n (L·D, B, H) and a cache for ``lstm_backward``.
+def _weights(p, k, d, cell, H):
+    sfx = "_reverse" if d else ""
+    w = {n: p[f"{n}_l{k}{sfx}"] for n in ("weight_ih", "weight_hh")}
+    for n in ("bias_ih", "bias_hh"):
+        w[n] = p.get(f"{n}_l{k}{sfx}", np.zeros(cell.G * H))
+    return w, sfx
 
-    i = σ(W_ii x + b_ii + W_hi h + b_hi), f = σ(…), g = tanh(…), o = σ(…),
-    c' = f⊙c + i⊙g, h' = o⊙tanh(c'). Past a row's length the output is zero.
-    """
+
+def forward(cell, params, x, init, lengths, num_layers, bidirectional):
+    """Returns y (T, B, D·H), the final states (a list, each (L·D, B, H)) and a cache.
+    init: list of initial state arrays (L·D, B, H). Outputs past a row's length are zero."""
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     x = np.asarray(x, np.float64)
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
-    H = h0.shape[-1]
-    h_n = np.zeros((num_layers * D, B, H))
-    c_n = np.zeros_like(h_n)
-    cache = {"x": x, "p": p, "lengths": lengths, "L": num_layers, "D": D, "steps": {}}
+    H = init[0].shape[-1]
+    final = [np.zeros((num_layers * D, B, H)) for _ in init]
+    cache = dict(cell=cell, p=p, x=x, lengths=lengths, L=num_layers, D=D, H=H, saved={})
     inp = x
     for k in range(num_layers):
         y = np.zeros((T, B, D * H))
         for d in range(D):
-            sfx = "_reverse" if d else ""
-            Wih, Whh = p[f"weight_ih_l{k}{sfx}"], p[f"weight_hh_l{k}{sfx}"]
-            bih = p.get(f"bias_ih_l{k}{sfx}", np.zeros(4 * H))
-            bhh = p.get(f"bias_hh_l{k}{sfx}", np.zeros(4 * H))
+            w, _ = _weights(p, k, d, cell, H)
             for b in range(B):
-                h = np.array(h0[k * D + d, b], np.float64)
-                c = np.array(c0[k * D + d, b], np.float64)
+                state = tuple(np.array(s[k * D + d, b], np.float64) for s in init)
                 for t in _order(lengths[b], d == 1):
-                    z = Wih @ inp[t, b] + bih + Whh @ h + bhh
-                    i, f, g, o = sigmoid(z[:H]), sigmoid(z[H:2 * H]), np.tanh(z[2 * H:3 * H]), sigmoid(z[3 * H:])
-                    c_new = f * c + i * g
-                    h_new = o * np.tanh(c_new)
-                    cache["steps"][(k, d, b, t)] = (inp[t, b].copy(), h, c, i, f, g, o, c_new)
-                    h, c = h_new, c_new
-                    y[t, b, d * H:(d + 1) * H] = h
-                h_n[k * D + d, b] = h
-                c_n[k * D + d, b] = c
-        cache[("y", k)] = y
+                    state, saved = cell.step(w, inp[t, b], state)
+                    cache["saved"][(k, d, b, t)] = saved
+                    y[t, b, d * H:(d + 1) * H] = state[0]
+                for s, a in zip(final, state):
+                    s[k * D + d, b] = a
         inp = y
-    return y, h_n, c_n, cache
+    return y, final, cache
 
 
-def lstm_backward(cache, dy, dh_n, dc_n):
-    """Returns dx (T, B, I), dh0, dc0 (L·D, B, H) and the parameter gradients."""
-    p, lengths, D = cache["p"], cache["lengths"], cache["D"]
+def backward(cache, dy, dfinal):
+    """Returns dx (T, B, I), the initial-state gradients (list) and the parameter gradients."""
+    cell, p, lengths, D, H = cache["cell"], cache["p"], cache["lengths"], cache["D"], cache["H"]
     T, B, _ = cache["x"].shape
-    H = dh_n.shape[-1]
     grads = {k: np.zeros_like(v) for k, v in p.items()}
-    dh0 = np.zeros_like(dh_n)
-    dc0 = np.zeros_like(dc_n)
+    dinit = [np.zeros_like(g) for g in dfinal]
     dout = np.asarray(dy, np.float64)
     for k in reversed(range(cache["L"])):
         I = cache["x"].shape[2] if k == 0 else D * H
         dinp = np.zeros((T, B, I))
         for d in range(D):
-            sfx = "_reverse" if d else ""
-            Wih, Whh = p[f"weight_ih_l{k}{sfx}"], p[f"weight_hh_l{k}{sfx}"]
+            w, sfx = _weights(p, k, d, cell, H)
             for b in range(B):
-                dh = np.array(dh_n[k * D + d, b], np.float64)
-                dc = np.array(dc_n[k * D + d, b], np.float64)
+                dstate = [np.array(g[k * D + d, b], np.float64) for g in dfinal]
                 for t in reversed(list(_order(lengths[b], d == 1))):
-                    xin, h_prev, c_prev, i, f, g, o, c_new = cache["steps"][(k, d, b, t)]
-                    dh = dh + dout[t, b, d * H:(d + 1) * H]
-                    tc = np.tanh(c_new)
-                    do = dh * tc
-                    dc = dc + dh * o * (1 - tc ** 2)
-                    di, df, dg = dc * g, dc * c_prev, dc * i
-                    dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g ** 2), do * o * (1 - o)])
-                    grads[f"weight_ih_l{k}{sfx}"] += np.outer(dz, xin)
-                    grads[f"weight_hh_l{k}{sfx}"] += np.outer(dz, h_prev)
-                    if f"bias_ih_l{k}{sfx}" in grads:
-                        grads[f"bias_ih_l{k}{sfx}"] += dz
-                        grads[f"bias_hh_l{k}{sfx}"] += dz
-                    dinp[t, b] += Wih.T @ dz
-                    dh = Whh.T @ dz
-                    dc = dc * f
-                dh0[k * D + d, b] = dh
-                dc0[k * D + d, b] = dc
+                    dstate[0] = dstate[0] + dout[t, b, d * H:(d + 1) * H]
+                    dx, dstate, dw = cell.step_back(w, cache["saved"][(k, d, b, t)], tuple(dstate))
+                    dstate = list(dstate)
+                    dinp[t, b] += dx
+                    for n, g in dw.items():
+                        if f"{n}_l{k}{sfx}" in grads:
+                            grads[f"{n}_l{k}{sfx}"] += g
+                for s, g in zip(dinit, dstate):
+                    s[k * D + d, b] = g
         dout = dinp
-    return dout, dh0, dc0, grads
+    return dout, dinit, grads
+
+
+# ---- the LSTM in the form the first tests use ----------------------------------------
+def lstm_forward(params, x, h0, c0, lengths, num_layers, bidirectional):
+    y, (h, c), cache = forward(LSTMCell(), params, x, [h0, c0], lengths, num_layers, bidirectional)
+    return y, h, c, cache
+
+
+def lstm_backward(cache, dy, dh_n, dc_n):
+    dx, (dh0, dc0), grads = backward(cache, dy, [dh_n, dc_n])
+    return dx, dh0, dc0, grads

@@ -13,7 +13,7 @@ import pytest
 from numba.core.runtime import rtsys
 
 import nlstm
-from nlstm.kernels import lstm as K
+from nlstm.kernels import gru, lstm, rnn
 
 
 @pytest.fixture
@@ -28,20 +28,25 @@ def counted_kernels(monkeypatch):
             return kernel(*args)
         return call
 
-    for name in ("lstm_forward", "lstm_backward", "lstm_step"):
-        monkeypatch.setattr(K, name, counting(getattr(K, name)))
+    for module, cell in ((lstm, "lstm"), (gru, "gru"), (rnn, "rnn")):
+        for name in ("forward", "backward", "step"):
+            name = f"{cell}_{name}"
+            monkeypatch.setattr(module, name, counting(getattr(module, name)))
     return count
 
 
+@pytest.mark.parametrize("cls,extra", [(nlstm.LSTM, {}), (nlstm.GRU, {}),
+                                       (nlstm.GRU, dict(linear_before_reset=False)),
+                                       (nlstm.RNN, dict(nonlinearity="relu"))])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B", [1, 64])  # 64 rows run on several threads when there are several
-def test_steady_state_allocates_nothing(counted_kernels, dtype, B):
+def test_steady_state_allocates_nothing(counted_kernels, dtype, B, cls, extra):
     rng = np.random.default_rng(0)
-    m = nlstm.LSTM(8, 32, num_layers=2, bidirectional=True, dtype=dtype, seed=0)
+    m = cls(8, 32, num_layers=2, bidirectional=True, dtype=dtype, seed=0, **extra)
     x = rng.standard_normal((40, B, 8))
     lengths = rng.integers(0, 41, B)
     dy = rng.standard_normal((40, B, 64))
-    step = nlstm.LSTM(8, 32, num_layers=2, dtype=dtype, seed=0)
+    step = cls(8, 32, num_layers=2, dtype=dtype, seed=0, **extra)
 
     def one_round():
         m(x, lengths=lengths)

@@ -188,3 +188,23 @@ def test_step_refuses_bidirectional():
     m = nlstm.LSTM(I, H, bidirectional=True)
     with pytest.raises(ValueError, match="unidirectional"):
         m.step(np.zeros(I))
+
+
+def test_rnn_rejects_unknown_nonlinearity():
+    with pytest.raises(ValueError, match="nonlinearity"):
+        nlstm.RNN(3, 4, nonlinearity="sigmoid")
+
+
+@pytest.mark.parametrize("cls", [nlstm.GRU, nlstm.RNN])
+def test_single_state_cells_reject_bad_state_and_gradients(cls):
+    m = cls(I, H, num_layers=L, seed=0)
+    x = np.zeros((T, B, I), np.float32)
+    with pytest.raises(ValueError, match=r"state h0 must have shape \(2, 3, 6\)"):
+        m(x, np.zeros((L, B, H + 1)))
+    m.forward(x)
+    snap = snapshot(m)
+    with pytest.raises(ValueError, match="dh_n"):
+        m.backward(np.ones((T, B, H)), np.ones((L, B)))
+    assert_unchanged(m, snap)
+    with pytest.raises(TypeError):
+        m.backward(np.ones((T, B, H)), np.ones((L, B, H)), np.ones((L, B, H)))  # no dc_n

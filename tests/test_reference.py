@@ -2,77 +2,80 @@
 import numpy as np
 import pytest
 
-import nlstm
-from reference import lstm_backward, lstm_forward
+import reference as R
+from cases import KINDS
 
 
-def _loss(params, x, h0, c0, lengths, L, bi, wy, wh, wc):
-    y, h, c, _ = lstm_forward(params, x, h0, c0, lengths, L, bi)
-    return (y * wy).sum() + (h * wh).sum() + (c * wc).sum()
+def numeric_grad(f, arr, eps=1e-6):
+    num = np.zeros_like(arr)
+    for idx in np.ndindex(arr.shape):
+        old = arr[idx]
+        arr[idx] = old + eps
+        up = f()
+        arr[idx] = old - eps
+        down = f()
+        arr[idx] = old
+        num[idx] = (up - down) / (2 * eps)
+    return num
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("L,bi", [(1, False), (2, True)])
-def test_reference_gradients_match_finite_differences(L, bi):
+def test_reference_gradients_match_finite_differences(kind, L, bi):
     rng = np.random.default_rng(7)
     T, B, I, H = 4, 3, 3, 2
     D = 2 if bi else 1
-    m = nlstm.LSTM(I, H, num_layers=L, bidirectional=bi, dtype=np.float64, seed=1)
-    params = m.state_dict()
+    cls, extra, make_cell = KINDS[kind]
+    cell = make_cell()
+    params = cls(I, H, num_layers=L, bidirectional=bi, dtype=np.float64, seed=1, **extra).state_dict()
     for k in params:  # non-zero biases everywhere, so a bias counted twice would show
         params[k] = rng.uniform(-0.8, 0.8, params[k].shape)
     x = rng.standard_normal((T, B, I))
-    h0, c0 = rng.standard_normal((2, L * D, B, H))
+    init = [rng.standard_normal((L * D, B, H)) for _ in range(cell.n_states)]
     lengths = np.array([4, 0, 2])
     wy = rng.standard_normal((T, B, D * H))
-    wh, wc = rng.standard_normal((2, L * D, B, H))
-    y, h, c, cache = lstm_forward(params, x, h0, c0, lengths, L, bi)
-    dx, dh0, dc0, grads = lstm_backward(cache, wy, wh, wc)
-    eps = 1e-6
-    f = lambda: _loss(params, x, h0, c0, lengths, L, bi, wy, wh, wc)
-    for name, arr, analytic in [("x", x, dx), ("h0", h0, dh0), ("c0", c0, dc0)] + \
-            [(k, params[k], grads[k]) for k in params]:
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            up = f()
-            arr[idx] = old - eps
-            down = f()
-            arr[idx] = old
-            num[idx] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(analytic, num, rtol=1e-6, atol=1e-8, err_msg=name)
-    # Padding rows really are zero and row 1 (length 0) keeps its initial state.
-    assert np.all(y[2:, 2] == 0) and np.all(y[:, 1] == 0)
-    np.testing.assert_array_equal(h[:, 1], h0[:, 1])
-
-
-def test_nlstm_float64_gradients_match_finite_differences():
-    rng = np.random.default_rng(8)
-    T, B, I, H, L = 5, 2, 3, 3, 2
-    m = nlstm.LSTM(I, H, num_layers=L, bidirectional=True, batch_first=True, dtype=np.float64, seed=2)
-    x = rng.standard_normal((B, T, I))
-    h0, c0 = rng.standard_normal((2, 2 * L, B, H))
-    lengths = np.array([3, 5])
-    wy = rng.standard_normal((B, T, 2 * H))
-    wh, wc = rng.standard_normal((2, 2 * L, B, H))
+    wf = [rng.standard_normal((L * D, B, H)) for _ in range(cell.n_states)]
 
     def loss():
-        y, (h, c) = m(x, (h0, c0), lengths)
-        return (y * wy).sum() + (h * wh).sum() + (c * wc).sum()
+        y, final, _ = R.forward(cell, params, x, init, lengths, L, bi)
+        return (y * wy).sum() + sum((f * w).sum() for f, w in zip(final, wf))
 
-    m.forward(x, (h0, c0), lengths)
-    dx, (dh0, dc0) = m.backward(wy, wh, wc)
-    eps = 1e-6
-    checks = [("x", x, dx), ("h0", h0, dh0), ("c0", c0, dc0)] + \
-             [(k, m.params[k], m.grads[k]) for k in m.params]
+    y, final, cache = R.forward(cell, params, x, init, lengths, L, bi)
+    dx, dinit, grads = R.backward(cache, wy, wf)
+    checks = [("x", x, dx)] + [(f"init{i}", s, g) for i, (s, g) in enumerate(zip(init, dinit))] \
+        + [(k, params[k], grads[k]) for k in params]
     for name, arr, analytic in checks:
-        num = np.zeros_like(arr)
-        for idx in np.ndindex(arr.shape):
-            old = arr[idx]
-            arr[idx] = old + eps
-            up = loss()
-            arr[idx] = old - eps
-            down = loss()
-            arr[idx] = old
-            num[idx] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(analytic, num, rtol=1e-6, atol=1e-8, err_msg=name)
+        np.testing.assert_allclose(analytic, numeric_grad(loss, arr), rtol=1e-6, atol=1e-8, err_msg=name)
+    # Padding really is zero and row 1 (length 0) keeps its initial state.
+    assert np.all(y[2:, 2] == 0) and np.all(y[:, 1] == 0)
+    np.testing.assert_array_equal(final[0][:, 1], init[0][:, 1])
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_nlstm_float64_gradients_match_finite_differences(kind):
+    rng = np.random.default_rng(8)
+    T, B, I, H, L = 5, 2, 3, 3, 2
+    cls, extra, _ = KINDS[kind]
+    m = cls(I, H, num_layers=L, bidirectional=True, batch_first=True, dtype=np.float64, seed=2, **extra)
+    n = len(m._state_labels)
+    x = rng.standard_normal((B, T, I))
+    init = [rng.standard_normal((2 * L, B, H)) for _ in range(n)]
+    pack = lambda a: a[0] if n == 1 else tuple(a)
+    unpack = lambda s: [s] if n == 1 else list(s)
+    lengths = np.array([3, 5])
+    wy = rng.standard_normal((B, T, 2 * H))
+    wf = [rng.standard_normal((2 * L, B, H)) for _ in range(n)]
+    if kind == "rnn_relu":  # keep pre-activations away from relu's kink
+        for k in m.params:
+            m.params[k] += 0.3 * np.sign(m.params[k])
+
+    def loss():
+        y, final = m(x, pack(init), lengths)
+        return (y * wy).sum() + sum((f * w).sum() for f, w in zip(unpack(final), wf))
+
+    m.forward(x, pack(init), lengths)
+    dx, dinit = m.backward(wy, *wf)
+    checks = [("x", x, dx)] + [(f"init{i}", s, g) for i, (s, g) in enumerate(zip(init, unpack(dinit)))] \
+        + [(k, m.params[k], m.grads[k]) for k in m.params]
+    for name, arr, analytic in checks:
+        np.testing.assert_allclose(analytic, numeric_grad(loss, arr), rtol=1e-6, atol=1e-8, err_msg=name)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import nlstm
+from cases import KINDS
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -41,3 +42,24 @@ def test_step_does_not_modify_given_state():
     c0 = np.ones((1, 2, 4), np.float32)
     m.step(np.ones((2, 3)), (h0, c0))
     assert (h0 == 1).all() and (c0 == 1).all()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_cell_steps_like_its_sequence(kind, dtype):
+    cls, extra, _ = KINDS[kind]
+    rng = np.random.default_rng(3)
+    m = cls(3, 5, num_layers=2, dtype=dtype, seed=4, **extra)
+    x = rng.standard_normal((6, 2, 3)).astype(dtype)
+    y, final = m(x)
+    state = None
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    for t in range(6):
+        y_t, state = m.step(x[t], state)
+        np.testing.assert_allclose(y_t, y[t], err_msg=f"y[{t}]", **tol)
+    for a, b in zip(state if isinstance(state, tuple) else [state],
+                    final if isinstance(final, tuple) else [final]):
+        np.testing.assert_allclose(a, b, **tol)
+    if kind != "lstm":
+        with pytest.raises(ValueError, match="unidirectional"):
+            cls(3, 5, bidirectional=True, **extra).step(x[0])

@@ -1,0 +1,86 @@
+"""``nlstm.GRU``: the gated recurrent unit, as ``torch.nn.GRU`` (and ONNX's default form)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .kernels import gru as K
+from .recurrent import RecurrentLayer
+
+
+class GRU(RecurrentLayer):
+    """Gated recurrent unit, gates r, z, n in PyTorch's layout (``weight_ih_l{k}`` (3H, I_k),
+    ``weight_hh_l{k}`` (3H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (3H)):
+
+    r = σ(W_ir x + b_ir + W_hr h + b_hr), z = σ(W_iz x + b_iz + W_hz h + b_hz),
+    n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)), h' = (1 − z) ⊙ n + z ⊙ h.
+
+    ``linear_before_reset=False`` gives ONNX's default formula instead,
+    n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn). The state is h, (L·D, B, H) or (L·D, H).
+    """
+
+    _G = 3
+    _state_labels = ("h0",)
+    _name = "GRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
+                 seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0,
+                 linear_before_reset: bool = True):
+        self.linear_before_reset = bool(linear_before_reset)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                         dtype, seed, check_finite, dropout)
+        self._init_params()
+
+    def _config_extra(self) -> dict:
+        return dict(linear_before_reset=self.linear_before_reset)
+
+    def _config_defaults(self) -> dict:
+        return dict(linear_before_reset=True)
+
+    def backward(self, dy, dh_n=None):
+        """``dx, dh0 = gru.backward(dy, dh_n)``; see ``RecurrentLayer._backward``."""
+        return self._backward(dy, [dh_n])
+
+    def _extra_buffers(self, T, B) -> dict:
+        H = self.hidden_size
+        return dict(aux=np.empty((T, B, H), self.dtype), dgates_hh=np.empty((T, B, 3 * H), self.dtype))
+
+    def _work_size(self) -> int:
+        return 4 * self.hidden_size
+
+    def _folded_bias(self, k, d) -> np.ndarray:
+        """b_ih plus the hidden biases that can move into the input projection."""
+        b = self._p("bias_ih", k, d) + self._p("bias_hh", k, d)
+        if self.linear_before_reset:  # b_hn stays inside r ⊙ (W_hn h + b_hn)
+            H = self.hidden_size
+            b[2 * H:] = self._p("bias_ih", k, d)[2 * H:]
+        return b
+
+    def _forward_dir(self, ws, k, d, inp) -> None:
+        gates = self._project(ws, k, d, inp, self._folded_bias(k, d))
+        i, H = k * self.num_directions + d, self.hidden_size
+        args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], gates, ws.extra[k][d]["aux"],
+                self._p("weight_hh", k, d), self._p("bias_hh", k, d), ws.init[0][i], ws.lengths,
+                d == 1, d * H, self.linear_before_reset)
+        self._rows(ws, lambda b0, b1, _: K.gru_forward(b0, b1, *args))
+
+    def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
+        i, H = k * self.num_directions + d, self.hidden_size
+        gates, h, ex = ws.gates[k][d], ws.states[0][k][d], ws.extra[k][d]
+        args = (gates, ex["dgates_hh"], ws.dinit[0][i], dy, ws.dfinal[0][i], gates, ex["aux"], h,
+                self._p("weight_hh", k, d), ws.lengths, d == 1, d * H, self.linear_before_reset)
+        self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, ws.work[t]))
+        self._input_grads(ws, k, d, inp, gates, dx)
+        hprev = self._hprev(h, d)
+        if self.linear_before_reset:
+            self._hidden_grads(ws, k, d, ex["dgates_hh"], hprev)
+        else:  # W_hn reads r ⊙ h, saved in aux
+            self._hidden_grads(ws, k, d, ex["dgates_hh"], hprev, slice(0, 2 * H))
+            self._hidden_grads(ws, k, d, ex["dgates_hh"], ex["aux"], slice(2 * H, 3 * H))
+
+    def _step_layer(self, k, x, old, new) -> None:
+        K.gru_step(new[0], x, old[0], self._p("weight_ih", k, 0), self._p("weight_hh", k, 0),
+                   self._p("bias_ih", k, 0), self._p("bias_hh", k, 0), self.linear_before_reset,
+                   self._step_work)

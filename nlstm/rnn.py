@@ -1,0 +1,63 @@
+"""``nlstm.RNN``: the Elman RNN, as ``torch.nn.RNN``."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .kernels import rnn as K
+from .recurrent import RecurrentLayer
+
+
+class RNN(RecurrentLayer):
+    """Elman RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
+
+    PyTorch's names and layout (``weight_ih_l{k}`` (H, I_k), ``weight_hh_l{k}`` (H, H),
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (H)). The state is h, (L·D, B, H) or (L·D, H).
+    """
+
+    _G = 1
+    _state_labels = ("h0",)
+    _name = "RNN"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 bidirectional: bool = False, dtype=np.float32, seed: Optional[int] = None,
+                 check_finite: bool = True, dropout: float = 0.0):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                         dtype, seed, check_finite, dropout)
+        self._init_params()
+
+    def _config_extra(self) -> dict:
+        return dict(nonlinearity=self.nonlinearity)
+
+    def _config_defaults(self) -> dict:
+        return dict(nonlinearity="tanh")
+
+    def backward(self, dy, dh_n=None):
+        """``dx, dh0 = rnn.backward(dy, dh_n)``; see ``RecurrentLayer._backward``."""
+        return self._backward(dy, [dh_n])
+
+    def _forward_dir(self, ws, k, d, inp) -> None:
+        pre = self._project(ws, k, d, inp, self._p("bias_ih", k, d) + self._p("bias_hh", k, d))
+        i, H = k * self.num_directions + d, self.hidden_size
+        args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], pre, self._p("weight_hh", k, d),
+                ws.init[0][i], ws.lengths, d == 1, d * H, self.nonlinearity == "relu")
+        self._rows(ws, lambda b0, b1, _: K.rnn_forward(b0, b1, *args))
+
+    def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
+        i, H = k * self.num_directions + d, self.hidden_size
+        dpre, h = ws.gates[k][d], ws.states[0][k][d]
+        args = (dpre, ws.dinit[0][i], dy, ws.dfinal[0][i], h, self._p("weight_hh", k, d),
+                ws.lengths, d == 1, d * H, self.nonlinearity == "relu")
+        self._rows(ws, lambda b0, b1, t: K.rnn_backward(b0, b1, *args, ws.work[t]))
+        self._input_grads(ws, k, d, inp, dpre, dx)
+        self._hidden_grads(ws, k, d, dpre, self._hprev(h, d))
+
+    def _step_layer(self, k, x, old, new) -> None:
+        K.rnn_step(new[0], x, old[0], self._p("weight_ih", k, 0), self._p("weight_hh", k, 0),
+                   self._p("bias_ih", k, 0), self._p("bias_hh", k, 0),
+                   self.nonlinearity == "relu", self._step_work)

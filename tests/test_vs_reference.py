@@ -1,0 +1,58 @@
+"""Forward and every gradient of every cell against the float64 oracle, over random
+configurations (layers, directions, layouts, lengths with zeros, given/omitted state)."""
+import numpy as np
+import pytest
+
+import reference as R
+from cases import KINDS, TOL, make_case, run_nlstm, state3, time_major
+
+
+def run_reference(case):
+    m = case["model"]
+    T, B, H, LD = case["T"], case["B"], case["H"], case["L"] * case["D"]
+    x = time_major(case, case["x"]).astype(np.float64)
+    n = len(case["dfinal"])
+    if case["state"] is None:
+        init = [np.zeros((LD, B, H)) for _ in range(n)]
+    else:
+        init = [state3(case, s).astype(np.float64) for s in case["state"]]
+    lengths = np.full(B, T) if case["lengths"] is None else case["lengths"]
+    y, final, cache = R.forward(case["ref_cell"], m.params, x, init, lengths, case["L"],
+                                m.bidirectional)
+    dx, dinit, grads = R.backward(cache, time_major(case, case["dy"]).astype(np.float64),
+                                  [state3(case, g).astype(np.float64) for g in case["dfinal"]])
+    return dict(y=y, final=final, dx=dx, dinit=dinit, grads=grads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(16))
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_matches_reference(kind, seed, dtype):
+    case = make_case(seed, dtype, kind)
+    got, want = run_nlstm(case), run_reference(case)
+    tol = TOL[dtype]
+    for name in ("y", "dx"):
+        assert got[name].dtype == dtype, name
+        np.testing.assert_allclose(time_major(case, got[name]), want[name], err_msg=name, **tol)
+    for name in ("final", "dinit"):
+        assert len(got[name]) == len(want[name])
+        for i, (g, w) in enumerate(zip(got[name], want[name])):
+            assert g.dtype == dtype
+            np.testing.assert_allclose(state3(case, g), w, err_msg=f"{name}[{i}]", **tol)
+    assert set(got["grads"]) == set(want["grads"])
+    for k, g in want["grads"].items():
+        np.testing.assert_allclose(got["grads"][k], g, err_msg=k, **tol)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_zero_length_rows_keep_initial_state_and_output_zero(kind, rng):
+    cls, extra, _ = KINDS[kind]
+    m = cls(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1, **extra)
+    B, T = 3, 4
+    x = rng.standard_normal((T, B, 3))
+    init = [rng.standard_normal((4, B, 4)) for _ in m._state_labels]
+    y, final = m(x, init[0] if len(init) == 1 else tuple(init), lengths=[0, 4, 0])
+    final = list(final) if isinstance(final, tuple) else [final]
+    assert np.all(y[:, [0, 2]] == 0)
+    for f, s in zip(final, init):
+        np.testing.assert_array_equal(f[:, [0, 2]], s[:, [0, 2]])
