@@ -43,9 +43,9 @@ class GRU(RecurrentLayer):
         """``dx, dh0 = gru.backward(dy, dh_n)``; see ``RecurrentLayer._backward``."""
         return self._backward(dy, [dh_n])
 
-    def _extra_buffers(self, T, B) -> dict:
+    def _extra_buffers(self, T, B, e) -> dict:
         H = self.hidden_size
-        return dict(aux=np.empty((T, B, H), self.dtype), dgates_hh=np.empty((T, B, 3 * H), self.dtype))
+        return dict(aux=e(T, B, H), dgates_hh=e(T, B, 3 * H))
 
     def _work_size(self) -> int:
         return 4 * self.hidden_size

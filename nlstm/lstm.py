@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .kernels import lstm as K
+from ._validate import positive_int
 from .recurrent import RecurrentLayer, Workspace
 
 State = Tuple[np.ndarray, np.ndarray]
@@ -22,6 +23,18 @@ class LSTM(RecurrentLayer):
     ``_reverse`` for the backward direction), so PyTorch checkpoints load unchanged.
     The state is the pair (h, c), each (L·D, B, H), or (L·D, H) for unbatched input.
     ``dropout`` applies between stacked layers in training forwards only.
+
+    Variants (PyTorch's and ONNX's), each with its own gradients:
+
+    - ``proj_size=P`` (PyTorch): h = W_hr (o⊙tanh c) with ``weight_hr_l{k}`` (P, H); h, y
+      and ``weight_hh`` use P features, c keeps H.
+    - ``peephole=True`` (ONNX ``P``): ``peephole_l{k}`` (3H,) = p_i, p_f, p_o; i and f add
+      p⊙c_{t-1}, o adds p_o⊙c_t.
+    - ``clip=x`` (ONNX ``clip``): gate pre-activations clamped to [-x, x].
+    - ``input_forget=True`` (ONNX): coupled gates, f = 1 − i (the f rows of the weights
+      are kept but unused).
+    - ``forget_bias=v``: adds v to the forget gate's ``bias_ih`` at init (Keras's
+      ``unit_forget_bias`` is v = 1 with zero biases).
     """
 
     _G = 4
@@ -30,13 +43,75 @@ class LSTM(RecurrentLayer):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
-                 seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0):
+                 seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0,
+                 proj_size: int = 0, peephole: bool = False, clip: Optional[float] = None,
+                 input_forget: bool = False, forget_bias: float = 0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          dtype, seed, check_finite, dropout)
+        self.proj_size = positive_int("proj_size", proj_size, minimum=0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size ({self.hidden_size}), "
+                             f"got {self.proj_size}")
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                 or not clip > 0):
+            raise ValueError(f"clip must be None or a positive number, got {clip!r}")
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
+                or not np.isfinite(forget_bias):
+            raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
+        if forget_bias and not self.bias:
+            raise ValueError("forget_bias needs bias=True")
+        self.peephole = bool(peephole)
+        self.clip = None if clip is None else float(clip)
+        self.input_forget = bool(input_forget)
+        self.forget_bias = float(forget_bias)
         self._init_params()
+        H = self.hidden_size
+        self._empty1 = np.zeros(0, self.dtype)
+        self._empty2 = np.zeros((0, 0), self.dtype)
+        self._empty3 = np.zeros((1, 1, 0), self.dtype)
+
+    @property
+    def _out_size(self) -> int:
+        return self.proj_size or self.hidden_size
 
     def _state_sizes(self):
-        return (self.hidden_size, self.hidden_size)
+        return (self._out_size, self.hidden_size)
+
+    def _extra_param_shapes(self, k: int, sfx: str) -> dict:
+        shapes = {}
+        if self.proj_size:
+            shapes[f"weight_hr_l{k}{sfx}"] = (self.proj_size, self.hidden_size)
+        if self.peephole:
+            shapes[f"peephole_l{k}{sfx}"] = (3 * self.hidden_size,)
+        return shapes
+
+    def _adjust_init(self) -> None:
+        if self.forget_bias:
+            H = self.hidden_size
+            for name, p in self.params.items():
+                if name.startswith("bias_ih"):
+                    p[H:2 * H] += self.dtype.type(self.forget_bias)
+
+    def _config_extra(self) -> dict:
+        return dict(proj_size=self.proj_size, peephole=self.peephole, clip=self.clip,
+                    input_forget=self.input_forget, forget_bias=self.forget_bias)
+
+    def _config_defaults(self) -> dict:
+        return dict(proj_size=0, peephole=False, clip=None, input_forget=False, forget_bias=0.0)
+
+    def _options(self, k: int, d: int) -> K.Options:
+        sfx = self._suffixes()[d]
+        return K.Options(
+            peep=self.params[f"peephole_l{k}{sfx}"] if self.peephole else self._empty1,
+            clip=self.dtype.type(np.inf if self.clip is None else self.clip),
+            input_forget=self.input_forget, proj=self.proj_size > 0,
+            w_hr=self.params[f"weight_hr_l{k}{sfx}"] if self.proj_size else self._empty2)
+
+    def _extra_buffers(self, T, B, e) -> dict:
+        H, P, none = self.hidden_size, self._out_size, self._empty3
+        return dict(pre=e(T, B, 4 * H) if self.clip is not None else none,
+                    m=e(T, B, H) if self.proj_size else none,
+                    dh_all=e(T, B, P) if self.proj_size else none)
 
     def __call__(self, x, state: Optional[State] = None, lengths=None):
         """Inference: ``y, (h_n, c_n) = lstm(x, state, lengths)``."""
@@ -48,30 +123,40 @@ class LSTM(RecurrentLayer):
 
     def _forward_dir(self, ws: Workspace, k: int, d: int, inp: np.ndarray) -> None:
         gates = self._project(ws, k, d, inp, self._p("bias_ih", k, d) + self._p("bias_hh", k, d))
-        i, H = k * self.num_directions + d, self.hidden_size
-        (h, c), (h0, c0), (h_n, c_n) = self._per_dir(ws, k, d, i)
-        args = (ws.y[k], h, c, h_n, c_n, gates, self._p("weight_hh", k, d), h0, c0, ws.lengths,
-                d == 1, d * H)
+        i, ex = k * self.num_directions + d, ws.extra[k][d]
+        h, c = ws.states[0][k][d], ws.states[1][k][d]
+        args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, self._p("weight_hh", k, d),
+                ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, d * self._out_size,
+                self._options(k, d), ex["pre"], ex["m"])
         self._rows(ws, lambda b0, b1, _: K.lstm_forward(b0, b1, *args))
 
-    def _per_dir(self, ws: Workspace, k: int, d: int, i: int):
-        return ([s[k][d] for s in ws.states], [a[i] for a in ws.init], [a[i] for a in ws.final])
-
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
-        i, H = k * self.num_directions + d, self.hidden_size
+        i, H, ex = k * self.num_directions + d, self.hidden_size, ws.extra[k][d]
         gates = ws.gates[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
         args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],
-                gates, h, c, self._p("weight_hh", k, d), ws.lengths, d == 1, d * H)
+                gates, h, c, self._p("weight_hh", k, d), ws.lengths, d == 1, d * self._out_size,
+                self._options(k, d), ex["pre"], ex["m"], ex["dh_all"])
         self._rows(ws, lambda b0, b1, t: K.lstm_backward(b0, b1, *args, ws.work[t]))
         # The gates buffer now holds the gate gradients.
         self._input_grads(ws, k, d, inp, gates, dx)
         self._hidden_grads(ws, k, d, gates, self._hprev(h, d))
+        T, B = ws.key
+        sfx = self._suffixes()[d]
+        if self.proj_size:
+            self.grads[f"weight_hr_l{k}{sfx}"] += (ex["dh_all"].reshape(T * B, -1).T
+                                                   @ ex["m"].reshape(T * B, H))
+        if self.peephole:
+            c_prev, c_new = self._hprev(c, d), (c[:-1] if d == 1 else c[1:])
+            dp = self.grads[f"peephole_l{k}{sfx}"]
+            dp[:H] += np.einsum("tbj,tbj->j", gates[..., :H], c_prev)
+            dp[H:2 * H] += np.einsum("tbj,tbj->j", gates[..., H:2 * H], c_prev)
+            dp[2 * H:] += np.einsum("tbj,tbj->j", gates[..., 3 * H:], c_new)
 
     def _step_layer(self, k, x, old, new) -> None:
         K.lstm_step(new[0], new[1], x, old[0], old[1], self._p("weight_ih", k, 0),
                     self._p("weight_hh", k, 0), self._p("bias_ih", k, 0), self._p("bias_hh", k, 0),
-                    self._step_work)
+                    self._options(k, 0), self._step_work)
 
     def _work_size(self) -> int:
-        return self._G * self.hidden_size
+        return 9 * self.hidden_size

@@ -17,6 +17,12 @@ from . import _threads
 from ._validate import expect_shape, layer_dtype, lengths_array, positive_int, real_array
 
 
+def _new_buffer(shape, dtype) -> np.ndarray:
+    """Workspace memory. Uninitialised on purpose; the tests swap in NaN-filled buffers so
+    that any read of a row no kernel wrote shows up as NaN every time."""
+    return np.empty(shape, dtype)
+
+
 class Workspace:
     """Every buffer one (T, B) shape needs, allocated once and reused.
 
@@ -36,7 +42,7 @@ class Workspace:
         L, D, G, H, O = (layer.num_layers, layer.num_directions, layer._G, layer.hidden_size,
                          layer._out_size)
         dt = layer.dtype
-        e = lambda *s: np.empty(s, dt)
+        e = lambda *s: _new_buffer(s, dt)
         sizes = layer._state_sizes()
         self.x = e(T, B, layer.input_size)
         self.y = [e(T, B, D * O) for _ in range(L)]
@@ -50,13 +56,13 @@ class Workspace:
         self.dy_b = e(T, B, D * O)
         self.dx = e(T, B, layer.input_size)
         self.masks = [e(T, B, D * O) for _ in range(L - 1)] if layer.dropout else []
-        self.extra = [[layer._extra_buffers(T, B) for _ in range(D)] for _ in range(L)]
+        self.extra = [[layer._extra_buffers(T, B, e) for _ in range(D)] for _ in range(L)]
         self.work = e(_threads.get_num_threads(), layer._work_size())
         self.lengths = np.empty(B, np.int64)
 
     def ensure_work_rows(self, n: int) -> None:
         if self.work.shape[0] < n:  # threads were added since allocation
-            self.work = np.empty((n, self.work.shape[1]), self.work.dtype)
+            self.work = _new_buffer((n, self.work.shape[1]), self.work.dtype)
 
 
 class RecurrentLayer:
@@ -114,7 +120,8 @@ class RecurrentLayer:
     def _adjust_init(self) -> None:
         pass
 
-    def _extra_buffers(self, T: int, B: int) -> dict:
+    def _extra_buffers(self, T: int, B: int, e) -> dict:
+        """Cell-specific saved buffers; ``e(*shape)`` allocates one in the layer's dtype."""
         return {}
 
     def _work_size(self) -> int:

@@ -14,7 +14,18 @@ KINDS = {
     "rnn_tanh": (nlstm.RNN, dict(nonlinearity="tanh"), lambda: R.RNNCell("tanh")),
     "rnn_relu": (nlstm.RNN, dict(nonlinearity="relu"), lambda: R.RNNCell("relu")),
 }
-TORCH_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+# LSTM variants: the oracle has their forward; gradients are checked by finite differences
+# (and by torch for proj_size).
+VARIANTS = {
+    "lstm_proj": (nlstm.LSTM, dict(proj_size=-1), lambda: R.LSTMCell(proj=True)),
+    "lstm_peephole": (nlstm.LSTM, dict(peephole=True), lambda: R.LSTMCell(peephole=True)),
+    "lstm_clip": (nlstm.LSTM, dict(clip=0.7), lambda: R.LSTMCell(clip=0.7)),
+    "lstm_input_forget": (nlstm.LSTM, dict(input_forget=True), lambda: R.LSTMCell(input_forget=True)),
+    "lstm_all_onnx": (nlstm.LSTM, dict(peephole=True, clip=0.9, input_forget=True),
+                      lambda: R.LSTMCell(peephole=True, clip=0.9, input_forget=True)),
+}
+ALL_KINDS = {**KINDS, **VARIANTS}
+TORCH_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_proj")
 
 
 def make_case(seed, dtype, kind="lstm", allow_zero_length=True):
@@ -27,32 +38,36 @@ def make_case(seed, dtype, kind="lstm", allow_zero_length=True):
     T, B, I, H = (int(rng.integers(1, 7)), int(rng.integers(1, 5)), int(rng.integers(1, 6)),
                   int(rng.integers(1, 7)))
     D = 2 if bi else 1
-    cls, extra, ref_cell = KINDS[kind]
+    cls, extra, ref_cell = ALL_KINDS[kind]
+    if extra.get("proj_size") == -1:
+        H = max(H, 2)
+        extra = dict(extra, proj_size=int(rng.integers(1, H)))
     m = cls(I, H, num_layers=L, bidirectional=bi, batch_first=batch_first, dtype=dtype,
             seed=seed, bias=rng.random() < 0.85, **extra)
     n_states = len(m._state_labels)
+    O = m._out_size
     if unbatched:
         B = 1
         x = rng.standard_normal((T, I))
-        s_shape = (L * D, H)
-        y_shape = (T, D * H)
+        s_shapes = [(L * D, n) for n in m._state_sizes()]
+        y_shape = (T, D * O)
         lengths = None
     else:
         x = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
-        s_shape = (L * D, B, H)
-        y_shape = (B, T, D * H) if batch_first else (T, B, D * H)
+        s_shapes = [(L * D, B, n) for n in m._state_sizes()]
+        y_shape = (B, T, D * O) if batch_first else (T, B, D * O)
         lengths = None
         if rng.random() < 0.6:
             lengths = rng.integers(0 if allow_zero_length else 1, T + 1, size=B)
     state = None
     if rng.random() < 0.6:
-        state = [rng.standard_normal(s_shape) for _ in range(n_states)]
+        state = [rng.standard_normal(s) for s in s_shapes]
     cast = lambda a: np.asarray(a, dtype)
     return dict(model=m, kind=kind, ref_cell=ref_cell(), x=cast(x),
                 state=None if state is None else [cast(s) for s in state],
                 lengths=lengths, unbatched=unbatched, T=T, B=B, H=H, L=L, D=D,
                 dy=cast(rng.standard_normal(y_shape)),
-                dfinal=[cast(rng.standard_normal(s_shape)) for _ in range(n_states)])
+                dfinal=[cast(rng.standard_normal(s)) for s in s_shapes])
 
 
 def user_state(case, arrays):
@@ -72,8 +87,8 @@ def time_major(case, a):
 
 
 def state3(case, s):
-    """A user-layout state as (L·D, B, H)."""
-    return s.reshape(s.shape[0], case["B"], case["H"])
+    """A user-layout state as (L·D, B, ·)."""
+    return s.reshape(s.shape[0], case["B"], -1)
 
 
 def run_nlstm(case):

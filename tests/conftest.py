@@ -9,3 +9,11 @@ _nrt_python.memsys_enable_stats()
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True)
+def nan_filled_workspaces(monkeypatch):
+    """Every workspace buffer starts as NaN, so reading a row that no kernel wrote fails
+    deterministically instead of depending on what the allocator handed back."""
+    import nlstm.recurrent
+    monkeypatch.setattr(nlstm.recurrent, "_new_buffer", lambda shape, dtype: np.full(shape, np.nan, dtype))

@@ -16,19 +16,41 @@ def sigmoid(z):
 # ---- cells ----------------------------------------------------------------------------
 class LSTMCell:
     """i = σ(W_ii x + b_ii + W_hi h + b_hi), f = σ(…), g = tanh(…), o = σ(…),
-    c' = f⊙c + i⊙g, h' = o⊙tanh(c'). State (h, c); output h."""
+    c' = f⊙c + i⊙g, h' = o⊙tanh(c'). State (h, c); output h.
+
+    Variants (forward only; their gradients are checked by finite differences):
+    peephole: i and f add p_i⊙c, p_f⊙c and o adds p_o⊙c' (``peephole`` = p_i, p_f, p_o);
+    clip: every gate pre-activation clamped to [-clip, clip] just before its activation;
+    input_forget: f = 1 − i; proj: h' = W_hr (o⊙tanh(c')).
+    """
     G, n_states = 4, 2
+
+    def __init__(self, peephole=False, clip=None, input_forget=False, proj=False):
+        self.peephole, self.clip, self.input_forget, self.proj = peephole, clip, input_forget, proj
+        self.plain = not (peephole or clip or input_forget or proj)
 
     def step(self, w, x, state):
         h, c = state
-        H = h.shape[0]
+        H = c.shape[0]
         z = w["weight_ih"] @ x + w["bias_ih"] + w["weight_hh"] @ h + w["bias_hh"]
-        i, f, g, o = sigmoid(z[:H]), sigmoid(z[H:2 * H]), np.tanh(z[2 * H:3 * H]), sigmoid(z[3 * H:])
+        zi, zf, zg, zo = z[:H], z[H:2 * H], z[2 * H:3 * H], z[3 * H:]
+        if self.peephole:
+            p = w["peephole"]
+            zi, zf = zi + p[:H] * c, zf + p[H:2 * H] * c
+        clip = (lambda v: np.clip(v, -self.clip, self.clip)) if self.clip else (lambda v: v)
+        i, g = sigmoid(clip(zi)), np.tanh(clip(zg))
+        f = 1 - i if self.input_forget else sigmoid(clip(zf))
         c_new = f * c + i * g
+        if self.peephole:
+            zo = zo + w["peephole"][2 * H:] * c_new
+        o = sigmoid(clip(zo))
         h_new = o * np.tanh(c_new)
+        if self.proj:
+            h_new = w["weight_hr"] @ h_new
         return (h_new, c_new), (x, h, c, i, f, g, o, c_new)
 
     def step_back(self, w, saved, dstate):
+        assert self.plain, "the reference differentiates only the plain LSTM"
         x, h, c, i, f, g, o, c_new = saved
         dh, dc = dstate
         tc = np.tanh(c_new)
@@ -125,11 +147,13 @@ def _order(L, reverse):
     return range(L - 1, -1, -1) if reverse else range(L)
 
 
-def _weights(p, k, d, cell, H):
+def _weights(p, k, d):
+    """Every parameter of layer k, direction d, by its name without the layer suffix."""
     sfx = "_reverse" if d else ""
-    w = {n: p[f"{n}_l{k}{sfx}"] for n in ("weight_ih", "weight_hh")}
+    end = f"_l{k}{sfx}"
+    w = {n[:-len(end)]: v for n, v in p.items() if n.endswith(end)}
     for n in ("bias_ih", "bias_hh"):
-        w[n] = p.get(f"{n}_l{k}{sfx}", np.zeros(cell.G * H))
+        w.setdefault(n, np.zeros(w["weight_ih"].shape[0]))
     return w, sfx
 
 
@@ -140,14 +164,14 @@ def forward(cell, params, x, init, lengths, num_layers, bidirectional):
     x = np.asarray(x, np.float64)
     T, B, _ = x.shape
     D = 2 if bidirectional else 1
-    H = init[0].shape[-1]
-    final = [np.zeros((num_layers * D, B, H)) for _ in init]
+    H = init[0].shape[-1]  # output features per direction
+    final = [np.zeros(s.shape[:1] + (B,) + s.shape[2:]) for s in init]
     cache = dict(cell=cell, p=p, x=x, lengths=lengths, L=num_layers, D=D, H=H, saved={})
     inp = x
     for k in range(num_layers):
         y = np.zeros((T, B, D * H))
         for d in range(D):
-            w, _ = _weights(p, k, d, cell, H)
+            w, _ = _weights(p, k, d)
             for b in range(B):
                 state = tuple(np.array(s[k * D + d, b], np.float64) for s in init)
                 for t in _order(lengths[b], d == 1):
@@ -171,7 +195,7 @@ def backward(cache, dy, dfinal):
         I = cache["x"].shape[2] if k == 0 else D * H
         dinp = np.zeros((T, B, I))
         for d in range(D):
-            w, sfx = _weights(p, k, d, cell, H)
+            w, sfx = _weights(p, k, d)
             for b in range(B):
                 dstate = [np.array(g[k * D + d, b], np.float64) for g in dfinal]
                 for t in reversed(list(_order(lengths[b], d == 1))):

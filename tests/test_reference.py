@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import reference as R
-from cases import KINDS
+from cases import ALL_KINDS, KINDS
 
 
 def numeric_grad(f, arr, eps=1e-6):
@@ -51,23 +51,34 @@ def test_reference_gradients_match_finite_differences(kind, L, bi):
     np.testing.assert_array_equal(final[0][:, 1], init[0][:, 1])
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("kind", list(ALL_KINDS))
 def test_nlstm_float64_gradients_match_finite_differences(kind):
     rng = np.random.default_rng(8)
     T, B, I, H, L = 5, 2, 3, 3, 2
-    cls, extra, _ = KINDS[kind]
+    cls, extra, _ = ALL_KINDS[kind]
+    if extra.get("proj_size") == -1:
+        extra = dict(extra, proj_size=2)
     m = cls(I, H, num_layers=L, bidirectional=True, batch_first=True, dtype=np.float64, seed=2, **extra)
     n = len(m._state_labels)
+    O = m._out_size
     x = rng.standard_normal((B, T, I))
-    init = [rng.standard_normal((2 * L, B, H)) for _ in range(n)]
+    init = [rng.standard_normal((2 * L, B, s)) for s in m._state_sizes()]
     pack = lambda a: a[0] if n == 1 else tuple(a)
     unpack = lambda s: [s] if n == 1 else list(s)
     lengths = np.array([3, 5])
-    wy = rng.standard_normal((B, T, 2 * H))
-    wf = [rng.standard_normal((2 * L, B, H)) for _ in range(n)]
+    wy = rng.standard_normal((B, T, 2 * O))
+    wf = [rng.standard_normal((2 * L, B, s)) for s in m._state_sizes()]
     if kind == "rnn_relu":  # keep pre-activations away from relu's kink
         for k in m.params:
             m.params[k] += 0.3 * np.sign(m.params[k])
+    if "clip" in extra:  # some gates clipped, and none within reach of the clip's kink
+        for k in m.params:
+            m.params[k] *= 3
+        m.forward(x, pack(init), lengths)
+        active = np.arange(T)[:, None] < lengths[None, :]  # (T, B) steps that ran
+        pre = np.concatenate([e["pre"][active].ravel() for row in m._ws.extra for e in row])
+        assert (np.abs(pre) > m.clip).mean() > 0.05
+        assert np.abs(np.abs(pre) - m.clip).min() > 1e-4
 
     def loss():
         y, final = m(x, pack(init), lengths)

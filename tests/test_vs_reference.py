@@ -4,21 +4,22 @@ import numpy as np
 import pytest
 
 import reference as R
-from cases import KINDS, TOL, make_case, run_nlstm, state3, time_major
+from cases import KINDS, TOL, VARIANTS, make_case, run_nlstm, state3, time_major
 
 
-def run_reference(case):
+def run_reference(case, forward_only=False):
     m = case["model"]
-    T, B, H, LD = case["T"], case["B"], case["H"], case["L"] * case["D"]
+    T, B, LD = case["T"], case["B"], case["L"] * case["D"]
     x = time_major(case, case["x"]).astype(np.float64)
-    n = len(case["dfinal"])
     if case["state"] is None:
-        init = [np.zeros((LD, B, H)) for _ in range(n)]
+        init = [np.zeros((LD, B, n)) for n in m._state_sizes()]
     else:
         init = [state3(case, s).astype(np.float64) for s in case["state"]]
     lengths = np.full(B, T) if case["lengths"] is None else case["lengths"]
     y, final, cache = R.forward(case["ref_cell"], m.params, x, init, lengths, case["L"],
                                 m.bidirectional)
+    if forward_only:
+        return dict(y=y, final=final)
     dx, dinit, grads = R.backward(cache, time_major(case, case["dy"]).astype(np.float64),
                                   [state3(case, g).astype(np.float64) for g in case["dfinal"]])
     return dict(y=y, final=final, dx=dx, dinit=dinit, grads=grads)
@@ -56,3 +57,18 @@ def test_zero_length_rows_keep_initial_state_and_output_zero(kind, rng):
     assert np.all(y[:, [0, 2]] == 0)
     for f, s in zip(final, init):
         np.testing.assert_array_equal(f[:, [0, 2]], s[:, [0, 2]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("kind", list(VARIANTS))
+def test_variant_forward_matches_reference(kind, seed, dtype):
+    case = make_case(seed, dtype, kind)
+    m = case["model"]
+    for k in m.params:  # weights large enough that clipping really happens
+        m.params[k] *= 3
+    got, want = run_nlstm(case), run_reference(case, forward_only=True)
+    tol = TOL[dtype]
+    np.testing.assert_allclose(time_major(case, got["y"]), want["y"], err_msg="y", **tol)
+    for i, (g, w) in enumerate(zip(got["final"], want["final"])):
+        np.testing.assert_allclose(state3(case, g), w, err_msg=f"final[{i}]", **tol)

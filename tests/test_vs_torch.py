@@ -13,6 +13,8 @@ def torch_module(m):
               bidirectional=m.bidirectional)
     if m._name == "RNN":
         kw["nonlinearity"] = m.nonlinearity
+    if getattr(m, "proj_size", 0):
+        kw["proj_size"] = m.proj_size
     tm = getattr(torch.nn, m._name)(m.input_size, m.hidden_size, **kw).to(tdt)
     tm.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in m.state_dict().items()})
     return tm

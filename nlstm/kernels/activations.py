@@ -70,3 +70,14 @@ def _ov_sigmoid(x):
     if _is_f32(x):
         return lambda x: _HALF32 * _tanh_f32(_HALF32 * x) + _HALF32
     return lambda x: 1.0 / (1.0 + np.exp(-x))
+
+
+def cast_like(a, v):
+    """v as a scalar of array a's dtype (a bare literal would promote float32 to float64)."""
+    return a.dtype.type(v)
+
+
+@overload(cast_like, inline="always")
+def _ov_cast_like(a, v):
+    dt = a.dtype
+    return lambda a, v: dt(v)

@@ -59,6 +59,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh, b_hh, h0, lengths, reverse,
     H = gates.shape[2] // 3
     begin_rows(b0, b1, h, h0, lengths, reverse)
     zero_padding(b0, b1, y, lengths, col, H)
+    zero_rows_past(b0, b1, aux, lengths)  # W_hn's gradient product reads every row of aux
     for step in range(T):
         for b in range(b0, b1):
             L = lengths[b]

@@ -3,49 +3,117 @@
 The layer does the large products outside these kernels: the input projection of
 all time steps (one GEMM, biases folded in) before ``lstm_forward``, and the weight
 gradients and ``dx`` (one GEMM each over all steps) after ``lstm_backward``. The
-kernels only carry h and c through time.
-
-Time and state slots are as in :mod:`nlstm.kernels.slots`.
+kernels only carry the state through time. Time and state slots are as in
+:mod:`nlstm.kernels.slots`; gate order is PyTorch's: i, f, g, o.
 
 Rows of the batch are independent in the recurrence, so the kernels take a row range
 ``b0:b1``: the layer runs one call per thread on disjoint ranges (the kernels release
 the GIL), with no synchronisation per time step and no parfor allocations.
-Gate order is PyTorch's: i, f, g, o.
+
+Variants, each off by default and checked once per row and step, outside the
+vectorised loops (``opt`` is an ``Options`` tuple):
+- peepholes (ONNX ``P``): i and f add p_i⊙c_{t-1} and p_f⊙c_{t-1}, o adds p_o⊙c_t;
+- clip (ONNX ``clip``): gate pre-activations clamped to [-clip, clip];
+- input_forget (ONNX): f = 1 - i;
+- projection (PyTorch ``proj_size``): h = W_hr (o⊙tanh c), so h has P features.
 """
-from .activations import sigmoid, tanh
+from collections import namedtuple
+
+import numpy as np
+
+from .activations import cast_like, sigmoid, tanh
 from .config import kernel
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
 
+# peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
+# w_hr: (P, H) or empty
+Options = namedtuple("Options", "peep clip input_forget proj w_hr")
+
 
 @kernel
-def _pointwise(g, c_prev, c_new, h_new):
+def _clamp(g, lo, hi):
+    for j in range(g.shape[0]):
+        g[j] = min(max(g[j], lo), hi)
+
+
+@kernel
+def _pointwise(g, c_prev, c_new, m, opt, pre):
     """Gate nonlinearities and the cell update for one row.
 
-    g: (4H,) pre-activations in, post-activations out; c_prev, c_new, h_new: (H,).
+    g: (4H,) pre-activations in, post-activations out; c_prev, c_new: (H,);
+    m: (H,) out: o⊙tanh(c_new) (the new h unless projected); pre: (4H,) out: the
+    pre-activations before clipping (only with clip).
     """
     H = c_prev.shape[0]
+    peep = opt.peep.shape[0] > 0
+    if peep:
+        for j in range(H):
+            g[j] += opt.peep[j] * c_prev[j]
+            g[H + j] += opt.peep[H + j] * c_prev[j]
+    if opt.clip < np.inf:
+        for j in range(4 * H):
+            pre[j] = g[j]
+        # The output gate's clip must wait for its peephole, which reads c_new.
+        _clamp(g[:3 * H], -opt.clip, opt.clip)
     for j in range(H):
         ig = sigmoid(g[j])
         fg = sigmoid(g[H + j])
         gg = tanh(g[2 * H + j])
-        og = sigmoid(g[3 * H + j])
         g[j] = ig
         g[H + j] = fg
         g[2 * H + j] = gg
+    if opt.input_forget:
+        one = cast_like(g, 1)
+        for j in range(H):
+            g[H + j] = one - g[j]
+    for j in range(H):
+        c_new[j] = g[H + j] * c_prev[j] + g[j] * g[2 * H + j]
+    if peep:
+        for j in range(H):
+            g[3 * H + j] += opt.peep[2 * H + j] * c_new[j]
+        if opt.clip < np.inf:
+            for j in range(H):
+                pre[3 * H + j] = g[3 * H + j]
+    if opt.clip < np.inf:
+        _clamp(g[3 * H:], -opt.clip, opt.clip)
+    for j in range(H):
+        og = sigmoid(g[3 * H + j])
         g[3 * H + j] = og
-        cn = fg * c_prev[j] + ig * gg
-        c_new[j] = cn
-        h_new[j] = og * tanh(cn)
+        m[j] = og * tanh(c_new[j])
 
 
 @kernel
-def _forward_rows(b0, b1, y, h, c, h_n, c_n, gates, w_hh, h0, c0, lengths, reverse, col):
+def _project(h_new, w_hr, m):
+    """h_new = W_hr m; h_new: (P,), w_hr: (P, H), m: (H,)."""
+    for j in range(h_new.shape[0]):
+        acc = cast_like(h_new, 0)
+        wj = w_hr[j]
+        for k in range(m.shape[0]):
+            acc += wj[k] * m[k]
+        h_new[j] = acc
+
+
+@kernel
+def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh, h0, c0, lengths, reverse, col,
+                 opt, pre, m):
+    """One direction of one layer over the whole sequence, for batch rows b0:b1.
+
+    y: (T, B, Y) layer output; this direction writes columns col:col+P (P = H unprojected)
+    h: (T+1, B, P), c: (T+1, B, H) state slots; h_n: (B, P), c_n: (B, H) final states
+    gates: (T, B, 4H) in: x·W_ihᵀ + b_ih + b_hh; out: post-activation gates i, f, g, o
+    w_hh: (4H, P); h0: (B, P); c0: (B, H); lengths: (B,) int64 in 0..T; reverse: bool
+    opt: Options; pre: (T, B, 4H) out with clip, else empty: pre-activations before clipping
+    m: (T, B, H) out with projection, else empty: o⊙tanh(c) of every step
+    """
     T = gates.shape[0]
     G = gates.shape[2]
-    H = G // 4
+    P = h.shape[2]
     begin_rows(b0, b1, h, h0, lengths, reverse)
     begin_rows(b0, b1, c, c0, lengths, reverse)
-    zero_padding(b0, b1, y, lengths, col, H)
+    zero_padding(b0, b1, y, lengths, col, P)
+    if opt.proj:
+        zero_rows_past(b0, b1, m, lengths)
+    clip = opt.clip < np.inf
     for step in range(T):
         for b in range(b0, b1):
             L = lengths[b]
@@ -58,41 +126,52 @@ def _forward_rows(b0, b1, y, h, c, h_n, c_n, gates, w_hh, h0, c0, lengths, rever
             for j in range(G):
                 acc = g[j]
                 wj = w_hh[j]
-                for k in range(H):
+                for k in range(P):
                     acc += wj[k] * hp[k]
                 g[j] = acc
-            _pointwise(g, c[p, b], c[o, b], h[o, b])
-            for j in range(H):
+            pre_tb = pre[t, b] if clip else pre[0, 0]
+            if opt.proj:
+                _pointwise(g, c[p, b], c[o, b], m[t, b], opt, pre_tb)
+                _project(h[o, b], opt.w_hr, m[t, b])
+            else:
+                _pointwise(g, c[p, b], c[o, b], h[o, b], opt, pre_tb)
+            for j in range(P):
                 y[t, b, col + j] = h[o, b, j]
     end_rows(b0, b1, h_n, h, lengths, reverse)
     end_rows(b0, b1, c_n, c, lengths, reverse)
 
 
 @kernel
-def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh, h0, c0, lengths, reverse, col):
-    """One direction of one layer over the whole sequence, for batch rows b0:b1.
+def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh, lengths, reverse,
+                  col, opt, pre, m, dh_all, work):
+    """Backward through time for one direction of one layer, for batch rows b0:b1.
 
-    y: (T, B, Y) layer output; this direction writes columns col:col+H, zero past each length
-    h, c: (T+1, B, H) state slots (see module docstring)
-    h_n, c_n: (B, H) final state of each row
-    gates: (T, B, 4H) in: x·W_ihᵀ + b_ih + b_hh; out: post-activation gates i, f, g, o
-    w_hh: (4H, H); h0, c0: (B, H); lengths: (B,) int64 in 0..T; reverse: bool; col: int
+    dgates: (T, B, 4H) out: gradients of the gate pre-activations (zero past each
+            length); may be the same array as ``gates``
+    dh0: (B, P), dc0: (B, H) out: gradients of the initial state, also the running carry
+    dy: (T, B, Y) gradient of the layer output; this direction reads columns col:col+P
+    dh_n: (B, P), dc_n: (B, H) gradients of the final state
+    gates, h, c, w_hh, lengths, reverse, col, opt, pre, m: as given to ``lstm_forward``
+    dh_all: (T, B, P) out with projection, else empty: the gradient of each step's h
+    work: (H + P,) scratch
     """
-    _forward_rows(b0, b1, y, h, c, h_n, c_n, gates, w_hh, h0, c0, lengths, reverse, col)
-
-
-@kernel
-def _backward_rows(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh,
-                   lengths, reverse, col, work):
     T = gates.shape[0]
     G = gates.shape[2]
     H = G // 4
+    P = h.shape[2]
+    dm = work[:H]
+    carry = work[H:H + P]
+    clip = opt.clip < np.inf
+    peep = opt.peep.shape[0] > 0
+    zero = cast_like(gates, 0)
     for b in range(b0, b1):
-        for j in range(H):
+        for j in range(P):
             dh0[b, j] = dh_n[b, j]
+        for j in range(H):
             dc0[b, j] = dc_n[b, j]
     zero_rows_past(b0, b1, dgates, lengths)
-    # dh0/dc0 carry the running gradient of each row's state, back to the start.
+    if opt.proj:
+        zero_rows_past(b0, b1, dh_all, lengths)
     for step in range(T - 1, -1, -1):
         for b in range(b0, b1):
             L = lengths[b]
@@ -102,57 +181,80 @@ def _backward_rows(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh,
             p, o = slots(t, reverse)
             g = gates[t, b]
             dg = dgates[t, b]  # may alias g: every read of index j precedes its write
+            # dm: the gradient of o⊙tanh(c_t), through the projection if there is one.
+            if opt.proj:
+                for j in range(P):
+                    dh_all[t, b, j] = dy[t, b, col + j] + dh0[b, j]
+                for k in range(H):
+                    dm[k] = 0
+                for j in range(P):
+                    a = dh_all[t, b, j]
+                    wj = opt.w_hr[j]
+                    for k in range(H):
+                        dm[k] += a * wj[k]
+            else:
+                for j in range(H):
+                    dm[j] = dy[t, b, col + j] + dh0[b, j]
             for j in range(H):
-                dh = dy[t, b, col + j] + dh0[b, j]
+                og = g[3 * H + j]
+                tc = tanh(c[o, b, j])
+                dzo = dm[j] * tc * (og - og * og)
+                if clip and abs(pre[t, b, 3 * H + j]) > opt.clip:
+                    dzo = zero
+                dc = dc0[b, j] + dm[j] * (og - og * tc * tc)
+                if peep:
+                    dc += dzo * opt.peep[2 * H + j]
                 ig = g[j]
                 fg = g[H + j]
                 gg = g[2 * H + j]
-                og = g[3 * H + j]
-                tc = tanh(c[o, b, j])
-                dc = dc0[b, j] + dh * (og - og * tc * tc)
-                dg[j] = dc * gg * (ig - ig * ig)
-                dg[H + j] = dc * c[p, b, j] * (fg - fg * fg)
-                dg[2 * H + j] = dc * (ig - ig * gg * gg)
-                dg[3 * H + j] = dh * tc * (og - og * og)
-                dc0[b, j] = dc * fg
-            for k in range(H):
-                work[k] = 0
+                cp = c[p, b, j]
+                dzi = dc * gg
+                dzf = dc * cp * (fg - fg * fg)
+                if opt.input_forget:
+                    dzi -= dc * cp
+                    dzf = zero
+                dzi *= ig - ig * ig
+                dzg = dc * (ig - ig * gg * gg)
+                if clip:
+                    if abs(pre[t, b, j]) > opt.clip:
+                        dzi = zero
+                    if abs(pre[t, b, H + j]) > opt.clip:
+                        dzf = zero
+                    if abs(pre[t, b, 2 * H + j]) > opt.clip:
+                        dzg = zero
+                dg[j] = dzi
+                dg[H + j] = dzf
+                dg[2 * H + j] = dzg
+                dg[3 * H + j] = dzo
+                dcp = dc * fg
+                if peep:
+                    dcp += dzi * opt.peep[j] + dzf * opt.peep[H + j]
+                dc0[b, j] = dcp
+            for k in range(P):
+                carry[k] = 0
             for j in range(G):
                 a = dg[j]
                 wj = w_hh[j]
-                for k in range(H):
-                    work[k] += a * wj[k]
-            for k in range(H):
-                dh0[b, k] = work[k]
+                for k in range(P):
+                    carry[k] += a * wj[k]
+            for k in range(P):
+                dh0[b, k] = carry[k]
 
 
 @kernel
-def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh, lengths, reverse,
-                  col, work):
-    """Backward through time for one direction of one layer, for batch rows b0:b1.
-
-    dgates: (T, B, 4H) out: gradients of the gate pre-activations (zero past each
-            length); may be the same array as ``gates``
-    dh0, dc0: (B, H) out: gradients of the initial state
-    dy: (T, B, Y) gradient of the layer output; this direction reads columns col:col+H
-    dh_n, dc_n: (B, H) gradients of the final state
-    gates, h, c, w_hh, lengths, reverse, col: as saved and given by ``lstm_forward``
-    work: (H,) scratch, one per concurrent call
-    """
-    _backward_rows(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh,
-                   lengths, reverse, col, work)
-
-
-@kernel
-def lstm_step(h_out, c_out, x, h, c, w_ih, w_hh, b_ih, b_hh, pre):
+def lstm_step(h_out, c_out, x, h, c, w_ih, w_hh, b_ih, b_hh, opt, work):
     """One time step of one layer, for streaming.
 
-    h_out, c_out: (B, H) new state; x: (B, I); h, c: (B, H) state before the step
-    w_ih: (4H, I); w_hh: (4H, H); b_ih, b_hh: (4H,); pre: (4H,) scratch
+    h_out: (B, P), c_out: (B, H) new state; x: (B, I); h: (B, P), c: (B, H) state before
+    w_ih: (4H, I); w_hh: (4H, P); b_ih, b_hh: (4H,); opt: Options; work: (9H,) scratch
     """
     B, I = x.shape
     G = w_hh.shape[0]
     H = G // 4
+    P = h.shape[1]
+    g = work[:G]
+    pre = work[G:2 * G]
+    m = work[2 * G:2 * G + H]
     for b in range(B):
         xb = x[b]
         hb = h[b]
@@ -162,7 +264,11 @@ def lstm_step(h_out, c_out, x, h, c, w_ih, w_hh, b_ih, b_hh, pre):
             for k in range(I):
                 acc += wi[k] * xb[k]
             wh = w_hh[j]
-            for k in range(H):
+            for k in range(P):
                 acc += wh[k] * hb[k]
-            pre[j] = acc
-        _pointwise(pre, c[b], c_out[b], h_out[b])
+            g[j] = acc
+        if opt.proj:
+            _pointwise(g, c[b], c_out[b], m, opt, pre)
+            _project(h_out[b], opt.w_hr, m)
+        else:
+            _pointwise(g, c[b], c_out[b], h_out[b], opt, pre)
