@@ -4,11 +4,17 @@ The recurrent kernels release the GIL, and the rows of a batch are independent, 
 each thread runs the whole sequence for its own range of rows. The large products run
 in NumPy's BLAS between kernel calls, never at the same time as the kernels, so only
 one pool is busy at a time. ``set_num_threads`` sets both.
+
+Inside the kernels, per-step block products may call BLAS too (Numba routes ``np.dot``
+to SciPy's OpenBLAS). There the parallelism is already the row ranges, so every OpenBLAS
+in the process runs single-threaded while kernels run, and gets its thread count back
+afterwards.
 """
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -23,7 +29,11 @@ _MIN_PARALLEL_WORK = 1_000_000
 
 
 def _find_blas_setters() -> list:
-    """The ``*_set_num_threads`` functions of the OpenBLAS libraries loaded in this process."""
+    """The ``*_set_num_threads`` functions of the OpenBLAS libraries loaded in this process.
+
+    Read from /proc/self/maps, as threadpoolctl does; nlstm keeps its runtime dependencies
+    to NumPy and Numba (and SciPy's BLAS, through Numba).
+    """
     names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
              "openblas_set_num_threads64_", "openblas_set_num_threads")
     setters, seen = [], set()
@@ -49,9 +59,23 @@ def _find_blas_setters() -> list:
     return setters
 
 
+_scanned_with_scipy = False
+
+
+def _set_blas_threads(n: int) -> None:
+    global _blas_setters, _scanned_with_scipy
+    # SciPy's OpenBLAS is loaded late (when Numba first links np.dot): look again once then.
+    scipy_loaded = "scipy.linalg.cython_blas" in sys.modules
+    if _blas_setters is None or (scipy_loaded and not _scanned_with_scipy):
+        _blas_setters = _find_blas_setters()
+        _scanned_with_scipy = scipy_loaded
+    for setter in _blas_setters:
+        setter(n)
+
+
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads for nlstm's kernels and for NumPy's BLAS."""
-    global _num_threads, _pool, _blas_setters
+    global _num_threads, _pool
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     _num_threads = n
@@ -59,10 +83,7 @@ def set_num_threads(n: int) -> None:
     if _pool is not None and _pool._max_workers < n - 1:
         _pool.shutdown(wait=True)
         _pool = None
-    if _blas_setters is None:
-        _blas_setters = _find_blas_setters()
-    for setter in _blas_setters:
-        setter(n)
+    _set_blas_threads(n)
 
 
 def get_num_threads() -> int:
@@ -78,11 +99,18 @@ def run_rows(B: int, work: float, call: Callable[[int, int, int], None]) -> None
     global _pool
     n = min(_num_threads, B)
     if n <= 1 or work < _MIN_PARALLEL_WORK:
-        call(0, B, 0)
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=max(1, _num_threads - 1), thread_name_prefix="nlstm")
-    futures = [_pool.submit(call, i * B // n, (i + 1) * B // n, i) for i in range(1, n)]
-    call(0, B // n, 0)
-    for f in futures:
-        f.result()
+        n = 1
+    _set_blas_threads(1)
+    try:
+        if n == 1:
+            call(0, B, 0)
+            return
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(1, _num_threads - 1),
+                                       thread_name_prefix="nlstm")
+        futures = [_pool.submit(call, i * B // n, (i + 1) * B // n, i) for i in range(1, n)]
+        call(0, B // n, 0)
+        for f in futures:
+            f.result()
+    finally:
+        _set_blas_threads(_num_threads)

@@ -105,7 +105,7 @@ class LSTM(RecurrentLayer):
             peep=self.params[f"peephole_l{k}{sfx}"] if self.peephole else self._empty1,
             clip=self.dtype.type(np.inf if self.clip is None else self.clip),
             input_forget=self.input_forget, proj=self.proj_size > 0,
-            w_hr=self.params[f"weight_hr_l{k}{sfx}"] if self.proj_size else self._empty2)
+            w_hr_t=self._wt[f"weight_hr_l{k}{sfx}"] if self.proj_size else self._empty2)
 
     def _extra_buffers(self, T, B, e) -> dict:
         H, P, none = self.hidden_size, self._out_size, self._empty3
@@ -125,24 +125,24 @@ class LSTM(RecurrentLayer):
         gates = self._project(ws, k, d, inp, self._p("bias_ih", k, d) + self._p("bias_hh", k, d))
         i, ex = k * self.num_directions + d, ws.extra[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
-        args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, self._p("weight_hh", k, d),
+        args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, self._w("weight_hh", k, d),
                 ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, d * self._out_size,
                 self._options(k, d), ex["pre"], ex["m"])
-        self._rows(ws, lambda b0, b1, _: K.lstm_forward(b0, b1, *args))
+        self._rows(ws, lambda b0, b1, t: K.lstm_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H, ex = k * self.num_directions + d, self.hidden_size, ws.extra[k][d]
         gates = ws.gates[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
+        sfx = self._suffixes()[d]
         args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],
-                gates, h, c, self._p("weight_hh", k, d), ws.lengths, d == 1, d * self._out_size,
+                gates, h, c, self._w("weight_hh", k, d), ws.lengths, d == 1, d * self._out_size,
                 self._options(k, d), ex["pre"], ex["m"], ex["dh_all"])
-        self._rows(ws, lambda b0, b1, t: K.lstm_backward(b0, b1, *args, ws.work[t]))
+        self._rows(ws, lambda b0, b1, t: K.lstm_backward(b0, b1, *args, *ws.scratch[t]))
         # The gates buffer now holds the gate gradients.
         self._input_grads(ws, k, d, inp, gates, dx)
         self._hidden_grads(ws, k, d, gates, self._hprev(h, d))
         T, B = ws.key
-        sfx = self._suffixes()[d]
         if self.proj_size:
             self.grads[f"weight_hr_l{k}{sfx}"] += (ex["dh_all"].reshape(T * B, -1).T
                                                    @ ex["m"].reshape(T * B, H))
@@ -154,9 +154,13 @@ class LSTM(RecurrentLayer):
             dp[2 * H:] += np.einsum("tbj,tbj->j", gates[..., 3 * H:], c_new)
 
     def _step_layer(self, k, x, old, new) -> None:
-        K.lstm_step(new[0], new[1], x, old[0], old[1], self._p("weight_ih", k, 0),
-                    self._p("weight_hh", k, 0), self._p("bias_ih", k, 0), self._p("bias_hh", k, 0),
+        K.lstm_step(new[0], new[1], x, old[0], old[1], self._w("weight_ih", k, 0),
+                    self._w("weight_hh", k, 0), self._p("bias_ih", k, 0), self._p("bias_hh", k, 0),
                     self._options(k, 0), self._step_work)
 
     def _work_size(self) -> int:
         return 9 * self.hidden_size
+
+    def _scratch(self, B: int, e) -> tuple:
+        H, P = self.hidden_size, self._out_size
+        return (np.empty(B, np.int64), np.empty(B, np.int64), e(B, P), e(B, P), e(B, 4 * H), e(B, H))

@@ -58,11 +58,17 @@ class Workspace:
         self.masks = [e(T, B, D * O) for _ in range(L - 1)] if layer.dropout else []
         self.extra = [[layer._extra_buffers(T, B, e) for _ in range(D)] for _ in range(L)]
         self.work = e(_threads.get_num_threads(), layer._work_size())
+        self.scratch = [layer._scratch(B, e) for _ in range(_threads.get_num_threads())]
         self.lengths = np.empty(B, np.int64)
 
-    def ensure_work_rows(self, n: int) -> None:
-        if self.work.shape[0] < n:  # threads were added since allocation
+    def ensure_work_rows(self, layer: "RecurrentLayer", n: int) -> None:
+        """One scratch set per thread; threads may have been added since allocation."""
+        if self.work.shape[0] < n:
             self.work = _new_buffer((n, self.work.shape[1]), self.work.dtype)
+        B = self.key[1]
+        e = lambda *s: _new_buffer(s, layer.dtype)
+        while len(self.scratch) < n:
+            self.scratch.append(layer._scratch(B, e))
 
 
 class RecurrentLayer:
@@ -91,13 +97,28 @@ class RecurrentLayer:
         self.seed = seed
 
     def _init_params(self) -> None:
-        """Uniform init over ±1/√H from ``seed``, as PyTorch; then the cell's adjustments."""
+        """Uniform init over ±1/√H from ``seed``, as PyTorch; then the cell's adjustments.
+
+        Weight matrices are stored transposed, (K, G) C-contiguous, which is the layout the
+        kernels stream (``self._wt``); ``params`` holds PyTorch-layout views of the same
+        memory, so in-place updates through either are seen by both and no copy goes stale.
+        Gradients use the same layout as their parameters.
+        """
         rng = np.random.default_rng(self.seed)
         bound = 1.0 / math.sqrt(self.hidden_size)
-        self.params: dict = {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
-                             for name, shape in self._param_shapes().items()}
+        self.params: dict = {}
+        self._wt: dict = {}
+        self.grads: dict = {}
+        for name, shape in self._param_shapes().items():
+            value = rng.uniform(-bound, bound, shape).astype(self.dtype)
+            if len(shape) == 2:
+                self._wt[name] = np.ascontiguousarray(value.T)
+                self.params[name] = self._wt[name].T
+                self.grads[name] = np.zeros(shape[::-1], self.dtype).T
+            else:
+                self.params[name] = value
+                self.grads[name] = np.zeros(shape, self.dtype)
         self._adjust_init()
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._zero_bias = np.zeros(self._G * self.hidden_size, self.dtype)
         self._dropout_rng = rng  # continues the init stream: one seed fixes both
         self._ws: Optional[Workspace] = None
@@ -126,6 +147,11 @@ class RecurrentLayer:
 
     def _work_size(self) -> int:
         return self._out_size
+
+    def _scratch(self, B: int, e) -> tuple:
+        """Per-thread scratch of the block kernels: active rows and times (B,) int64, then
+        float blocks (see nlstm.kernels.blocks)."""
+        return ()
 
     def _config_extra(self) -> dict:
         return {}
@@ -166,6 +192,10 @@ class RecurrentLayer:
             return self._zero_bias
         return self.params[key]
 
+    def _w(self, name: str, k: int, d: int) -> np.ndarray:
+        """Weight matrix ``name`` of layer k, direction d, transposed: (K, G) C-contiguous."""
+        return self._wt[f"{name}_l{k}{self._suffixes()[d]}"]
+
     def _g(self, name: str, k: int, d: int) -> Optional[np.ndarray]:
         """The gradient array of ``name`` for layer k, direction d (None without bias)."""
         return self.grads.get(f"{name}_l{k}{self._suffixes()[d]}")
@@ -178,8 +208,8 @@ class RecurrentLayer:
                     check_finite=self.check_finite, dropout=self.dropout, **self._config_extra())
 
     def state_dict(self) -> dict:
-        """Copies of the parameters, under PyTorch's key names."""
-        return {k: v.copy() for k, v in self.params.items()}
+        """Copies of the parameters (C-contiguous), under PyTorch's key names."""
+        return {k: np.array(v, order="C") for k, v in self.params.items()}
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Load parameters from PyTorch-named arrays (anything ``np.asarray`` takes).
@@ -336,14 +366,14 @@ class RecurrentLayer:
         """gates[k][d] = inp·W_ihᵀ + bias for every step at once; returns the gates buffer."""
         T, B = ws.key
         gates = ws.gates[k][d]
-        np.matmul(inp.reshape(T * B, -1), self._p("weight_ih", k, d).T,
-                  out=gates.reshape(T * B, -1))
+        np.matmul(inp.reshape(T * B, -1), self._w("weight_ih", k, d), out=gates.reshape(T * B, -1))
         gates += bias
         return gates
 
     def _rows(self, ws: Workspace, call) -> None:
         """Run ``call(b0, b1, thread)`` over the batch on nlstm's threads."""
         T, B = ws.key
+        ws.ensure_work_rows(self, _threads.get_num_threads())
         work = float(T) * B * self._G * self.hidden_size * self._out_size
         _threads.run_rows(B, work, call)
 
@@ -379,7 +409,7 @@ class RecurrentLayer:
                 buf.fill(0)
             else:
                 np.copyto(buf, g.reshape(buf.shape), casting="unsafe")
-        ws.ensure_work_rows(_threads.get_num_threads())
+        ws.ensure_work_rows(self, _threads.get_num_threads())
         dy, spare = ws.dy_a, ws.dy_b
         for k in reversed(range(self.num_layers)):
             inp = ws.x if k == 0 else ws.y[k - 1]

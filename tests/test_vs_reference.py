@@ -72,3 +72,39 @@ def test_variant_forward_matches_reference(kind, seed, dtype):
     np.testing.assert_allclose(time_major(case, got["y"]), want["y"], err_msg="y", **tol)
     for i, (g, w) in enumerate(zip(got["final"], want["final"])):
         np.testing.assert_allclose(state3(case, g), w, err_msg=f"final[{i}]", **tol)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind", list(KINDS) + ["lstm_proj"])
+def test_large_batch_block_path(kind, threads):
+    """Batches big enough for the BLAS block product per step (and, with 2 threads, row
+    ranges per thread), with ragged lengths and both directions."""
+    import nlstm
+    from cases import ALL_KINDS
+    cls, extra, make_cell = ALL_KINDS[kind]
+    if extra.get("proj_size") == -1:
+        extra = dict(extra, proj_size=3)
+    rng = np.random.default_rng(5)
+    T, B, I, H = 4, 70, 3, 5
+    m = cls(I, H, bidirectional=True, dtype=np.float64, seed=3, **extra)
+    x = rng.standard_normal((T, B, I))
+    lengths = rng.integers(0, T + 1, B)
+    lengths[:40] = T  # enough full rows that a block of ≥ 32 active rows runs each step
+    dy = rng.standard_normal((T, B, 2 * m._out_size))
+    before = nlstm.get_num_threads()
+    nlstm._threads._MIN_PARALLEL_WORK, saved = 0, nlstm._threads._MIN_PARALLEL_WORK
+    try:
+        nlstm.set_num_threads(threads)
+        y, _ = m.forward(x, lengths=lengths)
+        dx, _ = m.backward(dy)
+    finally:
+        nlstm.set_num_threads(before)
+        nlstm._threads._MIN_PARALLEL_WORK = saved
+    init = [np.zeros((2, B, n)) for n in m._state_sizes()]
+    ry, _, cache = R.forward(make_cell(), m.params, x, init, lengths, 1, True)
+    np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")
+    if getattr(make_cell(), "plain", True):
+        rdx, _, rgrads = R.backward(cache, dy, [np.zeros_like(a) for a in init])
+        np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12, err_msg="dx")
+        for k, g in rgrads.items():
+            np.testing.assert_allclose(m.grads[k], g, rtol=1e-10, atol=1e-12, err_msg=k)

@@ -8,7 +8,9 @@ kernels only carry the state through time. Time and state slots are as in
 
 Rows of the batch are independent in the recurrence, so the kernels take a row range
 ``b0:b1``: the layer runs one call per thread on disjoint ranges (the kernels release
-the GIL), with no synchronisation per time step and no parfor allocations.
+the GIL), with no synchronisation per time step and no parfor allocations. Within a
+range, each step multiplies all active rows by the recurrent weights at once
+(:mod:`nlstm.kernels.blocks`).
 
 Variants, each off by default and checked once per row and step, outside the
 vectorised loops (``opt`` is an ``Options`` tuple):
@@ -23,11 +25,12 @@ import numpy as np
 
 from .activations import cast_like, sigmoid, tanh
 from .config import kernel
-from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
+from .blocks import active_rows, matmul_nn, matmul_nt, row_nn, row_nn_add
+from .slots import begin_rows, end_rows, slots, zero_padding, zero_rows_past
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
-# w_hr: (P, H) or empty
-Options = namedtuple("Options", "peep clip input_forget proj w_hr")
+# w_hr_t: (H, P) = W_hrᵀ, or empty
+Options = namedtuple("Options", "peep clip input_forget proj w_hr_t")
 
 
 @kernel
@@ -83,27 +86,18 @@ def _pointwise(g, c_prev, c_new, m, opt, pre):
 
 
 @kernel
-def _project(h_new, w_hr, m):
-    """h_new = W_hr m; h_new: (P,), w_hr: (P, H), m: (H,)."""
-    for j in range(h_new.shape[0]):
-        acc = cast_like(h_new, 0)
-        wj = w_hr[j]
-        for k in range(m.shape[0]):
-            acc += wj[k] * m[k]
-        h_new[j] = acc
-
-
-@kernel
-def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh, h0, c0, lengths, reverse, col,
-                 opt, pre, m):
+def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reverse, col,
+                 opt, pre, m, rows, times, sp1, sp2, sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+P (P = H unprojected)
     h: (T+1, B, P), c: (T+1, B, H) state slots; h_n: (B, P), c_n: (B, H) final states
     gates: (T, B, 4H) in: x·W_ihᵀ + b_ih + b_hh; out: post-activation gates i, f, g, o
-    w_hh: (4H, P); h0: (B, P); c0: (B, H); lengths: (B,) int64 in 0..T; reverse: bool
+    w_hh_t: (P, 4H) = W_hhᵀ; h0: (B, P); c0: (B, H); lengths: (B,) int64 in 0..T; reverse: bool
     opt: Options; pre: (T, B, 4H) out with clip, else empty: pre-activations before clipping
     m: (T, B, H) out with projection, else empty: o⊙tanh(c) of every step
+    rows, times: (B,) int64 scratch; sp1, sp2: (B, P), sg: (B, 4H), sh: (B, H) scratch
+    (one set per concurrent call; see nlstm.kernels.blocks)
     """
     T = gates.shape[0]
     G = gates.shape[2]
@@ -115,35 +109,45 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh, h0, c0, lengths, revers
         zero_rows_past(b0, b1, m, lengths)
     clip = opt.clip < np.inf
     for step in range(T):
-        for b in range(b0, b1):
-            L = lengths[b]
-            if step >= L:
-                continue
-            t = step_time(step, L, reverse)
+        n = active_rows(step, b0, b1, lengths, reverse, rows, times)
+        if n == 0:
+            break  # lengths only shrink the active set as steps go on
+        for i in range(n):
+            p, o = slots(times[i], reverse)
+            hp = h[p, rows[i]]
+            for k in range(P):
+                sp1[i, k] = hp[k]
+        matmul_nn(sg, sp1, w_hh_t, n)
+        for i in range(n):
+            b = rows[i]
+            t = times[i]
             p, o = slots(t, reverse)
             g = gates[t, b]
-            hp = h[p, b]
             for j in range(G):
-                acc = g[j]
-                wj = w_hh[j]
-                for k in range(P):
-                    acc += wj[k] * hp[k]
-                g[j] = acc
+                g[j] += sg[i, j]
             pre_tb = pre[t, b] if clip else pre[0, 0]
             if opt.proj:
-                _pointwise(g, c[p, b], c[o, b], m[t, b], opt, pre_tb)
-                _project(h[o, b], opt.w_hr, m[t, b])
+                _pointwise(g, c[p, b], c[o, b], sh[i], opt, pre_tb)
+                for j in range(sh.shape[1]):
+                    m[t, b, j] = sh[i, j]
             else:
                 _pointwise(g, c[p, b], c[o, b], h[o, b], opt, pre_tb)
+        if opt.proj:
+            matmul_nn(sp2, sh, opt.w_hr_t, n)
+            for i in range(n):
+                p, o = slots(times[i], reverse)
+                for j in range(P):
+                    h[o, rows[i], j] = sp2[i, j]
+        for i in range(n):
+            p, o = slots(times[i], reverse)
             for j in range(P):
-                y[t, b, col + j] = h[o, b, j]
+                y[times[i], rows[i], col + j] = h[o, rows[i], j]
     end_rows(b0, b1, h_n, h, lengths, reverse)
     end_rows(b0, b1, c_n, c, lengths, reverse)
 
 
 @kernel
-def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh, lengths, reverse,
-                  col, opt, pre, m, dh_all, work):
+def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, lengths, reverse, col, opt, pre, m, dh_all, rows, times, sp1, sp2, sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 4H) out: gradients of the gate pre-activations (zero past each
@@ -151,16 +155,14 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh, l
     dh0: (B, P), dc0: (B, H) out: gradients of the initial state, also the running carry
     dy: (T, B, Y) gradient of the layer output; this direction reads columns col:col+P
     dh_n: (B, P), dc_n: (B, H) gradients of the final state
-    gates, h, c, w_hh, lengths, reverse, col, opt, pre, m: as given to ``lstm_forward``
+    gates, h, c, w_hh_t, lengths, reverse, col, opt, pre, m: as given to ``lstm_forward``
     dh_all: (T, B, P) out with projection, else empty: the gradient of each step's h
-    work: (H + P,) scratch
+    rows, times, sp1, sp2, sg, sh: scratch as for ``lstm_forward``
     """
     T = gates.shape[0]
     G = gates.shape[2]
     H = G // 4
     P = h.shape[2]
-    dm = work[:H]
-    carry = work[H:H + P]
     clip = opt.clip < np.inf
     peep = opt.peep.shape[0] > 0
     zero = cast_like(gates, 0)
@@ -173,28 +175,32 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh, l
     if opt.proj:
         zero_rows_past(b0, b1, dh_all, lengths)
     for step in range(T - 1, -1, -1):
-        for b in range(b0, b1):
-            L = lengths[b]
-            if step >= L:
-                continue
-            t = step_time(step, L, reverse)
+        n = active_rows(step, b0, b1, lengths, reverse, rows, times)
+        if n == 0:
+            continue
+        # sh[i]: the gradient of o⊙tanh(c_t), through the projection if there is one.
+        if opt.proj:
+            for i in range(n):
+                b = rows[i]
+                t = times[i]
+                for j in range(P):
+                    v = dy[t, b, col + j] + dh0[b, j]
+                    dh_all[t, b, j] = v
+                    sp2[i, j] = v
+            matmul_nt(sh, sp2, opt.w_hr_t, n)
+        else:
+            for i in range(n):
+                b = rows[i]
+                t = times[i]
+                for j in range(H):
+                    sh[i, j] = dy[t, b, col + j] + dh0[b, j]
+        for i in range(n):
+            b = rows[i]
+            t = times[i]
             p, o = slots(t, reverse)
             g = gates[t, b]
             dg = dgates[t, b]  # may alias g: every read of index j precedes its write
-            # dm: the gradient of o⊙tanh(c_t), through the projection if there is one.
-            if opt.proj:
-                for j in range(P):
-                    dh_all[t, b, j] = dy[t, b, col + j] + dh0[b, j]
-                for k in range(H):
-                    dm[k] = 0
-                for j in range(P):
-                    a = dh_all[t, b, j]
-                    wj = opt.w_hr[j]
-                    for k in range(H):
-                        dm[k] += a * wj[k]
-            else:
-                for j in range(H):
-                    dm[j] = dy[t, b, col + j] + dh0[b, j]
+            dm = sh[i]
             for j in range(H):
                 og = g[3 * H + j]
                 tc = tanh(c[o, b, j])
@@ -230,45 +236,36 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh, l
                 if peep:
                     dcp += dzi * opt.peep[j] + dzf * opt.peep[H + j]
                 dc0[b, j] = dcp
-            for k in range(P):
-                carry[k] = 0
             for j in range(G):
-                a = dg[j]
-                wj = w_hh[j]
-                for k in range(P):
-                    carry[k] += a * wj[k]
+                sg[i, j] = dg[j]
+        matmul_nt(sp1, sg, w_hh_t, n)  # the carry: dz · W_hh for every active row at once
+        for i in range(n):
+            b = rows[i]
             for k in range(P):
-                dh0[b, k] = carry[k]
+                dh0[b, k] = sp1[i, k]
 
 
 @kernel
-def lstm_step(h_out, c_out, x, h, c, w_ih, w_hh, b_ih, b_hh, opt, work):
+def lstm_step(h_out, c_out, x, h, c, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
     """One time step of one layer, for streaming.
 
     h_out: (B, P), c_out: (B, H) new state; x: (B, I); h: (B, P), c: (B, H) state before
-    w_ih: (4H, I); w_hh: (4H, P); b_ih, b_hh: (4H,); opt: Options; work: (9H,) scratch
+    w_ih_t: (I, 4H) = W_ihᵀ; w_hh_t: (P, 4H) = W_hhᵀ; b_ih, b_hh: (4H,); opt: Options
+    work: (9H,) scratch
     """
-    B, I = x.shape
-    G = w_hh.shape[0]
+    B = x.shape[0]
+    G = w_hh_t.shape[1]
     H = G // 4
-    P = h.shape[1]
     g = work[:G]
     pre = work[G:2 * G]
     m = work[2 * G:2 * G + H]
     for b in range(B):
-        xb = x[b]
-        hb = h[b]
+        row_nn(g, x[b], w_ih_t)
+        row_nn_add(g, h[b], w_hh_t)
         for j in range(G):
-            acc = b_ih[j] + b_hh[j]
-            wi = w_ih[j]
-            for k in range(I):
-                acc += wi[k] * xb[k]
-            wh = w_hh[j]
-            for k in range(P):
-                acc += wh[k] * hb[k]
-            g[j] = acc
+            g[j] += b_ih[j] + b_hh[j]
         if opt.proj:
             _pointwise(g, c[b], c_out[b], m, opt, pre)
-            _project(h_out[b], opt.w_hr, m)
+            row_nn(h_out[b], m, opt.w_hr_t)
         else:
             _pointwise(g, c[b], c_out[b], h_out[b], opt, pre)
