@@ -48,7 +48,11 @@ class GRU(RecurrentLayer):
         return dict(aux=e(T, B, H), dgates_hh=e(T, B, 3 * H))
 
     def _work_size(self) -> int:
-        return 4 * self.hidden_size
+        return 7 * self.hidden_size
+
+    def _scratch(self, B: int, e) -> tuple:
+        H = self.hidden_size
+        return (np.empty(B, np.int64), np.empty(B, np.int64), e(B, H), e(B, H), e(B, H), e(B, 3 * H))
 
     def _folded_bias(self, k, d) -> np.ndarray:
         """b_ih plus the hidden biases that can move into the input projection."""
@@ -62,16 +66,16 @@ class GRU(RecurrentLayer):
         gates = self._project(ws, k, d, inp, self._folded_bias(k, d))
         i, H = k * self.num_directions + d, self.hidden_size
         args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], gates, ws.extra[k][d]["aux"],
-                self._p("weight_hh", k, d), self._p("bias_hh", k, d), ws.init[0][i], ws.lengths,
+                self._w("weight_hh", k, d), self._p("bias_hh", k, d), ws.init[0][i], ws.lengths,
                 d == 1, d * H, self.linear_before_reset)
-        self._rows(ws, lambda b0, b1, _: K.gru_forward(b0, b1, *args))
+        self._rows(ws, lambda b0, b1, t: K.gru_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
         gates, h, ex = ws.gates[k][d], ws.states[0][k][d], ws.extra[k][d]
         args = (gates, ex["dgates_hh"], ws.dinit[0][i], dy, ws.dfinal[0][i], gates, ex["aux"], h,
-                self._p("weight_hh", k, d), ws.lengths, d == 1, d * H, self.linear_before_reset)
-        self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, ws.work[t]))
+                self._w("weight_hh", k, d), ws.lengths, d == 1, d * H, self.linear_before_reset)
+        self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, *ws.scratch[t]))
         self._input_grads(ws, k, d, inp, gates, dx)
         hprev = self._hprev(h, d)
         if self.linear_before_reset:
@@ -81,6 +85,6 @@ class GRU(RecurrentLayer):
             self._hidden_grads(ws, k, d, ex["dgates_hh"], ex["aux"], slice(2 * H, 3 * H))
 
     def _step_layer(self, k, x, old, new) -> None:
-        K.gru_step(new[0], x, old[0], self._p("weight_ih", k, 0), self._p("weight_hh", k, 0),
+        K.gru_step(new[0], x, old[0], self._w("weight_ih", k, 0), self._w("weight_hh", k, 0),
                    self._p("bias_ih", k, 0), self._p("bias_hh", k, 0), self.linear_before_reset,
                    self._step_work)

@@ -34,7 +34,7 @@ class Workspace:
     dy_a, dy_b: (T, B, D·O) ping-pong gradient buffers between layers; dx: (T, B, I)
     masks[k]: (T, B, D·O) dropout masks for k < L-1
     extra[k][d]: dict of cell-specific saved buffers
-    work: (threads, W) scratch rows for the kernels, one per thread
+    scratch[thread]: the block kernels' per-thread scratch (see the cell's ``_scratch``)
     """
 
     def __init__(self, layer: "RecurrentLayer", T: int, B: int):
@@ -57,14 +57,11 @@ class Workspace:
         self.dx = e(T, B, layer.input_size)
         self.masks = [e(T, B, D * O) for _ in range(L - 1)] if layer.dropout else []
         self.extra = [[layer._extra_buffers(T, B, e) for _ in range(D)] for _ in range(L)]
-        self.work = e(_threads.get_num_threads(), layer._work_size())
         self.scratch = [layer._scratch(B, e) for _ in range(_threads.get_num_threads())]
         self.lengths = np.empty(B, np.int64)
 
-    def ensure_work_rows(self, layer: "RecurrentLayer", n: int) -> None:
+    def ensure_scratch(self, layer: "RecurrentLayer", n: int) -> None:
         """One scratch set per thread; threads may have been added since allocation."""
-        if self.work.shape[0] < n:
-            self.work = _new_buffer((n, self.work.shape[1]), self.work.dtype)
         B = self.key[1]
         e = lambda *s: _new_buffer(s, layer.dtype)
         while len(self.scratch) < n:
@@ -146,6 +143,7 @@ class RecurrentLayer:
         return {}
 
     def _work_size(self) -> int:
+        """Scratch elements of one streaming step."""
         return self._out_size
 
     def _scratch(self, B: int, e) -> tuple:
@@ -373,7 +371,7 @@ class RecurrentLayer:
     def _rows(self, ws: Workspace, call) -> None:
         """Run ``call(b0, b1, thread)`` over the batch on nlstm's threads."""
         T, B = ws.key
-        ws.ensure_work_rows(self, _threads.get_num_threads())
+        ws.ensure_scratch(self, _threads.get_num_threads())
         work = float(T) * B * self._G * self.hidden_size * self._out_size
         _threads.run_rows(B, work, call)
 
@@ -409,7 +407,7 @@ class RecurrentLayer:
                 buf.fill(0)
             else:
                 np.copyto(buf, g.reshape(buf.shape), casting="unsafe")
-        ws.ensure_work_rows(self, _threads.get_num_threads())
+        ws.ensure_scratch(self, _threads.get_num_threads())
         dy, spare = ws.dy_a, ws.dy_b
         for k in reversed(range(self.num_layers)):
             inp = ws.x if k == 0 else ws.y[k - 1]

@@ -37,6 +37,10 @@ class RNN(RecurrentLayer):
     def _config_defaults(self) -> dict:
         return dict(nonlinearity="tanh")
 
+    def _scratch(self, B: int, e) -> tuple:
+        H = self.hidden_size
+        return (np.empty(B, np.int64), np.empty(B, np.int64), e(B, H), e(B, H))
+
     def backward(self, dy, dh_n=None):
         """``dx, dh0 = rnn.backward(dy, dh_n)``; see ``RecurrentLayer._backward``."""
         return self._backward(dy, [dh_n])
@@ -44,20 +48,20 @@ class RNN(RecurrentLayer):
     def _forward_dir(self, ws, k, d, inp) -> None:
         pre = self._project(ws, k, d, inp, self._p("bias_ih", k, d) + self._p("bias_hh", k, d))
         i, H = k * self.num_directions + d, self.hidden_size
-        args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], pre, self._p("weight_hh", k, d),
+        args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], pre, self._w("weight_hh", k, d),
                 ws.init[0][i], ws.lengths, d == 1, d * H, self.nonlinearity == "relu")
-        self._rows(ws, lambda b0, b1, _: K.rnn_forward(b0, b1, *args))
+        self._rows(ws, lambda b0, b1, t: K.rnn_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
         dpre, h = ws.gates[k][d], ws.states[0][k][d]
-        args = (dpre, ws.dinit[0][i], dy, ws.dfinal[0][i], h, self._p("weight_hh", k, d),
+        args = (dpre, ws.dinit[0][i], dy, ws.dfinal[0][i], h, self._w("weight_hh", k, d),
                 ws.lengths, d == 1, d * H, self.nonlinearity == "relu")
-        self._rows(ws, lambda b0, b1, t: K.rnn_backward(b0, b1, *args, ws.work[t]))
+        self._rows(ws, lambda b0, b1, t: K.rnn_backward(b0, b1, *args, *ws.scratch[t]))
         self._input_grads(ws, k, d, inp, dpre, dx)
         self._hidden_grads(ws, k, d, dpre, self._hprev(h, d))
 
     def _step_layer(self, k, x, old, new) -> None:
-        K.rnn_step(new[0], x, old[0], self._p("weight_ih", k, 0), self._p("weight_hh", k, 0),
+        K.rnn_step(new[0], x, old[0], self._w("weight_ih", k, 0), self._w("weight_hh", k, 0),
                    self._p("bias_ih", k, 0), self._p("bias_hh", k, 0),
                    self.nonlinearity == "relu", self._step_work)

@@ -6,6 +6,10 @@ weights at once, then runs the pointwise gate math row by row. Compared with one
 matrix-vector product per row, each weight row is loaded once for several batch rows,
 which is what the recurrence is bound by (the weights stream from L2). Rows past their
 length are skipped, so ragged batches cost what their lengths add up to.
+
+Weights arrive transposed, b = Wᵀ of shape (K, G), C-contiguous (see RecurrentLayer).
+The forward product a @ b runs as row-axpys over b; the backward carry a @ bᵀ as dot
+products along b's rows. Both can be limited to the columns c0:c1 of b (a gate block).
 """
 import numpy as np
 
@@ -13,9 +17,9 @@ from .activations import cast_like
 from .config import kernel
 from .slots import step_time
 
-# From this many rows on, one single-threaded BLAS sgemm per step beats the blocked loop
-# below (measured on a 2-core EPYC: 68 vs 53 GFLOP/s at 32×128 @ 128×512; the loop wins
-# at 16 rows and fewer, where the call overhead dominates).
+# From this many rows on, one single-threaded BLAS sgemm per step beats the loops below
+# (measured on a 2-core EPYC: 68 vs 53 GFLOP/s at 32×128 @ 128×512; the loops win at 16
+# rows and fewer, where the call overhead dominates).
 BLAS_MIN_ROWS = 32
 
 
@@ -34,19 +38,11 @@ def active_rows(step, b0, b1, lengths, reverse, rows, times):
 
 
 @kernel
-def row_nn(o, a, b):
-    """o = a @ b for one row: o (G,), a (K,), b (K, G)."""
-    zero = cast_like(o, 0)
-    for j in range(o.shape[0]):
-        o[j] = zero
-    row_nn_add(o, a, b)
-
-
-@kernel
-def row_nn_add(o, a, b):
-    """o += a @ b for one row. Four rows of b per pass over o, so o is loaded and stored a
-    quarter as often (3x the dot-product form at B = 1)."""
-    K, G = b.shape
+def row_nn_add(o, a, b, c0, c1):
+    """o[c0:c1] += a @ b[:, c0:c1] for one row; o (G,), a (K,), b (K, G). Four rows of b
+    per pass over o, so o is loaded and stored a quarter as often (3x the dot-product form
+    at B = 1)."""
+    K = b.shape[0]
     k = 0
     while k + 4 <= K:
         a0 = a[k]
@@ -57,62 +53,71 @@ def row_nn_add(o, a, b):
         w1 = b[k + 1]
         w2 = b[k + 2]
         w3 = b[k + 3]
-        for j in range(G):
+        for j in range(c0, c1):
             o[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]
         k += 4
     for kk in range(k, K):
         ak = a[kk]
         wk = b[kk]
-        for j in range(G):
+        for j in range(c0, c1):
             o[j] += ak * wk[j]
 
 
 @kernel
-def matmul_nn(out, a, b, n):
-    """out[:n] = a[:n] @ b. out: (≥n, G); a: (≥n, K); b: (K, G), all C-contiguous."""
-    if n >= BLAS_MIN_ROWS:
-        np.dot(a[:n], b, out[:n])
-        return
-    for r in range(n):
-        row_nn(out[r], a[r], b)
+def row_nn(o, a, b, c0, c1):
+    """o[c0:c1] = a @ b[:, c0:c1] for one row."""
+    zero = cast_like(o, 0)
+    for j in range(c0, c1):
+        o[j] = zero
+    row_nn_add(o, a, b, c0, c1)
 
 
 @kernel
-def matmul_nt(out, a, w, n):
-    """out[:n] = a[:n] @ wᵀ. out: (≥n, G); a: (≥n, K); w: (G, K), all C-contiguous."""
-    if n >= BLAS_MIN_ROWS:
+def matmul_nn(out, a, b, n, c0, c1):
+    """out[:n, c0:c1] = a[:n] @ b[:, c0:c1]. out: (≥n, G); a: (≥n, K); b: (K, G)."""
+    if n >= BLAS_MIN_ROWS and c0 == 0 and c1 == b.shape[1]:
+        np.dot(a[:n], b, out[:n])
+        return
+    for r in range(n):
+        row_nn(out[r], a[r], b, c0, c1)
+
+
+@kernel
+def matmul_nt(out, a, w, n, c0, c1):
+    """out[:n] = a[:n, c0:c1] @ w[:, c0:c1]ᵀ. out: (≥n, K); a: (≥n, G); w: (K, G)."""
+    if n >= BLAS_MIN_ROWS and c0 == 0 and c1 == w.shape[1]:
         np.dot(a[:n], w.T, out[:n])
         return
-    G, K = w.shape
+    K = w.shape[0]
     zero = cast_like(out, 0)
     b = 0
-    while b + 4 <= n:
+    while b + 4 <= n:  # four rows share each load of w's row
         a0 = a[b]
         a1 = a[b + 1]
         a2 = a[b + 2]
         a3 = a[b + 3]
-        for j in range(G):
-            wj = w[j]
+        for k in range(K):
+            wk = w[k]
             s0 = zero
             s1 = zero
             s2 = zero
             s3 = zero
-            for k in range(K):
-                wk = wj[k]
-                s0 += wk * a0[k]
-                s1 += wk * a1[k]
-                s2 += wk * a2[k]
-                s3 += wk * a3[k]
-            out[b, j] = s0
-            out[b + 1, j] = s1
-            out[b + 2, j] = s2
-            out[b + 3, j] = s3
+            for j in range(c0, c1):
+                v = wk[j]
+                s0 += v * a0[j]
+                s1 += v * a1[j]
+                s2 += v * a2[j]
+                s3 += v * a3[j]
+            out[b, k] = s0
+            out[b + 1, k] = s1
+            out[b + 2, k] = s2
+            out[b + 3, k] = s3
         b += 4
     for r in range(b, n):
         ar = a[r]
-        for j in range(G):
-            wj = w[j]
+        for k in range(K):
+            wk = w[k]
             s = zero
-            for k in range(K):
-                s += wj[k] * ar[k]
-            out[r, j] = s
+            for j in range(c0, c1):
+                s += wk[j] * ar[j]
+            out[r, k] = s

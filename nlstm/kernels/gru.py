@@ -5,55 +5,27 @@
 
 then h' = (1 − z) ⊙ n + z ⊙ h. The layer folds b_ih, b_hr, b_hz (and b_hn when not
 ``lbr``) into the input projection. ``aux`` saves what backward needs of the n gate:
-W_hn h + b_hn with ``lbr``, r ⊙ h without. Slots as in :mod:`nlstm.kernels.slots`.
+W_hn h + b_hn with ``lbr``, r ⊙ h without. Slots as in :mod:`nlstm.kernels.slots`,
+per-step block products as in :mod:`nlstm.kernels.blocks` (without ``lbr`` the n block's
+product waits for r, so it runs as a second product over W_hhᵀ's last H columns).
 """
 from .activations import sigmoid, tanh
+from .blocks import active_rows, matmul_nn, matmul_nt, row_nn, row_nn_add
 from .config import kernel
-from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
+from .slots import begin_rows, end_rows, slots, zero_padding, zero_rows_past
 
 
 @kernel
-def _cell(g, hp, aux, h_new, w_hh, b_hh, lbr):
-    """One row's step. g: (3H,) projection in, post-activation r, z, n out; hp: (H,) state
-    before; aux: (H,) out (see module docstring); h_new: (H,) out; w_hh: (3H, H)."""
-    H = hp.shape[0]
-    for j in range(2 * H):
-        acc = g[j]
-        wj = w_hh[j]
-        for k in range(H):
-            acc += wj[k] * hp[k]
-        g[j] = sigmoid(acc)
-    if lbr:
-        for j in range(H):
-            acc = b_hh[2 * H + j]
-            wj = w_hh[2 * H + j]
-            for k in range(H):
-                acc += wj[k] * hp[k]
-            aux[j] = acc
-            g[2 * H + j] = tanh(g[2 * H + j] + g[j] * acc)
-    else:
-        for j in range(H):
-            aux[j] = g[j] * hp[j]
-        for j in range(H):
-            acc = g[2 * H + j]
-            wj = w_hh[2 * H + j]
-            for k in range(H):
-                acc += wj[k] * aux[k]
-            g[2 * H + j] = tanh(acc)
-    for j in range(H):
-        n = g[2 * H + j]
-        h_new[j] = n + g[H + j] * (hp[j] - n)
-
-
-@kernel
-def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh, b_hh, h0, lengths, reverse, col, lbr):
+def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr,
+                rows, times, sp1, sp2, sp3, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
     h: (T+1, B, H) state slots; h_n: (B, H) final state
     gates: (T, B, 3H) in: input projection with folded biases; out: r, z, n
-    aux: (T, B, H) out (see module docstring); w_hh: (3H, H); b_hh: (3H,)
+    aux: (T, B, H) out (see module docstring); w_hh_t: (H, 3H) = W_hhᵀ; b_hh: (3H,)
     h0: (B, H); lengths: (B,) int64; reverse, lbr: bool; col: int
+    rows, times: (B,) int64 scratch; sp1, sp2, sp3: (B, H), sg: (B, 3H) scratch
     """
     T = gates.shape[0]
     H = gates.shape[2] // 3
@@ -61,45 +33,74 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh, b_hh, h0, lengths, reverse,
     zero_padding(b0, b1, y, lengths, col, H)
     zero_rows_past(b0, b1, aux, lengths)  # W_hn's gradient product reads every row of aux
     for step in range(T):
-        for b in range(b0, b1):
-            L = lengths[b]
-            if step >= L:
-                continue
-            t = step_time(step, L, reverse)
+        n = active_rows(step, b0, b1, lengths, reverse, rows, times)
+        if n == 0:
+            break
+        for i in range(n):
+            p, o = slots(times[i], reverse)
+            for k in range(H):
+                sp1[i, k] = h[p, rows[i], k]
+        matmul_nn(sg, sp1, w_hh_t, n, 0, 3 * H if lbr else 2 * H)
+        for i in range(n):
+            b = rows[i]
+            t = times[i]
+            g = gates[t, b]
+            for j in range(2 * H):
+                g[j] = sigmoid(g[j] + sg[i, j])
+            if lbr:
+                for j in range(H):
+                    a = sg[i, 2 * H + j] + b_hh[2 * H + j]
+                    aux[t, b, j] = a
+                    g[2 * H + j] = tanh(g[2 * H + j] + g[j] * a)
+            else:
+                for j in range(H):
+                    a = g[j] * sp1[i, j]
+                    aux[t, b, j] = a
+                    sp2[i, j] = a
+        if not lbr:
+            matmul_nn(sg, sp2, w_hh_t, n, 2 * H, 3 * H)
+            for i in range(n):
+                g = gates[times[i], rows[i]]
+                for j in range(H):
+                    g[2 * H + j] = tanh(g[2 * H + j] + sg[i, 2 * H + j])
+        for i in range(n):
+            b = rows[i]
+            t = times[i]
             p, o = slots(t, reverse)
-            _cell(gates[t, b], h[p, b], aux[t, b], h[o, b], w_hh, b_hh, lbr)
+            g = gates[t, b]
             for j in range(H):
-                y[t, b, col + j] = h[o, b, j]
+                nn = g[2 * H + j]
+                v = nn + g[H + j] * (sp1[i, j] - nn)
+                h[o, b, j] = v
+                y[t, b, col + j] = v
     end_rows(b0, b1, h_n, h, lengths, reverse)
 
 
 @kernel
-def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh, lengths,
-                 reverse, col, lbr, work):
+def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, lengths,
+                 reverse, col, lbr, rows, times, sp1, sp2, sp3, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 3H) out: gradients of the input-side pre-activations (may alias gates)
     dgates_hh: (T, B, 3H) out: gradients of the hidden-side pre-activations: the same as
                dgates for r and z; for n, d(W_hn h + b_hn) with ``lbr``, else d(W_hn (r⊙h))
     dh0: (B, H) out, also the running carry; dy: (T, B, Y) (columns col:col+H); dh_n: (B, H)
-    gates, aux, h, w_hh, lengths, reverse, col, lbr: as in ``gru_forward``
-    work: (2H,) scratch
+    gates, aux, h, w_hh_t, lengths, reverse, col, lbr: as in ``gru_forward``; scratch as there
     """
     T = gates.shape[0]
     H = gates.shape[2] // 3
-    carry = work[:H]
-    drh = work[H:]
     for b in range(b0, b1):
         for j in range(H):
             dh0[b, j] = dh_n[b, j]
     zero_rows_past(b0, b1, dgates, lengths)
     zero_rows_past(b0, b1, dgates_hh, lengths)
     for step in range(T - 1, -1, -1):
-        for b in range(b0, b1):
-            L = lengths[b]
-            if step >= L:
-                continue
-            t = step_time(step, L, reverse)
+        n = active_rows(step, b0, b1, lengths, reverse, rows, times)
+        if n == 0:
+            continue
+        for i in range(n):
+            b = rows[i]
+            t = times[i]
             p, o = slots(t, reverse)
             g = gates[t, b]
             dg = dgates[t, b]  # may alias g: every read of index j precedes its write
@@ -110,11 +111,11 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh, 
                 dh = dy[t, b, col + j] + dh0[b, j]
                 r = g[j]
                 z = g[H + j]
-                n = g[2 * H + j]
+                nn = g[2 * H + j]
                 dn = dh - dh * z
-                dn_pre = dn - dn * n * n
-                dz_pre = dh * (hp[j] - n) * (z - z * z)
-                carry[j] = dh * z
+                dn_pre = dn - dn * nn * nn
+                dz_pre = dh * (hp[j] - nn) * (z - z * z)
+                sp3[i, j] = dh * z  # the direct path to h_{t-1}
                 dg[H + j] = dz_pre
                 dgh[H + j] = dz_pre
                 dg[2 * H + j] = dn_pre
@@ -125,46 +126,57 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh, 
                     dgh[2 * H + j] = dn_pre * r
                 else:
                     dgh[2 * H + j] = dn_pre
-            if not lbr:
-                # d(r⊙h) = W_hnᵀ dn_pre, then split into r's and h's parts.
-                for k in range(H):
-                    drh[k] = 0
-                for j in range(H):
-                    a = dg[2 * H + j]
-                    wj = w_hh[2 * H + j]
-                    for k in range(H):
-                        drh[k] += a * wj[k]
+            for j in range(3 * H):
+                sg[i, j] = dgh[j]
+        if not lbr:
+            # d(r⊙h) = W_hnᵀ dn_pre, then split into r's and h's parts.
+            matmul_nt(sp1, sg, w_hh_t, n, 2 * H, 3 * H)
+            for i in range(n):
+                b = rows[i]
+                t = times[i]
+                p, o = slots(t, reverse)
+                g = gates[t, b]
+                dg = dgates[t, b]
+                dgh = dgates_hh[t, b]
                 for j in range(H):
                     r = g[j]  # still r: only index j of g is written in this iteration
-                    dr_pre = drh[j] * hp[j] * (r - r * r)
+                    drh = sp1[i, j]
+                    dr_pre = drh * h[p, b, j] * (r - r * r)
                     dg[j] = dr_pre
                     dgh[j] = dr_pre
-                    carry[j] += drh[j] * r
-            rows = 3 * H if lbr else 2 * H
-            for j in range(rows):
-                a = dgh[j]
-                wj = w_hh[j]
-                for k in range(H):
-                    carry[k] += a * wj[k]
+                    sg[i, j] = dr_pre
+                    sp3[i, j] += drh * r
+        matmul_nt(sp2, sg, w_hh_t, n, 0, 3 * H if lbr else 2 * H)
+        for i in range(n):
             for k in range(H):
-                dh0[b, k] = carry[k]
+                dh0[rows[i], k] = sp3[i, k] + sp2[i, k]
 
 
 @kernel
-def gru_step(h_out, x, h, w_ih, w_hh, b_ih, b_hh, lbr, pre):
-    """One time step of one layer. h_out, h: (B, H); x: (B, I); pre: (4H,) scratch."""
-    B, I = x.shape
+def gru_step(h_out, x, h, w_ih_t, w_hh_t, b_ih, b_hh, lbr, work):
+    """One time step of one layer. h_out, h: (B, H); x: (B, I); w_ih_t: (I, 3H);
+    w_hh_t: (H, 3H); work: (7H,) scratch."""
+    B = x.shape[0]
     H = h.shape[1]
-    g = pre[:3 * H]
-    aux = pre[3 * H:]
+    g = work[:3 * H]
+    s = work[3 * H:6 * H]
+    rh = work[6 * H:7 * H]
     for b in range(B):
-        xb = x[b]
-        for j in range(3 * H):
-            acc = b_ih[j]
-            if j < 2 * H or not lbr:
-                acc += b_hh[j]
-            wi = w_ih[j]
-            for k in range(I):
-                acc += wi[k] * xb[k]
-            g[j] = acc
-        _cell(g, h[b], aux, h_out[b], w_hh, b_hh, lbr)
+        hb = h[b]
+        row_nn(g, x[b], w_ih_t, 0, 3 * H)
+        row_nn(s, hb, w_hh_t, 0, 3 * H if lbr else 2 * H)
+        for j in range(2 * H):
+            g[j] = sigmoid(g[j] + b_ih[j] + b_hh[j] + s[j])
+        if lbr:
+            for j in range(H):
+                g[2 * H + j] = tanh(g[2 * H + j] + b_ih[2 * H + j]
+                                    + g[j] * (s[2 * H + j] + b_hh[2 * H + j]))
+        else:
+            for j in range(H):
+                rh[j] = g[j] * hb[j]
+            row_nn(s, rh, w_hh_t, 2 * H, 3 * H)
+            for j in range(H):
+                g[2 * H + j] = tanh(g[2 * H + j] + b_ih[2 * H + j] + b_hh[2 * H + j] + s[2 * H + j])
+        for j in range(H):
+            nn = g[2 * H + j]
+            h_out[b, j] = nn + g[H + j] * (hb[j] - nn)

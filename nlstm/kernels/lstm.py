@@ -117,7 +117,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reve
             hp = h[p, rows[i]]
             for k in range(P):
                 sp1[i, k] = hp[k]
-        matmul_nn(sg, sp1, w_hh_t, n)
+        matmul_nn(sg, sp1, w_hh_t, n, 0, G)
         for i in range(n):
             b = rows[i]
             t = times[i]
@@ -133,7 +133,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reve
             else:
                 _pointwise(g, c[p, b], c[o, b], h[o, b], opt, pre_tb)
         if opt.proj:
-            matmul_nn(sp2, sh, opt.w_hr_t, n)
+            matmul_nn(sp2, sh, opt.w_hr_t, n, 0, P)
             for i in range(n):
                 p, o = slots(times[i], reverse)
                 for j in range(P):
@@ -187,7 +187,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
                     v = dy[t, b, col + j] + dh0[b, j]
                     dh_all[t, b, j] = v
                     sp2[i, j] = v
-            matmul_nt(sh, sp2, opt.w_hr_t, n)
+            matmul_nt(sh, sp2, opt.w_hr_t, n, 0, P)
         else:
             for i in range(n):
                 b = rows[i]
@@ -238,7 +238,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
                 dc0[b, j] = dcp
             for j in range(G):
                 sg[i, j] = dg[j]
-        matmul_nt(sp1, sg, w_hh_t, n)  # the carry: dz · W_hh for every active row at once
+        matmul_nt(sp1, sg, w_hh_t, n, 0, G)  # the carry: dz · W_hh for every active row at once
         for i in range(n):
             b = rows[i]
             for k in range(P):
@@ -260,12 +260,12 @@ def lstm_step(h_out, c_out, x, h, c, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
     pre = work[G:2 * G]
     m = work[2 * G:2 * G + H]
     for b in range(B):
-        row_nn(g, x[b], w_ih_t)
-        row_nn_add(g, h[b], w_hh_t)
+        row_nn(g, x[b], w_ih_t, 0, G)
+        row_nn_add(g, h[b], w_hh_t, 0, G)
         for j in range(G):
             g[j] += b_ih[j] + b_hh[j]
         if opt.proj:
             _pointwise(g, c[b], c_out[b], m, opt, pre)
-            row_nn(h_out[b], m, opt.w_hr_t)
+            row_nn(h_out[b], m, opt.w_hr_t, 0, h_out.shape[1])
         else:
             _pointwise(g, c[b], c_out[b], h_out[b], opt, pre)
