@@ -336,7 +336,10 @@ class RecurrentLayer:
                 buf.fill(0)
             else:
                 np.copyto(buf, state[s].reshape(buf.shape), casting="unsafe")
-        self._run_forward(ws, train)
+        try:
+            self._run_forward(ws, train)
+        finally:
+            _threads.restore_blas()
         self._unbatched = unbatched
         self._trained = bool(train)
         y = self._user_layout(ws.y[-1], unbatched)
@@ -364,6 +367,7 @@ class RecurrentLayer:
         """gates[k][d] = inp·W_ihᵀ + bias for every step at once; returns the gates buffer."""
         T, B = ws.key
         gates = ws.gates[k][d]
+        _threads.blas_for(T * B * inp.shape[2] * gates.shape[2])
         np.matmul(inp.reshape(T * B, -1), self._w("weight_ih", k, d), out=gates.reshape(T * B, -1))
         gates += bias
         return gates
@@ -409,14 +413,17 @@ class RecurrentLayer:
                 np.copyto(buf, g.reshape(buf.shape), casting="unsafe")
         ws.ensure_scratch(self, _threads.get_num_threads())
         dy, spare = ws.dy_a, ws.dy_b
-        for k in reversed(range(self.num_layers)):
-            inp = ws.x if k == 0 else ws.y[k - 1]
-            dx = ws.dx if k == 0 else spare
-            for d in range(self.num_directions):
-                self._backward_dir(ws, k, d, inp, dy, dx)
-            if k > 0 and self.dropout:
-                dx *= ws.masks[k - 1]
-            dy, spare = dx, dy
+        try:
+            for k in reversed(range(self.num_layers)):
+                inp = ws.x if k == 0 else ws.y[k - 1]
+                dx = ws.dx if k == 0 else spare
+                for d in range(self.num_directions):
+                    self._backward_dir(ws, k, d, inp, dy, dx)
+                if k > 0 and self.dropout:
+                    dx *= ws.masks[k - 1]
+                dy, spare = dx, dy
+        finally:
+            _threads.restore_blas()
         return (self._user_layout(ws.dx, unbatched),
                 self._pack_state([g.reshape(s).copy() for g, s in zip(ws.dinit, shapes)]))
 
@@ -430,6 +437,7 @@ class RecurrentLayer:
         """
         T, B = ws.key
         dg = dgates.reshape(T * B, -1)
+        _threads.blas_for(T * B * inp.shape[2] * dg.shape[1])
         self._g("weight_ih", k, d)[...] += dg.T @ inp.reshape(T * B, -1)
         if self.bias:
             self._g("bias_ih", k, d)[...] += dg.sum(axis=0)
@@ -445,6 +453,7 @@ class RecurrentLayer:
         dgates (T, B, G·H) and the recurrent input of each step hprev (T, B, ·)."""
         T, B = ws.key
         dg = dgates.reshape(T * B, -1)[:, rows]
+        _threads.blas_for(T * B * hprev.shape[2] * dg.shape[1])
         self._g("weight_hh", k, d)[rows] += dg.T @ hprev.reshape(T * B, -1)
         if self.bias:
             self._g("bias_hh", k, d)[rows] += dg.sum(axis=0)
