@@ -154,9 +154,11 @@ class LSTM(RecurrentLayer):
             dp[2 * H:] += np.einsum("tbj,tbj->j", gates[..., 3 * H:], c_new)
 
     def _step_layer(self, k, x, old, new) -> None:
-        K.lstm_step(new[0], new[1], x, old[0], old[1], self._w("weight_ih", k, 0),
-                    self._w("weight_hh", k, 0), self._p("bias_ih", k, 0), self._p("bias_hh", k, 0),
-                    self._options(k, 0), self._step_work)
+        K.lstm_step(new[0], new[1], x, old[0], old[1], *self._step_args(k))
+
+    def _make_step_args(self, k: int) -> tuple:
+        return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
+                self._p("bias_hh", k, 0), self._options(k, 0), self._step_work)
 
     def _work_size(self) -> int:
         return 9 * self.hidden_size

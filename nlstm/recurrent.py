@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _threads
 from ._validate import expect_shape, layer_dtype, lengths_array, positive_int, real_array
+from .kernels import slots as kernel_slots
 
 
 def _new_buffer(shape, dtype) -> np.ndarray:
@@ -122,6 +123,7 @@ class RecurrentLayer:
         self._trained = False  # the workspace holds a training forward that backward may use
         self._unbatched = False
         self._step_work = np.empty(self._work_size(), self.dtype)
+        self._step_cache: dict = {}
 
     # ---- what a cell provides -----------------------------------------------------------
     @property
@@ -164,6 +166,18 @@ class RecurrentLayer:
     def _step_layer(self, k: int, x: np.ndarray, old: Sequence[np.ndarray],
                     new: Sequence[np.ndarray]) -> None:
         raise NotImplementedError
+
+    def _make_step_args(self, k: int) -> tuple:
+        """Layer k's weight and option arguments of the cell's step kernel."""
+        raise NotImplementedError
+
+    def _step_args(self, k: int) -> tuple:
+        """``_make_step_args(k)``, cached: parameters are only ever updated in place, so
+        the arrays stay the same objects for the layer's life."""
+        args = self._step_cache.get(k)
+        if args is None:
+            args = self._step_cache[k] = self._make_step_args(k)
+        return args
 
     # ---- parameters ---------------------------------------------------------------------
     def _suffixes(self):
@@ -473,6 +487,45 @@ class RecurrentLayer:
         if self.bidirectional:
             raise ValueError(f"step() needs a unidirectional {self._name}: a bidirectional "
                              "layer must see the whole sequence")
+        fast = self._step_fast_inputs(x_t, state)
+        if fast is None:
+            x, old, unbatched = self._step_checked_inputs(x_t, state)
+        else:
+            x, old, unbatched = fast
+        L, B = self.num_layers, x.shape[0]
+        new = [np.empty((L, B, n), self.dtype) for n in self._state_sizes()]
+        inp = x
+        for k in range(L):
+            self._step_layer(k, inp, [o[k] for o in old], [n[k] for n in new])
+            inp = new[0][k]
+        y = new[0][-1]
+        if unbatched:
+            return y[0].copy(), self._pack_state([n[:, 0] for n in new])
+        return y.copy(), self._pack_state(new)
+
+    def _step_fast_inputs(self, x, state):
+        """The common streaming case, checked cheaply: C-contiguous arrays already in the
+        layer's dtype and shapes, batched. None sends the call to the general checks."""
+        dt, sizes = self.dtype, self._state_sizes()
+        if type(x) is not np.ndarray or x.dtype != dt or x.ndim != 2 \
+                or x.shape[1] != self.input_size or x.shape[0] == 0 or not x.flags.c_contiguous:
+            return None
+        B, L = x.shape[0], self.num_layers
+        if state is None:
+            old = [np.zeros((L, B, n), dt) for n in sizes]
+        else:
+            old = [state] if len(sizes) == 1 else state
+            if not isinstance(old, (tuple, list)) or len(old) != len(sizes):
+                return None
+            for a, n in zip(old, sizes):
+                if type(a) is not np.ndarray or a.dtype != dt or a.shape != (L, B, n) \
+                        or not a.flags.c_contiguous:
+                    return None
+        if self.check_finite and not kernel_slots.all_finite(x, old[0], old[-1]):
+            return None  # the general checks name the culprit
+        return x, old, False
+
+    def _step_checked_inputs(self, x_t, state):
         x = real_array("x_t", x_t, self.check_finite)
         if x.ndim not in (1, 2):
             raise ValueError(f"x_t must be 1-D (I,) or 2-D (B, I), got shape {x.shape}")
@@ -484,22 +537,13 @@ class RecurrentLayer:
         if B == 0:
             raise ValueError("x_t must have at least one batch row")
         st = self._check_state(state, B, unbatched)
-        L, dt = self.num_layers, self.dtype
+        L, dt, sizes = self.num_layers, self.dtype, self._state_sizes()
         x = np.ascontiguousarray(x.reshape(B, self.input_size), dtype=dt)
-        sizes = self._state_sizes()
-        new = [np.empty((L, B, n), dt) for n in sizes]
         if st is None:
             old = [np.zeros((L, B, n), dt) for n in sizes]
         else:
             old = [np.ascontiguousarray(a, dtype=dt).reshape(L, B, n) for a, n in zip(st, sizes)]
-        inp = x
-        for k in range(L):
-            self._step_layer(k, inp, [o[k] for o in old], [n[k] for n in new])
-            inp = new[0][k]
-        y = new[0][-1]
-        if unbatched:
-            return y[0].copy(), self._pack_state([n[:, 0] for n in new])
-        return y.copy(), self._pack_state(new)
+        return x, old, unbatched
 
     def __repr__(self) -> str:
         defaults = dict(num_layers=1, bias=True, batch_first=False, bidirectional=False, dropout=0.0)

@@ -62,6 +62,8 @@ class RNN(RecurrentLayer):
         self._hidden_grads(ws, k, d, dpre, self._hprev(h, d))
 
     def _step_layer(self, k, x, old, new) -> None:
-        K.rnn_step(new[0], x, old[0], self._w("weight_ih", k, 0), self._w("weight_hh", k, 0),
-                   self._p("bias_ih", k, 0), self._p("bias_hh", k, 0),
-                   self.nonlinearity == "relu", self._step_work)
+        K.rnn_step(new[0], x, old[0], *self._step_args(k))
+
+    def _make_step_args(self, k: int) -> tuple:
+        return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
+                self._p("bias_hh", k, 0), self.nonlinearity == "relu", self._step_work)

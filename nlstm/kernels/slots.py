@@ -71,3 +71,15 @@ def zero_rows_past(b0, b1, a, lengths):
         for t in range(lengths[b], T):
             for j in range(n):
                 a[t, b, j] = 0
+
+
+@kernel
+def all_finite(a, b, c):
+    """Whether three arrays (any shapes) hold only finite values; for the streaming fast path,
+    where NumPy's isfinite-and-reduce would cost more than the step itself."""
+    for arr in (a.ravel(), b.ravel(), c.ravel()):
+        for i in range(arr.shape[0]):
+            v = arr[i]
+            if not (v - v == 0):  # false for NaN and ±Inf
+                return False
+    return True
