@@ -5,6 +5,8 @@ from .lstm import LSTM
 from .recurrent import RecurrentLayer
 from .rnn import RNN
 
-__version__ = "0.1.0"
+from ._version import __version__
+from ._warmup import warmup
 
-__all__ = ["LSTM", "GRU", "RNN", "RecurrentLayer", "set_num_threads", "get_num_threads", "__version__"]
+__all__ = ["LSTM", "GRU", "RNN", "RecurrentLayer", "set_num_threads", "get_num_threads", "warmup",
+           "__version__"]

@@ -15,13 +15,12 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numba
 
 _num_threads = max(1, numba.config.NUMBA_NUM_THREADS)
-_pool: ThreadPoolExecutor | None = None
+_pool = None  # a concurrent.futures.ThreadPoolExecutor, made on first parallel use
 _blas_setters: list | None = None
 
 # Below this much recurrent work (multiply-adds) a second thread costs more than it saves.
@@ -126,6 +125,7 @@ def run_rows(B: int, work: float, call: Callable[[int, int, int], None]) -> None
             call(0, B, 0)
             return
         if _pool is None:
+            from concurrent.futures import ThreadPoolExecutor  # imported late: start-up time
             _pool = ThreadPoolExecutor(max_workers=max(1, _num_threads - 1),
                                        thread_name_prefix="nlstm")
         futures = [_pool.submit(call, i * B // n, (i + 1) * B // n, i) for i in range(1, n)]

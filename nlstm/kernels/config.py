@@ -4,8 +4,62 @@ Every kernel is compiled lazily (on the first call with a new signature), cached
 disk, and uses the same fastmath flags. ``nnan``/``ninf`` are left out so that NaN and
 Inf still propagate as IEEE says; the flags kept allow reassociation and FMA contraction,
 which is what lets LLVM vectorise the gate loops and the dot products.
+
+The on-disk cache of these kernels lives in a user cache directory (``cache_dir()``), one
+folder per nlstm, Numba and Python version, so a read-only install still caches and an
+upgrade never loads stale code. Numba also keys each entry to a hash of its source file.
 """
+import os
+import sys
+
 import numba
+
+from .._version import __version__
+
+_KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def cache_dir() -> str:
+    """Where nlstm's compiled kernels are cached: ``$NLSTM_CACHE_DIR`` if set, else the user
+    cache directory (``~/.cache/nlstm/...`` on Linux)."""
+    root = os.environ.get("NLSTM_CACHE_DIR")
+    if not root:
+        from numba.misc.appdirs import user_cache_dir
+        root = user_cache_dir("nlstm")
+    tag = f"nlstm-{__version__}-numba-{numba.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
+    return os.path.join(root, tag)
+
+
+def _install_cache_locator() -> None:
+    """Point Numba's cache for the files of this folder (and only them) at ``cache_dir()``.
+    Uses Numba's locator hook; if a Numba version lacks it, its default locations apply."""
+    try:
+        from numba.core import caching
+        base = (caching._SourceFileBackedLocatorMixin, caching._CacheLocator)
+        impl = caching.CacheImpl
+    except AttributeError:
+        return
+
+    class NlstmCacheLocator(*base):
+        def __init__(self, py_func, py_file):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = os.path.join(cache_dir(), "kernels")
+
+        def get_cache_path(self):
+            return self._cache_path
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if os.path.dirname(os.path.abspath(py_file)) != _KERNELS_DIR:
+                return None
+            return super().from_function(py_func, py_file)  # None if not writable
+
+    if not any(getattr(c, "__name__", "") == "NlstmCacheLocator" for c in impl._locator_classes):
+        impl._locator_classes.insert(0, NlstmCacheLocator)
+
+
+_install_cache_locator()
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
