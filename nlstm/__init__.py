@@ -4,9 +4,28 @@ from .gru import GRU
 from .lstm import LSTM
 from .recurrent import RecurrentLayer
 from .rnn import RNN
+from .linear import Dropout, Linear
+from .losses import CrossEntropyLoss, MSELoss
+from .optim import SGD, Adam, AdamW, CosineLR, StepLR, clip_grad_norm
+from .model import Sequential
+from .io import load, save
+from .interop import from_keras, from_torch, to_torch
 
 from ._version import __version__
 from ._warmup import warmup
 
 __all__ = ["LSTM", "GRU", "RNN", "RecurrentLayer", "set_num_threads", "get_num_threads", "warmup",
            "__version__"]
+__all__ += ["Linear", "Dropout", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
+            "AdamW", "StepLR", "CosineLR", "clip_grad_norm", "save", "load"]
+__all__ += ["from_torch", "to_torch", "from_keras"]
+
+
+def __getattr__(name):
+    # ``nlstm.onnx`` works without ``import nlstm.onnx``; the onnx package itself is only
+    # imported when one of its functions runs.
+    if name == "onnx":
+        import importlib
+
+        return importlib.import_module(".onnx", __name__)
+    raise AttributeError(f"module 'nlstm' has no attribute {name!r}")

@@ -1,0 +1,352 @@
+"""``python -m bench.compare``: nlstm against torch, ONNX Runtime, JAX and NumPy on issue 3's grid.
+
+For each case and mode, in one process with the same thread count and the same weights:
+  1. every engine builds its model and runs once; its outputs are checked against a
+     float64 reference and against nlstm (``bench.check``); an engine that disagrees
+     or raises is reported and not timed;
+  2. the engines that agree are warmed up (compilation outside the timing) and timed in
+     rotating chunks (``bench.timing``); the figure is the median over all samples;
+  3. the floor is the case's matrix-product FLOPs divided by the float32 matmul rate
+     NumPy reaches in this run (measured once per case at the grid's largest product,
+     the run's median used).
+The table of medians and of ratios against the fastest peer is printed and written to
+``<out>/compare.json`` and ``<out>/compare.md``.
+
+Examples:
+  python -m bench.compare                           # the full grid, 2 threads
+  python -m bench.compare --quick --cases S,M,step  # a fast look
+  python -m bench.compare --threads 1 --engines nlstm,torch
+  python -m bench.compare --extra                   # also streaming, startup, memory, threads
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .grid import GRID, flops, make_problem
+
+ENGINE_ORDER = ["nlstm", "torch", "ort", "jax", "numpy"]
+
+# Issue 3's targets: (kind, factor). "peer": fastest peer / nlstm >= factor; "peer+floor":
+# that and nlstm at >= 90% of the sgemm floor; "torch+jax": torch / nlstm >= factor and
+# nlstm faster than JAX; "torch": torch / nlstm >= factor.
+TARGETS = {
+    ("S", "infer"): ("peer", 3.0), ("long", "infer"): ("peer", 3.0), ("step", "step"): ("peer", 3.0),
+    ("M", "infer"): ("peer", 1.25), ("ragged", "infer"): ("peer", 1.25),
+    ("L", "infer"): ("peer+floor", 1.0), ("XL", "infer"): ("peer+floor", 1.0),
+    ("S", "train"): ("torch+jax", 2.0), ("M", "train"): ("torch+jax", 2.0),
+    ("long", "train"): ("torch+jax", 2.0), ("ragged", "train"): ("torch+jax", 2.0),
+    ("L", "train"): ("torch", 1.1), ("XL", "train"): ("torch", 1.1),
+}
+FLOOR_SHARE = 0.9
+
+
+def describe_target(kind: str, factor: float) -> str:
+    return {"peer": f">= {factor:g}x fastest peer",
+            "peer+floor": f">= {factor:g}x fastest peer, >= {FLOOR_SHARE:.0%} of floor",
+            "torch+jax": f">= {factor:g}x torch, faster than jax",
+            "torch": f">= {factor:g}x torch"}[kind]
+
+
+def judge_target(row: Dict) -> Optional[Dict]:
+    spec = TARGETS.get((row["case"], row["mode"]))
+    if spec is None:
+        return None
+    kind, factor = spec
+    sp = row["speedup_vs"]
+    out = dict(target=describe_target(kind, factor), met=None, detail="")
+    if "nlstm" not in row["median_s"]:
+        out["detail"] = "nlstm not timed"
+        return out
+    if kind in ("peer", "peer+floor"):
+        fastest = row.get("speedup_vs_fastest")
+        if fastest is None:
+            out["detail"] = "no peer timed"
+            return out
+        met = fastest >= factor
+        detail = f"{fastest:.2f}x {row['fastest_peer']}"
+        if kind == "peer+floor":
+            eff = row["floor_efficiency"]
+            met = met and eff >= FLOOR_SHARE
+            detail += f", {eff:.0%} of floor"
+        out.update(met=bool(met), detail=detail)
+        return out
+    if "torch" not in sp:
+        out["detail"] = "torch not timed"
+        return out
+    met = sp["torch"] >= factor
+    detail = f"{sp['torch']:.2f}x torch"
+    if kind == "torch+jax":
+        if "jax" in sp:
+            met = met and sp["jax"] > 1.0
+            detail += f", {sp['jax']:.2f}x jax"
+        else:
+            detail += ", jax not measured"
+    out.update(met=bool(met), detail=detail)
+    return out
+
+
+# ---- formatting ---------------------------------------------------------------------------
+def fmt_time(s: Optional[float]) -> str:
+    if s is None:
+        return "—"
+    if s < 1e-3:
+        return f"{s * 1e6:.3g} µs" if s >= 1e-6 else f"{s * 1e6:.2f} µs"
+    if s < 1.0:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s:.3g} s"
+
+
+def fmt_ratio(r: Optional[float]) -> str:
+    return "—" if r is None else f"{r:.2f}x"
+
+
+def markdown_table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def text_table(header: List[str], rows: List[List[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda r: "  ".join(str(x).rjust(w) if i else str(x).ljust(w)
+                               for i, (x, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def tables(results: List[Dict], engines: List[str]):
+    """(header, rows) of the medians table and of the ratios table."""
+    h1 = ["case", "mode"] + engines + ["floor", "fastest peer", "nlstm speedup", "floor eff.",
+                                       "target", "met"]
+    r1, r2 = [], []
+    h2 = ["case", "mode"] + [f"{e} / fastest peer" for e in engines]
+    for row in results:
+        cells = []
+        for e in engines:
+            st = row["engines"].get(e, {})
+            if "median_s" in st:
+                flag = "*" if st["stats"]["contended_chunks"] else ""
+                cells.append(fmt_time(st["median_s"]) + flag)
+            else:
+                cells.append({"rejected": "WRONG", "error": "error"}.get(st.get("status"), "—"))
+        tgt = row.get("target") or {}
+        met = {True: "yes", False: "NO", None: "—"}[tgt.get("met")]
+        eff = row.get("floor_efficiency")
+        r1.append([row["case"], row["mode"]] + cells + [
+            fmt_time(row["floor_s"]), row.get("fastest_peer") or "—",
+            fmt_ratio(row.get("speedup_vs_fastest")),
+            "—" if eff is None else f"{eff:.0%}",
+            tgt.get("target", "—"), met + (f" ({tgt['detail']})" if tgt.get("detail") else "")])
+        fp = row.get("fastest_peer")
+        base = row["median_s"].get(fp) if fp else None
+        r2.append([row["case"], row["mode"]] + [
+            fmt_ratio(row["median_s"][e] / base) if base and e in row["median_s"] else "—"
+            for e in engines])
+    return (h1, r1), (h2, r2)
+
+
+# ---- environment --------------------------------------------------------------------------
+def machine_info(threads: int) -> Dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "threads": threads,
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+            "NUMBA_THREADING_LAYER": os.environ.get("NUMBA_THREADING_LAYER", "")}
+    try:
+        import numba
+        info["numba threading layer"] = numba.threading_layer()
+    except (ImportError, ValueError):  # ValueError: no parallel work has started a layer
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() in ("Model name", "Core(s) per socket", "Socket(s)", "Thread(s) per core",
+                               "L2 cache", "L3 cache", "Flags"):
+                val = val.strip()
+                if key.strip() == "Flags":
+                    val = " ".join(f for f in val.split() if f in ("avx2", "fma", "avx512f"))
+                info["lscpu " + key.strip()] = val
+    except (OSError, subprocess.SubprocessError):
+        pass
+    versions = {}
+    for mod in ("numpy", "numba", "scipy", "nlstm", "torch", "onnxruntime", "onnx", "jax", "jaxlib"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            versions[mod] = None
+    info["versions"] = versions
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        info["numpy BLAS"] = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:
+        pass
+    return info
+
+
+# ---- the run ------------------------------------------------------------------------------
+def run_case(case, mode: str, engines: List[str], repeat: int, chunk_s: float,
+             min_samples: int, log=print) -> Dict:
+    from . import check, engines as E
+    from .timing import time_chunked
+
+    problem = make_problem(case)
+    row = dict(case=case.name, mode=mode, describe=case.describe(),
+               flops=flops(case, mode, problem.lengths), engines={}, median_s={})
+    runners = {}
+    for name in engines:
+        eng = E.ENGINES[name]
+        why = eng.unavailable() or eng.supports(problem, mode)
+        if why:
+            row["engines"][name] = dict(status="skipped", reason=why)
+            continue
+        try:
+            runners[name] = eng.prepare(problem, mode)
+        except Exception as e:
+            row["engines"][name] = dict(status="error", reason=f"prepare raised {e!r}"[:300])
+    verdicts, _ = check.check_engines(problem, mode, runners)
+    accepted = {}
+    for name in [n for n in engines if n in runners]:
+        v = verdicts[name]
+        row["engines"][name] = dict(status="agrees" if v.ok else "rejected",
+                                    vs_reference=v.vs_reference, vs_nlstm=v.vs_nlstm,
+                                    worst_tensor=v.worst_tensor, note=v.note)
+        log(f"  check {v.summary()}")
+        if v.ok:
+            accepted[name] = runners[name]
+    if accepted:
+        stats = time_chunked(accepted, repeat=repeat, chunk_s=chunk_s, min_samples=min_samples)
+        for name, st in stats.items():
+            row["engines"][name].update(status="timed", median_s=st.median, stats=st.to_dict())
+            row["median_s"][name] = st.median
+    runners.clear()
+    accepted.clear()
+    gc.collect()
+    return row
+
+
+def finish_row(row: Dict, gflops: float) -> Dict:
+    row["floor_s"] = row["flops"] / (gflops * 1e9)
+    med = row["median_s"]
+    peers = {n: t for n, t in med.items() if n != "nlstm"}
+    row["speedup_vs"] = {n: t / med["nlstm"] for n, t in peers.items()} if "nlstm" in med else {}
+    if peers:
+        fp = min(peers, key=peers.get)
+        row["fastest_peer"] = fp
+        row["speedup_vs_fastest"] = row["speedup_vs"].get(fp)
+    row["floor_efficiency"] = row["floor_s"] / med["nlstm"] if "nlstm" in med else None
+    row["target"] = judge_target(row)
+    return row
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n")[0])
+    p.add_argument("--cases", default=",".join(GRID), help=f"comma-separated, from {','.join(GRID)}")
+    p.add_argument("--modes", default="infer,train,step", help="comma-separated: infer,train,step")
+    p.add_argument("--engines", default=",".join(ENGINE_ORDER), help="comma-separated engines")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=None, help="timing rounds per case (default 5; 3 with --quick)")
+    p.add_argument("--chunk", type=float, default=None, help="seconds per engine per round (default 0.3)")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter rounds: a look, not a result")
+    p.add_argument("--wait-quiet", type=float, default=30.0,
+                   help="before each case, wait up to this many seconds for other processes to go idle")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
+    p.add_argument("--extra", action="store_true", help="then run bench.extra (streaming, startup, memory)")
+    a = p.parse_args(argv)
+    a.cases = [c for c in a.cases.split(",") if c]
+    a.modes = [m for m in a.modes.split(",") if m]
+    a.engines = [e for e in a.engines.split(",") if e]
+    bad = [c for c in a.cases if c not in GRID] + [e for e in a.engines if e not in ENGINE_ORDER] \
+        + [m for m in a.modes if m not in ("infer", "train", "step")]
+    if bad:
+        p.error(f"unknown names: {bad}")
+    a.repeat = a.repeat or (3 if a.quick else 5)
+    a.chunk = a.chunk or (0.1 if a.quick else 0.3)
+    a.min_samples = 1 if a.quick else 2
+    return a
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse_args(argv)
+    from . import engines as E
+    E.configure_threads(a.threads)  # before torch/jax are imported
+    from .timing import sgemm_rate, wait_quiet
+
+    command = "python -m bench.compare" + ("" if not argv else " " + shlex.join(argv))
+    meta = machine_info(a.threads)
+    meta.update(command=command, repeat=a.repeat, chunk_s=a.chunk,
+                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+    print(f"{command}\n{meta.get('lscpu Model name', '?')}, {meta['cpu_count']} cores, "
+          f"{a.threads} threads; versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v))
+    for name in a.engines:
+        why = E.ENGINES[name].unavailable()
+        if why:
+            print(f"  {name}: skipped, {why}")
+    t_start = time.perf_counter()
+    rates, results = [], []
+    for cname in a.cases:
+        case = GRID[cname]
+        for mode in case.modes():
+            if mode not in a.modes:
+                continue
+            others = wait_quiet(a.wait_quiet)
+            rates.append(sgemm_rate())
+            print(f"\n[{cname} {mode}] {case.describe()}  (sgemm {rates[-1]:.1f} GFLOP/s; other "
+                  f"processes using {others:.2f} cores)")
+            row = run_case(case, mode, a.engines, a.repeat, a.chunk, a.min_samples)
+            row["others_cores_at_start"] = others
+            results.append(row)
+            print("  " + ", ".join(f"{n} {fmt_time(t)}" for n, t in row["median_s"].items()))
+    rates.append(sgemm_rate())
+    gflops = float(np.median(rates))
+    for row in results:
+        finish_row(row, gflops)
+    elapsed = time.perf_counter() - t_start
+    meta.update(sgemm_gflops=gflops, sgemm_rounds=rates, sgemm_shape=[2560, 512, 2048],
+                elapsed_s=elapsed)
+
+    engines = [e for e in ENGINE_ORDER if e in a.engines]
+    (h1, r1), (h2, r2) = tables(results, engines)
+    print(f"\nmedians ({a.threads} threads; float32; floor = matmul FLOPs / {gflops:.1f} GFLOP/s "
+          f"NumPy sgemm; nlstm speedup = fastest peer / nlstm; {elapsed:.0f} s)\n")
+    print(text_table(h1, r1))
+    print("* = some chunks were timed while other processes kept a core busy (see the JSON)")
+    print("\ntime relative to the fastest peer (below 1 is faster than every peer)\n")
+    print(text_table(h2, r2))
+
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "compare.json"), "w") as f:
+        json.dump(dict(meta=meta, results=results), f, indent=1, default=float)
+    md = [f"Command: `{command}`  ",
+          f"Machine: {meta.get('lscpu Model name', '?')}, {meta['cpu_count']} cores "
+          f"({meta.get('lscpu Flags', '')}); {a.threads} threads; {meta['date']}  ",
+          "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v) + "  ",
+          f"NumPy sgemm: {gflops:.1f} GFLOP/s (median of {len(rates)} rounds at 2560x512x2048, "
+          f"range {min(rates):.1f}-{max(rates):.1f})  ",
+          f"Timing: {a.repeat} rounds x {a.chunk:g} s chunks per engine; medians of all samples",
+          "", markdown_table(h1, r1), "",
+          "`*`: some chunks were timed while other processes kept a core busy (see compare.json).",
+          "", "Time relative to the fastest peer:", "",
+          markdown_table(h2, r2), ""]
+    with open(os.path.join(a.out, "compare.md"), "w") as f:
+        f.write("\n".join(md))
+    print(f"\nwrote {os.path.join(a.out, 'compare.json')} and compare.md")
+    if a.extra:
+        from . import extra
+        extra.main(["--threads", str(a.threads), "--out", a.out])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

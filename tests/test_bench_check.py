@@ -1,0 +1,146 @@
+"""The benchmark harness's agreement check (bench.check), on tiny sizes: no timing here.
+
+Every available peer must agree with nlstm and with the float64 NumPy reference on the
+same weights (ragged and stacked bidirectional cases included), the reference itself
+must match tests/reference.py, and an engine that is wrong must be rejected and never
+timed.
+"""
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import check, compare, engines as E  # noqa: E402
+from bench.grid import GRID, make_problem  # noqa: E402
+from bench.numpy_lstm import NumpyLSTM  # noqa: E402
+
+import reference  # noqa: E402  (tests/ is on sys.path under pytest)
+
+TINY = {"S": dict(T=7, B=1, I=5, H=6), "ragged": dict(T=9, B=5, I=4, H=6),
+        "M-bi2": dict(T=6, B=3, I=4, H=5), "step": dict(I=5, H=6)}
+# JAX compiles each shape for about a second: it joins only where it adds coverage.
+JAX_CASES = {"ragged"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def keep_torch_threads():
+    """The torch engine sets torch's thread count; give the rest of the session its own back."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None:
+        torch.set_num_threads(before)
+
+
+def _runners(problem, mode, names):
+    runners = {}
+    for name in names:
+        eng = E.ENGINES[name]
+        if eng.unavailable() or eng.supports(problem, mode):
+            continue
+        runners[name] = eng.prepare(problem, mode)
+    return runners
+
+
+@pytest.mark.parametrize("case", sorted(TINY))
+def test_every_available_peer_agrees(case):
+    problem = make_problem(GRID[case], seed=3, shrink=TINY[case])
+    names = [n for n in E.ENGINES if n != "jax" or case in JAX_CASES]
+    for mode in problem.case.modes():
+        runners = _runners(problem, mode, names)
+        assert "nlstm" in runners and "numpy" in runners
+        verdicts, _ = check.check_engines(problem, mode, runners)
+        for name, v in verdicts.items():
+            assert v.ok, f"{case} {mode}: {v.summary()}"
+            assert v.vs_reference < 1e-5, f"{case} {mode}: {v.summary()}"
+        if problem.lengths is not None:
+            assert problem.lengths.min() < problem.case.T  # the case really is ragged
+
+
+def test_float64_reference_matches_the_oracle():
+    rng = np.random.default_rng(0)
+    T, B, I, H, L = 6, 4, 3, 5, 2
+    problem = make_problem(GRID["M-bi2"], seed=1, shrink=dict(T=T, B=B, I=I, H=H))
+    x = rng.standard_normal((T, B, I))
+    lengths = np.array([6, 1, 4, 3])
+    zeros = np.zeros((2 * L, B, H))
+    y, h, c, cache = reference.lstm_forward(problem.params, x, zeros, zeros, lengths, L, True)
+    dx, _, _, grads = reference.lstm_backward(cache, np.ones_like(y), zeros, zeros)
+    m = NumpyLSTM(problem.params, L, True, np.float64)
+    y2, (h2, c2) = m.forward(x, lengths, train=True)
+    dx2, _, grads2 = m.backward(np.ones_like(y2))
+    for name, a, b in [("y", y2, y), ("h_n", h2, h), ("c_n", c2, c), ("dx", dx2, dx)] + \
+            [(k, grads2[k], grads[k]) for k in grads]:
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+class _WrongGateOrder(E.NumpyEngine):
+    """Loads the weights with PyTorch's i and f gate blocks swapped."""
+    name = "wrong-gates"
+
+    def prepare(self, problem, mode):
+        H = problem.case.H
+        swap = lambda w: np.concatenate([w[H:2 * H], w[:H], w[2 * H:]])
+        params = {k: swap(v) for k, v in problem.params.items()}
+        return super().prepare(dataclasses.replace(problem, params=params), mode)
+
+
+class _IgnoresLengths(E.NumpyEngine):
+    """Runs every row to T, as if lengths were not given."""
+    name = "no-lengths"
+
+    def prepare(self, problem, mode):
+        return super().prepare(dataclasses.replace(problem, lengths=None), mode)
+
+
+class _SlightlyOffGradient(E.NumpyEngine):
+    """Right forward, dx 1% too large."""
+    name = "off-dx"
+
+    def prepare(self, problem, mode):
+        r = super().prepare(problem, mode)
+        inner = r.result
+
+        def result():
+            out = inner()
+            if "dx" in out:
+                out["dx"] = out["dx"] * 1.01
+            return out
+        return E.Runner(r, result)
+
+
+@pytest.mark.parametrize("wrong,case,mode", [
+    (_WrongGateOrder, "S", "infer"), (_WrongGateOrder, "step", "step"),
+    (_IgnoresLengths, "ragged", "infer"), (_IgnoresLengths, "ragged", "train"),
+    (_SlightlyOffGradient, "M-bi2", "train")])
+def test_a_wrong_engine_is_rejected(wrong, case, mode):
+    problem = make_problem(GRID[case], seed=5, shrink=TINY[case])
+    runners = _runners(problem, mode, ["nlstm"])
+    runners["wrong"] = wrong().prepare(problem, mode)
+    verdicts, _ = check.check_engines(problem, mode, runners)
+    assert verdicts["nlstm"].ok
+    assert not verdicts["wrong"].ok, verdicts["wrong"].summary()
+
+
+def test_a_crashing_engine_is_rejected():
+    problem = make_problem(GRID["S"], shrink=TINY["S"])
+
+    def boom():
+        raise RuntimeError("boom")
+    verdicts, _ = check.check_engines(problem, "infer", {"crash": E.Runner(boom, boom)})
+    assert not verdicts["crash"].ok and "boom" in verdicts["crash"].note
+
+
+def test_compare_does_not_time_a_rejected_engine(monkeypatch):
+    case = dataclasses.replace(GRID["ragged"], **TINY["ragged"])
+    monkeypatch.setitem(E.ENGINES, "no-lengths", _IgnoresLengths())
+    row = compare.run_case(case, "infer", ["nlstm", "no-lengths"], repeat=1, chunk_s=0.0,
+                           min_samples=1, log=lambda *a: None)
+    assert row["engines"]["no-lengths"]["status"] == "rejected"
+    assert "no-lengths" not in row["median_s"] and "median_s" not in row["engines"]["no-lengths"]
+    assert row["engines"]["nlstm"]["status"] == "timed"

@@ -1,0 +1,175 @@
+"""The ``nlstm`` command end to end, through subprocesses: demo, train/predict, info,
+selfcheck, bench, and every error path (one line on stderr, exit code 2)."""
+import csv
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import nlstm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nlstm.__file__)))
+
+
+def run(args, cwd, timeout=300):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("NLSTM_THREADS", None)
+    return subprocess.run([sys.executable, "-m", "nlstm", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_ok(p):
+    assert p.returncode == 0, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    assert "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.fixture(scope="module")
+def series_csv(tmp_path_factory):
+    """A small seasonal series with a second, informative column."""
+    d = tmp_path_factory.mktemp("csv")
+    rng = np.random.default_rng(0)
+    n = 240
+    t = np.arange(n)
+    load = np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(n)
+    temp = 20 + 5 * np.roll(load, 2) + 0.2 * rng.standard_normal(n)
+    path = d / "series.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["time", "temp", "load"])
+        for i in range(n):
+            w.writerow([f"2024-01-{1 + i // 24:02d}T{i % 24:02d}", f"{temp[i]:.4f}", f"{load[i]:.4f}"])
+    return path
+
+
+def test_demo_quick(tmp_path):
+    (tmp_path / "out").mkdir()
+    p = run(["demo", "--quick", "--out", "out"], tmp_path)
+    assert_ok(p)
+    out = p.stdout
+    assert "adding problem" in out and "epoch 1/10" in out
+    mse = float(re.search(r"test MSE LSTM: ([0-9.]+)", out).group(1))
+    assert mse < 0.05, out  # T=20 within the quick budget; the mean scores about 0.167
+    if hasattr(nlstm, "RNN"):
+        assert re.search(r"test MSE +RNN: [0-9.]+", out), out
+    model_path, png_path = tmp_path / "out" / "nlstm-demo.npz", tmp_path / "out" / "nlstm-demo.png"
+    assert f"saved the LSTM model to {os.path.join('out', 'nlstm-demo.npz')}" in out
+    model = nlstm.load(model_path)
+    assert model.metadata["task"] == "adding"
+    pytest.importorskip("matplotlib")
+    assert f"saved the learning curves to {os.path.join('out', 'nlstm-demo.png')}" in out
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_then_predict(tmp_path, series_csv):
+    model_path = tmp_path / "temp.npz"
+    p = run(["train", "--csv", series_csv, "--target", "temp", "--features", "temp,load",
+             "--window", 12, "--horizon", 2, "--epochs", 3, "--hidden", 8, "--out", model_path], tmp_path)
+    assert_ok(p)
+    assert "last value" in p.stdout and f"to {model_path}" in p.stdout
+    rmse = re.findall(r"RMSE ([0-9.eE+-]+)", p.stdout)
+    assert len(rmse) == 2 and all(np.isfinite(float(r)) for r in rmse)
+    model = nlstm.load(model_path)
+    meta = model.metadata
+    assert meta["features"] == ["temp", "load"] and meta["window"] == 12 and meta["horizon"] == 2
+    data = np.genfromtxt(series_csv, delimiter=",", names=True, dtype=None, encoding="utf-8")
+    X = np.stack([data["temp"], data["load"]], axis=1)
+    split = round(len(X) * 0.8)
+    np.testing.assert_allclose(meta["x_mean"], X[:split].mean(axis=0), rtol=1e-12,
+                               err_msg="standardization uses the training rows only")
+
+    out_path = tmp_path / "pred.csv"
+    p = run(["predict", "--model", model_path, "--csv", series_csv, "--out", out_path], tmp_path)
+    assert_ok(p)
+    assert str(out_path) in p.stdout
+    rows = list(csv.reader(open(out_path)))
+    assert rows[0] == ["row", "temp+1", "temp+2"]
+    assert len(rows) - 1 == len(X) - 12 + 1
+    assert rows[1][0] == "11" and rows[-1][0] == str(len(X) - 1)
+    got = np.array(rows[1:], float)[:, 1:]
+    xs = (X - meta["x_mean"]) / meta["x_std"]
+    windows = np.stack([xs[i:i + 12] for i in range(len(X) - 11)])
+    want = model.predict(windows) * meta["y_std"] + meta["y_mean"]
+    np.testing.assert_allclose(got, want, rtol=1e-6, err_msg="predictions")
+
+
+def test_info_selfcheck_and_own_bench(tmp_path):
+    with ThreadPoolExecutor(2) as pool:
+        info, check, bench = pool.map(lambda a: run(a, tmp_path),
+                                      [["info"], [], ["bench", "--own", "--repeat", 1]])
+    for p in (info, check, bench):
+        assert_ok(p)
+    assert "numba threading layer" in info.stdout and "numba cache" in info.stdout
+    assert re.search(r"threads: nlstm \d+", info.stdout) and "numpy" in info.stdout
+    assert "-> OK" in check.stdout
+    assert "own timings" in bench.stdout and re.search(r"\bM\s+100\s+16", bench.stdout)
+
+
+def _bad_csvs(d):
+    (d / "text.csv").write_text("a,b\n1,2\n3,x\n4,5\n")
+    (d / "empty.csv").write_text("")
+    (d / "header.csv").write_text("a,b\n")
+    (d / "ragged.csv").write_text("a,b\n1,2\n3\n")
+    (d / "short.csv").write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(10)))
+    (d / "bad.npz").write_bytes(b"not a model")
+    (d / "folder").mkdir()
+
+
+ERRORS = [
+    (["train", "--csv", "missing.csv", "--target", "a", "--window", 3], "cannot open missing.csv"),
+    (["train", "--csv", "short.csv", "--target", "c", "--window", 3], "column 'c' is not in short.csv"),
+    (["train", "--csv", "short.csv", "--target", "a", "--features", "a,z", "--window", 3],
+     "column 'z' is not in"),
+    (["train", "--csv", "short.csv", "--target", "a", "--window", 20], "window 20"),
+    (["train", "--csv", "short.csv", "--target", "a", "--window", 8], "too few"),
+    (["train", "--csv", "text.csv", "--target", "b", "--window", 1], "line 3, column 'b': 'x' is not a number"),
+    (["train", "--csv", "empty.csv", "--target", "a", "--window", 1], "empty"),
+    (["train", "--csv", "header.csv", "--target", "a", "--window", 1], "no data rows"),
+    (["train", "--csv", "ragged.csv", "--target", "a", "--window", 1], "line 3 has 1 fields"),
+    (["train", "--csv", "short.csv", "--target", "a", "--window", 0], "--window: expected a positive integer"),
+    (["train", "--csv", "short.csv", "--target", "a", "--window", "abc"], "expected a positive integer"),
+    (["train", "--csv", "short.csv", "--target", "a", "--window", 2, "--val", 1.5], "between 0 and 1"),
+    (["train", "--csv", "short.csv", "--target", "a", "--window", 2, "--out", "nodir/m.npz"], "does not exist"),
+    (["train", "--csv", "short.csv", "--window", 2], "the following arguments are required: --target"),
+    (["predict", "--model", "bad.npz", "--csv", "short.csv", "--out", "p.csv"], "not a valid nlstm model file"),
+    (["predict", "--model", "missing.npz", "--csv", "short.csv", "--out", "p.csv"], "cannot open missing.npz"),
+    (["predict", "--model", "layer.npz", "--csv", "short.csv", "--out", "p.csv"], "not a forecaster"),
+    (["predict", "--model", "layer.npz", "--csv", "short.csv", "--out", "folder"], "is a directory"),
+    (["demo", "--out", "nodir"], "no such directory"),
+    (["demo", "--epochs", "-1"], "--epochs: expected a positive integer"),
+    (["bench", "--own", "extra"], "extra arguments"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]
+
+
+def test_every_error_is_one_line_and_exit_2(tmp_path):
+    _bad_csvs(tmp_path)
+    nlstm.save(nlstm.Sequential([nlstm.LSTM(1, 2), nlstm.Linear(2, 1)]), tmp_path / "layer.npz")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda case: run(case[0], tmp_path), ERRORS))
+    for (args, msg), p in zip(ERRORS, results):
+        where = f"nlstm {' '.join(map(str, args))}"
+        assert p.returncode == 2, f"{where}: exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("nlstm: error: "), f"{where}: {p.stderr!r}"
+        assert msg in lines[0], f"{where}: expected {msg!r} in {lines[0]!r}"
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_train_defaults_to_the_target_alone(tmp_path, series_csv):
+    # The CSV also has a text column: only the columns used must be numeric.
+    p = run(["train", "--csv", series_csv, "--target", "load", "--window", 6, "--epochs", 1], tmp_path)
+    assert_ok(p)
+    assert "features load;" in p.stdout and "series.nlstm.npz" in p.stdout
+    assert nlstm.load(tmp_path / "series.nlstm.npz").metadata["features"] == ["load"]
+
+
+def test_demo_plot_is_skipped_quietly_without_matplotlib(monkeypatch, tmp_path):
+    from nlstm import cli
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli._plot_curves(str(tmp_path / "x.png"), [], 0.167, 20) is False
+    assert not (tmp_path / "x.png").exists()

@@ -1,0 +1,182 @@
+"""Saving and loading: exact round trips, atomic writes, and clear errors for bad files."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import nlstm
+import nlstm.io
+
+UNPICKLED = []
+
+
+def _mark():
+    UNPICKLED.append(True)
+    return "unpickled!"
+
+
+class Evil:
+    """Unpickling this calls _mark: a loader that unpickles would be caught."""
+
+    def __reduce__(self):
+        return (_mark, ())
+
+
+def make_model(dtype=np.float32):
+    layers = [nlstm.LSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True, dtype=dtype,
+                         seed=0, dropout=0.1)]
+    width = 10
+    if hasattr(nlstm, "GRU"):
+        layers.append(nlstm.GRU(width, 4, dtype=dtype, seed=1))
+        width = 4
+    layers += [nlstm.Dropout(0.2, seed=3), nlstm.Linear(width, 2, dtype=dtype, seed=2)]
+    model = nlstm.Sequential(layers, output="last")
+    rng = np.random.default_rng(7)
+    for v in model.params.values():  # weights no init could make
+        v[:] = rng.standard_normal(v.shape)
+    return model
+
+
+def rewrite(path, change):
+    """Load every entry of an .npz, let change() edit the dict, and write it back."""
+    with np.load(path, allow_pickle=False) as f:
+        entries = {k: f[k] for k in f.files}
+    change(entries)
+    with open(path, "wb") as out:
+        np.savez(out, **entries)
+
+
+def edit_config(path, change):
+    def go(entries):
+        header = json.loads(entries[nlstm.io.CONFIG_KEY].tobytes().decode())
+        change(header)
+        entries[nlstm.io.CONFIG_KEY] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    rewrite(path, go)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_trip_is_exact(tmp_path, dtype):
+    model = make_model(dtype)
+    meta = {"task": "test", "mean": [0.1, 1 / 3], "nested": {"a": 1}}
+    path = model.save(tmp_path / "m.npz", metadata=meta)
+    assert path == str(tmp_path / "m.npz")
+    again = nlstm.load(path)
+    assert isinstance(again, nlstm.Sequential)
+    assert again.get_config() == model.get_config()
+    assert again.metadata == meta
+    for k, v in model.params.items():
+        assert again.params[k].dtype == v.dtype
+        np.testing.assert_array_equal(again.params[k], v, err_msg=k)
+    x = np.random.default_rng(0).standard_normal((4, 6, 3))
+    np.testing.assert_array_equal(again.predict(x), model.predict(x))
+
+
+def test_single_layers_round_trip(tmp_path):
+    for layer in (nlstm.LSTM(2, 3, seed=0), nlstm.Linear(3, 2, seed=0, bias=False)):
+        nlstm.save(layer, tmp_path / "l.npz")
+        again = nlstm.load(tmp_path / "l.npz")
+        assert type(again) is type(layer) and again.get_config() == layer.get_config()
+        for k in layer.params:
+            np.testing.assert_array_equal(again.params[k], layer.params[k], err_msg=k)
+
+
+def test_an_interrupted_save_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    old = make_model()
+    old.save(path)
+    new = make_model()
+    for v in new.params.values():
+        v += 1
+
+    def failing_savez(f, **arrays):
+        f.write(b"PK\x03\x04 half a model")  # some bytes reach the disk, then the crash
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(nlstm.io.np, "savez", failing_savez)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["m.npz"], "no temporary file is left behind"
+    survivor = nlstm.load(path)
+    for k, v in old.params.items():
+        np.testing.assert_array_equal(survivor.params[k], v, err_msg=k)
+    with pytest.raises(ValueError, match="JSON"):
+        new.save(path, metadata={"bad": np.float32(1)})
+    assert os.listdir(tmp_path) == ["m.npz"]
+    new.save(path)  # a save that completes replaces it
+    np.testing.assert_array_equal(nlstm.load(path).params["0.weight_ih_l0"], new.params["0.weight_ih_l0"])
+
+
+def test_missing_file_is_an_os_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        nlstm.load(tmp_path / "nothing.npz")
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_a_weight_byte(path):
+    data = bytearray(path.read_bytes())
+    i = data.index(b"0.weight_hh_l0.npy")
+    data[i + 200] ^= 0xFF  # inside that entry's data: the zip CRC no longer matches
+    path.write_bytes(bytes(data))
+
+
+CORRUPT = [
+    ("empty", lambda p: p.write_bytes(b""), "not an .npz"),
+    ("text", lambda p: p.write_text("hello, I am not a model\n"), "not an .npz"),
+    ("truncated", _truncate, "not a valid nlstm model file"),
+    ("bit flip", _flip_a_weight_byte, "not a valid nlstm model file"),
+    ("plain npy", lambda p: np.save(open(p, "wb"), np.zeros(3)), "not an .npz"),
+    ("no config", lambda p: rewrite(p, lambda e: e.pop(nlstm.io.CONFIG_KEY)), "no __nlstm__"),
+    ("bad json", lambda p: rewrite(p, lambda e: e.__setitem__(nlstm.io.CONFIG_KEY,
+                                                                np.frombuffer(b"{not json", np.uint8))), "JSON"),
+    ("other format", lambda p: edit_config(p, lambda h: h.__setitem__("format", "keras")), "nlstm format"),
+    ("newer version", lambda p: edit_config(p, lambda h: h.__setitem__("format_version", 99)), "newer"),
+    ("unknown class", lambda p: edit_config(p, lambda h: h["config"]["layers"][0].__setitem__("class", "os.system")),
+     "unknown layer class"),
+    ("bad kwarg", lambda p: edit_config(p, lambda h: h["config"]["layers"][0]["config"].__setitem__("evil", 1)),
+     "unexpected keyword"),
+    ("chain", lambda p: edit_config(p, lambda h: h["config"]["layers"][0]["config"].__setitem__("hidden_size", 6)),
+     "expects .* input features"),
+    ("shape", lambda p: edit_config(p, lambda h: h["config"]["layers"][-1]["config"].__setitem__("out_features", 3)),
+     r"weight '\d.weight' is float32\[2, \d+\], the config needs float32\[3, \d+\]"),
+    ("huge size", lambda p: edit_config(p, lambda h: h["config"]["layers"][0]["config"].__setitem__("hidden_size", 10 ** 9)),
+     "larger than the weights"),
+    ("missing weight", lambda p: rewrite(p, lambda e: e.pop("0.bias_hh_l1")), "missing .'0.bias_hh_l1'."),
+    ("extra weight", lambda p: rewrite(p, lambda e: e.__setitem__("9.weight", np.zeros(2, np.float32))), "unexpected"),
+    ("dtype", lambda p: rewrite(p, lambda e: e.__setitem__("0.weight_ih_l0", e["0.weight_ih_l0"].astype(np.float64))),
+     "float64"),
+    ("nan", lambda p: rewrite(p, lambda e: e["0.weight_ih_l0"].__setitem__((0, 0), np.nan)), "NaN"),
+]
+
+
+@pytest.mark.parametrize("name, corrupt, msg", CORRUPT, ids=[c[0] for c in CORRUPT])
+def test_bad_files_raise_value_error(tmp_path, name, corrupt, msg):
+    path = tmp_path / "m.npz"
+    make_model().save(path)
+    corrupt(path)
+    with pytest.raises(ValueError, match=msg) as info:
+        nlstm.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_pickled_objects_are_never_loaded(tmp_path):
+    path = tmp_path / "m.npz"
+    make_model().save(path)
+
+    def add_evil(entries):
+        entries["0.weight_ih_l0"] = np.array([Evil()], dtype=object)
+
+    with np.load(path, allow_pickle=False) as f:
+        entries = {k: f[k] for k in f.files}
+    add_evil(entries)
+    with open(path, "wb") as out:
+        np.savez(out, allow_pickle=True, **entries)
+    UNPICKLED.clear()
+    with pytest.raises(ValueError, match="Python objects"):
+        nlstm.load(path)
+    assert not UNPICKLED
