@@ -50,7 +50,7 @@ def test_demo_quick(tmp_path):
     p = run(["demo", "--quick", "--out", "out"], tmp_path)
     assert_ok(p)
     out = p.stdout
-    assert "adding problem" in out and "epoch 1/10" in out
+    assert "adding problem" in out and "epoch 1/20" in out
     mse = float(re.search(r"test MSE LSTM: ([0-9.]+)", out).group(1))
     assert mse < 0.05, out  # T=20 within the quick budget; the mean scores about 0.167
     if hasattr(nlstm, "RNN"):
