@@ -15,7 +15,7 @@ import numpy as np
 
 from .activations import cast_like
 from .config import kernel
-from .slots import step_time
+from .slots import slots, step_time
 
 # From this many rows on, one single-threaded BLAS sgemm per step beats the loops below
 # (measured on a 2-core EPYC: 68 vs 53 GFLOP/s at 32×128 @ 128×512; the loops win at 16
@@ -80,6 +80,44 @@ def matmul_nn(out, a, b, n, c0, c1):
         return
     for r in range(n):
         row_nn(out[r], a[r], b, c0, c1)
+
+
+@kernel
+def add_recurrent(gates, h, w_t, rows, times, n, reverse, sp1, sg):
+    """gates[t_i, b_i] += h[slot before t_i, b_i] @ w_t for the n active rows.
+
+    gates: (T, B, G); h: (T+1, B, K) state slots; w_t: (K, G); sp1: (≥n, K) and sg: (≥n, G)
+    scratch. Small blocks add straight into each row's gates (no gather, no extra pass);
+    blocks of BLAS_MIN_ROWS rows or more gather the states for one sgemm.
+    """
+    if n >= BLAS_MIN_ROWS:
+        for i in range(n):
+            p, o = slots(times[i], reverse)
+            hp = h[p, rows[i]]
+            dst = sp1[i]
+            for k in range(hp.shape[0]):
+                dst[k] = hp[k]
+        np.dot(sp1[:n], w_t, sg[:n])
+        for i in range(n):
+            g = gates[times[i], rows[i]]
+            src = sg[i]
+            for j in range(g.shape[0]):
+                g[j] += src[j]
+        return
+    for i in range(n):
+        p, o = slots(times[i], reverse)
+        row_nn_add(gates[times[i], rows[i]], h[p, rows[i]], w_t, 0, w_t.shape[1])
+
+
+@kernel
+def copy_out(y, h, rows, times, n, reverse, col):
+    """y[t_i, b_i, col:col+P] = h[slot after t_i, b_i] for the n active rows."""
+    for i in range(n):
+        p, o = slots(times[i], reverse)
+        src = h[o, rows[i]]
+        dst = y[times[i], rows[i]]
+        for j in range(src.shape[0]):
+            dst[col + j] = src[j]
 
 
 @kernel

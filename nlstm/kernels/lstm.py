@@ -25,7 +25,8 @@ import numpy as np
 
 from .activations import cast_like, sigmoid, tanh
 from .config import kernel
-from .blocks import active_rows, matmul_nn, matmul_nt, row_nn, row_nn_add
+from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt, row_nn,
+                     row_nn_add)
 from .slots import begin_rows, end_rows, slots, zero_padding, zero_rows_past
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
@@ -112,19 +113,12 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reve
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break  # lengths only shrink the active set as steps go on
-        for i in range(n):
-            p, o = slots(times[i], reverse)
-            hp = h[p, rows[i]]
-            for k in range(P):
-                sp1[i, k] = hp[k]
-        matmul_nn(sg, sp1, w_hh_t, n, 0, G)
+        add_recurrent(gates, h, w_hh_t, rows, times, n, reverse, sp1, sg)
         for i in range(n):
             b = rows[i]
             t = times[i]
             p, o = slots(t, reverse)
             g = gates[t, b]
-            for j in range(G):
-                g[j] += sg[i, j]
             pre_tb = pre[t, b] if clip else pre[0, 0]
             if opt.proj:
                 _pointwise(g, c[p, b], c[o, b], sh[i], opt, pre_tb)
@@ -138,10 +132,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reve
                 p, o = slots(times[i], reverse)
                 for j in range(P):
                     h[o, rows[i], j] = sp2[i, j]
-        for i in range(n):
-            p, o = slots(times[i], reverse)
-            for j in range(P):
-                y[times[i], rows[i], col + j] = h[o, rows[i], j]
+        copy_out(y, h, rows, times, n, reverse, col)
     end_rows(b0, b1, h_n, h, lengths, reverse)
     end_rows(b0, b1, c_n, c, lengths, reverse)
 

@@ -5,7 +5,7 @@ Time and state slots as in :mod:`nlstm.kernels.slots`, per-step block products a
 products, as for the LSTM.
 """
 from .activations import tanh
-from .blocks import active_rows, matmul_nn, matmul_nt, row_nn, row_nn_add
+from .blocks import active_rows, add_recurrent, copy_out, matmul_nt, row_nn, row_nn_add
 from .config import kernel
 from .slots import begin_rows, end_rows, slots, zero_padding, zero_rows_past
 
@@ -41,21 +41,11 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, h0, lengths, reverse, col, relu,
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break
+        add_recurrent(pre, h, w_hh_t, rows, times, n, reverse, sp1, sg)
         for i in range(n):
             p, o = slots(times[i], reverse)
-            for k in range(H):
-                sp1[i, k] = h[p, rows[i], k]
-        matmul_nn(sg, sp1, w_hh_t, n, 0, H)
-        for i in range(n):
-            b = rows[i]
-            t = times[i]
-            p, o = slots(t, reverse)
-            g = pre[t, b]
-            for j in range(H):
-                g[j] += sg[i, j]
-            _activate(g, h[o, b], relu)
-            for j in range(H):
-                y[t, b, col + j] = h[o, b, j]
+            _activate(pre[times[i], rows[i]], h[o, rows[i]], relu)
+        copy_out(y, h, rows, times, n, reverse, col)
     end_rows(b0, b1, h_n, h, lengths, reverse)
 
 
