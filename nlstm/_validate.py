@@ -2,6 +2,8 @@
 that has no bounds checks. Each raises TypeError or ValueError naming the argument."""
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -57,3 +59,21 @@ def lengths_array(lengths, B: int, T: int) -> np.ndarray:
         raise ValueError(f"lengths must be in 0..{T} (the sequence length), got values in "
                          f"{a.min()}..{a.max()}")
     return np.array(a, dtype=np.int64)
+
+
+def checked_state_dict(state_dict, shapes: Mapping) -> dict:
+    """The arrays of ``state_dict`` for exactly the keys and shapes in ``shapes``, each
+    checked (real, finite, right shape), so that a load can copy them without failing
+    half-way. Raises TypeError/ValueError naming the keys."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    missing = sorted(set(shapes) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(shapes))
+    if missing or unexpected:
+        raise ValueError(f"state_dict keys do not match: missing {missing}, unexpected {unexpected}")
+    checked = {}
+    for name, shape in shapes.items():
+        a = real_array(f"state_dict[{name!r}]", state_dict[name], check_finite=True)
+        expect_shape(f"state_dict[{name!r}]", a, shape)
+        checked[name] = a
+    return checked

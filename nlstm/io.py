@@ -59,11 +59,19 @@ def save(model, path, metadata: Optional[Mapping] = None) -> str:
         raise ValueError(f"config and metadata must be JSON-compatible (no NaN): {e}") from None
     arrays = {CONFIG_KEY: np.frombuffer(text.encode("utf-8"), np.uint8)}
     arrays.update(model.state_dict())
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_write(path, write) -> str:
+    """Call ``write(f)`` on a temporary file in ``path``'s directory, make it durable, then
+    rename it over ``path``: an interrupted write leaves any previous file intact and no
+    temporary file behind. Returns the path."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode(path))

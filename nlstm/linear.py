@@ -6,7 +6,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from ._validate import expect_shape, layer_dtype, positive_int, real_array
+from ._validate import checked_state_dict, expect_shape, layer_dtype, positive_int, real_array
 
 
 class Linear:
@@ -97,18 +97,7 @@ class Linear:
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Load ``weight`` (and ``bias``); checks every key and shape before changing anything."""
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        shapes = self._shapes()
-        missing = sorted(set(shapes) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(shapes))
-        if missing or unexpected:
-            raise ValueError(f"state_dict keys do not match: missing {missing}, unexpected {unexpected}")
-        new = {}
-        for name, shape in shapes.items():
-            a = real_array(f"state_dict[{name!r}]", state_dict[name], check_finite=True)
-            expect_shape(f"state_dict[{name!r}]", a, shape)
-            new[name] = a
+        new = checked_state_dict(state_dict, self._shapes())
         for name, a in new.items():
             np.copyto(self.params[name], a, casting="unsafe")
 

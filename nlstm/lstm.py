@@ -65,7 +65,6 @@ class LSTM(RecurrentLayer):
         self.input_forget = bool(input_forget)
         self.forget_bias = float(forget_bias)
         self._init_params()
-        H = self.hidden_size
         self._empty1 = np.zeros(0, self.dtype)
         self._empty2 = np.zeros((0, 0), self.dtype)
         self._empty3 = np.zeros((1, 1, 0), self.dtype)

@@ -36,8 +36,7 @@ def _features(layer):
     if isinstance(layer, Linear):
         return layer.in_features, layer.out_features
     if _is_recurrent(layer):
-        out = getattr(layer, "proj_size", 0) or layer.hidden_size
-        return layer.input_size, layer.num_directions * out
+        return layer.input_size, layer.output_size
     return None, None
 
 

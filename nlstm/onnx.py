@@ -25,7 +25,6 @@ Gate orders differ between the formats, and this module is the one place that ma
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -747,7 +746,7 @@ def _export_recurrent(b: _Builder, layer, x: str, lens: str, init: Optional[List
         raise TypeError(f"cannot export {type(layer).__name__}")
     if getattr(layer, "proj_size", 0):
         raise ValueError("LSTM(proj_size=...) has no ONNX equivalent (ONNX's LSTM has no projection)")
-    G, H, D = layer._G, layer.hidden_size, layer.num_directions
+    H, D = layer.hidden_size, layer.num_directions
     n_states = 2 if op == "LSTM" else 1
     finals = []
     for k in range(layer.num_layers):
@@ -817,7 +816,7 @@ def save(model, path: Union[str, os.PathLike], opset: int = 17, *, lengths: bool
     """
     onnx = _onnx()
     from ._version import __version__
-    from .io import _file_mode, _fsync_dir
+    from .io import atomic_write
     from .linear import Dropout, Linear
     from .model import Sequential
 
@@ -911,21 +910,4 @@ def save(model, path: Union[str, os.PathLike], opset: int = 17, *, lengths: bool
     proto.ir_version = helper.find_min_ir_version_for(opsets)  # the oldest IR that has the opset
     onnx.checker.check_model(proto, full_check=True)
     data = proto.SerializeToString()
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-    return path
+    return atomic_write(path, lambda f: f.write(data))

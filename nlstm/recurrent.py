@@ -14,7 +14,8 @@ from typing import Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _threads
-from ._validate import expect_shape, layer_dtype, lengths_array, positive_int, real_array
+from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
+                        real_array)
 from .kernels import slots as kernel_slots
 
 
@@ -131,6 +132,11 @@ class RecurrentLayer:
         """Output features per direction."""
         return self.hidden_size
 
+    @property
+    def output_size(self) -> int:
+        """Features of the output y: directions × (proj_size or hidden_size)."""
+        return self.num_directions * self._out_size
+
     def _state_sizes(self) -> Tuple[int, ...]:
         return (self._out_size,)
 
@@ -228,18 +234,7 @@ class RecurrentLayer:
 
         Checks every key and shape before changing anything.
         """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-        shapes = self._param_shapes()
-        missing = sorted(set(shapes) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(shapes))
-        if missing or unexpected:
-            raise ValueError(f"state_dict keys do not match: missing {missing}, unexpected {unexpected}")
-        new = {}
-        for name, shape in shapes.items():
-            a = real_array(f"state_dict[{name!r}]", state_dict[name], check_finite=True)
-            expect_shape(f"state_dict[{name!r}]", a, shape)
-            new[name] = a
+        new = checked_state_dict(state_dict, self._param_shapes())
         for name, a in new.items():
             np.copyto(self.params[name], a, casting="unsafe")
 
@@ -303,7 +298,7 @@ class RecurrentLayer:
         return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a.copy()
 
     def _y_shape(self, T: int, B: int, unbatched: bool) -> tuple:
-        F = self.num_directions * self._out_size
+        F = self.output_size
         if unbatched:
             return (T, F)
         return (B, T, F) if self.batch_first else (T, B, F)

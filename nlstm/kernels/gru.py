@@ -10,7 +10,7 @@ per-step block products as in :mod:`nlstm.kernels.blocks` (without ``lbr`` the n
 product waits for r, so it runs as a second product over W_hhᵀ's last H columns).
 """
 from .activations import sigmoid, tanh
-from .blocks import active_rows, matmul_nn, matmul_nt, row_nn, row_nn_add
+from .blocks import active_rows, matmul_nn, matmul_nt, row_nn
 from .config import kernel
 from .slots import begin_rows, end_rows, slots, zero_padding, zero_rows_past
 

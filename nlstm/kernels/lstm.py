@@ -101,7 +101,6 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reve
     (one set per concurrent call; see nlstm.kernels.blocks)
     """
     T = gates.shape[0]
-    G = gates.shape[2]
     P = h.shape[2]
     begin_rows(b0, b1, h, h0, lengths, reverse)
     begin_rows(b0, b1, c, c0, lengths, reverse)
