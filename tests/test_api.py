@@ -99,3 +99,22 @@ def test_in_place_parameter_updates_reach_every_path(cls):
     m.load_state_dict(cls(3, 4, num_layers=2, dtype=np.float64, seed=2).state_dict())
     np.testing.assert_array_equal(m(x)[0], cls(3, 4, num_layers=2, dtype=np.float64, seed=2)(x)[0])
     assert all(m.grads[k].shape == p.shape for k, p in m.params.items())
+
+
+def test_an_error_in_a_worker_reaches_the_caller():
+    from nlstm import _threads
+
+    def call(b0, b1, i):
+        if i == 1:
+            raise RuntimeError("from worker 1")
+
+    before = nlstm.get_num_threads()
+    try:
+        nlstm.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="from worker 1"):
+            _threads.run_rows(8, 1e12, call)
+        seen = []
+        _threads.run_rows(8, 1e12, lambda b0, b1, i: seen.append((b0, b1, i)))
+        assert sorted(seen) == [(0, 4, 0), (4, 8, 1)]  # the workers still serve
+    finally:
+        nlstm.set_num_threads(before)
