@@ -366,26 +366,14 @@ def cmd_info(args) -> int:
     except ValueError:
         layer = "not started (nlstm's kernels run on its own thread pool)"
     print(f"numba threading layer: {layer} (requested: {numba.config.THREADING_LAYER})")
-    print(f"numba cache: {_cache_dir()}")
+    print(f"kernel cache: {_cache_dir()}")
     return 0
 
 
 def _cache_dir() -> str:
-    import numba
+    from nlstm.kernels.config import cache_dir
 
-    from nlstm.kernels import config as kconfig
-
-    custom = getattr(kconfig, "cache_dir", None)
-    if callable(custom):
-        try:
-            return str(custom())
-        except Exception:  # informational only
-            pass
-    if numba.config.CACHE_DIR:
-        return f"{numba.config.CACHE_DIR} (NUMBA_CACHE_DIR)"
-    here = os.path.join(os.path.dirname(os.path.abspath(kconfig.__file__)), "__pycache__")
-    writable = os.access(here if os.path.isdir(here) else os.path.dirname(here), os.W_OK)
-    return f"{here} (beside the kernels{'' if writable else '; not writable: numba falls back to a user cache'})"
+    return f"{cache_dir()} (NLSTM_CACHE_DIR overrides)"
 
 
 def cmd_bench(args) -> int:

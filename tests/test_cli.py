@@ -102,7 +102,7 @@ def test_info_selfcheck_and_own_bench(tmp_path):
                                       [["info"], [], ["bench", "--own", "--repeat", 1]])
     for p in (info, check, bench):
         assert_ok(p)
-    assert "numba threading layer" in info.stdout and "numba cache" in info.stdout
+    assert "numba threading layer" in info.stdout and "kernel cache" in info.stdout and "nlstm-" in info.stdout
     assert re.search(r"threads: nlstm \d+", info.stdout) and "numpy" in info.stdout
     assert "-> OK" in check.stdout
     assert "own timings" in bench.stdout and re.search(r"\bM\s+100\s+16", bench.stdout)
