@@ -126,7 +126,7 @@ class LSTM(RecurrentLayer):
         h, c = ws.states[0][k][d], ws.states[1][k][d]
         args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, self._w("weight_hh", k, d),
                 ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, d * self._out_size,
-                self._options(k, d), ex["pre"], ex["m"])
+                *self._options(k, d), ex["pre"], ex["m"])
         self._rows(ws, lambda b0, b1, t: K.lstm_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
@@ -136,7 +136,7 @@ class LSTM(RecurrentLayer):
         sfx = self._suffixes()[d]
         args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],
                 gates, h, c, self._w("weight_hh", k, d), ws.lengths, d == 1, d * self._out_size,
-                self._options(k, d), ex["pre"], ex["m"], ex["dh_all"])
+                *self._options(k, d), ex["pre"], ex["m"], ex["dh_all"])
         self._rows(ws, lambda b0, b1, t: K.lstm_backward(b0, b1, *args, *ws.scratch[t]))
         # The gates buffer now holds the gate gradients.
         self._input_grads(ws, k, d, inp, gates, dx)
@@ -157,7 +157,7 @@ class LSTM(RecurrentLayer):
 
     def _make_step_args(self, k: int) -> tuple:
         return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
-                self._p("bias_hh", k, 0), self._options(k, 0), self._step_work)
+                self._p("bias_hh", k, 0), *self._options(k, 0), self._step_work)
 
     def _work_size(self) -> int:
         return 9 * self.hidden_size

@@ -500,10 +500,16 @@ class RecurrentLayer:
 
     def _step_fast_inputs(self, x, state):
         """The common streaming case, checked cheaply: C-contiguous arrays already in the
-        layer's dtype and shapes, batched. None sends the call to the general checks."""
+        layer's dtype and shapes, batched (B, I) or unbatched (I,). None sends the call to
+        the general checks, which name whatever is wrong."""
         dt, sizes = self.dtype, self._state_sizes()
-        if type(x) is not np.ndarray or x.dtype != dt or x.ndim != 2 \
-                or x.shape[1] != self.input_size or x.shape[0] == 0 or not x.flags.c_contiguous:
+        if type(x) is not np.ndarray or x.dtype != dt or not x.flags.c_contiguous \
+                or x.shape[-1] != self.input_size or x.size == 0:
+            return None
+        unbatched = x.ndim == 1
+        if unbatched:
+            x = x.reshape(1, -1)
+        elif x.ndim != 2:
             return None
         B, L = x.shape[0], self.num_layers
         if state is None:
@@ -512,13 +518,16 @@ class RecurrentLayer:
             old = [state] if len(sizes) == 1 else state
             if not isinstance(old, (tuple, list)) or len(old) != len(sizes):
                 return None
-            for a, n in zip(old, sizes):
-                if type(a) is not np.ndarray or a.dtype != dt or a.shape != (L, B, n) \
-                        or not a.flags.c_contiguous:
+            old = list(old)
+            for i, (a, n) in enumerate(zip(old, sizes)):
+                if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous \
+                        or a.shape != ((L, n) if unbatched else (L, B, n)):
                     return None
+                if unbatched:
+                    old[i] = a.reshape(L, 1, n)
         if self.check_finite and not kernel_slots.all_finite(x, old[0], old[-1]):
-            return None  # the general checks name the culprit
-        return x, old, False
+            return None
+        return x, old, unbatched
 
     def _step_checked_inputs(self, x_t, state):
         x = real_array("x_t", x_t, self.check_finite)

@@ -21,7 +21,7 @@ def counted_kernels(monkeypatch):
     count = [0]
     lock = threading.Lock()
 
-    def arrays(args):  # arrays inside tuples (kernel options) are adapted one by one too
+    def arrays(args):  # arrays inside tuple arguments would be adapted one by one too
         return sum(arrays(a) if isinstance(a, tuple) else isinstance(a, np.ndarray) for a in args)
 
     def counting(kernel):

@@ -88,18 +88,21 @@ def _pointwise(g, c_prev, c_new, m, opt, pre):
 
 @kernel
 def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reverse, col,
-                 opt, pre, m, rows, times, sp1, sp2, sg, sh):
+                 peep, clip, input_forget, proj, w_hr_t, pre, m, rows, times, sp1, sp2, sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+P (P = H unprojected)
     h: (T+1, B, P), c: (T+1, B, H) state slots; h_n: (B, P), c_n: (B, H) final states
     gates: (T, B, 4H) in: x·W_ihᵀ + b_ih + b_hh; out: post-activation gates i, f, g, o
     w_hh_t: (P, 4H) = W_hhᵀ; h0: (B, P); c0: (B, H); lengths: (B,) int64 in 0..T; reverse: bool
-    opt: Options; pre: (T, B, 4H) out with clip, else empty: pre-activations before clipping
+    peep, clip, input_forget, proj, w_hr_t: the fields of ``Options`` (passed flat: Numba
+    types a tuple argument in Python, which costs microseconds per call)
+    pre: (T, B, 4H) out with clip, else empty: pre-activations before clipping
     m: (T, B, H) out with projection, else empty: o⊙tanh(c) of every step
     rows, times: (B,) int64 scratch; sp1, sp2: (B, P), sg: (B, 4H), sh: (B, H) scratch
     (one set per concurrent call; see nlstm.kernels.blocks)
     """
+    opt = Options(peep, clip, input_forget, proj, w_hr_t)
     T = gates.shape[0]
     P = h.shape[2]
     begin_rows(b0, b1, h, h0, lengths, reverse)
@@ -137,7 +140,9 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reve
 
 
 @kernel
-def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, lengths, reverse, col, opt, pre, m, dh_all, rows, times, sp1, sp2, sg, sh):
+def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, lengths,
+                  reverse, col, peep, clip, input_forget, proj, w_hr_t, pre, m, dh_all,
+                  rows, times, sp1, sp2, sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 4H) out: gradients of the gate pre-activations (zero past each
@@ -145,10 +150,12 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     dh0: (B, P), dc0: (B, H) out: gradients of the initial state, also the running carry
     dy: (T, B, Y) gradient of the layer output; this direction reads columns col:col+P
     dh_n: (B, P), dc_n: (B, H) gradients of the final state
-    gates, h, c, w_hh_t, lengths, reverse, col, opt, pre, m: as given to ``lstm_forward``
+    gates, h, c, w_hh_t, lengths, reverse, col, the option fields, pre, m: as given to
+    ``lstm_forward``
     dh_all: (T, B, P) out with projection, else empty: the gradient of each step's h
     rows, times, sp1, sp2, sg, sh: scratch as for ``lstm_forward``
     """
+    opt = Options(peep, clip, input_forget, proj, w_hr_t)
     T = gates.shape[0]
     G = gates.shape[2]
     H = G // 4
@@ -236,13 +243,15 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
 
 
 @kernel
-def lstm_step(h_out, c_out, x, h, c, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
+def lstm_step(h_out, c_out, x, h, c, w_ih_t, w_hh_t, b_ih, b_hh, peep, clip, input_forget, proj,
+              w_hr_t, work):
     """One time step of one layer, for streaming.
 
     h_out: (B, P), c_out: (B, H) new state; x: (B, I); h: (B, P), c: (B, H) state before
-    w_ih_t: (I, 4H) = W_ihᵀ; w_hh_t: (P, 4H) = W_hhᵀ; b_ih, b_hh: (4H,); opt: Options
-    work: (9H,) scratch
+    w_ih_t: (I, 4H) = W_ihᵀ; w_hh_t: (P, 4H) = W_hhᵀ; b_ih, b_hh: (4H,)
+    peep, clip, input_forget, proj, w_hr_t: the fields of ``Options``; work: (9H,) scratch
     """
+    opt = Options(peep, clip, input_forget, proj, w_hr_t)
     B = x.shape[0]
     G = w_hh_t.shape[1]
     H = G // 4
