@@ -1,9 +1,9 @@
 """The agreement check that runs before anything is timed.
 
-Every engine's outputs are compared with a float64 run of the plain NumPy LSTM on the
-same weights and inputs (an implementation that shares nothing with nlstm) and with
-nlstm's own outputs. An engine that disagrees with either is not timed: a fast wrong
-answer is not a result.
+Every engine's outputs are compared with a float64 run of the plain NumPy cell (LSTM,
+GRU or RNN: ``bench.numpy_lstm``) on the same weights and inputs (an implementation that
+shares nothing with nlstm) and with nlstm's own outputs. An engine that disagrees with
+either is not timed: a fast wrong answer is not a result.
 
 The error of a tensor is max|got − want| / max|want| (its largest element sets the
 scale, so tiny elements do not blow the ratio up); an engine passes when every tensor's
@@ -24,15 +24,14 @@ TOL = 1e-3
 
 def reference(problem: Problem, mode: str) -> Dict:
     """The float64 outputs every engine must match (same keys as ``Runner.result``)."""
-    from .numpy_lstm import NumpyLSTM
+    from .numpy_lstm import NUMPY_CELLS
     c = problem.case
-    if c.cell != "lstm":
-        raise NotImplementedError(f"no float64 reference for {c.cell} yet")
-    m = NumpyLSTM(problem.params, c.layers, c.bidirectional, np.float64)
+    names = ("h_n", "c_n") if c.cell == "lstm" else ("h_n",)
+    m = NUMPY_CELLS[c.cell](problem.params, c.layers, c.bidirectional, np.float64)
     x = problem.x.astype(np.float64)
     if mode == "infer":
-        y, (h, cc) = m.forward(x, problem.lengths)
-        return dict(y=y, h_n=h, c_n=cc)
+        y, st = m.forward(x, problem.lengths)
+        return dict(y=y, **dict(zip(names, st)))
     if mode == "train":
         y, _ = m.forward(x, problem.lengths, train=True)
         dx, _, grads = m.backward(np.ones_like(y))
@@ -41,7 +40,7 @@ def reference(problem: Problem, mode: str) -> Dict:
     for t in range(x.shape[0]):
         y, st = m.step(x[t], st)
         ys.append(y)
-    return dict(y=np.stack(ys), h_n=st[0], c_n=st[1])
+    return dict(y=np.stack(ys), **dict(zip(names, st)))
 
 
 def _flatten(out: Dict) -> Dict[str, np.ndarray]:

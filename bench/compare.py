@@ -1,5 +1,10 @@
 """``python -m bench.compare``: nlstm against torch, ONNX Runtime, JAX and NumPy on issue 3's grid.
 
+The grid runs for each cell (``--cells``, default lstm,gru,rnn; issue 5): the LSTM against
+torch.nn.LSTM and ORT's LSTM operator, the GRU against torch.nn.GRU and ORT's GRU
+(linear_before_reset=1, PyTorch's form), the tanh RNN against torch.nn.RNN and ORT's RNN;
+JAX and NumPy run all three. Every cell is held to the same targets per case.
+
 For each case and mode, in one process with the same thread count and the same weights:
   1. every engine builds its model and runs once; its outputs are checked against a
      float64 reference and against nlstm (``bench.check``); an engine that disagrees
@@ -9,18 +14,28 @@ For each case and mode, in one process with the same thread count and the same w
   3. the floor is the case's matrix-product FLOPs divided by the float32 matmul rate
      NumPy reaches in this run (measured once per case at the grid's largest product,
      the run's median used).
-The table of medians and of ratios against the fastest peer is printed and written to
-``<out>/compare.json`` and ``<out>/compare.md``.
+The tables of medians and of ratios against the fastest peer are printed and written per
+cell to ``<out>/compare.json`` and ``compare.md`` (LSTM), ``compare-gru.*`` and
+``compare-rnn.*``, so a run of some cells leaves the others' files alone.
 
 Examples:
   python -m bench.compare                           # the full grid, 2 threads
   python -m bench.compare --quick --cases S,M,step  # a fast look
+  python -m bench.compare --cells gru,rnn           # only the GRU and RNN grids
   python -m bench.compare --threads 1 --engines nlstm,torch
   python -m bench.compare --extra                   # also streaming, startup, memory, threads
 """
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+if __name__ == "__main__" and not __package__:  # run as a file: bench/compare.py (PEP 366)
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    __package__ = "bench"
+
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -36,10 +51,18 @@ import numpy as np
 from .grid import GRID, flops, make_problem
 
 ENGINE_ORDER = ["nlstm", "torch", "ort", "jax", "numpy"]
+CELLS = ["lstm", "gru", "rnn"]
+# per cell: output-file and RESULTS.md-block suffix, and what the peers are
+CELL_INFO = {
+    "lstm": ("", "LSTM: torch.nn.LSTM, ONNX Runtime's LSTM operator, JAX, NumPy"),
+    "gru": ("-gru", "GRU (PyTorch's form): torch.nn.GRU, ONNX Runtime's GRU operator "
+                    "(linear_before_reset=1), JAX, NumPy"),
+    "rnn": ("-rnn", "RNN (tanh): torch.nn.RNN, ONNX Runtime's RNN operator, JAX, NumPy"),
+}
 
-# Issue 3's targets: (kind, factor). "peer": fastest peer / nlstm >= factor; "peer+floor":
-# that and nlstm at >= 90% of the sgemm floor; "torch+jax": torch / nlstm >= factor and
-# nlstm faster than JAX; "torch": torch / nlstm >= factor.
+# Issue 3's targets, the same for every cell (issue 5): (kind, factor). "peer": fastest
+# peer / nlstm >= factor; "peer+floor": that and nlstm at >= 90% of the sgemm floor;
+# "torch+jax": torch / nlstm >= factor and nlstm faster than JAX; "torch": torch / nlstm >= factor.
 TARGETS = {
     ("S", "infer"): ("peer", 3.0), ("long", "infer"): ("peer", 3.0), ("step", "step"): ("peer", 3.0),
     ("M", "infer"): ("peer", 1.25), ("ragged", "infer"): ("peer", 1.25),
@@ -156,6 +179,41 @@ def tables(results: List[Dict], engines: List[str]):
 
 
 # ---- environment --------------------------------------------------------------------------
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+
+
+def update_results(block: str, text: str, path: str = RESULTS, heading: Optional[str] = None,
+                   after: Optional[List[str]] = None) -> bool:
+    """Replace what sits between ``<!-- {block}:begin -->`` and ``<!-- {block}:end -->``
+    in bench/RESULTS.md, so a re-run refreshes the tables and leaves the analysis alone.
+
+    A block that is not there yet is created (only when ``heading`` is given) as a new
+    section right after the first of the blocks ``after`` that exists, else at the end:
+    other blocks and the hand-written text are never touched."""
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
+    try:
+        with open(path) as f:
+            doc = f.read()
+    except OSError:
+        return False
+    i, j = doc.find(begin), doc.find(end)
+    if i < 0 or j < i:
+        if heading is None:
+            return False
+        at = len(doc)
+        for other in after or []:
+            k = doc.find(f"<!-- {other}:end -->")
+            if k >= 0:
+                at = k + len(f"<!-- {other}:end -->")
+                break
+        section = f"\n\n## {heading}\n\n{begin}\n{end}"
+        doc = doc[:at] + section + doc[at:]
+        i, j = doc.find(begin), doc.find(end)
+    with open(path, "w") as f:
+        f.write(doc[:i + len(begin)] + "\n" + text.strip() + "\n" + doc[j:])
+    return True
+
+
 def machine_info(threads: int) -> Dict:
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "threads": threads,
@@ -170,7 +228,8 @@ def machine_info(threads: int) -> Dict:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         for line in out.splitlines():
             key, _, val = line.partition(":")
-            if key.strip() in ("Model name", "Core(s) per socket", "Socket(s)", "Thread(s) per core",
+            if key.strip() in ("Model name", "CPU family", "Model", "Core(s) per socket", "Socket(s)",
+                               "Thread(s) per core", "Hypervisor vendor",
                                "L2 cache", "L3 cache", "Flags"):
                 val = val.strip()
                 if key.strip() == "Flags":
@@ -196,12 +255,12 @@ def machine_info(threads: int) -> Dict:
 
 # ---- the run ------------------------------------------------------------------------------
 def run_case(case, mode: str, engines: List[str], repeat: int, chunk_s: float,
-             min_samples: int, log=print) -> Dict:
+             min_samples: int, log=print, check_only: bool = False) -> Dict:
     from . import check, engines as E
     from .timing import time_chunked
 
     problem = make_problem(case)
-    row = dict(case=case.name, mode=mode, describe=case.describe(),
+    row = dict(case=case.name, cell=case.cell, mode=mode, describe=case.describe(),
                flops=flops(case, mode, problem.lengths), engines={}, median_s={})
     runners = {}
     for name in engines:
@@ -224,7 +283,7 @@ def run_case(case, mode: str, engines: List[str], repeat: int, chunk_s: float,
         log(f"  check {v.summary()}")
         if v.ok:
             accepted[name] = runners[name]
-    if accepted:
+    if accepted and not check_only:
         stats = time_chunked(accepted, repeat=repeat, chunk_s=chunk_s, min_samples=min_samples)
         for name, st in stats.items():
             row["engines"][name].update(status="timed", median_s=st.median, stats=st.to_dict())
@@ -252,22 +311,29 @@ def finish_row(row: Dict, gflops: float) -> Dict:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n")[0])
     p.add_argument("--cases", default=",".join(GRID), help=f"comma-separated, from {','.join(GRID)}")
+    p.add_argument("--cells", default=",".join(CELLS), help="comma-separated: lstm,gru,rnn")
     p.add_argument("--modes", default="infer,train,step", help="comma-separated: infer,train,step")
     p.add_argument("--engines", default=",".join(ENGINE_ORDER), help="comma-separated engines")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=None, help="timing rounds per case (default 5; 3 with --quick)")
     p.add_argument("--chunk", type=float, default=None, help="seconds per engine per round (default 0.3)")
     p.add_argument("--quick", action="store_true", help="fewer, shorter rounds: a look, not a result")
-    p.add_argument("--wait-quiet", type=float, default=30.0,
+    p.add_argument("--check-only", action="store_true",
+                   help="run the agreement check of every engine and case, time nothing, write nothing")
+    p.add_argument("--wait-quiet", type=float, default=10.0,
                    help="before each case, wait up to this many seconds for other processes to go idle")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
     p.add_argument("--extra", action="store_true", help="then run bench.extra (streaming, startup, memory)")
+    p.add_argument("--update-results", action="store_true",
+                   help="also put the new tables into bench/RESULTS.md (between its markers)")
     a = p.parse_args(argv)
     a.cases = [c for c in a.cases.split(",") if c]
+    a.cells = [c for c in a.cells.split(",") if c]
     a.modes = [m for m in a.modes.split(",") if m]
     a.engines = [e for e in a.engines.split(",") if e]
     bad = [c for c in a.cases if c not in GRID] + [e for e in a.engines if e not in ENGINE_ORDER] \
-        + [m for m in a.modes if m not in ("infer", "train", "step")]
+        + [m for m in a.modes if m not in ("infer", "train", "step")] \
+        + [c for c in a.cells if c not in CELLS]
     if bad:
         p.error(f"unknown names: {bad}")
     a.repeat = a.repeat or (3 if a.quick else 5)
@@ -295,19 +361,27 @@ def main(argv=None) -> int:
             print(f"  {name}: skipped, {why}")
     t_start = time.perf_counter()
     rates, results = [], []
-    for cname in a.cases:
-        case = GRID[cname]
-        for mode in case.modes():
-            if mode not in a.modes:
-                continue
-            others = wait_quiet(a.wait_quiet)
-            rates.append(sgemm_rate())
-            print(f"\n[{cname} {mode}] {case.describe()}  (sgemm {rates[-1]:.1f} GFLOP/s; other "
-                  f"processes using {others:.2f} cores)")
-            row = run_case(case, mode, a.engines, a.repeat, a.chunk, a.min_samples)
-            row["others_cores_at_start"] = others
-            results.append(row)
-            print("  " + ", ".join(f"{n} {fmt_time(t)}" for n, t in row["median_s"].items()))
+    for cell in a.cells:
+        for cname in a.cases:
+            case = dataclasses.replace(GRID[cname], cell=cell)
+            for mode in case.modes():
+                if mode not in a.modes:
+                    continue
+                if a.check_only:
+                    print(f"\n[{cell.upper()} {cname} {mode}] {case.describe()}")
+                    run_case(case, mode, a.engines, 0, 0.0, 0, check_only=True)
+                    continue
+                others = wait_quiet(a.wait_quiet)
+                rates.append(sgemm_rate())
+                print(f"\n[{cell.upper()} {cname} {mode}] {case.describe()}  (sgemm {rates[-1]:.1f} "
+                      f"GFLOP/s; other processes using {others:.2f} cores)")
+                row = run_case(case, mode, a.engines, a.repeat, a.chunk, a.min_samples)
+                row["others_cores_at_start"] = others
+                results.append(row)
+                print("  " + ", ".join(f"{n} {fmt_time(t)}" for n, t in row["median_s"].items()))
+    if a.check_only:
+        print(f"\nchecked in {time.perf_counter() - t_start:.0f} s; nothing timed")
+        return 0
     rates.append(sgemm_rate())
     gflops = float(np.median(rates))
     for row in results:
@@ -317,34 +391,51 @@ def main(argv=None) -> int:
                 elapsed_s=elapsed)
 
     engines = [e for e in ENGINE_ORDER if e in a.engines]
-    (h1, r1), (h2, r2) = tables(results, engines)
-    print(f"\nmedians ({a.threads} threads; float32; floor = matmul FLOPs / {gflops:.1f} GFLOP/s "
-          f"NumPy sgemm; nlstm speedup = fastest peer / nlstm; {elapsed:.0f} s)\n")
-    print(text_table(h1, r1))
-    print("* = some chunks were timed while other processes kept a core busy (see the JSON)")
-    print("\ntime relative to the fastest peer (below 1 is faster than every peer)\n")
-    print(text_table(h2, r2))
-
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "compare.json"), "w") as f:
-        json.dump(dict(meta=meta, results=results), f, indent=1, default=float)
-    md = [f"Command: `{command}`  ",
-          f"Machine: {meta.get('lscpu Model name', '?')}, {meta['cpu_count']} cores "
-          f"({meta.get('lscpu Flags', '')}); {a.threads} threads; {meta['date']}  ",
-          "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v) + "  ",
-          f"NumPy sgemm: {gflops:.1f} GFLOP/s (median of {len(rates)} rounds at 2560x512x2048, "
-          f"range {min(rates):.1f}-{max(rates):.1f})  ",
-          f"Timing: {a.repeat} rounds x {a.chunk:g} s chunks per engine; medians of all samples",
-          "", markdown_table(h1, r1), "",
-          "`*`: some chunks were timed while other processes kept a core busy (see compare.json).",
-          "", "Time relative to the fastest peer:", "",
-          markdown_table(h2, r2), ""]
-    with open(os.path.join(a.out, "compare.md"), "w") as f:
-        f.write("\n".join(md))
-    print(f"\nwrote {os.path.join(a.out, 'compare.json')} and compare.md")
+    for cell in a.cells:
+        rows = [r for r in results if r["cell"] == cell]
+        if not rows:
+            continue
+        suffix, title = CELL_INFO[cell]
+        (h1, r1), (h2, r2) = tables(rows, engines)
+        print(f"\n{title}\nmedians ({a.threads} threads; float32; floor = matmul FLOPs / {gflops:.1f} "
+              f"GFLOP/s NumPy sgemm; nlstm speedup = fastest peer / nlstm; {elapsed:.0f} s in all)\n")
+        print(text_table(h1, r1))
+        print("* = some chunks were timed while other processes kept a core busy (see the JSON)")
+        print("\ntime relative to the fastest peer (below 1 is faster than every peer)\n")
+        print(text_table(h2, r2))
+
+        json_name, md_name = f"compare{suffix}.json", f"compare{suffix}.md"
+        with open(os.path.join(a.out, json_name), "w") as f:
+            json.dump(dict(meta=dict(meta, cell=cell), results=rows), f, indent=1, default=float)
+        md = ([f"Cell: {title}  "] if cell != "lstm" else []) + [
+            f"Command: `{command}`  ",
+            f"Machine: {meta.get('lscpu Model name', '?')} (family {meta.get('lscpu CPU family', '?')} "
+            f"model {meta.get('lscpu Model', '?')}), {meta['cpu_count']} cores "
+            f"({meta.get('lscpu Flags', '')}); {a.threads} threads; {meta['date']}  ",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v) + "  ",
+            f"NumPy sgemm: {gflops:.1f} GFLOP/s (median of {len(rates)} rounds at 2560x512x2048, "
+            f"range {min(rates):.1f}-{max(rates):.1f})  ",
+            f"Timing: {a.repeat} rounds x {a.chunk:g} s chunks per engine; medians of all samples",
+            "", markdown_table(h1, r1), "",
+            f"`*`: some chunks were timed while other processes kept a core busy (see {json_name}).",
+            "", "Time relative to the fastest peer:", "",
+            markdown_table(h2, r2), ""]
+        with open(os.path.join(a.out, md_name), "w") as f:
+            f.write("\n".join(md))
+        print(f"\nwrote {os.path.join(a.out, json_name)} and {md_name}")
+        if a.update_results:
+            block = "compare" + suffix
+            heading = f"{cell.upper()} peers against nlstm (`python -m bench.compare --cells {cell}`)"
+            # a missing GRU/RNN block is created after the block of the cell before it
+            ok = update_results(block, "\n".join(md), heading=None if cell == "lstm" else heading,
+                                after=["compare" + CELL_INFO[c][0] for c in CELLS[:CELLS.index(cell)]][::-1])
+            print(f"updated bench/RESULTS.md ({block})" if ok
+                  else f"bench/RESULTS.md has no {block} markers: not updated")
     if a.extra:
         from . import extra
-        extra.main(["--threads", str(a.threads), "--out", a.out])
+        extra.main(["--threads", str(a.threads), "--out", a.out]
+                   + (["--update-results"] if a.update_results else []))
     return 0
 
 

@@ -8,8 +8,9 @@ the problem once more and returns NumPy outputs for the agreement check:
   train: y, dx (T, B, I), grads {PyTorch name: array}  (loss = sum of y)
   step:  y (K, B, H) for the K steps of problem.x fed from a zero state, h_n, c_n (L, B, H)
 
-Peers are imported lazily so a missing one is skipped with a reason. GRU and RNN slot in
-by adding their cell to an engine's ``cells`` and its class/op tables.
+Every engine runs the three cells (``problem.cell``: "lstm", "gru", "rnn"); the GRU is
+PyTorch's form (ONNX linear_before_reset=1), the RNN tanh. Peers are imported lazily so a
+missing one is skipped with a reason.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class Runner:
 class Engine:
     name = "?"
     modes = frozenset({"infer", "train", "step"})
-    cells = frozenset({"lstm"})
+    cells = frozenset({"lstm", "gru", "rnn"})
 
     def unavailable(self) -> Optional[str]:
         """Why this engine cannot run here, or None."""
@@ -146,14 +147,15 @@ class NumpyEngine(Engine):
     name = "numpy"
 
     def prepare(self, problem, mode):
-        from .numpy_lstm import NumpyLSTM
+        from .numpy_lstm import NUMPY_CELLS
         c = problem.case
-        m = NumpyLSTM(problem.params, c.layers, c.bidirectional, np.float32)
+        m = NUMPY_CELLS[c.cell](problem.params, c.layers, c.bidirectional, np.float32)
+        names = _state_names(c.cell)
         x, lengths = problem.x, problem.lengths
         if mode == "infer":
             def result():
-                y, (h, cc) = m.forward(x, lengths)
-                return dict(y=y, h_n=h, c_n=cc)
+                y, st = m.forward(x, lengths)
+                return dict(y=y, **dict(zip(names, st)))
             return Runner(lambda: m.forward(x, lengths), result)
         if mode == "train":
             dy = _ones_dy(problem)
@@ -179,7 +181,7 @@ class NumpyEngine(Engine):
             for t in range(x.shape[0]):
                 y, st = m.step(x[t], st)
                 ys.append(y)
-            return dict(y=np.stack(ys), h_n=st[0], c_n=st[1])
+            return dict(y=np.stack(ys), **dict(zip(names, st)))
         return Runner(call, result)
 
 
@@ -307,10 +309,10 @@ def _onnx_gates(w, cell):
 
 
 def build_onnx_model(problem: Problem, with_state: bool = False):
-    """A graph of one ONNX LSTM node per layer, weights as initializers.
+    """A graph of one ONNX LSTM, GRU or RNN node per layer, weights as initializers.
 
     Inputs: X (T, B, I) [, sequence_lens (B,) int32] [, h0, c0 (L·D, B, H)].
-    Outputs: y (T, B, D·H), h_n, c_n (L·D, B, H), in PyTorch's layout.
+    Outputs: y (T, B, D·H), h_n, c_n (L·D, B, H), in PyTorch's layout (no c for GRU, RNN).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -388,10 +390,14 @@ class OrtEngine(Engine):
             return f"onnx/onnxruntime not importable ({e})"
         return None
 
+    def build(self, problem, with_state):
+        """The ONNX model (a hook: the check's tests build deliberately wrong ones)."""
+        return build_onnx_model(problem, with_state)
+
     def prepare(self, problem, mode):
         import onnxruntime as ort
         c = problem.case
-        model = build_onnx_model(problem, with_state=(mode == "step"))
+        model = self.build(problem, with_state=(mode == "step"))
         so = ort.SessionOptions()
         so.intra_op_num_threads = _threads
         so.inter_op_num_threads = 1
@@ -446,33 +452,48 @@ class JaxEngine(Engine):
 
         c = problem.case
         H, D, L = c.H, c.D, c.layers
+        cell = c.cell
+        names = _state_names(cell)
         params = {k: jnp.asarray(v) for k, v in problem.params.items()}
         T = problem.x.shape[0]
         x = jnp.asarray(problem.x)
         ragged = problem.lengths is not None
         lens = jnp.asarray(problem.lengths if ragged else np.full(c.B, T), jnp.int32)
 
-        def cell_step(p, sfx, xw_t, h, cc):
-            z = xw_t + h @ p[f"weight_hh_{sfx}"].T
-            i, f, g, o = jnp.split(z, 4, axis=-1)
-            cn = jax.nn.sigmoid(f) * cc + jax.nn.sigmoid(i) * jnp.tanh(g)
-            return jax.nn.sigmoid(o) * jnp.tanh(cn), cn
+        def in_proj(p, sfx, xin):
+            # the GRU keeps b_hn inside r ⊙ (W_hn h + b_hn): only b_ih moves to the input side
+            b = p[f"bias_ih_{sfx}"] if cell == "gru" else p[f"bias_ih_{sfx}"] + p[f"bias_hh_{sfx}"]
+            return xin @ p[f"weight_ih_{sfx}"].T + b
+
+        def cell_step(p, sfx, xw_t, st):
+            """One step from the projected input; st is (h,) or (h, c)."""
+            hw = st[0] @ p[f"weight_hh_{sfx}"].T
+            if cell == "lstm":
+                i, f, g, o = jnp.split(xw_t + hw, 4, axis=-1)
+                cn = jax.nn.sigmoid(f) * st[1] + jax.nn.sigmoid(i) * jnp.tanh(g)
+                return jax.nn.sigmoid(o) * jnp.tanh(cn), cn
+            if cell == "gru":
+                hw = hw + p[f"bias_hh_{sfx}"]
+                xr, xz, xn = jnp.split(xw_t, 3, axis=-1)
+                hr, hz, hn = jnp.split(hw, 3, axis=-1)
+                r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+                n = jnp.tanh(xn + r * hn)
+                return (n + z * (st[0] - n),)
+            return (jnp.tanh(xw_t + hw),)
 
         def direction(p, sfx, xin, mask):
             # the input projection of every step in one product, then a scan over time
-            xw = xin @ p[f"weight_ih_{sfx}"].T + p[f"bias_ih_{sfx}"] + p[f"bias_hh_{sfx}"]
+            xw = in_proj(p, sfx, xin)
             zero = jnp.zeros((xin.shape[1], H), xin.dtype)
 
-            def body(carry, inputs):
-                h, cc = carry
+            def body(st, inputs):
                 xw_t, m_t = inputs
-                hn, cn = cell_step(p, sfx, xw_t, h, cc)
-                h = jnp.where(m_t, hn, h)
-                cc = jnp.where(m_t, cn, cc)
-                return (h, cc), jnp.where(m_t, hn, 0.0)
+                new = cell_step(p, sfx, xw_t, st)
+                st = tuple(jnp.where(m_t, a, b) for a, b in zip(new, st))
+                return st, jnp.where(m_t, new[0], 0.0)
 
-            (h, cc), y = lax.scan(body, (zero, zero), (xw, mask))
-            return y, h, cc
+            st, y = lax.scan(body, (zero,) * len(names), (xw, mask))
+            return y, st
 
         def forward(p, xs, lengths):
             t = jnp.arange(xs.shape[0])[:, None]
@@ -480,18 +501,17 @@ class JaxEngine(Engine):
             # per-row time reversal of each valid prefix (its own inverse)
             rev = jnp.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
             cols = jnp.arange(xs.shape[1])[None, :]
-            inp, hs, cs = xs, [], []
+            inp, finals = xs, []
             for k in range(L):
                 ys = []
                 for d in range(D):
                     sfx = f"l{k}" + ("_reverse" if d else "")
                     xin = inp if d == 0 else inp[rev, cols]
-                    y, h, cc = direction(p, sfx, xin, mask)
+                    y, st = direction(p, sfx, xin, mask)
                     ys.append(y if d == 0 else y[rev, cols])
-                    hs.append(h)
-                    cs.append(cc)
+                    finals.append(st)
                 inp = jnp.concatenate(ys, axis=-1) if D == 2 else ys[0]
-            return inp, jnp.stack(hs), jnp.stack(cs)
+            return inp, tuple(jnp.stack([f[j] for f in finals]) for j in range(len(names)))
 
         if mode == "infer":
             f = jax.jit(forward)
@@ -500,13 +520,13 @@ class JaxEngine(Engine):
                 return jax.block_until_ready(f(params, x, lens))
 
             def result():
-                y, h, cc = call()
-                return dict(y=np.asarray(y), h_n=np.asarray(h), c_n=np.asarray(cc))
+                y, st = call()
+                return dict(y=np.asarray(y), **{n: np.asarray(a) for n, a in zip(names, st)})
             return Runner(call, result)
 
         if mode == "train":
             def loss(p, xs):
-                y, _, _ = forward(p, xs, lens)
+                y, _ = forward(p, xs, lens)
                 return jnp.sum(y), y
             g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
 
@@ -520,32 +540,29 @@ class JaxEngine(Engine):
             return Runner(call, result)
 
         # step: one jitted step of every layer, state carried as device arrays
-        def step(p, x_t, h, cc):
-            inp, hs, cs = x_t, [], []
+        def step(p, x_t, st):
+            inp, new = x_t, []
             for k in range(L):
                 s = f"l{k}"
-                xw = inp @ p[f"weight_ih_{s}"].T + p[f"bias_ih_{s}"] + p[f"bias_hh_{s}"]
-                hn, cn = cell_step(p, s, xw, h[k], cc[k])
-                hs.append(hn)
-                cs.append(cn)
-                inp = hn
-            return inp, jnp.stack(hs), jnp.stack(cs)
+                nk = cell_step(p, s, in_proj(p, s, inp), tuple(a[k] for a in st))
+                new.append(nk)
+                inp = nk[0]
+            return inp, tuple(jnp.stack([n[j] for n in new]) for j in range(len(names)))
         fstep = jax.jit(step)
-        zero = jnp.zeros((L, c.B, H), jnp.float32)
+        zero = (jnp.zeros((L, c.B, H), jnp.float32),) * len(names)
         x0 = x[0]
-        box = [(zero, zero)]
+        box = [zero]
 
         def call():
-            y, h, cc = fstep(params, x0, *box[0])
-            box[0] = (h, cc)
+            y, box[0] = fstep(params, x0, box[0])
             return jax.block_until_ready(y)
 
         def result():
-            h, cc, ys = zero, zero, []
+            st, ys = zero, []
             for t in range(T):
-                y, h, cc = fstep(params, x[t], h, cc)
+                y, st = fstep(params, x[t], st)
                 ys.append(np.asarray(y))
-            return dict(y=np.stack(ys), h_n=np.asarray(h), c_n=np.asarray(cc))
+            return dict(y=np.stack(ys), **{n: np.asarray(a) for n, a in zip(names, st)})
         return Runner(call, result)
 
 

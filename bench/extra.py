@@ -3,7 +3,8 @@
 Sections (``--sections``, default all):
   step       streaming latency of ``lstm.step`` from Python (B=1, I=32, H=128, state carried)
   coldstart  fresh process: import + first S forward, Numba cache warm (nlstm and torch)
-  compile    first-ever compile of the float32 inference path (empty NUMBA_CACHE_DIR),
+  compile    first-ever compile of the float32 inference path (empty NLSTM_CACHE_DIR and
+             NUMBA_CACHE_DIR),
              and of the training path
   rss        peak RSS of a process that imports the engine and runs S inference
   trainmem   training memory in bytes per T·B·H (tracemalloc, and peak RSS against torch)
@@ -14,6 +15,13 @@ Sections (``--sections``, default all):
 Writes ``<out>/extra.json`` and ``<out>/extra.md``.
 """
 from __future__ import annotations
+
+import os as _os
+import sys as _sys
+
+if __name__ == "__main__" and not __package__:  # run as a file: bench/extra.py (PEP 366)
+    _sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    __package__ = "bench"
 
 import argparse
 import json
@@ -34,8 +42,16 @@ TARGETS = dict(step_us=10.0, coldstart_s=1.0, compile_s=15.0, rss_mb=150.0)
 
 
 # ---- fresh processes ----------------------------------------------------------------------
-_S_NLSTM = """
-import time, json, resource
+# Peak RSS is read from /proc/self/status (VmHWM): ru_maxrss is carried across exec on
+# Linux, so a child started from this (large) process would report our peak, not its own.
+_HWM = """
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))  # KiB
+"""
+
+_S_NLSTM = _HWM + """
+import time, json
 t0 = time.perf_counter()
 import numpy as np
 import nlstm
@@ -49,11 +65,11 @@ if TRAIN:
     m.backward(np.ones_like(y))
 t3 = time.perf_counter()
 print(json.dumps(dict(import_s=t1 - t0, first_forward_s=t2 - t1, total_s=t2 - t0,
-                      train_s=t3 - t2, maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+                      train_s=t3 - t2, maxrss=hwm())))
 """
 
-_S_TORCH = """
-import time, json, resource
+_S_TORCH = _HWM + """
+import time, json
 t0 = time.perf_counter()
 import numpy as np
 import torch
@@ -64,17 +80,17 @@ with torch.inference_mode():
     m(x)
 t2 = time.perf_counter()
 print(json.dumps(dict(import_s=t1 - t0, first_forward_s=t2 - t1, total_s=t2 - t0,
-                      maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+                      maxrss=hwm())))
 """
 
-_S_NUMPY = """
-import time, json, resource
+_S_NUMPY = _HWM + """
+import time, json
 t0 = time.perf_counter()
 import numpy as np
 x = np.random.default_rng(0).standard_normal((100, 1, 32)).astype(np.float32)
 t1 = time.perf_counter()
 print(json.dumps(dict(import_s=t1 - t0, first_forward_s=0.0, total_s=t1 - t0,
-                      maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
+                      maxrss=hwm())))
 """
 
 
@@ -92,7 +108,8 @@ def _fresh(script: str, env_extra: Dict = None, train: bool = False) -> Dict:
         raise RuntimeError(f"fresh process failed: {p.stderr[-800:]}")
     out = json.loads(p.stdout.strip().splitlines()[-1])
     out["process_s"] = wall
-    out["maxrss_mb"] = out["maxrss"] / 1024.0  # Linux reports KiB
+    if "maxrss" in out:
+        out["maxrss_mb"] = out["maxrss"] / 1024.0  # KiB
     return out
 
 
@@ -122,7 +139,9 @@ def section_compile(args) -> Dict:
     runs = []
     for _ in range(args.compile_runs):
         with tempfile.TemporaryDirectory(prefix="nlstm-numba-") as d:
-            r = _fresh(_S_NLSTM, {"NUMBA_CACHE_DIR": d}, train=True)
+            # nlstm keeps its kernels' cache under NLSTM_CACHE_DIR (else a user cache
+            # directory); NUMBA_CACHE_DIR covers anything compiled outside nlstm.kernels
+            r = _fresh(_S_NLSTM, {"NUMBA_CACHE_DIR": d, "NLSTM_CACHE_DIR": d}, train=True)
             n_files = sum(len(f) for _, _, f in os.walk(d))
             r["cache_files_written"] = n_files
             runs.append(r)
@@ -217,6 +236,9 @@ def section_trainmem(args) -> Dict:
         m = nlstm.LSTM(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional)
         m.load_state_dict(prob.params)
         dy = np.ones((case.T, case.B, case.D * case.H), np.float32)
+        # load (or compile) the kernels first: compiler allocations are not training memory
+        y, _ = m.forward(prob.x[:2, :1], train=True)
+        m.backward(np.ones_like(y))
         tracemalloc.start()
         y, _ = m.forward(prob.x, train=True)
         m.backward(dy)
@@ -229,14 +251,14 @@ def section_trainmem(args) -> Dict:
     return out
 
 
-_TRAIN_RSS = """
-import json, resource, numpy as np
+_TRAIN_RSS = _HWM + """
+import json, numpy as np
 T, B, I, H = 200, 64, 256, 256
 x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
 ENGINE
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 step()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = hwm()
 print(json.dumps(dict(delta_bytes=(after - before) * 1024, per_TBH=(after - before) * 1024 / (T * B * H))))
 """
 _TRAIN_RSS_NLSTM = """
@@ -288,10 +310,12 @@ class KernelClock:
             import nlstm._threads as thr
             local = threading.local()
             clock = self
+            main = threading.main_thread()
 
             def timed(fn):
                 def wrapper(*a, **k):
-                    if getattr(local, "inside", False):
+                    # workers run inside a run_rows the main thread is already timing
+                    if getattr(local, "inside", False) or threading.current_thread() is not main:
                         return fn(*a, **k)
                     local.inside = True
                     t0 = time.perf_counter()
@@ -386,7 +410,8 @@ def section_breakdown(args) -> Dict:
                     rec.append(clk.kernel_s - k0)
                     gm.append(t2 - t1)
             med = lambda v: float(np.median(v))
-            rec_flops = case.layers * case.D * 2.0 * T * B * G * H * (2 if mode == "train" else 1)
+            rows = float(np.sum(prob.lengths)) if prob.lengths is not None else float(T * B)
+            rec_flops = case.layers * case.D * 2.0 * rows * G * H * (2 if mode == "train" else 1)
             r = med(rec) if clk.ok else None
             out[f"{cname} {mode}"] = dict(
                 calls=n, total_ms=med(tot) * 1e3, gemm_ms=med(gm) * 1e3,
@@ -429,7 +454,7 @@ def markdown(res: Dict) -> str:
         L += [f"- target ≤ {c['target_s']:g} s: {yn(c['met'])}", ""]
     if "compile" in res:
         c = res["compile"]
-        L += ["## First-ever compile (empty NUMBA_CACHE_DIR)", "",
+        L += ["## First-ever compile (empty NLSTM_CACHE_DIR and NUMBA_CACHE_DIR)", "",
               f"- import + first float32 S inference: {c['first_inference_s']:.1f} s; target ≤ "
               f"{c['target_s']:g} s: {yn(c['met'])}",
               f"- then the first training step (forward + backward) adds {c['first_train_extra_s']:.1f} s"]
@@ -460,7 +485,8 @@ def markdown(res: Dict) -> str:
         L += ["## Where nlstm's time goes", "",
               "recurrence = wall time inside the threaded recurrent kernels; GEMMs = the same "
               "whole-sequence products timed standalone; rest = total − both (Python, checks, "
-              "copies, bias adds, reductions).", "",
+              "copies, bias adds, reductions). Recurrence GFLOP/s counts h·W_hhᵀ (and in training "
+              "the dh product) over the valid steps.", "",
               "| case | total | recurrence | GEMMs | rest | recurrence per step | recurrence GFLOP/s | floor |",
               "|---|---|---|---|---|---|---|---|"]
         f = lambda v, u="ms": "—" if v is None else f"{v:.3g} {u}"
@@ -480,8 +506,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--fresh-runs", type=int, default=5, help="fresh processes per cold-start figure")
     p.add_argument("--compile-runs", type=int, default=1)
+    p.add_argument("--update-results", action="store_true",
+                   help="also put the new figures into bench/RESULTS.md (between its markers)")
     p.add_argument("--breakdown-s", type=float, default=1.0, help="seconds of calls per breakdown row")
-    p.add_argument("--wait-quiet", type=float, default=30.0,
+    p.add_argument("--wait-quiet", type=float, default=10.0,
                    help="wait up to this long for other processes to go idle before measuring")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
     a = p.parse_args(argv)
@@ -490,12 +518,12 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown sections {bad}; choose from {SECTIONS}")
     import nlstm
-    from .timing import sgemm_rate
+    from .timing import sgemm_rate, wait_quiet
     nlstm.set_num_threads(a.threads)
-    a.gflops = sgemm_rate()
+    wait_quiet(a.wait_quiet)
+    a.gflops = max(sgemm_rate() for _ in range(3))  # contention only ever lowers it
     res = dict(command="python -m bench.extra" + (" " + " ".join(argv) if argv else ""),
                num_threads=a.threads, gflops=a.gflops)
-    from .timing import wait_quiet
     for s in a.sections:
         wait_quiet(a.wait_quiet)
         t0 = time.perf_counter()
@@ -508,6 +536,10 @@ def main(argv=None) -> int:
         json.dump(res, f, indent=1, default=float)
     with open(os.path.join(a.out, "extra.md"), "w") as f:
         f.write(md)
+    if a.update_results:
+        from .compare import update_results
+        ok = update_results("extra", md)
+        print("updated bench/RESULTS.md" if ok else "bench/RESULTS.md has no extra markers: not updated")
     return 0
 
 

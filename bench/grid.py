@@ -1,4 +1,5 @@
-"""The benchmark grid of issue 3, the problems built from it, and their FLOP counts."""
+"""The benchmark grid of issue 3 (run for the LSTM, GRU and RNN), the problems built from it,
+and their FLOP counts."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ class Case:
     bidirectional: bool = False
     ragged: bool = False
     step: bool = False
-    cell: str = "lstm"  # "gru" and "rnn" once nlstm has them
+    cell: str = "lstm"  # or "gru", "rnn": GRID is the LSTM's; bench.compare swaps the cell in
 
     @property
     def D(self) -> int:

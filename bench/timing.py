@@ -26,7 +26,7 @@ import numpy as np
 
 SETTLE_S = 0.02  # after a switch, drop the first call and at least this much more
 BUSY_CORES = 0.3  # CPU (in cores) that other processes may use during a clean chunk
-RETRIES = 3
+RETRIES = 2
 
 
 def _jiffies():
