@@ -44,7 +44,6 @@ def make_case(seed, dtype, kind="lstm", allow_zero_length=True):
         extra = dict(extra, proj_size=int(rng.integers(1, H)))
     m = cls(I, H, num_layers=L, bidirectional=bi, batch_first=batch_first, dtype=dtype,
             seed=seed, bias=rng.random() < 0.85, **extra)
-    n_states = len(m._state_labels)
     O = m._out_size
     if unbatched:
         B = 1

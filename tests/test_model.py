@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import nlstm
+from gradcheck import sampled_numeric_grad
 from nlstm.data import adding_problem
 
 
@@ -12,21 +13,6 @@ def randomize_biases(model, rng):
     for k, v in model.params.items():
         if "bias" in k:
             v[:] = rng.uniform(-0.5, 0.5, v.shape)
-
-
-def sampled_numeric_grad(f, a, rng, n=8, eps=1e-6):
-    """Central differences of f() at up to n random elements of a: {index: value}."""
-    out = {}
-    for flat in rng.choice(a.size, min(n, a.size), replace=False):
-        i = np.unravel_index(flat, a.shape)
-        old = a[i]
-        a[i] = old + eps
-        up = f()
-        a[i] = old - eps
-        down = f()
-        a[i] = old
-        out[i] = (up - down) / (2 * eps)
-    return out
 
 
 def check_gradients(model, x, y, lengths, rtol=1e-5, atol=1e-8):

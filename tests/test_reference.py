@@ -4,19 +4,7 @@ import pytest
 
 import reference as R
 from cases import ALL_KINDS, KINDS
-
-
-def numeric_grad(f, arr, eps=1e-6):
-    num = np.zeros_like(arr)
-    for idx in np.ndindex(arr.shape):
-        old = arr[idx]
-        arr[idx] = old + eps
-        up = f()
-        arr[idx] = old - eps
-        down = f()
-        arr[idx] = old
-        num[idx] = (up - down) / (2 * eps)
-    return num
+from gradcheck import numeric_grad
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

@@ -121,6 +121,16 @@ def copy_out(y, h, rows, times, n, reverse, col):
 
 
 @kernel
+def scatter_rows(dst, src, rows, n):
+    """dst[rows[i]] = src[i] for the n active rows; dst: (B, K), src: (≥n, K)."""
+    for i in range(n):
+        d = dst[rows[i]]
+        s = src[i]
+        for k in range(d.shape[0]):
+            d[k] = s[k]
+
+
+@kernel
 def matmul_nt(out, a, w, n, c0, c1):
     """out[:n] = a[:n, c0:c1] @ w[:, c0:c1]ᵀ. out: (≥n, K); a: (≥n, G); w: (K, G)."""
     if n >= BLAS_MIN_ROWS and c0 == 0 and c1 == w.shape[1]:

@@ -10,9 +10,9 @@ per-step block products as in :mod:`nlstm.kernels.blocks` (without ``lbr`` the n
 product waits for r, so it runs as a second product over W_hhᵀ's last H columns).
 """
 from .activations import sigmoid, tanh
-from .blocks import active_rows, matmul_nn, matmul_nt, row_nn
+from .blocks import active_rows, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
-from .slots import begin_rows, end_rows, slots, zero_padding, zero_rows_past
+from .slots import begin_rows, copy_rows, end_rows, slots, zero_padding, zero_rows_past
 
 
 @kernel
@@ -89,9 +89,7 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
     """
     T = gates.shape[0]
     H = gates.shape[2] // 3
-    for b in range(b0, b1):
-        for j in range(H):
-            dh0[b, j] = dh_n[b, j]
+    copy_rows(b0, b1, dh0, dh_n)
     zero_rows_past(b0, b1, dgates, lengths)
     zero_rows_past(b0, b1, dgates_hh, lengths)
     for step in range(T - 1, -1, -1):
@@ -149,7 +147,8 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
         matmul_nt(sp2, sg, w_hh_t, n, 0, 3 * H if lbr else 2 * H)
         for i in range(n):
             for k in range(H):
-                dh0[rows[i], k] = sp3[i, k] + sp2[i, k]
+                sp2[i, k] += sp3[i, k]
+        scatter_rows(dh0, sp2, rows, n)
 
 
 @kernel

@@ -26,8 +26,8 @@ import numpy as np
 from .activations import cast_like, sigmoid, tanh
 from .config import kernel
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt, row_nn,
-                     row_nn_add)
-from .slots import begin_rows, end_rows, slots, zero_padding, zero_rows_past
+                     row_nn_add, scatter_rows)
+from .slots import begin_rows, copy_rows, end_rows, slots, zero_padding, zero_rows_past
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty
@@ -163,11 +163,8 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     clip = opt.clip < np.inf
     peep = opt.peep.shape[0] > 0
     zero = cast_like(gates, 0)
-    for b in range(b0, b1):
-        for j in range(P):
-            dh0[b, j] = dh_n[b, j]
-        for j in range(H):
-            dc0[b, j] = dc_n[b, j]
+    copy_rows(b0, b1, dh0, dh_n)
+    copy_rows(b0, b1, dc0, dc_n)
     zero_rows_past(b0, b1, dgates, lengths)
     if opt.proj:
         zero_rows_past(b0, b1, dh_all, lengths)
@@ -236,10 +233,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
             for j in range(G):
                 sg[i, j] = dg[j]
         matmul_nt(sp1, sg, w_hh_t, n, 0, G)  # the carry: dz · W_hh for every active row at once
-        for i in range(n):
-            b = rows[i]
-            for k in range(P):
-                dh0[b, k] = sp1[i, k]
+        scatter_rows(dh0, sp1, rows, n)
 
 
 @kernel

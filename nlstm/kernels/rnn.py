@@ -5,9 +5,9 @@ Time and state slots as in :mod:`nlstm.kernels.slots`, per-step block products a
 products, as for the LSTM.
 """
 from .activations import tanh
-from .blocks import active_rows, add_recurrent, copy_out, matmul_nt, row_nn, row_nn_add
+from .blocks import active_rows, add_recurrent, copy_out, matmul_nt, row_nn, row_nn_add, scatter_rows
 from .config import kernel
-from .slots import begin_rows, end_rows, slots, zero_padding, zero_rows_past
+from .slots import begin_rows, copy_rows, end_rows, slots, zero_padding, zero_rows_past
 
 
 @kernel
@@ -61,9 +61,7 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, lengths, reverse, col, 
     """
     T = dpre.shape[0]
     H = dpre.shape[2]
-    for b in range(b0, b1):
-        for j in range(H):
-            dh0[b, j] = dh_n[b, j]
+    copy_rows(b0, b1, dh0, dh_n)
     zero_rows_past(b0, b1, dpre, lengths)
     for step in range(T - 1, -1, -1):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
@@ -83,9 +81,7 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, lengths, reverse, col, 
                     d[j] = dh - dh * ho[j] * ho[j]
                 sg[i, j] = d[j]
         matmul_nt(sp1, sg, w_hh_t, n, 0, H)
-        for i in range(n):
-            for k in range(H):
-                dh0[rows[i], k] = sp1[i, k]
+        scatter_rows(dh0, sp1, rows, n)
 
 
 @kernel

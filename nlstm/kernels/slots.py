@@ -63,6 +63,14 @@ def end_rows(b0, b1, final, state, lengths, reverse):
 
 
 @kernel
+def copy_rows(b0, b1, dst, src):
+    """dst[b] = src[b] for b in b0:b1; dst, src: (B, n)."""
+    for b in range(b0, b1):
+        for j in range(dst.shape[1]):
+            dst[b, j] = src[b, j]
+
+
+@kernel
 def zero_rows_past(b0, b1, a, lengths):
     """a[t, b, :] = 0 for t past each row's length; a: (T, B, n)."""
     T = a.shape[0]
