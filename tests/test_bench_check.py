@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import check, compare, engines as E  # noqa: E402
 from bench.grid import GRID, make_problem  # noqa: E402
-from bench.numpy_lstm import NumpyLSTM  # noqa: E402
+from bench.numpy_lstm import NUMPY_CELLS, NumpyLSTM  # noqa: E402
 
 import reference  # noqa: E402  (tests/ is on sys.path under pytest)
 
@@ -144,3 +144,112 @@ def test_compare_does_not_time_a_rejected_engine(monkeypatch):
     assert row["engines"]["no-lengths"]["status"] == "rejected"
     assert "no-lengths" not in row["median_s"] and "median_s" not in row["engines"]["no-lengths"]
     assert row["engines"]["nlstm"]["status"] == "timed"
+
+
+# ---- GRU and RNN (issue 5): the same check, the same engines -----------------------------
+# Tiny cases; JAX (about a second of compiling per shape) joins only the ragged GRU.
+CELL_CASES = [(cell, case) for cell in ("gru", "rnn") for case in ("S", "ragged", "step")] \
+    + [("gru", "M-bi2")]
+
+
+def _cell_problem(cell, case, seed=3):
+    return make_problem(GRID[case], seed=seed, shrink=dict(TINY[case], cell=cell))
+
+
+@pytest.mark.parametrize("cell,case", CELL_CASES)
+def test_gru_and_rnn_peers_agree(cell, case):
+    problem = _cell_problem(cell, case)
+    names = [n for n in E.ENGINES if n != "jax" or (cell, case) == ("gru", "ragged")]
+    for mode in problem.case.modes():
+        runners = _runners(problem, mode, names)
+        want = {"nlstm", "numpy", "torch", "ort"} - {n for n in ("torch", "ort")
+                                                   if E.ENGINES[n].unavailable()}
+        if mode == "train":
+            want.discard("ort")
+        assert want <= set(runners), (cell, case, mode, sorted(runners))
+        verdicts, ref = check.check_engines(problem, mode, runners)
+        assert "c_n" not in ref
+        for v in verdicts.values():
+            assert v.ok, f"{cell} {case} {mode}: {v.summary()}"
+            assert v.vs_reference < 1e-5, f"{cell} {case} {mode}: {v.summary()}"
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn", "rnn-relu"])
+def test_numpy_gru_and_rnn_match_the_oracle(cell):
+    """The float64 reference of the GRU/RNN check against tests/reference.py, ragged and
+    bidirectional, outputs and every gradient (initial-state ones included)."""
+    rng = np.random.default_rng(1)
+    T, B, I, H, L = 6, 4, 3, 5, 2
+    base = cell.split("-")[0]
+    problem = make_problem(GRID["M-bi2"], seed=1, shrink=dict(T=T, B=B, I=I, H=H, cell=base))
+    x = rng.standard_normal((T, B, I))
+    lengths = np.array([6, 1, 4, 3])
+    h0 = rng.standard_normal((2 * L, B, H))
+    dh_n = rng.standard_normal((2 * L, B, H))
+    oracle = reference.GRUCell() if base == "gru" else \
+        reference.RNNCell("relu" if cell.endswith("relu") else "tanh")
+    y, (h,), cache = reference.forward(oracle, problem.params, x, [h0], lengths, L, True)
+    dy = rng.standard_normal(y.shape)
+    dx, (dh0,), grads = reference.backward(cache, dy, [dh_n])
+    kw = dict(nonlinearity="relu") if cell.endswith("relu") else {}
+    m = NUMPY_CELLS[base](problem.params, L, True, np.float64, **kw)
+    y2, (h2,) = m.forward(x, lengths, state=(h0,), train=True)
+    dx2, (dh02,), grads2 = m.backward(dy, (dh_n,))
+    for name, a, b in [("y", y2, y), ("h_n", h2, h), ("dx", dx2, dx), ("dh0", dh02, dh0)] + \
+            [(k, grads2[k], grads[k]) for k in grads]:
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"{cell} {name}")
+
+
+class _SwappedRZ(E.NumpyEngine):
+    """A GRU that loads PyTorch's r and z blocks swapped (the ONNX z, r, h order misread)."""
+    name = "swapped-rz"
+
+    def prepare(self, problem, mode):
+        H = problem.case.H
+        swap = lambda w: np.concatenate([w[H:2 * H], w[:H], w[2 * H:]])
+        params = {k: swap(v) for k, v in problem.params.items()}
+        return super().prepare(dataclasses.replace(problem, params=params), mode)
+
+
+class _ResetAfterProduct(E.OrtEngine):
+    """ONNX Runtime's GRU with its default linear_before_reset=0: not PyTorch's formula."""
+    name = "ort-lbr0"
+
+    def build(self, problem, with_state):
+        model = super().build(problem, with_state)
+        for node in model.graph.node:
+            for att in node.attribute:
+                if att.name == "linear_before_reset":
+                    att.i = 0
+        return model
+
+
+@pytest.mark.parametrize("wrong,cell,case,mode", [
+    (_SwappedRZ, "gru", "S", "infer"), (_SwappedRZ, "gru", "ragged", "train"),
+    (_SwappedRZ, "gru", "step", "step"), (_ResetAfterProduct, "gru", "ragged", "infer"),
+    (_IgnoresLengths, "gru", "ragged", "train"), (_IgnoresLengths, "rnn", "ragged", "infer"),
+    (_SlightlyOffGradient, "rnn", "S", "train")])
+def test_a_wrong_gru_or_rnn_engine_is_rejected(wrong, cell, case, mode):
+    if wrong is _ResetAfterProduct and E.ENGINES["ort"].unavailable():
+        pytest.skip("onnxruntime not installed")
+    problem = _cell_problem(cell, case, seed=5)
+    runners = _runners(problem, mode, ["nlstm"])
+    runners["wrong"] = wrong().prepare(problem, mode)
+    verdicts, _ = check.check_engines(problem, mode, runners)
+    assert verdicts["nlstm"].ok, verdicts["nlstm"].summary()
+    assert not verdicts["wrong"].ok, verdicts["wrong"].summary()
+
+
+def test_results_blocks_are_added_without_touching_others(tmp_path):
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# R\n\n<!-- compare:begin -->\nLSTM\n<!-- compare:end -->\n\n## Analysis\nkept\n")
+    assert not compare.update_results("compare-rnn", "x", path=str(doc))  # no heading: no block
+    assert compare.update_results("compare-rnn", "RNN v1", path=str(doc), heading="RNN",
+                                  after=["compare-gru", "compare"])
+    assert compare.update_results("compare-gru", "GRU v1", path=str(doc), heading="GRU",
+                                  after=["compare"])
+    assert compare.update_results("compare-rnn", "RNN v2", path=str(doc), heading="RNN",
+                                  after=["compare-gru", "compare"])
+    text = doc.read_text()
+    order = [text.index(s) for s in ("LSTM", "GRU v1", "RNN v2", "## Analysis\nkept")]
+    assert order == sorted(order) and "RNN v1" not in text and text.count("## RNN") == 1
