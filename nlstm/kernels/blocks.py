@@ -104,9 +104,54 @@ def add_recurrent(gates, h, w_t, rows, times, n, reverse, sp1, sg):
             for j in range(g.shape[0]):
                 g[j] += src[j]
         return
-    for i in range(n):
-        p, o = slots(times[i], reverse)
-        row_nn_add(gates[times[i], rows[i]], h[p, rows[i]], w_t, 0, w_t.shape[1])
+    i = 0
+    while i + 4 <= n:  # four rows share each load of w_t's rows
+        p0, o0 = slots(times[i], reverse)
+        p1, o1 = slots(times[i + 1], reverse)
+        p2, o2 = slots(times[i + 2], reverse)
+        p3, o3 = slots(times[i + 3], reverse)
+        _rows4_nn_add(gates[times[i], rows[i]], gates[times[i + 1], rows[i + 1]],
+                      gates[times[i + 2], rows[i + 2]], gates[times[i + 3], rows[i + 3]],
+                      h[p0, rows[i]], h[p1, rows[i + 1]], h[p2, rows[i + 2]], h[p3, rows[i + 3]],
+                      w_t)
+        i += 4
+    for r in range(i, n):
+        p, o = slots(times[r], reverse)
+        row_nn_add(gates[times[r], rows[r]], h[p, rows[r]], w_t, 0, w_t.shape[1])
+
+
+@kernel
+def _rows4_nn_add(g0, g1, g2, g3, a0, a1, a2, a3, b):
+    """g_r += a_r @ b for four rows at once: each pass loads four rows of b once for all
+    four outputs. g_r: (G,); a_r: (K,); b: (K, G)."""
+    K, G = b.shape
+    k = 0
+    while k + 4 <= K:
+        w0 = b[k]
+        w1 = b[k + 1]
+        w2 = b[k + 2]
+        w3 = b[k + 3]
+        x0, x1, x2, x3 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
+        y0, y1, y2, y3 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
+        z0, z1, z2, z3 = a2[k], a2[k + 1], a2[k + 2], a2[k + 3]
+        v0, v1, v2, v3 = a3[k], a3[k + 1], a3[k + 2], a3[k + 3]
+        for j in range(G):
+            p = w0[j]
+            q = w1[j]
+            s = w2[j]
+            t = w3[j]
+            g0[j] += x0 * p + x1 * q + x2 * s + x3 * t
+            g1[j] += y0 * p + y1 * q + y2 * s + y3 * t
+            g2[j] += z0 * p + z1 * q + z2 * s + z3 * t
+            g3[j] += v0 * p + v1 * q + v2 * s + v3 * t
+        k += 4
+    for kk in range(k, K):
+        wk = b[kk]
+        for j in range(G):
+            g0[j] += a0[kk] * wk[j]
+            g1[j] += a1[kk] * wk[j]
+            g2[j] += a2[kk] * wk[j]
+            g3[j] += a3[kk] * wk[j]
 
 
 @kernel
