@@ -1,15 +1,16 @@
-"""nlstm's threads: one pool for the recurrent kernels, and the BLAS pool behind NumPy.
+"""nlstm's threads: its own workers for the recurrent kernels, and the BLAS pools.
 
-The recurrent kernels release the GIL, and the rows of a batch are independent, so
-each thread runs the whole sequence for its own range of rows (on nlstm's own pinned
-workers; Numba's parallel pool is not used, as its parfors allocate on every call). The large products run
-in NumPy's BLAS between kernel calls, never at the same time as the kernels, so only
-one pool is busy at a time. ``set_num_threads`` sets both.
+The recurrent kernels release the GIL, and the rows of a batch are independent, so each
+worker runs the whole sequence for its own range of rows (Numba's parallel pool is not
+used: its parfors allocate on every call). The whole-sequence products run in NumPy's
+BLAS between kernel calls, never at the same time as the kernels, so only one pool is busy
+at a time; they get several threads only when large enough to gain from them.
+``set_num_threads`` sets both.
 
 Inside the kernels, per-step block products may call BLAS too (Numba routes ``np.dot``
 to SciPy's OpenBLAS). There the parallelism is already the row ranges, so every OpenBLAS
-in the process runs single-threaded while kernels run, and gets its thread count back
-afterwards.
+in the process runs single-threaded while kernels run; every public call ends by giving
+BLAS back nlstm's thread count.
 """
 from __future__ import annotations
 

@@ -64,17 +64,7 @@ _install_cache_locator()
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 
-def kernel(fn=None, *, parallel: bool = False):
+def kernel(fn):
     """``numba.njit`` with nlstm's policy: cached, nogil, fastmath without nnan/ninf."""
-
-    def wrap(f):
-        return numba.njit(
-            cache=True,
-            nogil=True,
-            fastmath=set(FASTMATH),
-            parallel=parallel,
-            error_model="numpy",
-            boundscheck=False,
-        )(f)
-
-    return wrap(fn) if fn is not None else wrap
+    return numba.njit(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy",
+                      boundscheck=False)(fn)
