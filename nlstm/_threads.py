@@ -141,6 +141,15 @@ class _Worker:
 _workers: list = []
 
 
+def _forget_workers() -> None:
+    """A forked child has none of the parent's threads: start fresh workers when needed."""
+    _workers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
+
+
 def _get_workers(n: int) -> list:
     if len(_workers) < n:
         try:

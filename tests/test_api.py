@@ -118,3 +118,25 @@ def test_an_error_in_a_worker_reaches_the_caller():
         assert sorted(seen) == [(0, 4, 0), (4, 8, 1)]  # the workers still serve
     finally:
         nlstm.set_num_threads(before)
+
+
+def test_parallel_calls_work_in_a_forked_child():
+    """Worker threads do not survive fork(); a child must start its own, not wait forever."""
+    import multiprocessing as mp
+
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(2)
+    try:
+        m = nlstm.LSTM(8, 64, seed=0)
+        x = np.random.default_rng(0).standard_normal((50, 64, 8)).astype(np.float32)
+        want = m(x)[0]  # starts the workers in this process
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(_forward_in_child, (m, x)).get(timeout=30)
+        np.testing.assert_array_equal(got, want)
+    finally:
+        nlstm.set_num_threads(before)
+
+
+def _forward_in_child(m, x):
+    return m(x)[0]
