@@ -80,7 +80,8 @@ def test_float64_reference_matches_the_oracle():
 
 
 class _WrongGateOrder(E.NumpyEngine):
-    """Loads the weights with PyTorch's i and f gate blocks swapped."""
+    """Loads the weights with the first two gate blocks swapped (PyTorch's i and f for an
+    LSTM)."""
     name = "wrong-gates"
 
     def prepare(self, problem, mode):
@@ -200,15 +201,9 @@ def test_numpy_gru_and_rnn_match_the_oracle(cell):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"{cell} {name}")
 
 
-class _SwappedRZ(E.NumpyEngine):
+class _SwappedRZ(_WrongGateOrder):
     """A GRU that loads PyTorch's r and z blocks swapped (the ONNX z, r, h order misread)."""
     name = "swapped-rz"
-
-    def prepare(self, problem, mode):
-        H = problem.case.H
-        swap = lambda w: np.concatenate([w[H:2 * H], w[:H], w[2 * H:]])
-        params = {k: swap(v) for k, v in problem.params.items()}
-        return super().prepare(dataclasses.replace(problem, params=params), mode)
 
 
 class _ResetAfterProduct(E.OrtEngine):
