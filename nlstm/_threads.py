@@ -7,17 +7,22 @@ BLAS between kernel calls, never at the same time as the kernels, so only one po
 at a time; they get several threads only when large enough to gain from them.
 ``set_num_threads`` sets both.
 
-Inside the kernels, per-step block products may call BLAS too (Numba routes ``np.dot``
-to SciPy's OpenBLAS). There the parallelism is already the row ranges, so every OpenBLAS
-in the process runs single-threaded while kernels run; every public call ends by giving
-BLAS back nlstm's thread count.
+The whole-sequence products (input projection, weight gradients, dx) are split the same
+way, by rows or gate columns over the workers, each calling NumPy's BLAS single-threaded.
+They are not handed to a multi-threaded BLAS: OpenBLAS's idle threads spin for about
+0.1 s after each threaded call, and on two cores that spinning took a core from the
+recurrence that followed (L inference: 39-50 ms median against 28 ms with the spin cut
+short by OPENBLAS_THREAD_TIMEOUT=4). Inside the kernels, per-step block products may call
+BLAS too (Numba routes ``np.dot`` to SciPy's OpenBLAS). So every OpenBLAS in the process
+runs single-threaded while nlstm works; every public call ends by giving BLAS back
+nlstm's thread count, for the user's own NumPy code.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 import numba
 
@@ -62,9 +67,9 @@ def _find_blas_setters() -> list:
 _scanned_with_scipy = False
 _blas_now = 0  # the thread count nlstm last gave the BLAS libraries (0: not set yet)
 
-# Below this many multiply-adds a BLAS call runs on one thread: waking a second thread
-# costs more than it saves (a 100×32 @ 32×256 projection took 0.4 ms threaded next to a
-# busy core, 24 µs on one).
+# Below this many multiply-adds a whole-sequence product runs on the calling thread alone:
+# handing half to a worker costs more than it saves (a 100×32 @ 32×256 projection took
+# 0.4 ms threaded next to a busy core, 24 µs on one).
 SMALL_GEMM = 8_000_000
 
 
@@ -80,11 +85,6 @@ def _set_blas_threads(n: int) -> None:
         for setter in _blas_setters:
             setter(n)
         _blas_now = n
-
-
-def blas_for(macs: float) -> None:
-    """Give BLAS the threads a product of ``macs`` multiply-adds is worth."""
-    _set_blas_threads(1 if macs < SMALL_GEMM else _num_threads)
 
 
 def restore_blas() -> None:
@@ -163,16 +163,19 @@ def _get_workers(n: int) -> list:
     return _workers[:n]
 
 
-def run_rows(B: int, work: float, call: Callable[[int, int, int], None]) -> None:
-    """Run ``call(b0, b1, i)`` over disjoint row ranges of a batch of B rows, in parallel.
+def run_rows(B: int, work: float, call: Callable[[int, int, int], None],
+             min_work: Optional[float] = None) -> None:
+    """Run ``call(b0, b1, i)`` over disjoint row ranges of B rows, in parallel, with every
+    BLAS single-threaded.
 
-    ``work`` is the recurrent multiply-adds of the whole call; small jobs stay serial, on
-    the calling thread. Parallel ranges run on nlstm's workers while the caller waits.
+    ``work`` is the multiply-adds of the whole call; below ``min_work`` (default: the
+    recurrence's ``_MIN_PARALLEL_WORK``) it stays serial, on the calling thread. Parallel
+    ranges run on nlstm's workers while the caller waits.
     """
     import queue
 
     n = min(_num_threads, B)
-    if n <= 1 or work < _MIN_PARALLEL_WORK:
+    if n <= 1 or work < (_MIN_PARALLEL_WORK if min_work is None else min_work):
         n = 1
     _set_blas_threads(1)
     if n == 1:

@@ -84,8 +84,8 @@ class GRU(RecurrentLayer):
             self._hidden_grads(ws, k, d, ex["dgates_hh"], hprev, slice(0, 2 * H))
             self._hidden_grads(ws, k, d, ex["dgates_hh"], ex["aux"], slice(2 * H, 3 * H))
 
-    def _step_layer(self, k, x, old, new) -> None:
-        K.gru_step(new[0], x, old[0], *self._step_args(k))
+    def _step_kernel(self):
+        return K.gru_step
 
     def _make_step_args(self, k: int) -> tuple:
         return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),

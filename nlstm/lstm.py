@@ -152,8 +152,8 @@ class LSTM(RecurrentLayer):
             dp[H:2 * H] += np.einsum("tbj,tbj->j", gates[..., H:2 * H], c_prev)
             dp[2 * H:] += np.einsum("tbj,tbj->j", gates[..., 3 * H:], c_new)
 
-    def _step_layer(self, k, x, old, new) -> None:
-        K.lstm_step(new[0], new[1], x, old[0], old[1], *self._step_args(k))
+    def _step_kernel(self):
+        return K.lstm_step
 
     def _make_step_args(self, k: int) -> tuple:
         return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),

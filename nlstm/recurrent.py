@@ -16,7 +16,6 @@ import numpy as np
 from . import _threads
 from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
                         real_array)
-from .kernels import slots as kernel_slots
 
 
 def _new_buffer(shape, dtype) -> np.ndarray:
@@ -125,6 +124,7 @@ class RecurrentLayer:
         self._unbatched = False
         self._step_work = np.empty(self._work_size(), self.dtype)
         self._step_cache: dict = {}
+        self._step_sizes = self._state_sizes()
 
     # ---- what a cell provides -----------------------------------------------------------
     @property
@@ -169,8 +169,11 @@ class RecurrentLayer:
                       dx: np.ndarray) -> None:
         raise NotImplementedError
 
-    def _step_layer(self, k: int, x: np.ndarray, old: Sequence[np.ndarray],
-                    new: Sequence[np.ndarray]) -> None:
+    def _step_kernel(self):
+        """The cell's streaming kernel ``f(k, check, x, *old, *new, *weights)``: one step of
+        layer k reading x (B, I) (layer 0) or new[0][k-1], and old[s][k], writing new[s][k]
+        (states (L, B, ·)). With ``check`` it returns False, writing nothing, if its inputs
+        are not finite; else True."""
         raise NotImplementedError
 
     def _make_step_args(self, k: int) -> tuple:
@@ -376,10 +379,21 @@ class RecurrentLayer:
         """gates[k][d] = inp·W_ihᵀ + bias for every step at once; returns the gates buffer."""
         T, B = ws.key
         gates = ws.gates[k][d]
-        _threads.blas_for(T * B * inp.shape[2] * gates.shape[2])
-        np.matmul(inp.reshape(T * B, -1), self._w("weight_ih", k, d), out=gates.reshape(T * B, -1))
-        gates += bias
+        x2, g2, w = inp.reshape(T * B, -1), gates.reshape(T * B, -1), self._w("weight_ih", k, d)
+
+        def rows(r0, r1, _):
+            np.matmul(x2[r0:r1], w, out=g2[r0:r1])
+            g2[r0:r1] += bias
+
+        self._gemm_split(T * B, T * B * x2.shape[1] * g2.shape[1], rows)
         return gates
+
+    @staticmethod
+    def _gemm_split(n: int, macs: float, call) -> None:
+        """Run ``call(r0, r1, thread)`` over disjoint ranges of a whole-sequence product's
+        n rows (or gate columns) on nlstm's threads, each with single-threaded BLAS; serial
+        when the product is small."""
+        _threads.run_rows(n, macs, call, _threads.SMALL_GEMM)
 
     def _rows(self, ws: Workspace, call) -> None:
         """Run ``call(b0, b1, thread)`` over the batch on nlstm's threads."""
@@ -445,16 +459,29 @@ class RecurrentLayer:
         or adds to it.
         """
         T, B = ws.key
-        dg = dgates.reshape(T * B, -1)
-        _threads.blas_for(T * B * inp.shape[2] * dg.shape[1])
-        self._g("weight_ih", k, d)[...] += dg.T @ inp.reshape(T * B, -1)
-        if self.bias:
-            self._g("bias_ih", k, d)[...] += dg.sum(axis=0)
-        dx2 = dx.reshape(T * B, -1)
-        if d == 0:
-            np.matmul(dg, self._p("weight_ih", k, d), out=dx2)
-        else:
-            dx2 += dg @ self._p("weight_ih", k, d)
+        dg, x2, dx2 = dgates.reshape(T * B, -1), inp.reshape(T * B, -1), dx.reshape(T * B, -1)
+        macs = T * B * x2.shape[1] * dg.shape[1]
+        self._weight_grads(dg, x2, self._g("weight_ih", k, d), self._g("bias_ih", k, d), macs)
+        w = self._p("weight_ih", k, d)
+
+        def rows(r0, r1, _):
+            if d == 0:
+                np.matmul(dg[r0:r1], w, out=dx2[r0:r1])
+            else:
+                dx2[r0:r1] += dg[r0:r1] @ w
+
+        self._gemm_split(T * B, macs, rows)
+
+    def _weight_grads(self, dg: np.ndarray, a: np.ndarray, gw: np.ndarray,
+                      gb: Optional[np.ndarray], macs: float) -> None:
+        """gw += dgᵀ·a and gb += Σ dg over the rows; dg: (N, G'), a: (N, K), gw: (G', K),
+        gb: (G',) or None. Split by gate columns, so the threads need no reduction."""
+        def cols(c0, c1, _):
+            gw[c0:c1] += dg[:, c0:c1].T @ a
+            if gb is not None:
+                gb[c0:c1] += dg[:, c0:c1].sum(axis=0)
+
+        self._gemm_split(dg.shape[1], macs, cols)
 
     def _hidden_grads(self, ws: Workspace, k: int, d: int, dgates: np.ndarray, hprev: np.ndarray,
                       rows: slice = slice(None)) -> None:
@@ -462,10 +489,9 @@ class RecurrentLayer:
         dgates (T, B, G·H) and the recurrent input of each step hprev (T, B, ·)."""
         T, B = ws.key
         dg = dgates.reshape(T * B, -1)[:, rows]
-        _threads.blas_for(T * B * hprev.shape[2] * dg.shape[1])
-        self._g("weight_hh", k, d)[rows] += dg.T @ hprev.reshape(T * B, -1)
-        if self.bias:
-            self._g("bias_hh", k, d)[rows] += dg.sum(axis=0)
+        gb = self._g("bias_hh", k, d)
+        self._weight_grads(dg, hprev.reshape(T * B, -1), self._g("weight_hh", k, d)[rows],
+                           None if gb is None else gb[rows], T * B * hprev.shape[2] * dg.shape[1])
 
     @staticmethod
     def _hprev(state: np.ndarray, d: int) -> np.ndarray:
@@ -479,55 +505,64 @@ class RecurrentLayer:
         x_t: (B, I) or (I,); state: optional, shaped as ``forward``'s final state (L, B, ·)
         or (L, ·). Equal to running the sequence in one call, one step at a time.
         """
+        out = self._step_fast(x_t, state)
+        if out is not None:
+            return out
         if self.bidirectional:
             raise ValueError(f"step() needs a unidirectional {self._name}: a bidirectional "
                              "layer must see the whole sequence")
-        fast = self._step_fast_inputs(x_t, state)
-        if fast is None:
-            x, old, unbatched = self._step_checked_inputs(x_t, state)
-        else:
-            x, old, unbatched = fast
-        L, B = self.num_layers, x.shape[0]
-        new = [np.empty((L, B, n), self.dtype) for n in self._state_sizes()]
-        inp = x
-        for k in range(L):
-            self._step_layer(k, inp, [o[k] for o in old], [n[k] for n in new])
-            inp = new[0][k]
-        y = new[0][-1]
-        if unbatched:
-            return y[0].copy(), self._pack_state([n[:, 0] for n in new])
-        return y.copy(), self._pack_state(new)
+        # Not the fast path's case, or a non-finite value: the full checks name the problem.
+        x, old, unbatched = self._step_checked_inputs(x_t, state)
+        return self._step_run(x, old, unbatched, False)
 
-    def _step_fast_inputs(self, x, state):
-        """The common streaming case, checked cheaply: C-contiguous arrays already in the
-        layer's dtype and shapes, batched (B, I) or unbatched (I,). None sends the call to
-        the general checks, which name whatever is wrong."""
-        dt, sizes = self.dtype, self._state_sizes()
+    def _step_fast(self, x, state):
+        """The common streaming case, checked cheaply and run: C-contiguous arrays already in
+        the layer's dtype and shapes, batched (B, I) or unbatched (I,). None (having changed
+        nothing the caller holds) sends the call to the general checks, which name whatever
+        is wrong; finiteness is checked by the step kernels themselves."""
+        dt = self.dtype
         if type(x) is not np.ndarray or x.dtype != dt or not x.flags.c_contiguous \
-                or x.shape[-1] != self.input_size or x.size == 0:
+                or self.bidirectional:
             return None
         unbatched = x.ndim == 1
         if unbatched:
             x = x.reshape(1, -1)
         elif x.ndim != 2:
             return None
-        B, L = x.shape[0], self.num_layers
+        B, I = x.shape
+        if I != self.input_size or B == 0:
+            return None
+        L, sizes = self.num_layers, self._step_sizes
         if state is None:
             old = [np.zeros((L, B, n), dt) for n in sizes]
         else:
             old = [state] if len(sizes) == 1 else state
-            if not isinstance(old, (tuple, list)) or len(old) != len(sizes):
+            if type(old) not in (tuple, list) or len(old) != len(sizes):
                 return None
             old = list(old)
-            for i, (a, n) in enumerate(zip(old, sizes)):
+            for i, n in enumerate(sizes):
+                a = old[i]
                 if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous \
                         or a.shape != ((L, n) if unbatched else (L, B, n)):
                     return None
                 if unbatched:
                     old[i] = a.reshape(L, 1, n)
-        if self.check_finite and not kernel_slots.all_finite(x, old[0], old[-1]):
-            return None
-        return x, old, unbatched
+        return self._step_run(x, old, unbatched, self.check_finite)
+
+    def _step_run(self, x, old, unbatched, check):
+        """Run every layer's step kernel: x (B, I) and the states old [(L, B, n)] are checked
+        but for finiteness, which the kernels check with ``check``: None if not finite
+        (nothing the caller holds was written)."""
+        L, B, dt = self.num_layers, x.shape[0], self.dtype
+        new = [np.empty((L, B, n), dt) for n in self._step_sizes]
+        kernel = self._step_kernel()
+        for k in range(L):
+            if not kernel(k, check, x, *old, *new, *self._step_args(k)):
+                return None
+        y = new[0][L - 1].copy()
+        if unbatched:
+            return y[0], self._pack_state([n[:, 0] for n in new])
+        return y, self._pack_state(new)
 
     def _step_checked_inputs(self, x_t, state):
         x = real_array("x_t", x_t, self.check_finite)

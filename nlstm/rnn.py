@@ -61,8 +61,8 @@ class RNN(RecurrentLayer):
         self._input_grads(ws, k, d, inp, dpre, dx)
         self._hidden_grads(ws, k, d, dpre, self._hprev(h, d))
 
-    def _step_layer(self, k, x, old, new) -> None:
-        K.rnn_step(new[0], x, old[0], *self._step_args(k))
+    def _step_kernel(self):
+        return K.rnn_step
 
     def _make_step_args(self, k: int) -> tuple:
         return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),

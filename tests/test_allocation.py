@@ -13,7 +13,7 @@ import pytest
 from numba.core.runtime import rtsys
 
 import nlstm
-from nlstm.kernels import gru, lstm, rnn, slots
+from nlstm.kernels import gru, lstm, rnn
 
 
 @pytest.fixture
@@ -35,7 +35,6 @@ def counted_kernels(monkeypatch):
         for name in ("forward", "backward", "step"):
             name = f"{cell}_{name}"
             monkeypatch.setattr(module, name, counting(getattr(module, name)))
-    monkeypatch.setattr(slots, "all_finite", counting(slots.all_finite))
     return count
 
 

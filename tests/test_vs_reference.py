@@ -78,7 +78,8 @@ def test_variant_forward_matches_reference(kind, seed, dtype):
 @pytest.mark.parametrize("kind", list(KINDS) + ["lstm_proj"])
 def test_large_batch_block_path(kind, threads):
     """Batches big enough for the BLAS block product per step (and, with 2 threads, row
-    ranges per thread), with ragged lengths and both directions."""
+    ranges per thread, and whole-sequence products split by rows and gate columns), with
+    ragged lengths and both directions."""
     import nlstm
     from cases import ALL_KINDS
     cls, extra, make_cell = ALL_KINDS[kind]
@@ -92,14 +93,16 @@ def test_large_batch_block_path(kind, threads):
     lengths[:40] = T  # enough full rows that a block of ≥ 32 active rows runs each step
     dy = rng.standard_normal((T, B, 2 * m._out_size))
     before = nlstm.get_num_threads()
-    nlstm._threads._MIN_PARALLEL_WORK, saved = 0, nlstm._threads._MIN_PARALLEL_WORK
+    # Every recurrence and every whole-sequence product splits over the threads.
+    saved = nlstm._threads._MIN_PARALLEL_WORK, nlstm._threads.SMALL_GEMM
+    nlstm._threads._MIN_PARALLEL_WORK = nlstm._threads.SMALL_GEMM = 0
     try:
         nlstm.set_num_threads(threads)
         y, _ = m.forward(x, lengths=lengths)
         dx, _ = m.backward(dy)
     finally:
         nlstm.set_num_threads(before)
-        nlstm._threads._MIN_PARALLEL_WORK = saved
+        nlstm._threads._MIN_PARALLEL_WORK, nlstm._threads.SMALL_GEMM = saved
     init = [np.zeros((2, B, n)) for n in m._state_sizes()]
     ry, _, cache = R.forward(make_cell(), m.params, x, init, lengths, 1, True)
     np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")

@@ -12,7 +12,8 @@ product waits for r, so it runs as a second product over W_hhᵀ's last H column
 from .activations import sigmoid, tanh
 from .blocks import active_rows, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
-from .slots import begin_rows, copy_rows, end_rows, slots, zero_padding, zero_rows_past
+from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, zero_padding,
+                    zero_rows_past)
 
 
 @kernel
@@ -152,17 +153,22 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
 
 
 @kernel
-def gru_step(h_out, x, h, w_ih_t, w_hh_t, b_ih, b_hh, lbr, work):
-    """One time step of one layer. h_out, h: (B, H); x: (B, I); w_ih_t: (I, 3H);
-    w_hh_t: (H, 3H); work: (7H,) scratch."""
-    B = x.shape[0]
-    H = h.shape[1]
+def gru_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, work):
+    """One time step of layer k. x: (B, I) the input of layer 0 (layer k > 0 reads
+    h_out[k-1]); h, h_out: (L, B, H), read / written at [k]; w_ih_t: (I, 3H); w_hh_t: (H, 3H);
+    work: (7H,) scratch. With ``check``, returns False having written nothing if the inputs
+    are not finite; else True."""
+    if check and not step_inputs_finite(k, x, h, h):
+        return False
+    inp = x if k == 0 else h_out[k - 1]
+    hk, hn = h[k], h_out[k]
+    H = hk.shape[1]
     g = work[:3 * H]
     s = work[3 * H:6 * H]
     rh = work[6 * H:7 * H]
-    for b in range(B):
-        hb = h[b]
-        row_nn(g, x[b], w_ih_t, 0, 3 * H)
+    for b in range(inp.shape[0]):
+        hb = hk[b]
+        row_nn(g, inp[b], w_ih_t, 0, 3 * H)
         row_nn(s, hb, w_hh_t, 0, 3 * H if lbr else 2 * H)
         for j in range(2 * H):
             g[j] = sigmoid(g[j] + b_ih[j] + b_hh[j] + s[j])
@@ -178,4 +184,5 @@ def gru_step(h_out, x, h, w_ih_t, w_hh_t, b_ih, b_hh, lbr, work):
                 g[2 * H + j] = tanh(g[2 * H + j] + b_ih[2 * H + j] + b_hh[2 * H + j] + s[2 * H + j])
         for j in range(H):
             nn = g[2 * H + j]
-            h_out[b, j] = nn + g[H + j] * (hb[j] - nn)
+            hn[b, j] = nn + g[H + j] * (hb[j] - nn)
+    return True

@@ -27,7 +27,8 @@ from .activations import cast_like, sigmoid, tanh
 from .config import kernel
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt, row_nn,
                      row_nn_add, scatter_rows)
-from .slots import begin_rows, copy_rows, end_rows, slots, zero_padding, zero_rows_past
+from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, zero_padding,
+                    zero_rows_past)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty
@@ -237,28 +238,35 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
 
 
 @kernel
-def lstm_step(h_out, c_out, x, h, c, w_ih_t, w_hh_t, b_ih, b_hh, peep, clip, input_forget, proj,
-              w_hr_t, work):
-    """One time step of one layer, for streaming.
+def lstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, peep, clip,
+              input_forget, proj, w_hr_t, work):
+    """One time step of layer k, for streaming.
 
-    h_out: (B, P), c_out: (B, H) new state; x: (B, I); h: (B, P), c: (B, H) state before
+    x: (B, I) the input of layer 0 (layer k > 0 reads h_out[k-1]); h: (L, B, P), c: (L, B, H)
+    the state before, read at [k]; h_out, c_out: the new state, same shapes, written at [k]
     w_ih_t: (I, 4H) = W_ihᵀ; w_hh_t: (P, 4H) = W_hhᵀ; b_ih, b_hh: (4H,)
     peep, clip, input_forget, proj, w_hr_t: the fields of ``Options``; work: (9H,) scratch
+    check: first make sure the inputs are finite; if they are not, return False having
+    written nothing. Returns True after the step.
     """
+    if check and not step_inputs_finite(k, x, h, c):
+        return False
     opt = Options(peep, clip, input_forget, proj, w_hr_t)
-    B = x.shape[0]
+    inp = x if k == 0 else h_out[k - 1]
+    hk, ck, hn, cn = h[k], c[k], h_out[k], c_out[k]
     G = w_hh_t.shape[1]
     H = G // 4
     g = work[:G]
     pre = work[G:2 * G]
     m = work[2 * G:2 * G + H]
-    for b in range(B):
-        row_nn(g, x[b], w_ih_t, 0, G)
-        row_nn_add(g, h[b], w_hh_t, 0, G)
+    for b in range(inp.shape[0]):
+        row_nn(g, inp[b], w_ih_t, 0, G)
+        row_nn_add(g, hk[b], w_hh_t, 0, G)
         for j in range(G):
             g[j] += b_ih[j] + b_hh[j]
         if opt.proj:
-            _pointwise(g, c[b], c_out[b], m, opt, pre)
-            row_nn(h_out[b], m, opt.w_hr_t, 0, h_out.shape[1])
+            _pointwise(g, ck[b], cn[b], m, opt, pre)
+            row_nn(hn[b], m, opt.w_hr_t, 0, hn.shape[1])
         else:
-            _pointwise(g, c[b], c_out[b], h_out[b], opt, pre)
+            _pointwise(g, ck[b], cn[b], hn[b], opt, pre)
+    return True

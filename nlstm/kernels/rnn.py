@@ -7,7 +7,8 @@ products, as for the LSTM.
 from .activations import tanh
 from .blocks import active_rows, add_recurrent, copy_out, matmul_nt, row_nn, row_nn_add, scatter_rows
 from .config import kernel
-from .slots import begin_rows, copy_rows, end_rows, slots, zero_padding, zero_rows_past
+from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, zero_padding,
+                    zero_rows_past)
 
 
 @kernel
@@ -85,14 +86,20 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, lengths, reverse, col, 
 
 
 @kernel
-def rnn_step(h_out, x, h, w_ih_t, w_hh_t, b_ih, b_hh, relu, pre):
-    """One time step of one layer. h_out, h: (B, H); x: (B, I); w_ih_t: (I, H);
-    w_hh_t: (H, H); pre: (H,) scratch."""
-    B = x.shape[0]
-    H = h.shape[1]
-    for b in range(B):
-        row_nn(pre, x[b], w_ih_t, 0, H)
-        row_nn_add(pre, h[b], w_hh_t, 0, H)
+def rnn_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, pre):
+    """One time step of layer k. x: (B, I) the input of layer 0 (layer k > 0 reads
+    h_out[k-1]); h, h_out: (L, B, H), read / written at [k]; w_ih_t: (I, H); w_hh_t: (H, H);
+    pre: (H,) scratch. With ``check``, returns False having written nothing if the inputs
+    are not finite; else True."""
+    if check and not step_inputs_finite(k, x, h, h):
+        return False
+    inp = x if k == 0 else h_out[k - 1]
+    hk, hn = h[k], h_out[k]
+    H = hk.shape[1]
+    for b in range(inp.shape[0]):
+        row_nn(pre, inp[b], w_ih_t, 0, H)
+        row_nn_add(pre, hk[b], w_hh_t, 0, H)
         for j in range(H):
             pre[j] += b_ih[j] + b_hh[j]
-        _activate(pre, h_out[b], relu)
+        _activate(pre, hn[b], relu)
+    return True

@@ -82,12 +82,15 @@ def zero_rows_past(b0, b1, a, lengths):
 
 
 @kernel
-def all_finite(a, b, c):
-    """Whether three arrays (any shapes) hold only finite values; for the streaming fast path,
-    where NumPy's isfinite-and-reduce would cost more than the step itself."""
-    for arr in (a.ravel(), b.ravel(), c.ravel()):
-        for i in range(arr.shape[0]):
-            v = arr[i]
-            if not (v - v == 0):  # false for NaN and ±Inf
-                return False
+def step_inputs_finite(k, x, h, c):
+    """Whether a streaming step's inputs into layer k are finite: x (layer 0 only) and h[k],
+    c[k] of the state (L, B, ·). A kernel-side check: NumPy's isfinite-and-reduce would
+    cost more than the step itself."""
+    arrays = (x, h[k], c[k]) if k == 0 else (h[k], h[k], c[k])
+    for a in arrays:
+        for b in range(a.shape[0]):
+            for j in range(a.shape[1]):
+                v = a[b, j]
+                if not (v - v == 0):  # false for NaN and ±Inf
+                    return False
     return True
