@@ -184,6 +184,26 @@ def test_step_rejects(kw, exc, match):
         m.step(**kw)
 
 
+@pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])
+@pytest.mark.parametrize("where", ["x", "layer 1 state"])
+def test_step_fast_path_rejects_non_finite(cls, where):
+    """Inputs already in the layer's dtype and layout take the fast path, where the step
+    kernels check finiteness themselves: a NaN anywhere still raises and changes nothing."""
+    m = cls(I, H, num_layers=L, seed=0)
+    x = np.ones((B, I), np.float32)
+    _, state = m.step(x)
+    states = list(state) if isinstance(state, tuple) else [state]
+    if where == "x":
+        x[1, 2] = np.nan
+    else:
+        states[-1][L - 1, 1, 0] = np.nan
+    given = [a.copy() for a in states]
+    with pytest.raises(ValueError, match="x_t contains" if where == "x" else "state .*contains"):
+        m.step(x, states[0] if len(states) == 1 else tuple(states))
+    for a, b in zip(states, given):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_step_refuses_bidirectional():
     m = nlstm.LSTM(I, H, bidirectional=True)
     with pytest.raises(ValueError, match="unidirectional"):
