@@ -141,6 +141,28 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reve
 
 
 @kernel
+def _cell_back(g, dg, dm, dc, c_prev, c_new):
+    """The plain cell's backward for one row and step (no variant options), a branch-free
+    loop the compiler vectorises. g: (4H,) post-activation gates i, f, g, o; dg: (4H,) out:
+    gate pre-activation gradients (may alias g: index j of each block is read before it is
+    written); dm: (H,) gradient of o⊙tanh(c_t); dc: (H,) in: the carried gradient of c_t,
+    out: that of c_{t-1}; c_prev, c_new: (H,)."""
+    H = dm.shape[0]
+    for j in range(H):
+        ig = g[j]
+        fg = g[H + j]
+        gg = g[2 * H + j]
+        og = g[3 * H + j]
+        tc = tanh(c_new[j])
+        d = dc[j] + dm[j] * (og - og * tc * tc)
+        dg[j] = d * gg * (ig - ig * ig)
+        dg[H + j] = d * c_prev[j] * (fg - fg * fg)
+        dg[2 * H + j] = d * (ig - ig * gg * gg)
+        dg[3 * H + j] = dm[j] * tc * (og - og * og)
+        dc[j] = d * fg
+
+
+@kernel
 def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, lengths,
                   reverse, col, peep, clip, input_forget, proj, w_hr_t, pre, m, dh_all,
                   rows, times, sp1, sp2, sg, sh):
@@ -164,6 +186,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     clip = opt.clip < np.inf
     peep = opt.peep.shape[0] > 0
     zero = cast_like(gates, 0)
+    plain = not (clip or peep or opt.input_forget)
     copy_rows(b0, b1, dh0, dh_n)
     copy_rows(b0, b1, dc0, dc_n)
     zero_rows_past(b0, b1, dgates, lengths)
@@ -196,6 +219,11 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
             g = gates[t, b]
             dg = dgates[t, b]  # may alias g: every read of index j precedes its write
             dm = sh[i]
+            if plain:
+                _cell_back(g, dg, dm, dc0[b], c[p, b], c[o, b])
+                for j in range(G):
+                    sg[i, j] = dg[j]
+                continue
             for j in range(H):
                 og = g[3 * H + j]
                 tc = tanh(c[o, b, j])
