@@ -156,8 +156,31 @@ def section_compile(args) -> Dict:
     return out
 
 
+# Numba's own floor: one trivial jitted function, loaded from a warm on-disk cache.
+_NUMBA_FLOOR = _HWM + """
+import json, os, sys
+sys.path.insert(0, os.environ["NLSTM_FLOOR_DIR"])
+import numpy as np
+import floor_fn
+floor_fn.f(np.zeros(3))
+print(json.dumps(dict(maxrss=hwm())))
+"""
+
+
+def _numba_floor_mb() -> float:
+    """Peak RSS of a process whose only compiled code is ``a.sum()`` (cache warm)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        with open(os.path.join(d, "floor_fn.py"), "w") as f:
+            f.write("import numba\n\n@numba.njit(cache=True)\ndef f(a):\n    return a.sum()\n")
+        env = dict(NLSTM_FLOOR_DIR=d, NUMBA_CACHE_DIR=os.path.join(d, "cache"))
+        _fresh(_NUMBA_FLOOR, env)  # fills the cache
+        return _median_runs(_NUMBA_FLOOR, 3, env_extra=env)["maxrss_mb"]
+
+
 def section_rss(args) -> Dict:
     out = {"python+numpy": _median_runs(_S_NUMPY, 3)["maxrss_mb"],
+           "numba alone (one trivial cached @njit function)": _numba_floor_mb(),
            "nlstm": _median_runs(_S_NLSTM, 3)["maxrss_mb"]}
     try:
         out["torch"] = _median_runs(_S_TORCH, 2)["maxrss_mb"]
@@ -294,7 +317,8 @@ def _trainmem_rss() -> Dict:
 class KernelClock:
     """Time spent in nlstm's recurrence while active, measured from the calling thread.
 
-    Wraps ``nlstm._threads.run_rows`` (the threaded recurrence: its wall time) and every
+    Wraps ``nlstm._threads.run_rows`` (the threaded recurrence: its wall time; its calls
+    with ``min_work``, the whole-sequence products split over the workers, are left out) and every
     Numba dispatcher in ``nlstm.kernels.*`` (kernel calls made outside run_rows, e.g. by
     ``step``). Diagnostic only: relies on those internals and reports ``ok=False`` when
     they are not there. Kernels must already be compiled when it is entered.
@@ -327,7 +351,17 @@ class KernelClock:
                         local.inside = False
                 return wrapper
 
-            self._patch(thr, "run_rows", timed(thr.run_rows))
+            recurrence = timed(thr.run_rows)
+            plain_run_rows = thr.run_rows
+
+            def run_rows(B, work, call, min_work=None):
+                # the whole-sequence products run on the workers too (with min_work given):
+                # they are the GEMMs column, not the recurrence
+                if min_work is not None:
+                    return plain_run_rows(B, work, call, min_work)
+                return recurrence(B, work, call)
+
+            self._patch(thr, "run_rows", run_rows)
             for name, mod in list(sys.modules.items()):
                 if not name.startswith("nlstm.kernels") or mod is None:
                     continue
@@ -351,14 +385,22 @@ class KernelClock:
 
 
 def _gemm_runner(shapes):
-    """A call doing the whole-sequence products the layer needs, standalone."""
+    """A call doing the whole-sequence products the layer needs, standalone, the way nlstm
+    runs them: rows split over its workers, each with single-threaded BLAS (a threaded
+    BLAS here would leave spinning threads that slow the next timed call)."""
+    from nlstm import _threads
     rng = np.random.default_rng(0)
     mats = [(rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32))
             for a, b in shapes]
+    outs = [np.empty((a.shape[0], b.shape[1]), np.float32) for a, b in mats]
 
     def run():
-        for a, b in mats:
-            a @ b
+        for (a, b), o in zip(mats, outs):
+            def rows(r0, r1, _, a=a, b=b, o=o):
+                np.matmul(a[r0:r1], b, out=o[r0:r1])
+            _threads.run_rows(a.shape[0], a.shape[0] * a.shape[1] * b.shape[1], rows,
+                              _threads.SMALL_GEMM)
+        _threads.restore_blas()
     return run
 
 
@@ -464,7 +506,8 @@ def markdown(res: Dict) -> str:
     if "rss" in res:
         r = res["rss"]
         L += ["## Peak RSS: import + S inference", ""]
-        L += [f"- {k}: {r[k]:.0f} MB" for k in ("python+numpy", "nlstm", "torch") if k in r]
+        L += [f"- {k}: {r[k]:.0f} MB" for k in ("python+numpy",
+              "numba alone (one trivial cached @njit function)", "nlstm", "torch") if k in r]
         L += [f"- target ≤ {r['target_mb']:g} MB: {yn(r['met'])}", ""]
     if "trainmem" in res:
         t = res["trainmem"]
