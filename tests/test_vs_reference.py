@@ -93,16 +93,20 @@ def test_large_batch_block_path(kind, threads):
     lengths[:40] = T  # enough full rows that a block of ≥ 32 active rows runs each step
     dy = rng.standard_normal((T, B, 2 * m._out_size))
     before = nlstm.get_num_threads()
-    # Every recurrence and every whole-sequence product splits over the threads.
-    saved = nlstm._threads._MIN_PARALLEL_WORK, nlstm._threads.SMALL_GEMM
+    # Every recurrence and every whole-sequence product splits over the threads, and the
+    # input projection skips the padding (one product per batch row).
+    saved = (nlstm._threads._MIN_PARALLEL_WORK, nlstm._threads.SMALL_GEMM,
+             nlstm.recurrent._PER_ROW_MIN_SAVING)
     nlstm._threads._MIN_PARALLEL_WORK = nlstm._threads.SMALL_GEMM = 0
+    nlstm.recurrent._PER_ROW_MIN_SAVING = 0
     try:
         nlstm.set_num_threads(threads)
         y, _ = m.forward(x, lengths=lengths)
         dx, _ = m.backward(dy)
     finally:
         nlstm.set_num_threads(before)
-        nlstm._threads._MIN_PARALLEL_WORK, nlstm._threads.SMALL_GEMM = saved
+        (nlstm._threads._MIN_PARALLEL_WORK, nlstm._threads.SMALL_GEMM,
+         nlstm.recurrent._PER_ROW_MIN_SAVING) = saved
     init = [np.zeros((2, B, n)) for n in m._state_sizes()]
     ry, _, cache = R.forward(make_cell(), m.params, x, init, lengths, 1, True)
     np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")
