@@ -143,8 +143,8 @@ class LSTM(RecurrentLayer):
         self._hidden_grads(ws, k, d, gates, self._hprev(h, d))
         T, B = ws.key
         if self.proj_size:
-            self.grads[f"weight_hr_l{k}{sfx}"] += (ex["dh_all"].reshape(T * B, -1).T
-                                                   @ ex["m"].reshape(T * B, H))
+            gw_t = self.grads[f"weight_hr_l{k}{sfx}"].T  # the storage layout (see _weight_grads)
+            gw_t += ex["m"].reshape(T * B, H).T @ ex["dh_all"].reshape(T * B, -1)
         if self.peephole:
             c_prev, c_new = self._hprev(c, d), (c[:-1] if d == 1 else c[1:])
             dp = self.grads[f"peephole_l{k}{sfx}"]

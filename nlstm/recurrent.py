@@ -497,9 +497,13 @@ class RecurrentLayer:
     def _weight_grads(self, dg: np.ndarray, a: np.ndarray, gw: np.ndarray,
                       gb: Optional[np.ndarray], macs: float) -> None:
         """gw += dgᵀ·a and gb += Σ dg over the rows; dg: (N, G'), a: (N, K), gw: (G', K),
-        gb: (G',) or None. Split by gate columns, so the threads need no reduction."""
+        gb: (G',) or None. Split by gate columns, so the threads need no reduction.
+        Accumulated in gw's storage layout (gwᵀ, rows contiguous): adding into the
+        (G', K) view itself walked memory across rows and took longer than the product."""
+        gw_t = gw.T
+
         def cols(c0, c1, _):
-            gw[c0:c1] += dg[:, c0:c1].T @ a
+            gw_t[:, c0:c1] += a.T @ dg[:, c0:c1]
             if gb is not None:
                 gb[c0:c1] += dg[:, c0:c1].sum(axis=0)
 
