@@ -75,6 +75,8 @@ SMALL_GEMM = 8_000_000
 
 def _set_blas_threads(n: int) -> None:
     global _blas_setters, _scanned_with_scipy, _blas_now
+    if n == _blas_now and _scanned_with_scipy:  # the common case: nothing to do
+        return
     # SciPy's OpenBLAS is loaded late (when Numba first links np.dot): look again once then.
     scipy_loaded = "scipy.linalg.cython_blas" in sys.modules
     if _blas_setters is None or (scipy_loaded and not _scanned_with_scipy):

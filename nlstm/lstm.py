@@ -152,12 +152,16 @@ class LSTM(RecurrentLayer):
             dp[H:2 * H] += np.einsum("tbj,tbj->j", gates[..., H:2 * H], c_prev)
             dp[2 * H:] += np.einsum("tbj,tbj->j", gates[..., 3 * H:], c_new)
 
+    def _plain(self) -> bool:
+        return not (self.peephole or self.clip is not None or self.input_forget or self.proj_size)
+
     def _step_kernel(self):
-        return K.lstm_step
+        return K.lstm_step if self._plain() else K.lstm_step_options
 
     def _make_step_args(self, k: int) -> tuple:
+        options = () if self._plain() else tuple(self._options(k, 0))
         return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
-                self._p("bias_hh", k, 0), *self._options(k, 0), self._step_work)
+                self._p("bias_hh", k, 0), *options, self._step_work)
 
     def _work_size(self) -> int:
         return 9 * self.hidden_size

@@ -266,20 +266,35 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
 
 
 @kernel
-def lstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, peep, clip,
-              input_forget, proj, w_hr_t, work):
-    """One time step of layer k, for streaming.
+def lstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, work):
+    """One time step of layer k of the plain cell (no variant options), for streaming.
 
-    x: (B, I) the input of layer 0 (layer k > 0 reads h_out[k-1]); h: (L, B, P), c: (L, B, H)
-    the state before, read at [k]; h_out, c_out: the new state, same shapes, written at [k]
-    w_ih_t: (I, 4H) = W_ihᵀ; w_hh_t: (P, 4H) = W_hhᵀ; b_ih, b_hh: (4H,)
-    peep, clip, input_forget, proj, w_hr_t: the fields of ``Options``; work: (9H,) scratch
+    x: (B, I) the input of layer 0 (layer k > 0 reads h_out[k-1]); h, c: (L, B, H) the
+    state before, read at [k]; h_out, c_out: the new state, same shapes, written at [k]
+    w_ih_t: (I, 4H) = W_ihᵀ; w_hh_t: (H, 4H) = W_hhᵀ; b_ih, b_hh: (4H,); work: (9H,) scratch
     check: first make sure the inputs are finite; if they are not, return False having
     written nothing. Returns True after the step.
+    (Six fewer arguments than ``lstm_step_options``: each costs Numba's dispatch about
+    0.1 µs, and a step is a few microseconds.)
     """
+    none = work[:0]
+    opt = Options(none, cast_like(work, np.inf), False, False, none.reshape(0, 0))
+    return _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work)
+
+
+@kernel
+def lstm_step_options(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, peep, clip,
+                      input_forget, proj, w_hr_t, work):
+    """``lstm_step`` with the variant options: peep, clip, input_forget, proj, w_hr_t are
+    the fields of ``Options``; h, h_out: (L, B, P) with a projection, w_hh_t: (P, 4H)."""
+    opt = Options(peep, clip, input_forget, proj, w_hr_t)
+    return _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work)
+
+
+@kernel
+def _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
     if check and not step_inputs_finite(k, x, h, c):
         return False
-    opt = Options(peep, clip, input_forget, proj, w_hr_t)
     inp = x if k == 0 else h_out[k - 1]
     hk, ck, hn, cn = h[k], c[k], h_out[k], c_out[k]
     G = w_hh_t.shape[1]
