@@ -25,6 +25,7 @@ import sys
 from typing import Callable, Optional
 
 import numba
+import numpy as np
 
 _num_threads = max(1, numba.config.NUMBA_NUM_THREADS)
 _blas_setters: list | None = None
@@ -166,13 +167,14 @@ def _get_workers(n: int) -> list:
 
 
 def run_rows(B: int, work: float, call: Callable[[int, int, int], None],
-             min_work: Optional[float] = None) -> None:
+             min_work: Optional[float] = None, row_cost=None) -> None:
     """Run ``call(b0, b1, i)`` over disjoint row ranges of B rows, in parallel, with every
     BLAS single-threaded.
 
     ``work`` is the multiply-adds of the whole call; below ``min_work`` (default: the
     recurrence's ``_MIN_PARALLEL_WORK``) it stays serial, on the calling thread. Parallel
-    ranges run on nlstm's workers while the caller waits.
+    ranges run on nlstm's workers while the caller waits. ``row_cost`` (B,), e.g. the
+    rows' lengths, balances the ranges by cost instead of by count.
     """
     import queue
 
@@ -183,9 +185,14 @@ def run_rows(B: int, work: float, call: Callable[[int, int, int], None],
     if n == 1:
         call(0, B, 0)
         return
+    bounds = [i * B // n for i in range(n + 1)]
+    if row_cost is not None:
+        before = np.concatenate(([0], np.cumsum(row_cost)))  # cost of rows [0, j)
+        if before[-1] > 0:  # each cut where the cost before it is nearest i/n of the total
+            bounds[1:n] = [int(np.abs(before - before[-1] * i / n).argmin()) for i in range(1, n)]
     done = queue.SimpleQueue()
     for i, worker in enumerate(_get_workers(n)):
-        worker.tasks.put((call, (i * B // n, (i + 1) * B // n, i), done))
+        worker.tasks.put((call, (bounds[i], bounds[i + 1], i), done))
     errors = [e for e in (done.get() for _ in range(n)) if e is not None]
     if errors:
         raise errors[0]

@@ -400,7 +400,7 @@ class RecurrentLayer:
                         np.matmul(inp[:L, b], w, out=gates[:L, b])
                         gates[:L, b] += bias
 
-            self._gemm_split(B, valid * per_step, batch_rows)
+            self._gemm_split(B, valid * per_step, batch_rows, lengths)
             return gates
 
         def rows(r0, r1, _):
@@ -411,18 +411,18 @@ class RecurrentLayer:
         return gates
 
     @staticmethod
-    def _gemm_split(n: int, macs: float, call) -> None:
+    def _gemm_split(n: int, macs: float, call, row_cost=None) -> None:
         """Run ``call(r0, r1, thread)`` over disjoint ranges of a whole-sequence product's
         n rows (or gate columns) on nlstm's threads, each with single-threaded BLAS; serial
-        when the product is small."""
-        _threads.run_rows(n, macs, call, _threads.SMALL_GEMM)
+        when the product is small. ``row_cost``: see ``_threads.run_rows``."""
+        _threads.run_rows(n, macs, call, _threads.SMALL_GEMM, row_cost)
 
     def _rows(self, ws: Workspace, call) -> None:
         """Run ``call(b0, b1, thread)`` over the batch on nlstm's threads."""
         T, B = ws.key
         ws.ensure_scratch(self, _threads.get_num_threads())
         work = float(T) * B * self._G * self.hidden_size * self._out_size
-        _threads.run_rows(B, work, call)
+        _threads.run_rows(B, work, call, row_cost=ws.lengths)  # ragged rows cost their lengths
 
     # ---- backward -------------------------------------------------------------------------
     def _backward(self, dy, dstate: list):

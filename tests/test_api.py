@@ -120,6 +120,28 @@ def test_an_error_in_a_worker_reaches_the_caller():
         nlstm.set_num_threads(before)
 
 
+@pytest.mark.parametrize("cost,want", [
+    (None, [(0, 4), (4, 8)]),                        # by count
+    ([5] * 8, [(0, 4), (4, 8)]),                     # equal lengths: the same
+    ([10, 1, 1, 1, 1, 1, 1, 1, 1, 1], [(0, 1), (1, 10)]),  # one long row alone
+    ([1, 1, 1, 1, 1, 1, 1, 1, 8], [(0, 8), (8, 9)]),  # eight short rows against one long
+    ([0] * 6, [(0, 3), (3, 6)]),                     # no cost at all: by count
+])
+def test_row_ranges_balance_the_rows_cost(cost, want):
+    from nlstm import _threads
+
+    B = len(cost) if cost is not None else 8
+    before = nlstm.get_num_threads()
+    try:
+        nlstm.set_num_threads(2)
+        seen = []
+        _threads.run_rows(B, 1e12, lambda b0, b1, i: seen.append((b0, b1)),
+                          row_cost=None if cost is None else np.array(cost))
+        assert sorted(seen) == want
+    finally:
+        nlstm.set_num_threads(before)
+
+
 def test_parallel_calls_work_in_a_forked_child():
     """Worker threads do not survive fork(); a child must start its own, not wait forever."""
     import multiprocessing as mp
