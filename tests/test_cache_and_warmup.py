@@ -32,3 +32,24 @@ def test_warmup_runs_and_rejects_unknown_cells():
     assert nlstm.warmup(cells=("LSTM", "GRU", "RNN"), dtypes=("float32",), training=True) >= 0
     with pytest.raises(ValueError, match="cells"):
         nlstm.warmup(cells=("Transformer",))
+
+
+def test_an_edit_to_any_kernel_file_changes_every_kernels_cache_stamp(monkeypatch, tmp_path):
+    """Kernels inline helpers from other files (blocks.py, slots.py...); Numba's own stamp,
+    the function's file alone, would keep serving code compiled against the old helpers."""
+    import shutil
+    for f in os.listdir(config._KERNELS_DIR):
+        if f.endswith(".py"):
+            shutil.copy(os.path.join(config._KERNELS_DIR, f), tmp_path / f)
+    monkeypatch.setattr(config, "_KERNELS_DIR", str(tmp_path))
+    monkeypatch.setattr(config, "_stamp", (None, None))
+    before = config._kernels_stamp()
+    assert config._kernels_stamp() == before
+    with open(tmp_path / "blocks.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    os.utime(tmp_path / "blocks.py", ns=(1, 1))  # a different mtime even on a coarse clock
+    assert config._kernels_stamp() != before
+    from numba.core import caching
+    locator = next(c for c in caching.CacheImpl._locator_classes
+                   if c.__name__ == "NlstmCacheLocator")
+    assert locator.get_source_stamp(None) == config._kernels_stamp()

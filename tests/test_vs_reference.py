@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import reference as R
-from cases import KINDS, TOL, VARIANTS, make_case, run_nlstm, state3, time_major
+from cases import ALL_KINDS, KINDS, TOL, VARIANTS, make_case, run_nlstm, state3, time_major
 
 
 def run_reference(case, forward_only=False):
@@ -72,6 +72,37 @@ def test_variant_forward_matches_reference(kind, seed, dtype):
     np.testing.assert_allclose(time_major(case, got["y"]), want["y"], err_msg="y", **tol)
     for i, (g, w) in enumerate(zip(got["final"], want["final"])):
         np.testing.assert_allclose(state3(case, g), w, err_msg=f"final[{i}]", **tol)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_large_weights_loop_path(kind):
+    """Weights over blocks.SMALL_WEIGHT_BYTES take the hand-blocked loops (groups of four
+    rows and a remainder) below BLAS_MIN_ROWS rows; smaller ones call BLAS per block."""
+    import nlstm
+    from nlstm.kernels import blocks
+    cls, extra, make_cell = ALL_KINDS[kind]
+    rng = np.random.default_rng(6)
+    T, B, I, H = 3, 9, 2, 190
+    m = cls(I, H, dtype=np.float64, seed=4, **extra)
+    assert m._w("weight_hh", 0, 0).nbytes > blocks.SMALL_WEIGHT_BYTES
+    x = rng.standard_normal((T, B, I))
+    lengths = rng.integers(0, T + 1, B)
+    lengths[:6] = T  # groups of four active rows, and remainders, at every step
+    dy = rng.standard_normal((T, B, m.output_size))
+    before = nlstm.get_num_threads()
+    try:
+        nlstm.set_num_threads(1)
+        y, _ = m.forward(x, lengths=lengths)
+        dx, _ = m.backward(dy)
+    finally:
+        nlstm.set_num_threads(before)
+    init = [np.zeros((1, B, n)) for n in m._state_sizes()]
+    ry, _, cache = R.forward(make_cell(), m.params, x, init, lengths, 1, False)
+    np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")
+    rdx, _, rgrads = R.backward(cache, dy, [np.zeros_like(a) for a in init])
+    np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12, err_msg="dx")
+    for k, g in rgrads.items():
+        np.testing.assert_allclose(m.grads[k], g, rtol=1e-9, atol=1e-11, err_msg=k)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

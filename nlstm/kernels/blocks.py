@@ -8,8 +8,10 @@ which is what the recurrence is bound by (the weights stream from L2). Rows past
 length are skipped, so ragged batches cost what their lengths add up to.
 
 Weights arrive transposed, b = Wᵀ of shape (K, G), C-contiguous (see RecurrentLayer).
-The forward product a @ b runs as row-axpys over b; the backward carry a @ bᵀ as dot
-products along b's rows. Both can be limited to the columns c0:c1 of b (a gate block).
+Which code multiplies a block depends on its rows and the weights' size (``blas_block``):
+SciPy's BLAS, single-threaded, or the loops here, where the forward product a @ b runs
+as row-axpys over b and the backward carry a @ bᵀ as dot products along b's rows. The
+loops can be limited to the columns c0:c1 of b (a gate block).
 """
 import numpy as np
 
@@ -21,6 +23,24 @@ from .slots import slots, step_time
 # (measured on a 2-core EPYC: 68 vs 53 GFLOP/s at 32×128 @ 128×512; the loops win at 16
 # rows and fewer, where the call overhead dominates).
 BLAS_MIN_ROWS = 32
+
+# Except when the weights are small: then OpenBLAS's small-matrix path, called on blocks of
+# BLAS_CHUNK rows, beats the loops from 2 rows on (at 128×512: 4.8 vs 14.2 µs for 4 rows,
+# 10.4 vs 21.9 µs for 8, 42 vs 64 µs for 32 as four calls of 8; at 64×256 about 20%
+# faster). With weights of 1 MB and more the same path is 2-5x slower than the loops
+# (it streams the weights per call), so the rule stops at 256 KB.
+SMALL_WEIGHT_BYTES = 256 * 1024
+BLAS_CHUNK = 8
+
+
+@kernel
+def blas_block(n, w):
+    """Rows per BLAS call for a block of n rows times w (0: use the loops)."""
+    if n >= 2 and w.size * w.itemsize <= SMALL_WEIGHT_BYTES:
+        return BLAS_CHUNK
+    if n >= BLAS_MIN_ROWS:
+        return n
+    return 0
 
 
 @kernel
@@ -75,8 +95,11 @@ def row_nn(o, a, b, c0, c1):
 @kernel
 def matmul_nn(out, a, b, n, c0, c1):
     """out[:n, c0:c1] = a[:n] @ b[:, c0:c1]. out: (≥n, G); a: (≥n, K); b: (K, G)."""
-    if n >= BLAS_MIN_ROWS and c0 == 0 and c1 == b.shape[1]:
-        np.dot(a[:n], b, out[:n])
+    chunk = blas_block(n, b)
+    if chunk and c0 == 0 and c1 == b.shape[1]:
+        for i0 in range(0, n, chunk):
+            i1 = min(n, i0 + chunk)
+            np.dot(a[i0:i1], b, out[i0:i1])
         return
     for r in range(n):
         row_nn(out[r], a[r], b, c0, c1)
@@ -87,17 +110,20 @@ def add_recurrent(gates, h, w_t, rows, times, n, reverse, sp1, sg):
     """gates[t_i, b_i] += h[slot before t_i, b_i] @ w_t for the n active rows.
 
     gates: (T, B, G); h: (T+1, B, K) state slots; w_t: (K, G); sp1: (≥n, K) and sg: (≥n, G)
-    scratch. Small blocks add straight into each row's gates (no gather, no extra pass);
-    blocks of BLAS_MIN_ROWS rows or more gather the states for one sgemm.
+    scratch. Blocks that BLAS does faster (see ``blas_block``) gather the states for sgemm
+    calls; the others add straight into each row's gates (no gather, no extra pass).
     """
-    if n >= BLAS_MIN_ROWS:
+    chunk = blas_block(n, w_t)
+    if chunk:
         for i in range(n):
             p, o = slots(times[i], reverse)
             hp = h[p, rows[i]]
             dst = sp1[i]
             for k in range(hp.shape[0]):
                 dst[k] = hp[k]
-        np.dot(sp1[:n], w_t, sg[:n])
+        for i0 in range(0, n, chunk):
+            i1 = min(n, i0 + chunk)
+            np.dot(sp1[i0:i1], w_t, sg[i0:i1])
         for i in range(n):
             g = gates[times[i], rows[i]]
             src = sg[i]
@@ -178,8 +204,11 @@ def scatter_rows(dst, src, rows, n):
 @kernel
 def matmul_nt(out, a, w, n, c0, c1):
     """out[:n] = a[:n, c0:c1] @ w[:, c0:c1]ᵀ. out: (≥n, K); a: (≥n, G); w: (K, G)."""
-    if n >= BLAS_MIN_ROWS and c0 == 0 and c1 == w.shape[1]:
-        np.dot(a[:n], w.T, out[:n])
+    chunk = blas_block(n, w)
+    if chunk and c0 == 0 and c1 == w.shape[1]:
+        for i0 in range(0, n, chunk):
+            i1 = min(n, i0 + chunk)
+            np.dot(a[i0:i1], w.T, out[i0:i1])
         return
     K = w.shape[0]
     zero = cast_like(out, 0)

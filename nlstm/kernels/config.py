@@ -7,7 +7,8 @@ which is what lets LLVM vectorise the gate loops and the dot products.
 
 The on-disk cache of these kernels lives in a user cache directory (``cache_dir()``), one
 folder per nlstm, Numba and Python version, so a read-only install still caches and an
-upgrade never loads stale code. Numba also keys each entry to a hash of its source file.
+upgrade never loads stale code. Each entry is keyed to a hash of every source file of this
+folder (Numba's own key, the function's file alone, misses edits to the helpers it inlines).
 """
 import os
 import sys
@@ -30,6 +31,24 @@ def cache_dir() -> str:
     return os.path.join(root, tag)
 
 
+_stamp: tuple = (None, None)
+
+
+def _kernels_stamp() -> str:
+    """A hash of every source file of this folder (recomputed when one of them changes)."""
+    global _stamp
+    files = sorted(f for f in os.listdir(_KERNELS_DIR) if f.endswith(".py"))
+    key = tuple((f, os.stat(os.path.join(_KERNELS_DIR, f)).st_mtime_ns) for f in files)
+    if _stamp[0] != key:
+        import hashlib
+        h = hashlib.sha256()
+        for f in files:
+            with open(os.path.join(_KERNELS_DIR, f), "rb") as fh:
+                h.update(f.encode() + b"\0" + fh.read())
+        _stamp = (key, h.hexdigest())
+    return _stamp[1]
+
+
 def _install_cache_locator() -> None:
     """Point Numba's cache for the files of this folder (and only them) at ``cache_dir()``.
     Uses Numba's locator hook; if a Numba version lacks it, its default locations apply."""
@@ -48,6 +67,11 @@ def _install_cache_locator() -> None:
 
         def get_cache_path(self):
             return self._cache_path
+
+        def get_source_stamp(self):
+            # Numba stamps an entry with its own file only; kernels inline helpers from the
+            # other files here, so an edit to any of them must invalidate every entry.
+            return _kernels_stamp()
 
         @classmethod
         def from_function(cls, py_func, py_file):
