@@ -2,13 +2,12 @@
 
 The recurrent kernels release the GIL, and the rows of a batch are independent, so each
 worker runs the whole sequence for its own range of rows (Numba's parallel pool is not
-used: its parfors allocate on every call). The whole-sequence products run in NumPy's
-BLAS between kernel calls, never at the same time as the kernels, so only one pool is busy
-at a time; they get several threads only when large enough to gain from them.
-``set_num_threads`` sets both.
+used: its parfors allocate on every call). ``set_num_threads`` sets how many, and the
+BLAS thread count nlstm hands back to the user's own NumPy code.
 
-The whole-sequence products (input projection, weight gradients, dx) are split the same
-way, by rows or gate columns over the workers, each calling NumPy's BLAS single-threaded.
+The whole-sequence products (input projection, weight gradients, dx) run between kernel
+calls, split the same way, by rows or gate columns over the workers (only when large
+enough to gain from it), each calling NumPy's BLAS single-threaded.
 They are not handed to a multi-threaded BLAS: OpenBLAS's idle threads spin for about
 0.1 s after each threaded call, and on two cores that spinning took a core from the
 recurrence that followed (L inference: 39-50 ms median against 28 ms with the spin cut
