@@ -354,12 +354,12 @@ class KernelClock:
             recurrence = timed(thr.run_rows)
             plain_run_rows = thr.run_rows
 
-            def run_rows(B, work, call, min_work=None):
+            def run_rows(B, work, call, min_work=None, row_cost=None):
                 # the whole-sequence products run on the workers too (with min_work given):
                 # they are the GEMMs column, not the recurrence
                 if min_work is not None:
-                    return plain_run_rows(B, work, call, min_work)
-                return recurrence(B, work, call)
+                    return plain_run_rows(B, work, call, min_work, row_cost)
+                return recurrence(B, work, call, row_cost=row_cost)
 
             self._patch(thr, "run_rows", run_rows)
             for name, mod in list(sys.modules.items()):

@@ -248,3 +248,19 @@ def test_results_blocks_are_added_without_touching_others(tmp_path):
     text = doc.read_text()
     order = [text.index(s) for s in ("LSTM", "GRU v1", "RNN v2", "## Analysis\nkept")]
     assert order == sorted(order) and "RNN v1" not in text and text.count("## RNN") == 1
+
+
+def test_kernel_clock_times_the_recurrence_and_not_the_products():
+    """bench.extra's breakdown wraps nlstm's internals; a change to their signatures must
+    fail here, not in the middle of a benchmark run."""
+    import nlstm
+    from bench.extra import KernelClock
+    m = nlstm.LSTM(4, 8, num_layers=2, seed=0)
+    x = np.zeros((5, 3, 4), np.float32)
+    m(x, lengths=[5, 2, 0])  # compiled before timing, as the breakdown does
+    with KernelClock() as clk:
+        m(x, lengths=[5, 2, 0])
+        m.step(x[0])
+    assert clk.ok
+    assert clk.calls == 2 + 2  # one recurrence per layer, one step kernel per layer
+    assert clk.kernel_s > 0
