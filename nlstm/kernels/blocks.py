@@ -44,6 +44,14 @@ def blas_block(n, w):
 
 
 @kernel
+def dot_chunks(a, b, out, n, chunk):
+    """out[:n] = a[:n] @ b, as BLAS calls of ``chunk`` rows (see ``blas_block``)."""
+    for i0 in range(0, n, chunk):
+        i1 = min(n, i0 + chunk)
+        np.dot(a[i0:i1], b, out[i0:i1])
+
+
+@kernel
 def active_rows(step, b0, b1, lengths, reverse, rows, times):
     """Fill rows[:n] and times[:n] with the rows of b0:b1 active at ``step`` and the time
     index each one is at; return n."""
@@ -97,9 +105,7 @@ def matmul_nn(out, a, b, n, c0, c1):
     """out[:n, c0:c1] = a[:n] @ b[:, c0:c1]. out: (≥n, G); a: (≥n, K); b: (K, G)."""
     chunk = blas_block(n, b)
     if chunk and c0 == 0 and c1 == b.shape[1]:
-        for i0 in range(0, n, chunk):
-            i1 = min(n, i0 + chunk)
-            np.dot(a[i0:i1], b, out[i0:i1])
+        dot_chunks(a, b, out, n, chunk)
         return
     for r in range(n):
         row_nn(out[r], a[r], b, c0, c1)
@@ -121,9 +127,7 @@ def add_recurrent(gates, h, w_t, rows, times, n, reverse, sp1, sg):
             dst = sp1[i]
             for k in range(hp.shape[0]):
                 dst[k] = hp[k]
-        for i0 in range(0, n, chunk):
-            i1 = min(n, i0 + chunk)
-            np.dot(sp1[i0:i1], w_t, sg[i0:i1])
+        dot_chunks(sp1, w_t, sg, n, chunk)
         for i in range(n):
             g = gates[times[i], rows[i]]
             src = sg[i]
@@ -206,9 +210,7 @@ def matmul_nt(out, a, w, n, c0, c1):
     """out[:n] = a[:n, c0:c1] @ w[:, c0:c1]ᵀ. out: (≥n, K); a: (≥n, G); w: (K, G)."""
     chunk = blas_block(n, w)
     if chunk and c0 == 0 and c1 == w.shape[1]:
-        for i0 in range(0, n, chunk):
-            i1 = min(n, i0 + chunk)
-            np.dot(a[i0:i1], w.T, out[i0:i1])
+        dot_chunks(a, w.T, out, n, chunk)
         return
     K = w.shape[0]
     zero = cast_like(out, 0)

@@ -12,8 +12,8 @@ product waits for r, so it runs as a second product over W_hhᵀ's last H column
 from .activations import sigmoid, tanh
 from .blocks import active_rows, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
-from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, zero_padding,
-                    zero_rows_past)
+from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
+                    zero_padding, zero_rows_past)
 
 
 @kernel
@@ -160,8 +160,7 @@ def gru_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, work):
     are not finite; else True."""
     if check and not step_inputs_finite(k, x, h, h):
         return False
-    inp = x if k == 0 else h_out[k - 1]
-    hk, hn = h[k], h_out[k]
+    inp, hk, hn = step_layer_rows(k, x, h, h_out)
     H = hk.shape[1]
     g = work[:3 * H]
     s = work[3 * H:6 * H]

@@ -27,8 +27,8 @@ from .activations import cast_like, sigmoid, tanh
 from .config import kernel
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt, row_nn,
                      row_nn_add, scatter_rows)
-from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, zero_padding,
-                    zero_rows_past)
+from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
+                    zero_padding, zero_rows_past)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty
@@ -295,8 +295,8 @@ def lstm_step_options(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_h
 def _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
     if check and not step_inputs_finite(k, x, h, c):
         return False
-    inp = x if k == 0 else h_out[k - 1]
-    hk, ck, hn, cn = h[k], c[k], h_out[k], c_out[k]
+    inp, hk, hn = step_layer_rows(k, x, h, h_out)
+    ck, cn = c[k], c_out[k]
     G = w_hh_t.shape[1]
     H = G // 4
     g = work[:G]

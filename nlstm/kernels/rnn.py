@@ -7,8 +7,8 @@ products, as for the LSTM.
 from .activations import tanh
 from .blocks import active_rows, add_recurrent, copy_out, matmul_nt, row_nn, row_nn_add, scatter_rows
 from .config import kernel
-from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, zero_padding,
-                    zero_rows_past)
+from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
+                    zero_padding, zero_rows_past)
 
 
 @kernel
@@ -93,8 +93,7 @@ def rnn_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, pre):
     are not finite; else True."""
     if check and not step_inputs_finite(k, x, h, h):
         return False
-    inp = x if k == 0 else h_out[k - 1]
-    hk, hn = h[k], h_out[k]
+    inp, hk, hn = step_layer_rows(k, x, h, h_out)
     H = hk.shape[1]
     for b in range(inp.shape[0]):
         row_nn(pre, inp[b], w_ih_t, 0, H)

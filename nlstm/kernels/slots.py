@@ -94,3 +94,10 @@ def step_inputs_finite(k, x, h, c):
                 if not (v - v == 0):  # false for NaN and ±Inf
                     return False
     return True
+
+
+@kernel
+def step_layer_rows(k, x, h, h_out):
+    """A streaming step's arrays for layer k: its input (x for layer 0, else layer k-1's new
+    state h_out[k-1]), its state before h[k] and its new state h_out[k]; h, h_out (L, B, ·)."""
+    return (x if k == 0 else h_out[k - 1]), h[k], h_out[k]
