@@ -195,3 +195,26 @@ def run_rows(B: int, work: float, call: Callable[[int, int, int], None],
     errors = [e for e in (done.get() for _ in range(n)) if e is not None]
     if errors:
         raise errors[0]
+
+
+def cpus_available() -> int:
+    """How many CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def run_together(n: int, call: Callable[[int], None]) -> None:
+    """Run ``call(part)`` for every part of n at the same time, each on its own worker (the
+    parts of a unit-split kernel meet at spin barriers, so none may queue behind another),
+    with every BLAS single-threaded."""
+    import queue
+
+    _set_blas_threads(1)
+    done = queue.SimpleQueue()
+    for i, worker in enumerate(_get_workers(n)):
+        worker.tasks.put((call, (i,), done))
+    errors = [e for e in (done.get() for _ in range(n)) if e is not None]
+    if errors:
+        raise errors[0]

@@ -5,7 +5,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from . import _threads
 from .kernels import lstm as K
+from .kernels import lstm_units as KU
 from ._validate import positive_int
 from .recurrent import RecurrentLayer, Workspace
 
@@ -124,9 +126,17 @@ class LSTM(RecurrentLayer):
         gates = self._project(ws, k, d, inp, self._p("bias_ih", k, d) + self._p("bias_hh", k, d))
         i, ex = k * self.num_directions + d, ws.extra[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
-        args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, self._w("weight_hh", k, d),
-                ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, d * self._out_size,
-                *self._options(k, d), ex["pre"], ex["m"])
+        w, col = self._w("weight_hh", k, d), d * self._out_size
+        parts = self._unit_parts(ws)
+        if parts:  # a one-row batch: its hidden units split over the threads
+            j0, j1 = KU.unit_range(0, parts, self.hidden_size)  # part 0's is the widest
+            args = (self._barrier_flags(parts), ws.y[k], h, c, ws.final[0][i], ws.final[1][i],
+                    gates, w, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, col,
+                    *self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0)))
+            _threads.run_together(parts, lambda part: KU.lstm_forward_units(part, parts, *args))
+            return
+        args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, w, ws.init[0][i],
+                ws.init[1][i], ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"])
         self._rows(ws, lambda b0, b1, t: K.lstm_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
@@ -134,10 +144,19 @@ class LSTM(RecurrentLayer):
         gates = ws.gates[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
         sfx = self._suffixes()[d]
-        args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],
-                gates, h, c, self._w("weight_hh", k, d), ws.lengths, d == 1, d * self._out_size,
-                *self._options(k, d), ex["pre"], ex["m"], ex["dh_all"])
-        self._rows(ws, lambda b0, b1, t: K.lstm_backward(b0, b1, *args, *ws.scratch[t]))
+        w, col = self._w("weight_hh", k, d), d * self._out_size
+        parts = self._unit_parts(ws)
+        if parts:  # as in _forward_dir
+            ws.ensure_scratch(self, 1)
+            args = (self._barrier_flags(parts), gates, ws.dinit[0][i], ws.dinit[1][i], dy,
+                    ws.dfinal[0][i], ws.dfinal[1][i], gates, c, w, ws.lengths, d == 1, col,
+                    ws.scratch[0][5][0])
+            _threads.run_together(parts, lambda part: KU.lstm_backward_units(part, parts, *args))
+        else:
+            args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],
+                    gates, h, c, w, ws.lengths, d == 1, col, *self._options(k, d), ex["pre"],
+                    ex["m"], ex["dh_all"])
+            self._rows(ws, lambda b0, b1, t: K.lstm_backward(b0, b1, *args, *ws.scratch[t]))
         # The gates buffer now holds the gate gradients.
         self._input_grads(ws, k, d, inp, gates, dx)
         self._hidden_grads(ws, k, d, gates, self._hprev(h, d))
@@ -151,6 +170,9 @@ class LSTM(RecurrentLayer):
             dp[:H] += np.einsum("tbj,tbj->j", gates[..., :H], c_prev)
             dp[H:2 * H] += np.einsum("tbj,tbj->j", gates[..., H:2 * H], c_prev)
             dp[2 * H:] += np.einsum("tbj,tbj->j", gates[..., 3 * H:], c_new)
+
+    def _split_units(self) -> bool:
+        return self._plain()
 
     def _plain(self) -> bool:
         return not (self.peephole or self.clip is not None or self.input_forget or self.proj_size)

@@ -14,6 +14,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _threads
+from .kernels.sync import STRIDE
 from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
                         real_array)
 
@@ -22,6 +23,13 @@ from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_a
 # padding, when that skips more than this many multiply-adds per row (a NumPy call costs
 # a few microseconds, some 100k multiply-adds).
 _PER_ROW_MIN_SAVING = 200_000
+
+# A one-row batch splits its hidden units over the threads (a spin barrier per step) when
+# each step has this many recurrent multiply-adds (the barrier and the exchange of h cost
+# about 0.3 µs a step: at H = 64 the split lost, at H = 128 it won) and the whole sequence
+# this many (starting the second thread costs 15-50 µs). Measured on the 2-core EPYC.
+_UNITS_MIN_STEP = 32_768
+_UNITS_MIN_WORK = 25_000_000
 
 
 def _new_buffer(shape, dtype) -> np.ndarray:
@@ -131,6 +139,8 @@ class RecurrentLayer:
         self._step_work = np.empty(self._work_size(), self.dtype)
         self._step_cache: dict = {}
         self._step_sizes = self._state_sizes()
+        self._flags = np.zeros(0, np.int64)  # see _unit_parts
+        self._unit_bufs: dict = {}
 
     # ---- what a cell provides -----------------------------------------------------------
     @property
@@ -423,6 +433,39 @@ class RecurrentLayer:
         ws.ensure_scratch(self, _threads.get_num_threads())
         work = float(T) * B * self._G * self.hidden_size * self._out_size
         _threads.run_rows(B, work, call, row_cost=ws.lengths)  # ragged rows cost their lengths
+
+    def _split_units(self) -> bool:
+        """Whether the cell has kernels that split one row's hidden units over threads."""
+        return False
+
+    def _unit_parts(self, ws: Workspace) -> int:
+        """How many threads share the hidden units of a one-row batch (0: don't split; the
+        row runs on one thread, see ``_rows``)."""
+        if ws.key[1] != 1 or not self._split_units():
+            return 0
+        n = min(_threads.get_num_threads(), _threads.cpus_available())
+        per_step = self._G * self.hidden_size * self._out_size
+        if n < 2 or per_step < _UNITS_MIN_STEP or per_step * float(ws.lengths[0]) < _UNITS_MIN_WORK:
+            return 0
+        if self._flags.shape[0] < n * STRIDE:
+            self._flags = np.zeros(n * STRIDE, np.int64)
+        return n
+
+    def _barrier_flags(self, n: int) -> np.ndarray:
+        """The unit-split kernels' barrier counters, zeroed for a new call."""
+        flags = self._flags[:n * STRIDE]
+        flags[:] = 0
+        return flags
+
+    def _unit_scratch(self, n: int, K: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Scratch of the unit-split kernels for n parts: (n, K, width) for each part's
+        weight columns and (n, width + 16) for its gates (padded apart by a cache line)."""
+        key = (n, K, width)
+        bufs = self._unit_bufs.get(key)
+        if bufs is None:
+            bufs = self._unit_bufs[key] = (np.empty((n, K, width), self.dtype),
+                                           np.empty((n, width + 16), self.dtype))
+        return bufs
 
     # ---- backward -------------------------------------------------------------------------
     def _backward(self, dy, dstate: list):

@@ -13,7 +13,7 @@ import pytest
 from numba.core.runtime import rtsys
 
 import nlstm
-from nlstm.kernels import gru, lstm, rnn
+from nlstm.kernels import gru, lstm, lstm_units, rnn
 
 
 @pytest.fixture
@@ -35,6 +35,8 @@ def counted_kernels(monkeypatch):
         for name in ("forward", "backward", "step") + (("step_options",) if cell == "lstm" else ()):
             name = f"{cell}_{name}"
             monkeypatch.setattr(module, name, counting(getattr(module, name)))
+    for name in ("lstm_forward_units", "lstm_backward_units"):
+        monkeypatch.setattr(lstm_units, name, counting(getattr(lstm_units, name)))
     return count
 
 
@@ -67,3 +69,37 @@ def test_steady_state_allocates_nothing(counted_kernels, dtype, B, cls, extra):
     assert counted_kernels[0] > 0
     assert allocated == counted_kernels[0], "a kernel allocated inside compiled code"
     assert m._ws is ws  # same shapes reuse the workspace
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unit_split_allocates_nothing(counted_kernels, monkeypatch, dtype):
+    """The same for a one-row batch split over threads by hidden units."""
+    monkeypatch.setattr(nlstm.recurrent, "_UNITS_MIN_STEP", 0)
+    monkeypatch.setattr(nlstm.recurrent, "_UNITS_MIN_WORK", 0)
+    monkeypatch.setattr(nlstm._threads, "cpus_available", lambda: 2)
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(0)
+        m = nlstm.LSTM(8, 32, num_layers=2, bidirectional=True, dtype=dtype, seed=0)
+        x = rng.standard_normal((40, 1, 8))
+        dy = rng.standard_normal((40, 1, m.output_size))
+        spy = m._unit_parts
+        parts = []
+        m._unit_parts = lambda ws: parts.append(spy(ws)) or parts[-1]
+
+        def one_round():
+            m(x)
+            m.forward(x)
+            m.backward(dy)
+
+        one_round()
+        counted_kernels[0] = 0
+        before_alloc = rtsys.get_allocation_stats().alloc
+        one_round()
+        allocated = rtsys.get_allocation_stats().alloc - before_alloc
+    finally:
+        nlstm.set_num_threads(before)
+    assert set(parts) == {2}
+    assert counted_kernels[0] > 0
+    assert allocated == counted_kernels[0], "a kernel allocated inside compiled code"

@@ -11,7 +11,10 @@ Weights arrive transposed, b = Wᵀ of shape (K, G), C-contiguous (see Recurrent
 Which code multiplies a block depends on its rows and the weights' size (``blas_block``):
 SciPy's BLAS, single-threaded, or the loops here, where the forward product a @ b runs
 as row-axpys over b and the backward carry a @ bᵀ as dot products along b's rows. The
-loops can be limited to the columns c0:c1 of b (a gate block).
+loops can be limited to the columns c0:c1 of b (a gate block); they slice first and loop
+from 0: a loop over range(c0, c1) indexes with a value Numba cannot prove non-negative, so
+each access keeps its negative-index wraparound and LLVM does not vectorise it (measured:
+4x slower at 128×512).
 """
 import numpy as np
 
@@ -71,32 +74,34 @@ def row_nn_add(o, a, b, c0, c1):
     per pass over o, so o is loaded and stored a quarter as often (3x the dot-product form
     at B = 1)."""
     K = b.shape[0]
+    oc = o[c0:c1]  # loops from 0 (see the module doc)
     k = 0
     while k + 4 <= K:
         a0 = a[k]
         a1 = a[k + 1]
         a2 = a[k + 2]
         a3 = a[k + 3]
-        w0 = b[k]
-        w1 = b[k + 1]
-        w2 = b[k + 2]
-        w3 = b[k + 3]
-        for j in range(c0, c1):
-            o[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]
+        w0 = b[k, c0:c1]
+        w1 = b[k + 1, c0:c1]
+        w2 = b[k + 2, c0:c1]
+        w3 = b[k + 3, c0:c1]
+        for j in range(oc.shape[0]):
+            oc[j] += a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]
         k += 4
     for kk in range(k, K):
         ak = a[kk]
-        wk = b[kk]
-        for j in range(c0, c1):
-            o[j] += ak * wk[j]
+        wk = b[kk, c0:c1]
+        for j in range(oc.shape[0]):
+            oc[j] += ak * wk[j]
 
 
 @kernel
 def row_nn(o, a, b, c0, c1):
     """o[c0:c1] = a @ b[:, c0:c1] for one row."""
     zero = cast_like(o, 0)
-    for j in range(c0, c1):
-        o[j] = zero
+    oc = o[c0:c1]
+    for j in range(oc.shape[0]):
+        oc[j] = zero
     row_nn_add(o, a, b, c0, c1)
 
 
@@ -216,17 +221,17 @@ def matmul_nt(out, a, w, n, c0, c1):
     zero = cast_like(out, 0)
     b = 0
     while b + 4 <= n:  # four rows share each load of w's row
-        a0 = a[b]
-        a1 = a[b + 1]
-        a2 = a[b + 2]
-        a3 = a[b + 3]
+        a0 = a[b, c0:c1]
+        a1 = a[b + 1, c0:c1]
+        a2 = a[b + 2, c0:c1]
+        a3 = a[b + 3, c0:c1]
         for k in range(K):
-            wk = w[k]
+            wk = w[k, c0:c1]
             s0 = zero
             s1 = zero
             s2 = zero
             s3 = zero
-            for j in range(c0, c1):
+            for j in range(wk.shape[0]):
                 v = wk[j]
                 s0 += v * a0[j]
                 s1 += v * a1[j]
@@ -238,10 +243,10 @@ def matmul_nt(out, a, w, n, c0, c1):
             out[b + 3, k] = s3
         b += 4
     for r in range(b, n):
-        ar = a[r]
+        ar = a[r, c0:c1]
         for k in range(K):
-            wk = w[k]
+            wk = w[k, c0:c1]
             s = zero
-            for j in range(c0, c1):
+            for j in range(wk.shape[0]):
                 s += wk[j] * ar[j]
             out[r, k] = s

@@ -141,25 +141,30 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reve
 
 
 @kernel
-def _cell_back(g, dg, dm, dc, c_prev, c_new):
-    """The plain cell's backward for one row and step (no variant options), a branch-free
-    loop the compiler vectorises. g: (4H,) post-activation gates i, f, g, o; dg: (4H,) out:
-    gate pre-activation gradients (may alias g: index j of each block is read before it is
-    written); dm: (H,) gradient of o⊙tanh(c_t); dc: (H,) in: the carried gradient of c_t,
-    out: that of c_{t-1}; c_prev, c_new: (H,)."""
+def _cell_back(g, dg, dm, dc, c_prev, c_new, j0, j1):
+    """The plain cell's backward for one row and step (no variant options), for hidden
+    units j0:j1, a branch-free loop the compiler vectorises. g: (4H,) post-activation gates
+    i, f, g, o; dg: (4H,) out: gate pre-activation gradients (may alias g: index j of each
+    block is read before it is written); dm: (H,) gradient of o⊙tanh(c_t); dc: (H,) in: the
+    carried gradient of c_t, out: that of c_{t-1}; c_prev, c_new: (H,). Sliced to j0:j1
+    first, so the loop runs from 0 (see nlstm.kernels.blocks)."""
     H = dm.shape[0]
-    for j in range(H):
-        ig = g[j]
-        fg = g[H + j]
-        gg = g[2 * H + j]
-        og = g[3 * H + j]
-        tc = tanh(c_new[j])
-        d = dc[j] + dm[j] * (og - og * tc * tc)
-        dg[j] = d * gg * (ig - ig * ig)
-        dg[H + j] = d * c_prev[j] * (fg - fg * fg)
-        dg[2 * H + j] = d * (ig - ig * gg * gg)
-        dg[3 * H + j] = dm[j] * tc * (og - og * og)
-        dc[j] = d * fg
+    gi, gf, gg, go = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1]
+    di, df, dgg, do = (dg[j0:j1], dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1],
+                       dg[3 * H + j0:3 * H + j1])
+    dmu, dcu, cp, cn = dm[j0:j1], dc[j0:j1], c_prev[j0:j1], c_new[j0:j1]
+    for j in range(j1 - j0):
+        ig = gi[j]
+        fg = gf[j]
+        gv = gg[j]
+        og = go[j]
+        tc = tanh(cn[j])
+        d = dcu[j] + dmu[j] * (og - og * tc * tc)
+        di[j] = d * gv * (ig - ig * ig)
+        df[j] = d * cp[j] * (fg - fg * fg)
+        dgg[j] = d * (ig - ig * gv * gv)
+        do[j] = dmu[j] * tc * (og - og * og)
+        dcu[j] = d * fg
 
 
 @kernel
@@ -220,7 +225,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
             dg = dgates[t, b]  # may alias g: every read of index j precedes its write
             dm = sh[i]
             if plain:
-                _cell_back(g, dg, dm, dc0[b], c[p, b], c[o, b])
+                _cell_back(g, dg, dm, dc0[b], c[p, b], c[o, b], 0, H)
                 for j in range(G):
                     sg[i, j] = dg[j]
                 continue

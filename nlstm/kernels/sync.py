@@ -1,0 +1,78 @@
+"""A spin barrier between the threads of one kernel call, for two threads sharing one
+batch row's time steps (see ``lstm.lstm_forward_units``).
+
+Each part owns one int64 counter, padded to its own cache line in ``flags``: it stores
+how many barriers it has passed (release), and waits until every other part has passed as
+many (acquire). Counters only grow during a call, so no reset is needed between barriers;
+the layer zeroes ``flags`` before each call. Numba has no atomics, so the loads and stores
+are LLVM atomics emitted here. A waiting thread spins with ``pause``, and yields its CPU
+after a while, so a part descheduled by the OS does not leave the other spinning through a
+whole time slice.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .config import kernel
+
+# int64 slots between two parts' counters: 64 bytes, one cache line each.
+STRIDE = 8
+# Spins with ``pause`` before a waiting part starts yielding its CPU (some tens of µs).
+_SPINS_BEFORE_YIELD = 2000
+
+
+@intrinsic
+def _load_acquire(typingctx, flags, i):
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
+        return builder.load_atomic(ptr, "acquire", 8)
+    return types.int64(flags, i), codegen
+
+
+@intrinsic
+def _store_release(typingctx, flags, i, value):
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
+        builder.store_atomic(args[2], ptr, "release", 8)
+        return context.get_dummy_value()
+    return types.void(flags, i, value), codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse2.pause")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def _sched_yield(typingctx):
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                            "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@kernel
+def barrier(flags, part, parts, count):
+    """Pass barrier number ``count`` (1, 2, ...): publish it, then wait for the other parts.
+    flags: (parts·STRIDE,) int64, zeroed before the call's first barrier."""
+    _store_release(flags, part * STRIDE, count)
+    for other in range(parts):
+        if other == part:
+            continue
+        spins = 0
+        while _load_acquire(flags, other * STRIDE) < count:
+            if spins < _SPINS_BEFORE_YIELD:
+                _pause()
+                spins += 1
+            else:
+                _sched_yield()

@@ -1,0 +1,132 @@
+"""A one-row batch whose hidden units are split over threads (nlstm.kernels.lstm_units)
+gives the oracle's outputs and gradients, and the same as the one-thread kernels."""
+import numpy as np
+import pytest
+
+import nlstm
+import reference as R
+from cases import TOL
+from nlstm import _threads, recurrent
+from nlstm.kernels import lstm_units
+
+
+@pytest.fixture
+def split_calls(monkeypatch):
+    """Split every one-row LSTM, however small, and count the unit-split kernel calls."""
+    monkeypatch.setattr(recurrent, "_UNITS_MIN_STEP", 0)
+    monkeypatch.setattr(recurrent, "_UNITS_MIN_WORK", 0)
+    calls = {"forward": 0, "backward": 0}
+
+    def counting(name, kernel):
+        def call(*args):
+            calls[name] += 1
+            return kernel(*args)
+        return call
+
+    monkeypatch.setattr(lstm_units, "lstm_forward_units",
+                        counting("forward", lstm_units.lstm_forward_units))
+    monkeypatch.setattr(lstm_units, "lstm_backward_units",
+                        counting("backward", lstm_units.lstm_backward_units))
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(2)
+    yield calls
+    nlstm.set_num_threads(before)
+
+
+def _run(m, x, lengths, init, dy, dfinal):
+    y, final = m.forward(x, init, lengths=lengths)
+    dx, dinit = m.backward(dy, *dfinal)
+    return y, final, dx, dinit
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("H,length", [(5, 7), (20, 4), (40, 7), (37, 0)])
+def test_split_matches_reference(split_calls, monkeypatch, dtype, H, length):
+    """Two layers, both directions, an initial state, a row shorter than T (and one of
+    length 0); H = 5 leaves the second part no units, 20 and 37 split unevenly."""
+    if not _threads.cpus_available() >= 2:
+        monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
+    rng = np.random.default_rng(H)
+    T, I, L = 7, 3, 2
+    m = nlstm.LSTM(I, H, num_layers=L, bidirectional=True, dtype=dtype, seed=H)
+    x = rng.standard_normal((T, 1, I)).astype(dtype)
+    init = tuple(rng.standard_normal((2 * L, 1, H)).astype(dtype) for _ in range(2))
+    dy = rng.standard_normal((T, 1, 2 * H)).astype(dtype)
+    dfinal = [rng.standard_normal((2 * L, 1, H)).astype(dtype) for _ in range(2)]
+    lengths = np.array([length])
+    y, final, dx, dinit = _run(m, x, lengths, init, dy, dfinal)
+    assert split_calls == {"forward": 2 * 2 * L, "backward": 2 * 2 * L}  # 2 parts per direction
+
+    ry, rfinal, cache = R.forward(R.LSTMCell(), m.params, x.astype(np.float64),
+                                  [a.astype(np.float64) for a in init], lengths, L, True)
+    rdx, rdinit, rgrads = R.backward(cache, dy.astype(np.float64),
+                                     [a.astype(np.float64) for a in dfinal])
+    tol = TOL[dtype]
+    np.testing.assert_allclose(y, ry, err_msg="y", **tol)
+    np.testing.assert_allclose(dx, rdx, err_msg="dx", **tol)
+    for got, want in zip(final + dinit, list(rfinal) + list(rdinit)):
+        np.testing.assert_allclose(got, want, **tol)
+    for k, g in rgrads.items():
+        np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
+
+
+def test_split_equals_one_thread_kernels(split_calls):
+    """Every element is computed as the one-row kernels do it: same products, same order."""
+    rng = np.random.default_rng(3)
+    T, I, H = 30, 4, 48
+    x = rng.standard_normal((T, 1, I)).astype(np.float32)
+    dy = rng.standard_normal((T, 1, H)).astype(np.float32)
+    results = []
+    for split in (True, False):
+        recurrent._UNITS_MIN_WORK = 0 if split else float("inf")
+        m = nlstm.LSTM(I, H, seed=5)
+        y, final = m.forward(x)
+        dx, dinit = m.backward(dy)
+        results.append([y, *final, dx, *dinit, *m.grads.values()])
+    assert split_calls["forward"] == 2
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-7)
+
+
+def test_three_parts_on_two_cpus(split_calls, monkeypatch):
+    """More parts than CPUs: the waiting parts yield their CPU, and the result is the same."""
+    monkeypatch.setattr(_threads, "cpus_available", lambda: 3)
+    nlstm.set_num_threads(3)
+    rng = np.random.default_rng(4)
+    T, I, H = 50, 3, 40  # parts of 16, 16 and 8 units
+    m = nlstm.LSTM(I, H, dtype=np.float64, seed=2)
+    x = rng.standard_normal((T, 1, I))
+    dy = rng.standard_normal((T, 1, H))
+    y, final = m.forward(x)
+    dx, _ = m.backward(dy)
+    assert split_calls == {"forward": 3, "backward": 3}
+    init = [np.zeros((1, 1, H))] * 2
+    ry, _, cache = R.forward(R.LSTMCell(), m.params, x, init, np.array([T]), 1, False)
+    rdx, _, rgrads = R.backward(cache, dy, [np.zeros((1, 1, H))] * 2)
+    np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12)
+    for k, g in rgrads.items():
+        np.testing.assert_allclose(m.grads[k], g, rtol=1e-9, atol=1e-11, err_msg=k)
+
+
+@pytest.mark.parametrize("extra", [dict(peephole=True), dict(proj_size=3), dict(clip=1.0)])
+def test_variants_and_batches_do_not_split(split_calls, extra):
+    """Only the plain cell has unit-split kernels, and only one-row batches use them."""
+    rng = np.random.default_rng(0)
+    m = nlstm.LSTM(3, 32, seed=0, **extra)
+    y, _ = m.forward(rng.standard_normal((5, 1, 3)))
+    m.backward(np.ones_like(y))
+    plain = nlstm.LSTM(3, 32, seed=0)
+    y, _ = plain.forward(rng.standard_normal((5, 2, 3)))
+    plain.backward(np.ones_like(y))
+    assert split_calls == {"forward": 0, "backward": 0}
+
+
+def test_unit_ranges_cover_every_unit_once():
+    for H in (1, 5, 16, 17, 40, 64, 100, 128, 257):
+        for parts in (1, 2, 3, 4):
+            ranges = [lstm_units.unit_range(p, parts, H) for p in range(parts)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == H
+            for (a0, a1), (b0, b1) in zip(ranges, ranges[1:]):
+                assert a1 == b0 and a0 <= a1
+            assert all(j0 % 16 == 0 or j0 == H for j0, _ in ranges)
