@@ -196,13 +196,15 @@ class RecurrentLayer:
         """Layer k's weight and option arguments of the cell's step kernel."""
         raise NotImplementedError
 
-    def _step_args(self, k: int) -> tuple:
-        """``_make_step_args(k)``, cached: parameters are only ever updated in place, so
-        the arrays stay the same objects for the layer's life."""
-        args = self._step_cache.get(k)
-        if args is None:
-            args = self._step_cache[k] = self._make_step_args(k)
-        return args
+    def _step_plan(self) -> tuple:
+        """(the step kernel, [``_make_step_args(k)`` for every layer k]), cached: parameters
+        are only ever updated in place, so the arrays stay the same objects for the layer's
+        life."""
+        plan = self._step_cache.get("plan")
+        if plan is None:
+            plan = self._step_cache["plan"] = (
+                self._step_kernel(), [self._make_step_args(k) for k in range(self.num_layers)])
+        return plan
 
     # ---- parameters ---------------------------------------------------------------------
     def _suffixes(self):
@@ -590,7 +592,8 @@ class RecurrentLayer:
         nothing the caller holds) sends the call to the general checks, which name whatever
         is wrong; finiteness is checked by the step kernels themselves."""
         dt = self.dtype
-        if type(x) is not np.ndarray or x.dtype != dt or not x.flags.c_contiguous \
+        # ``is``: NumPy's native dtypes are singletons; any other goes the general way.
+        if type(x) is not np.ndarray or x.dtype is not dt or not x.flags.c_contiguous \
                 or self.bidirectional:
             return None
         unbatched = x.ndim == 1
@@ -611,7 +614,7 @@ class RecurrentLayer:
             old = list(old)
             for i, n in enumerate(sizes):
                 a = old[i]
-                if type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous \
+                if type(a) is not np.ndarray or a.dtype is not dt or not a.flags.c_contiguous \
                         or a.shape != ((L, n) if unbatched else (L, B, n)):
                     return None
                 if unbatched:
@@ -624,9 +627,9 @@ class RecurrentLayer:
         (nothing the caller holds was written)."""
         L, B, dt = self.num_layers, x.shape[0], self.dtype
         new = [np.empty((L, B, n), dt) for n in self._step_sizes]
-        kernel = self._step_kernel()
-        for k in range(L):
-            if not kernel(k, check, x, *old, *new, *self._step_args(k)):
+        kernel, layers = self._step_plan()
+        for k, args in enumerate(layers):
+            if not kernel(k, check, x, *old, *new, *args):
                 return None
         y = new[0][L - 1].copy()
         if unbatched:
