@@ -16,7 +16,7 @@ order along K), so results do not depend on the split. State and time slots as i
 :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
 """
 from .activations import cast_like, sigmoid, tanh
-from .blocks import row_nn_add
+from .blocks import row_dots, row_nn_add
 from .config import kernel
 from .lstm import _cell_back
 from .slots import slots, step_time
@@ -158,9 +158,4 @@ def lstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, ga
         _cell_back(gates[t, 0], dg, dm, dc0[0], c[p, 0], c[o, 0], j0, j1)
         count += 1
         barrier(flags, part, parts, count)  # the carry reads every unit's dz
-        for k in range(j0, j1):  # dh for units j0:j1: rows j0:j1 of W_hhᵀ against dz
-            wk = w_hh_t[k]
-            s = zero
-            for j in range(G):
-                s += wk[j] * dg[j]
-            dh0[0, k] = s
+        row_dots(dh0[0], w_hh_t, dg, 0, G, j0, j1)  # dh of units j0:j1: W_hhᵀ's rows j0:j1 · dz
