@@ -123,7 +123,8 @@ class LSTM(RecurrentLayer):
         return self._backward(dy, [dh_n, dc_n])
 
     def _forward_dir(self, ws: Workspace, k: int, d: int, inp: np.ndarray) -> None:
-        gates = self._project(ws, k, d, inp, self._p("bias_ih", k, d) + self._p("bias_hh", k, d))
+        gates = self._project(ws, k, d, inp)  # the kernels add the biases
+        bias = self._p("bias_ih", k, d) + self._p("bias_hh", k, d)
         i, ex = k * self.num_directions + d, ws.extra[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
         w, col = self._w("weight_hh", k, d), d * self._out_size
@@ -131,11 +132,11 @@ class LSTM(RecurrentLayer):
         if parts:  # a one-row batch: its hidden units split over the threads
             j0, j1 = KU.unit_range(0, parts, self.hidden_size)  # part 0's is the widest
             args = (self._barrier_flags(parts), ws.y[k], h, c, ws.final[0][i], ws.final[1][i],
-                    gates, w, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, col,
+                    gates, w, bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, col,
                     *self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0)))
             _threads.run_together(parts, lambda part: KU.lstm_forward_units(part, parts, *args))
             return
-        args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, w, ws.init[0][i],
+        args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, w, bias, ws.init[0][i],
                 ws.init[1][i], ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"])
         self._rows(ws, lambda b0, b1, t: K.lstm_forward(b0, b1, *args, *ws.scratch[t]))
 

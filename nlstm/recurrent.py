@@ -393,9 +393,11 @@ class RecurrentLayer:
                 y *= mask
             inp = y
 
-    def _project(self, ws: Workspace, k: int, d: int, inp: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        """gates[k][d] = inp·W_ihᵀ + bias for every valid step at once (steps past a row's
-        length are left unwritten: no kernel reads them); returns the gates buffer."""
+    def _project(self, ws: Workspace, k: int, d: int, inp: np.ndarray,
+                 bias: Optional[np.ndarray] = None) -> np.ndarray:
+        """gates[k][d] = inp·W_ihᵀ (+ bias, if given) for every valid step at once (steps
+        past a row's length are left unwritten: no kernel reads them); returns the gates
+        buffer."""
         T, B = ws.key
         gates = ws.gates[k][d]
         x2, g2, w = inp.reshape(T * B, -1), gates.reshape(T * B, -1), self._w("weight_ih", k, d)
@@ -410,14 +412,16 @@ class RecurrentLayer:
                     L = lengths[b]
                     if L:
                         np.matmul(inp[:L, b], w, out=gates[:L, b])
-                        gates[:L, b] += bias
+                        if bias is not None:
+                            gates[:L, b] += bias
 
             self._gemm_split(B, valid * per_step, batch_rows, lengths)
             return gates
 
         def rows(r0, r1, _):
             np.matmul(x2[r0:r1], w, out=g2[r0:r1])
-            g2[r0:r1] += bias
+            if bias is not None:
+                g2[r0:r1] += bias
 
         self._gemm_split(T * B, T * B * per_step, rows)
         return gates

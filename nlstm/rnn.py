@@ -46,10 +46,11 @@ class RNN(RecurrentLayer):
         return self._backward(dy, [dh_n])
 
     def _forward_dir(self, ws, k, d, inp) -> None:
-        pre = self._project(ws, k, d, inp, self._p("bias_ih", k, d) + self._p("bias_hh", k, d))
+        pre = self._project(ws, k, d, inp)  # the kernel adds the biases
         i, H = k * self.num_directions + d, self.hidden_size
         args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], pre, self._w("weight_hh", k, d),
-                ws.init[0][i], ws.lengths, d == 1, d * H, self.nonlinearity == "relu")
+                self._p("bias_ih", k, d) + self._p("bias_hh", k, d), ws.init[0][i], ws.lengths,
+                d == 1, d * H, self.nonlinearity == "relu")
         self._rows(ws, lambda b0, b1, t: K.rnn_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:

@@ -88,14 +88,15 @@ def _pointwise(g, c_prev, c_new, m, opt, pre):
 
 
 @kernel
-def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reverse, col,
+def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
                  peep, clip, input_forget, proj, w_hr_t, pre, m, rows, times, sp1, sp2, sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+P (P = H unprojected)
     h: (T+1, B, P), c: (T+1, B, H) state slots; h_n: (B, P), c_n: (B, H) final states
-    gates: (T, B, 4H) in: x·W_ihᵀ + b_ih + b_hh; out: post-activation gates i, f, g, o
-    w_hh_t: (P, 4H) = W_hhᵀ; h0: (B, P); c0: (B, H); lengths: (B,) int64 in 0..T; reverse: bool
+    gates: (T, B, 4H) in: x·W_ihᵀ; out: post-activation gates i, f, g, o
+    w_hh_t: (P, 4H) = W_hhᵀ; bias: (4H,) b_ih + b_hh; h0: (B, P); c0: (B, H);
+    lengths: (B,) int64 in 0..T; reverse: bool
     peep, clip, input_forget, proj, w_hr_t: the fields of ``Options`` (passed flat: Numba
     types a tuple argument in Python, which costs microseconds per call)
     pre: (T, B, 4H) out with clip, else empty: pre-activations before clipping
@@ -116,7 +117,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths, reve
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break  # lengths only shrink the active set as steps go on
-        add_recurrent(gates, h, w_hh_t, rows, times, n, reverse, sp1, sg)
+        add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
         for i in range(n):
             b = rows[i]
             t = times[i]

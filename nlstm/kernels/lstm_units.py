@@ -74,6 +74,16 @@ def _gather_units(dst, src, H, j0, j1):
 
 
 @kernel
+def _gather_units_add(dst, src, b, H, j0, j1):
+    """dst[q·n + j] = src[q·H + j0 + j] + b[q·H + j0 + j]."""
+    n = j1 - j0
+    for q in range(4):
+        d, s, bq = dst[q * n:(q + 1) * n], src[q * H + j0:q * H + j1], b[q * H + j0:q * H + j1]
+        for j in range(n):
+            d[j] = s[j] + bq[j]
+
+
+@kernel
 def _scatter_units(dst, src, H, j0, j1):
     """The inverse of ``_gather_units``."""
     n = j1 - j0
@@ -82,8 +92,8 @@ def _scatter_units(dst, src, H, j0, j1):
 
 
 @kernel
-def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, h0, c0, lengths,
-                       reverse, col, w_own, acc):
+def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0,
+                       lengths, reverse, col, w_own, acc):
     """``lstm_forward`` of the plain cell for B = 1, the units j0:j1 of this ``part``.
 
     Every part is called at once, each on its own thread, with the same arrays (shapes as
@@ -116,7 +126,7 @@ def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, h0,
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
-        _gather_units(a, gates[t, 0], H, j0, j1)
+        _gather_units_add(a, gates[t, 0], bias, H, j0, j1)
         row_nn_add(a, h[p, 0], w, 0, n4)
         _cell(a, c[p, 0, j0:j1], c[o, 0, j0:j1], h[o, 0, j0:j1])
         _scatter_units(gates[t, 0], a, H, j0, j1)  # the gates backward reads

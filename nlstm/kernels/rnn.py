@@ -24,14 +24,15 @@ def _activate(pre, h_new, relu):
 
 
 @kernel
-def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, h0, lengths, reverse, col, relu,
+def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu,
                 rows, times, sp1, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
     h: (T+1, B, H) state slots; h_n: (B, H) final state
-    pre: (T, B, H) in: x·W_ihᵀ + b_ih + b_hh; out: pre-activations with W_hh h added
-    w_hh_t: (H, H) = W_hhᵀ; h0: (B, H); lengths: (B,) int64; reverse, relu: bool; col: int
+    pre: (T, B, H) in: x·W_ihᵀ; out: pre-activations, with W_hh h and the biases added
+    w_hh_t: (H, H) = W_hhᵀ; bias: (H,) b_ih + b_hh; h0: (B, H); lengths: (B,) int64;
+    reverse, relu: bool; col: int
     rows, times: (B,) int64 scratch; sp1, sg: (B, H) scratch
     """
     T = pre.shape[0]
@@ -42,7 +43,7 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, h0, lengths, reverse, col, relu,
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break
-        add_recurrent(pre, h, w_hh_t, rows, times, n, reverse, sp1, sg)
+        add_recurrent(pre, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
         for i in range(n):
             p, o = slots(times[i], reverse)
             _activate(pre[times[i], rows[i]], h[o, rows[i]], relu)
