@@ -5,7 +5,10 @@ from typing import Optional
 
 import numpy as np
 
+from . import _threads
 from .kernels import gru as K
+from .kernels import gru_units as KU
+from .kernels import units
 from .recurrent import RecurrentLayer
 
 
@@ -54,6 +57,9 @@ class GRU(RecurrentLayer):
         H = self.hidden_size
         return (np.empty(B, np.int64), np.empty(B, np.int64), e(B, H), e(B, H), e(B, H), e(B, 3 * H))
 
+    def _split_units(self) -> bool:
+        return self.linear_before_reset  # see nlstm.kernels.gru_units
+
     def _folded_bias(self, k, d) -> np.ndarray:
         """b_ih plus the hidden biases that can move into the input projection."""
         b = self._p("bias_ih", k, d) + self._p("bias_hh", k, d)
@@ -65,17 +71,31 @@ class GRU(RecurrentLayer):
     def _forward_dir(self, ws, k, d, inp) -> None:
         gates = self._project(ws, k, d, inp, self._folded_bias(k, d))
         i, H = k * self.num_directions + d, self.hidden_size
-        args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], gates, ws.extra[k][d]["aux"],
-                self._w("weight_hh", k, d), self._p("bias_hh", k, d), ws.init[0][i], ws.lengths,
-                d == 1, d * H, self.linear_before_reset)
+        w = self._w("weight_hh", k, d)
+        args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], gates, ws.extra[k][d]["aux"], w,
+                self._p("bias_hh", k, d), ws.init[0][i], ws.lengths, d == 1, d * H)
+        parts = self._unit_parts(ws)
+        if parts:  # a one-row batch: its hidden units split over the threads
+            j0, j1 = units.unit_range(0, parts, H)  # part 0's is the widest
+            args = (self._barrier_flags(parts), *args, *self._unit_scratch(parts, H, 3 * (j1 - j0)))
+            _threads.run_together(parts, lambda part: KU.gru_forward_units(part, parts, *args))
+            return
+        args = (*args, self.linear_before_reset)
         self._rows(ws, lambda b0, b1, t: K.gru_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
         gates, h, ex = ws.gates[k][d], ws.states[0][k][d], ws.extra[k][d]
         args = (gates, ex["dgates_hh"], ws.dinit[0][i], dy, ws.dfinal[0][i], gates, ex["aux"], h,
-                self._w("weight_hh", k, d), ws.lengths, d == 1, d * H, self.linear_before_reset)
-        self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, *ws.scratch[t]))
+                self._w("weight_hh", k, d), ws.lengths, d == 1, d * H)
+        parts = self._unit_parts(ws)
+        if parts:  # as in _forward_dir
+            ws.ensure_scratch(self, 1)
+            args = (self._barrier_flags(parts), *args, ws.scratch[0][4][0])
+            _threads.run_together(parts, lambda part: KU.gru_backward_units(part, parts, *args))
+        else:
+            args = (*args, self.linear_before_reset)
+            self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, *ws.scratch[t]))
         self._input_grads(ws, k, d, inp, gates, dx)
         hprev = self._hprev(h, d)
         if self.linear_before_reset:

@@ -8,6 +8,7 @@ import numpy as np
 from . import _threads
 from .kernels import lstm as K
 from .kernels import lstm_units as KU
+from .kernels import units
 from ._validate import positive_int
 from .recurrent import RecurrentLayer, Workspace
 
@@ -130,7 +131,7 @@ class LSTM(RecurrentLayer):
         w, col = self._w("weight_hh", k, d), d * self._out_size
         parts = self._unit_parts(ws)
         if parts:  # a one-row batch: its hidden units split over the threads
-            j0, j1 = KU.unit_range(0, parts, self.hidden_size)  # part 0's is the widest
+            j0, j1 = units.unit_range(0, parts, self.hidden_size)  # part 0's is the widest
             args = (self._barrier_flags(parts), ws.y[k], h, c, ws.final[0][i], ws.final[1][i],
                     gates, w, bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, col,
                     *self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0)))

@@ -13,7 +13,7 @@ import pytest
 from numba.core.runtime import rtsys
 
 import nlstm
-from nlstm.kernels import gru, lstm, lstm_units, rnn
+from nlstm.kernels import gru, gru_units, lstm, lstm_units, rnn
 
 
 @pytest.fixture
@@ -35,8 +35,9 @@ def counted_kernels(monkeypatch):
         for name in ("forward", "backward", "step") + (("step_options",) if cell == "lstm" else ()):
             name = f"{cell}_{name}"
             monkeypatch.setattr(module, name, counting(getattr(module, name)))
-    for name in ("lstm_forward_units", "lstm_backward_units"):
-        monkeypatch.setattr(lstm_units, name, counting(getattr(lstm_units, name)))
+    for module, cell in ((lstm_units, "lstm"), (gru_units, "gru")):
+        for name in (f"{cell}_forward_units", f"{cell}_backward_units"):
+            monkeypatch.setattr(module, name, counting(getattr(module, name)))
     return count
 
 
@@ -71,8 +72,9 @@ def test_steady_state_allocates_nothing(counted_kernels, dtype, B, cls, extra):
     assert m._ws is ws  # same shapes reuse the workspace
 
 
+@pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_unit_split_allocates_nothing(counted_kernels, monkeypatch, dtype):
+def test_unit_split_allocates_nothing(counted_kernels, monkeypatch, dtype, cls):
     """The same for a one-row batch split over threads by hidden units."""
     monkeypatch.setattr(nlstm.recurrent, "_UNITS_MIN_STEP", 0)
     monkeypatch.setattr(nlstm.recurrent, "_UNITS_MIN_WORK", 0)
@@ -81,7 +83,7 @@ def test_unit_split_allocates_nothing(counted_kernels, monkeypatch, dtype):
     nlstm.set_num_threads(2)
     try:
         rng = np.random.default_rng(0)
-        m = nlstm.LSTM(8, 32, num_layers=2, bidirectional=True, dtype=dtype, seed=0)
+        m = cls(8, 32, num_layers=2, bidirectional=True, dtype=dtype, seed=0)
         x = rng.standard_normal((40, 1, 8))
         dy = rng.standard_normal((40, 1, m.output_size))
         spy = m._unit_parts

@@ -1,5 +1,6 @@
-"""A one-row batch whose hidden units are split over threads (nlstm.kernels.lstm_units)
-gives the oracle's outputs and gradients, and the same as the one-thread kernels."""
+"""A one-row batch whose hidden units are split over threads (nlstm.kernels.lstm_units,
+gru_units) gives the oracle's outputs and gradients, and the same as the one-thread
+kernels."""
 import numpy as np
 import pytest
 
@@ -7,7 +8,7 @@ import nlstm
 import reference as R
 from cases import TOL
 from nlstm import _threads, recurrent
-from nlstm.kernels import lstm_units
+from nlstm.kernels import gru_units, lstm_units, units
 
 
 @pytest.fixture
@@ -23,55 +24,63 @@ def split_calls(monkeypatch):
             return kernel(*args)
         return call
 
-    monkeypatch.setattr(lstm_units, "lstm_forward_units",
-                        counting("forward", lstm_units.lstm_forward_units))
-    monkeypatch.setattr(lstm_units, "lstm_backward_units",
-                        counting("backward", lstm_units.lstm_backward_units))
+    for module, cell in ((lstm_units, "lstm"), (gru_units, "gru")):
+        for name in ("forward", "backward"):
+            kernel = f"{cell}_{name}_units"
+            monkeypatch.setattr(module, kernel, counting(name, getattr(module, kernel)))
     before = nlstm.get_num_threads()
     nlstm.set_num_threads(2)
     yield calls
     nlstm.set_num_threads(before)
 
 
-def _run(m, x, lengths, init, dy, dfinal):
-    y, final = m.forward(x, init, lengths=lengths)
-    dx, dinit = m.backward(dy, *dfinal)
-    return y, final, dx, dinit
+CELLS = {"lstm": (nlstm.LSTM, R.LSTMCell), "gru": (nlstm.GRU, lambda: R.GRUCell(True))}
 
 
+def _states(a):
+    return list(a) if isinstance(a, tuple) else [a]
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("H,length", [(5, 7), (20, 4), (40, 7), (37, 0)])
-def test_split_matches_reference(split_calls, monkeypatch, dtype, H, length):
+def test_split_matches_reference(split_calls, monkeypatch, cell, dtype, H, length):
     """Two layers, both directions, an initial state, a row shorter than T (and one of
     length 0); H = 5 leaves the second part no units, 20 and 37 split unevenly."""
     if not _threads.cpus_available() >= 2:
         monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
+    cls, ref_cell = CELLS[cell]
     rng = np.random.default_rng(H)
     T, I, L = 7, 3, 2
-    m = nlstm.LSTM(I, H, num_layers=L, bidirectional=True, dtype=dtype, seed=H)
+    m = cls(I, H, num_layers=L, bidirectional=True, dtype=dtype, seed=H)
+    S = len(m._state_labels)
     x = rng.standard_normal((T, 1, I)).astype(dtype)
-    init = tuple(rng.standard_normal((2 * L, 1, H)).astype(dtype) for _ in range(2))
+    init = [rng.standard_normal((2 * L, 1, H)).astype(dtype) for _ in range(S)]
     dy = rng.standard_normal((T, 1, 2 * H)).astype(dtype)
-    dfinal = [rng.standard_normal((2 * L, 1, H)).astype(dtype) for _ in range(2)]
+    dfinal = [rng.standard_normal((2 * L, 1, H)).astype(dtype) for _ in range(S)]
     lengths = np.array([length])
-    y, final, dx, dinit = _run(m, x, lengths, init, dy, dfinal)
+    y, final = m.forward(x, tuple(init) if S > 1 else init[0], lengths=lengths)
+    dx, dinit = m.backward(dy, *dfinal)
     assert split_calls == {"forward": 2 * 2 * L, "backward": 2 * 2 * L}  # 2 parts per direction
 
-    ry, rfinal, cache = R.forward(R.LSTMCell(), m.params, x.astype(np.float64),
+    ry, rfinal, cache = R.forward(ref_cell(), m.params, x.astype(np.float64),
                                   [a.astype(np.float64) for a in init], lengths, L, True)
     rdx, rdinit, rgrads = R.backward(cache, dy.astype(np.float64),
                                      [a.astype(np.float64) for a in dfinal])
     tol = TOL[dtype]
     np.testing.assert_allclose(y, ry, err_msg="y", **tol)
     np.testing.assert_allclose(dx, rdx, err_msg="dx", **tol)
-    for got, want in zip(final + dinit, list(rfinal) + list(rdinit)):
+    for got, want in zip(_states(final) + _states(dinit), list(rfinal) + list(rdinit)):
         np.testing.assert_allclose(got, want, **tol)
     for k, g in rgrads.items():
         np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
 
 
-def test_split_equals_one_thread_kernels(split_calls):
-    """Every element is computed as the one-row kernels do it: same products, same order."""
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_split_equals_one_thread_kernels(split_calls, cell):
+    """The same as the one-thread kernels, to float32 rounding (each element is computed
+    with the same products in the same order; the compiler's vectorisation and FMA
+    contraction may still differ)."""
     rng = np.random.default_rng(3)
     T, I, H = 30, 4, 48
     x = rng.standard_normal((T, 1, I)).astype(np.float32)
@@ -79,13 +88,13 @@ def test_split_equals_one_thread_kernels(split_calls):
     results = []
     for split in (True, False):
         recurrent._UNITS_MIN_WORK = 0 if split else float("inf")
-        m = nlstm.LSTM(I, H, seed=5)
+        m = CELLS[cell][0](I, H, seed=5)
         y, final = m.forward(x)
         dx, dinit = m.backward(dy)
-        results.append([y, *final, dx, *dinit, *m.grads.values()])
+        results.append([y, *_states(final), dx, *_states(dinit), *m.grads.values()])
     assert split_calls["forward"] == 2
     for a, b in zip(*results):
-        np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_three_parts_on_two_cpus(split_calls, monkeypatch):
@@ -109,11 +118,15 @@ def test_three_parts_on_two_cpus(split_calls, monkeypatch):
         np.testing.assert_allclose(m.grads[k], g, rtol=1e-9, atol=1e-11, err_msg=k)
 
 
-@pytest.mark.parametrize("extra", [dict(peephole=True), dict(proj_size=3), dict(clip=1.0)])
-def test_variants_and_batches_do_not_split(split_calls, extra):
-    """Only the plain cell has unit-split kernels, and only one-row batches use them."""
+@pytest.mark.parametrize("cls,extra", [(nlstm.LSTM, dict(peephole=True)),
+                                       (nlstm.LSTM, dict(proj_size=3)), (nlstm.LSTM, dict(clip=1.0)),
+                                       (nlstm.GRU, dict(linear_before_reset=False)),
+                                       (nlstm.RNN, {})])
+def test_variants_and_batches_do_not_split(split_calls, cls, extra):
+    """Only the plain LSTM and PyTorch's GRU have unit-split kernels, and only one-row
+    batches use them."""
     rng = np.random.default_rng(0)
-    m = nlstm.LSTM(3, 32, seed=0, **extra)
+    m = cls(3, 32, seed=0, **extra)
     y, _ = m.forward(rng.standard_normal((5, 1, 3)))
     m.backward(np.ones_like(y))
     plain = nlstm.LSTM(3, 32, seed=0)
@@ -125,7 +138,7 @@ def test_variants_and_batches_do_not_split(split_calls, extra):
 def test_unit_ranges_cover_every_unit_once():
     for H in (1, 5, 16, 17, 40, 64, 100, 128, 257):
         for parts in (1, 2, 3, 4):
-            ranges = [lstm_units.unit_range(p, parts, H) for p in range(parts)]
+            ranges = [units.unit_range(p, parts, H) for p in range(parts)]
             assert ranges[0][0] == 0 and ranges[-1][1] == H
             for (a0, a1), (b0, b1) in zip(ranges, ranges[1:]):
                 assert a1 == b0 and a0 <= a1

@@ -3,7 +3,7 @@
 With one row there is no batch to split, and each step's product h·W_hhᵀ is a
 matrix-vector product bound by how fast one core streams W_hh from its caches (about
 100 GB/s here: 2.5 µs of a 3.4 µs step at H = 128). Here each of ``parts`` threads owns
-the hidden units j0:j1 (``unit_range``): it multiplies by its own columns of W_hhᵀ (the
+the hidden units j0:j1 (``units.unit_range``): it multiplies by its own columns of W_hhᵀ (the
 i, f, g, o gates of its units), updates its units' cell and hidden state, and the threads
 meet at a spin barrier (:mod:`nlstm.kernels.sync`) before the next step reads the whole h.
 Each thread streams half the weights, from its own core's caches.
@@ -12,28 +12,17 @@ In backward each thread computes the gate gradients of its units, meets the othe
 barrier, then carries dh for its units: the rows j0:j1 of W_hhᵀ against all of dz.
 
 Each element is computed as in ``lstm_forward``/``lstm_backward`` (same products, same
-order along K), so results do not depend on the split. State and time slots as in
-:mod:`nlstm.kernels.slots`; gate order i, f, g, o.
+order along K), so results agree with the one-thread kernels to rounding. State and time
+slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
 """
-from .activations import cast_like, sigmoid, tanh
+from .activations import sigmoid, tanh
 from .blocks import row_dots, row_nn_add
 from .config import kernel
 from .lstm import _cell_back
 from .slots import slots, step_time
 from .sync import barrier
-
-# Unit ranges start at multiples of this (one 512-bit vector of float32).
-_ALIGN = 16
-
-
-@kernel
-def unit_range(part, parts, H):
-    """The hidden units j0:j1 that ``part`` of ``parts`` owns (possibly empty)."""
-    per = (H + parts - 1) // parts
-    per = (per + _ALIGN - 1) // _ALIGN * _ALIGN
-    j0 = min(H, part * per)
-    return j0, min(H, j0 + per)
-
+from .units import (begin_units, copy, gather_blocks, gather_blocks_add, scatter_blocks,
+                    unit_range, zero_past_units)
 
 @kernel
 def _cell(a, c_prev, c_new, h_new):
@@ -54,44 +43,6 @@ def _cell(a, c_prev, c_new, h_new):
 
 
 @kernel
-def _fill(a, v):
-    for j in range(a.shape[0]):
-        a[j] = v
-
-
-@kernel
-def _copy(dst, src):
-    for j in range(dst.shape[0]):
-        dst[j] = src[j]
-
-
-@kernel
-def _gather_units(dst, src, H, j0, j1):
-    """dst[q·n + j] = src[q·H + j0 + j] for the four gate blocks q (n = j1 - j0)."""
-    n = j1 - j0
-    for q in range(4):
-        _copy(dst[q * n:(q + 1) * n], src[q * H + j0:q * H + j1])
-
-
-@kernel
-def _gather_units_add(dst, src, b, H, j0, j1):
-    """dst[q·n + j] = src[q·H + j0 + j] + b[q·H + j0 + j]."""
-    n = j1 - j0
-    for q in range(4):
-        d, s, bq = dst[q * n:(q + 1) * n], src[q * H + j0:q * H + j1], b[q * H + j0:q * H + j1]
-        for j in range(n):
-            d[j] = s[j] + bq[j]
-
-
-@kernel
-def _scatter_units(dst, src, H, j0, j1):
-    """The inverse of ``_gather_units``."""
-    n = j1 - j0
-    for q in range(4):
-        _copy(dst[q * H + j0:q * H + j1], src[q * n:(q + 1) * n])
-
-
-@kernel
 def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0,
                        lengths, reverse, col, w_own, acc):
     """``lstm_forward`` of the plain cell for B = 1, the units j0:j1 of this ``part``.
@@ -104,37 +55,30 @@ def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bia
     separate gate blocks ran no faster on two threads than on one: the short loops' setup
     dominated), then the cell math reads them from acc[part].
     """
-    T = gates.shape[0]
     H = gates.shape[2] // 4
     K = w_hh_t.shape[0]
     j0, j1 = unit_range(part, parts, H)
     n4 = 4 * (j1 - j0)
     w, a = w_own[part], acc[part, :n4]
     for k in range(K):
-        _gather_units(w[k], w_hh_t[k], H, j0, j1)
+        gather_blocks(w[k], w_hh_t[k], 4, H, j0, j1)
+    begin_units(h, h0, lengths, reverse, j0, j1)
+    begin_units(c, c0, lengths, reverse, j0, j1)
+    zero_past_units(y, lengths, col + j0, col + j1)
     L = lengths[0]
-    start = L if reverse else 0
-    zero = cast_like(h, 0)
-    _copy(h[start, 0, j0:j1], h0[0, j0:j1])
-    _copy(c[start, 0, j0:j1], c0[0, j0:j1])
-    for s in range(L + 1, T + 1):  # slots no step writes (see slots.begin_rows)
-        _fill(h[s, 0, j0:j1], zero)
-        _fill(c[s, 0, j0:j1], zero)
-    for t in range(L, T):
-        _fill(y[t, 0, col + j0:col + j1], zero)
     barrier(flags, part, parts, 1)
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
-        _gather_units_add(a, gates[t, 0], bias, H, j0, j1)
+        gather_blocks_add(a, gates[t, 0], bias, 4, H, j0, j1)
         row_nn_add(a, h[p, 0], w, 0, n4)
         _cell(a, c[p, 0, j0:j1], c[o, 0, j0:j1], h[o, 0, j0:j1])
-        _scatter_units(gates[t, 0], a, H, j0, j1)  # the gates backward reads
-        _copy(y[t, 0, col + j0:col + j1], h[o, 0, j0:j1])
+        scatter_blocks(gates[t, 0], a, 4, H, j0, j1)  # the gates backward reads
+        copy(y[t, 0, col + j0:col + j1], h[o, 0, j0:j1])
         barrier(flags, part, parts, step + 2)  # the next step reads every unit of h
     last = 0 if reverse else L
-    _copy(h_n[0, j0:j1], h[last, 0, j0:j1])
-    _copy(c_n[0, j0:j1], c[last, 0, j0:j1])
+    copy(h_n[0, j0:j1], h[last, 0, j0:j1])
+    copy(c_n[0, j0:j1], c[last, 0, j0:j1])
 
 
 @kernel
@@ -143,20 +87,17 @@ def lstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, ga
     """``lstm_backward`` of the plain cell for B = 1, the units j0:j1 of this ``part``.
 
     Arrays as for ``lstm_backward`` (B = 1; dgates may be ``gates``; the plain cell's
-    backward needs no h); dm: (H,) scratch
-    shared by the parts; flags as for ``lstm_forward_units``.
+    backward needs no h); dm: (H,) scratch shared by the parts; flags as for
+    ``lstm_forward_units``.
     """
-    T = gates.shape[0]
     G = gates.shape[2]
     H = G // 4
     j0, j1 = unit_range(part, parts, H)
     L = lengths[0]
-    zero = cast_like(dgates, 0)
-    _copy(dh0[0, j0:j1], dh_n[0, j0:j1])
-    _copy(dc0[0, j0:j1], dc_n[0, j0:j1])
-    for t in range(L, T):
-        for q in range(4):
-            _fill(dgates[t, 0, q * H + j0:q * H + j1], zero)
+    copy(dh0[0, j0:j1], dh_n[0, j0:j1])
+    copy(dc0[0, j0:j1], dc_n[0, j0:j1])
+    for q in range(4):
+        zero_past_units(dgates, lengths, q * H + j0, q * H + j1)
     count = 0
     for step in range(L - 1, -1, -1):
         t = step_time(step, L, reverse)

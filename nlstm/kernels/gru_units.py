@@ -1,0 +1,109 @@
+"""The GRU's recurrence (PyTorch's form, ``lbr``) for a batch of one row, split across
+threads by hidden units, as :mod:`nlstm.kernels.lstm_units` does for the LSTM.
+
+Each part owns the units j0:j1 of the r, z and n blocks. Forward: its share of h·W_hhᵀ,
+then its units' gates and new h; the parts meet at a barrier before the next step reads
+the whole h. Backward: its units' gate gradients, a barrier, then dh of its units (the rows
+j0:j1 of W_hhᵀ against every unit's hidden-side gradients, plus z ⊙ dh). Without ``lbr``
+the n block's product needs r ⊙ h of every unit first (a second barrier a step); that form
+keeps the one-thread kernels. Arithmetic per element as in ``gru_forward``/``gru_backward``.
+"""
+from .activations import sigmoid, tanh
+from .blocks import row_dots, row_nn
+from .config import kernel
+from .slots import slots, step_time
+from .sync import barrier
+from .units import begin_units, copy, gather_blocks, unit_range, zero_past_units
+
+
+@kernel
+def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths,
+                      reverse, col, w_own, acc):
+    """``gru_forward`` with ``lbr`` for B = 1, the units j0:j1 of this ``part``.
+
+    Arrays as for ``gru_forward`` (B = 1); flags, w_own (parts, K, ≥3n), acc (parts, ≥3n):
+    as for ``lstm_units.lstm_forward_units``.
+    """
+    H = gates.shape[2] // 3
+    K = w_hh_t.shape[0]
+    j0, j1 = unit_range(part, parts, H)
+    n = j1 - j0
+    w, a = w_own[part], acc[part, :3 * n]
+    for k in range(K):
+        gather_blocks(w[k], w_hh_t[k], 3, H, j0, j1)
+    begin_units(h, h0, lengths, reverse, j0, j1)
+    zero_past_units(y, lengths, col + j0, col + j1)
+    zero_past_units(aux, lengths, j0, j1)
+    bn = b_hh[2 * H + j0:2 * H + j1]
+    L = lengths[0]
+    barrier(flags, part, parts, 1)
+    for step in range(L):
+        t = step_time(step, L, reverse)
+        p, o = slots(t, reverse)
+        row_nn(a, h[p, 0], w, 0, 3 * n)
+        g = gates[t, 0]
+        gr, gz, gn = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1]
+        ar, az, an = a[:n], a[n:2 * n], a[2 * n:]
+        ax, hp, ho = aux[t, 0, j0:j1], h[p, 0, j0:j1], h[o, 0, j0:j1]
+        for j in range(n):
+            gr[j] = sigmoid(gr[j] + ar[j])
+            gz[j] = sigmoid(gz[j] + az[j])
+        for j in range(n):
+            v = an[j] + bn[j]
+            ax[j] = v
+            gn[j] = tanh(gn[j] + gr[j] * v)
+        for j in range(n):
+            ho[j] = gn[j] + gz[j] * (hp[j] - gn[j])
+        copy(y[t, 0, col + j0:col + j1], ho)
+        barrier(flags, part, parts, step + 2)  # the next step reads every unit of h
+    copy(h_n[0, j0:j1], h[0 if reverse else L, 0, j0:j1])
+
+
+@kernel
+def gru_backward_units(part, parts, flags, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h,
+                       w_hh_t, lengths, reverse, col, direct):
+    """``gru_backward`` with ``lbr`` for B = 1, the units j0:j1 of this ``part``.
+
+    Arrays as for ``gru_backward`` (B = 1; dgates may be ``gates``); direct: (H,) scratch
+    shared by the parts (z ⊙ dh, the direct path to h_{t-1}); flags as for the forward.
+    """
+    G = gates.shape[2]
+    H = G // 3
+    j0, j1 = unit_range(part, parts, H)
+    L = lengths[0]
+    copy(dh0[0, j0:j1], dh_n[0, j0:j1])
+    for q in range(3):
+        zero_past_units(dgates, lengths, q * H + j0, q * H + j1)
+        zero_past_units(dgates_hh, lengths, q * H + j0, q * H + j1)
+    du = direct[j0:j1]
+    count = 0
+    for step in range(L - 1, -1, -1):
+        t = step_time(step, L, reverse)
+        p, o = slots(t, reverse)
+        g, dg, dgh = gates[t, 0], dgates[t, 0], dgates_hh[t, 0]  # dg may alias g
+        gr, gz, gn = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1]
+        dr, dz, dn_ = dg[j0:j1], dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1]
+        dhr, dhz, dhn = dgh[j0:j1], dgh[H + j0:H + j1], dgh[2 * H + j0:2 * H + j1]
+        dyu, dhu = dy[t, 0, col + j0:col + j1], dh0[0, j0:j1]
+        ax, hp = aux[t, 0, j0:j1], h[p, 0, j0:j1]
+        for j in range(du.shape[0]):
+            dh = dyu[j] + dhu[j]
+            r = gr[j]
+            z = gz[j]
+            nn = gn[j]
+            dn = dh - dh * z
+            dn_pre = dn - dn * nn * nn
+            dz_pre = dh * (hp[j] - nn) * (z - z * z)
+            du[j] = dh * z
+            dz[j] = dz_pre
+            dhz[j] = dz_pre
+            dn_[j] = dn_pre
+            dr_pre = dn_pre * ax[j] * (r - r * r)
+            dr[j] = dr_pre
+            dhr[j] = dr_pre
+            dhn[j] = dn_pre * r
+        count += 1
+        barrier(flags, part, parts, count)  # the carry reads every unit's gradients
+        row_dots(dh0[0], w_hh_t, dgh, 0, G, j0, j1)
+        for j in range(du.shape[0]):
+            dhu[j] += du[j]
