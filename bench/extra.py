@@ -218,7 +218,6 @@ def section_step(args) -> Dict:
     m2 = nlstm.LSTM(32, 128)
     m2.load_state_dict(m.state_dict())
     box2 = [None]
-    m2.step(x)
     with KernelClock() as clk:
         for _ in range(2000):
             _, box2[0] = m2.step(x, box2[0])
@@ -433,10 +432,12 @@ def section_breakdown(args) -> Dict:
                     m.forward(prob.x, lengths=prob.lengths, train=True)
                     m.backward(dy)
             shapes = []
+            # nlstm projects a ragged batch's valid steps only (as one product here)
+            valid = T * B if prob.lengths is None else int(np.sum(prob.lengths))
             for k in range(case.layers):
                 I = case.I if k == 0 else case.D * H
                 for _ in range(case.D):
-                    shapes.append(((T * B, I), (I, G)))  # input projection
+                    shapes.append(((valid, I), (I, G)))  # input projection
                     if mode == "train":
                         shapes += [((G, T * B), (T * B, I)), ((G, T * B), (T * B, H)),
                                    ((T * B, G), (G, I))]  # dW_ih, dW_hh, dx
