@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 from typing import Callable, Optional
 
 import numba
@@ -141,11 +142,15 @@ class _Worker:
 
 
 _workers: list = []
+_together_lock = threading.Lock()  # see run_together
 
 
 def _forget_workers() -> None:
-    """A forked child has none of the parent's threads: start fresh workers when needed."""
+    """A forked child has none of the parent's threads: start fresh workers when needed
+    (and a fresh lock, which a parent's thread may have held at the fork)."""
+    global _together_lock
     _workers.clear()
+    _together_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -213,8 +218,13 @@ def run_together(n: int, call: Callable[[int], None]) -> None:
 
     _set_blas_threads(1)
     done = queue.SimpleQueue()
-    for i, worker in enumerate(_get_workers(n)):
-        worker.tasks.put((call, (i,), done))
+    workers = _get_workers(n)
+    # Two calls from two Python threads (each with its own layer) must not interleave their
+    # parts in the workers' queues: worker 0 could then run A's part before B's while
+    # worker 1 runs B's before A's, and both wait at barriers for parts queued behind them.
+    with _together_lock:
+        for i, worker in enumerate(workers):
+            worker.tasks.put((call, (i,), done))
     errors = [e for e in (done.get() for _ in range(n)) if e is not None]
     if errors:
         raise errors[0]

@@ -447,11 +447,12 @@ class RecurrentLayer:
     def _unit_parts(self, ws: Workspace) -> int:
         """How many threads share the hidden units of a one-row batch (0: don't split; the
         row runs on one thread, see ``_rows``)."""
-        if ws.key[1] != 1 or not self._split_units():
-            return 0
-        n = min(_threads.get_num_threads(), _threads.cpus_available())
         per_step = self._G * self.hidden_size * self._out_size
-        if n < 2 or per_step < _UNITS_MIN_STEP or per_step * float(ws.lengths[0]) < _UNITS_MIN_WORK:
+        if ws.key[1] != 1 or per_step < _UNITS_MIN_STEP or not self._split_units() \
+                or per_step * float(ws.lengths[0]) < _UNITS_MIN_WORK:
+            return 0
+        n = min(_threads.get_num_threads(), _threads.cpus_available())  # a system call: last
+        if n < 2:
             return 0
         if self._flags.shape[0] < n * STRIDE:
             self._flags = np.zeros(n * STRIDE, np.int64)

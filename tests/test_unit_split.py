@@ -143,3 +143,50 @@ def test_unit_ranges_cover_every_unit_once():
             for (a0, a1), (b0, b1) in zip(ranges, ranges[1:]):
                 assert a1 == b0 and a0 <= a1
             assert all(j0 % 16 == 0 or j0 == H for j0, _ in ranges)
+
+
+
+class _SlowQueue:
+    """A worker's task queue whose put() dawdles afterwards, widening the window between a
+    call's first and second part."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def put(self, item):
+        import time
+        self.queue.put(item)
+        time.sleep(0.02)
+
+    def get(self):
+        return self.queue.get()
+
+
+def _concurrent_layers_finish(calls: int, timeout: float) -> bool:
+    """Two Python threads, each with its own layer, run split forwards at once."""
+    import threading
+    done = []
+
+    def work(seed):
+        m = nlstm.LSTM(3, 32, seed=seed)
+        x = np.random.default_rng(seed).standard_normal((20, 1, 3)).astype(np.float32)
+        for _ in range(calls):
+            m(x)
+        done.append(seed)
+
+    threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return len(done) == 2
+
+
+def test_layers_in_two_python_threads_do_not_deadlock(split_calls, monkeypatch):
+    """The parts of two calls from two Python threads reach the workers in the same order:
+    interleaved, each worker could wait at a barrier for a part queued behind it. (With
+    the first worker's queue slowed down, interleaving is certain without the lock.)"""
+    worker = _threads._get_workers(2)[0]
+    monkeypatch.setattr(worker, "tasks", _SlowQueue(worker.tasks))
+    assert _concurrent_layers_finish(calls=10, timeout=60), "deadlocked"
+    assert split_calls["forward"] == 2 * 2 * 10
