@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import sys
 import threading
 from typing import Callable, Optional
@@ -197,9 +198,7 @@ def run_rows(B: int, work: float, call: Callable[[int, int, int], None],
     done = queue.SimpleQueue()
     for i, worker in enumerate(_get_workers(n)):
         worker.tasks.put((call, (bounds[i], bounds[i + 1], i), done))
-    errors = [e for e in (done.get() for _ in range(n)) if e is not None]
-    if errors:
-        raise errors[0]
+    _collect(done, n)
 
 
 def cpus_available() -> int:
@@ -208,6 +207,31 @@ def cpus_available() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+# The unit-split kernels' barrier (kernels/sync.py) emits x86's pause and calls sched_yield:
+# built and measured on Linux x86-64 only; elsewhere one-row batches stay on one thread.
+UNIT_SPLIT = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+
+
+def _collect(done, n: int) -> None:
+    """Wait for all n parts of a call, even through a KeyboardInterrupt (the parts keep
+    writing the layer's buffers until they finish; returning early would let the next call
+    race with them), then raise the interrupt or the first part's error."""
+    errors, interrupt = [], None
+    while n:
+        try:
+            e = done.get()
+        except BaseException as exc:  # noqa: B036 - re-raised below, once every part is done
+            interrupt = exc
+            continue
+        n -= 1
+        if e is not None:
+            errors.append(e)
+    if interrupt is not None:
+        raise interrupt
+    if errors:
+        raise errors[0]
 
 
 def run_together(n: int, call: Callable[[int], None]) -> None:
@@ -225,6 +249,4 @@ def run_together(n: int, call: Callable[[int], None]) -> None:
     with _together_lock:
         for i, worker in enumerate(workers):
             worker.tasks.put((call, (i,), done))
-    errors = [e for e in (done.get() for _ in range(n)) if e is not None]
-    if errors:
-        raise errors[0]
+    _collect(done, n)

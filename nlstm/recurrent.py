@@ -449,9 +449,11 @@ class RecurrentLayer:
         row runs on one thread, see ``_rows``)."""
         per_step = self._G * self.hidden_size * self._out_size
         if ws.key[1] != 1 or per_step < _UNITS_MIN_STEP or not self._split_units() \
-                or per_step * float(ws.lengths[0]) < _UNITS_MIN_WORK:
+                or per_step * float(ws.lengths[0]) < _UNITS_MIN_WORK or not _threads.UNIT_SPLIT:
             return 0
-        n = min(_threads.get_num_threads(), _threads.cpus_available())  # a system call: last
+        # at most one part per 16 units (units.unit_range's alignment); a system call last
+        n = min(_threads.get_num_threads(), (self.hidden_size + 15) // 16,
+                _threads.cpus_available())
         if n < 2:
             return 0
         if self._flags.shape[0] < n * STRIDE:

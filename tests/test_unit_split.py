@@ -43,10 +43,10 @@ def _states(a):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("H,length", [(5, 7), (20, 4), (40, 7), (37, 0)])
+@pytest.mark.parametrize("H,length", [(17, 7), (20, 4), (40, 7), (37, 0)])
 def test_split_matches_reference(split_calls, monkeypatch, cell, dtype, H, length):
     """Two layers, both directions, an initial state, a row shorter than T (and one of
-    length 0); H = 5 leaves the second part no units, 20 and 37 split unevenly."""
+    length 0); H = 17, 20 and 37 split unevenly (parts start at multiples of 16)."""
     if not _threads.cpus_available() >= 2:
         monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
     cls, ref_cell = CELLS[cell]
@@ -133,6 +133,41 @@ def test_variants_and_batches_do_not_split(split_calls, cls, extra):
     y, _ = plain.forward(rng.standard_normal((5, 2, 3)))
     plain.backward(np.ones_like(y))
     assert split_calls == {"forward": 0, "backward": 0}
+
+
+def test_no_split_below_two_parts_of_units_or_off_x86_linux(split_calls, monkeypatch):
+    """H <= 16 gives one part of units only; off Linux x86-64 the barrier is not built."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1, 3)).astype(np.float32)
+    nlstm.LSTM(3, 16, seed=0)(x)
+    monkeypatch.setattr(_threads, "UNIT_SPLIT", False)
+    nlstm.LSTM(3, 32, seed=0)(x)
+    assert split_calls == {"forward": 0, "backward": 0}
+    monkeypatch.setattr(_threads, "UNIT_SPLIT", True)
+    nlstm.LSTM(3, 32, seed=0)(x)
+    assert split_calls["forward"] == 2
+
+
+def test_interrupted_wait_lets_every_part_finish():
+    """A KeyboardInterrupt while waiting is raised only once every part has reported (they
+    write the layer's buffers until then), and a part's error still comes through."""
+    class Done:
+        def __init__(self, items):
+            self.items = list(items)
+
+        def get(self):
+            item = self.items.pop(0)
+            if isinstance(item, BaseException) and not isinstance(item, ValueError):
+                raise item
+            return item
+
+    done = Done([None, KeyboardInterrupt(), None])
+    with pytest.raises(KeyboardInterrupt):
+        _threads._collect(done, 2)
+    assert done.items == []
+    error = ValueError("part 1")
+    with pytest.raises(ValueError, match="part 1"):
+        _threads._collect(Done([None, error]), 2)
 
 
 def test_unit_ranges_cover_every_unit_once():

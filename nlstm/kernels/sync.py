@@ -1,13 +1,14 @@
-"""A spin barrier between the threads of one kernel call, for two threads sharing one
-batch row's time steps (see ``lstm.lstm_forward_units``).
+"""A spin barrier between the threads of one kernel call, for threads sharing one batch
+row's time steps (see ``lstm_units.lstm_forward_units``).
 
 Each part owns one int64 counter, padded to its own cache line in ``flags``: it stores
 how many barriers it has passed (release), and waits until every other part has passed as
 many (acquire). Counters only grow during a call, so no reset is needed between barriers;
 the layer zeroes ``flags`` before each call. Numba has no atomics, so the loads and stores
-are LLVM atomics emitted here. A waiting thread spins with ``pause``, and yields its CPU
+are LLVM atomics emitted here. A waiting thread spins with ``pause`` and yields its CPU
 after a while, so a part descheduled by the OS does not leave the other spinning through a
-whole time slice.
+whole time slice. x86-64 Linux only (``pause``, ``sched_yield``): the layers split one-row
+batches only there (``nlstm._threads.UNIT_SPLIT``).
 """
 from llvmlite import ir
 from numba import types
@@ -22,21 +23,36 @@ STRIDE = 8
 _SPINS_BEFORE_YIELD = 2000
 
 
+def _slot_pointer(context, builder, sig, args):
+    """The address of flags[i] (flags: int64 array, i: any integer)."""
+    ary = context.make_array(sig.args[0])(context, builder, args[0])
+    i = context.cast(builder, args[1], sig.args[1], types.intp)
+    return cgutils.get_item_pointer(context, builder, sig.args[0], ary, [i])
+
+
+def _int64_flags(flags, *ints):
+    return (isinstance(flags, types.Array) and flags.dtype == types.int64 and flags.ndim == 1
+            and all(isinstance(t, types.Integer) for t in ints))
+
+
 @intrinsic
 def _load_acquire(typingctx, flags, i):
+    if not _int64_flags(flags, i):
+        return None
+
     def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
-        return builder.load_atomic(ptr, "acquire", 8)
+        return builder.load_atomic(_slot_pointer(context, builder, sig, args), "acquire", 8)
     return types.int64(flags, i), codegen
 
 
 @intrinsic
 def _store_release(typingctx, flags, i, value):
+    if not _int64_flags(flags, i, value):
+        return None
+
     def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [args[1]])
-        builder.store_atomic(args[2], ptr, "release", 8)
+        v = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(v, _slot_pointer(context, builder, sig, args), "release", 8)
         return context.get_dummy_value()
     return types.void(flags, i, value), codegen
 
