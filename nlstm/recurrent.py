@@ -137,7 +137,7 @@ class RecurrentLayer:
         self._trained = False  # the workspace holds a training forward that backward may use
         self._unbatched = False
         self._step_work = np.empty(self._work_size(), self.dtype)
-        self._step_cache: dict = {}
+        self._plan: Optional[tuple] = None  # see _step_plan
         self._step_sizes = self._state_sizes()
         self._flags = np.zeros(0, np.int64)  # see _unit_parts
         self._unit_bufs: dict = {}
@@ -200,11 +200,10 @@ class RecurrentLayer:
         """(the step kernel, [``_make_step_args(k)`` for every layer k]), cached: parameters
         are only ever updated in place, so the arrays stay the same objects for the layer's
         life."""
-        plan = self._step_cache.get("plan")
-        if plan is None:
-            plan = self._step_cache["plan"] = (
-                self._step_kernel(), [self._make_step_args(k) for k in range(self.num_layers)])
-        return plan
+        if self._plan is None:
+            self._plan = (self._step_kernel(),
+                          [self._make_step_args(k) for k in range(self.num_layers)])
+        return self._plan
 
     # ---- parameters ---------------------------------------------------------------------
     def _suffixes(self):
