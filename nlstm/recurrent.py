@@ -139,7 +139,7 @@ class RecurrentLayer:
         self._step_work = np.empty(self._work_size(), self.dtype)
         self._plan: Optional[tuple] = None  # see _step_plan
         self._step_sizes = self._state_sizes()
-        self._flags = np.zeros(0, np.int64)  # see _unit_parts
+        self._flags = np.zeros(0, np.int64)  # see _barrier_flags
         self._unit_bufs: dict = {}
 
     # ---- what a cell provides -----------------------------------------------------------
@@ -453,14 +453,12 @@ class RecurrentLayer:
         # at most one part per 16 units (units.unit_range's alignment); a system call last
         n = min(_threads.get_num_threads(), (self.hidden_size + 15) // 16,
                 _threads.cpus_available())
-        if n < 2:
-            return 0
-        if self._flags.shape[0] < n * STRIDE:
-            self._flags = np.zeros(n * STRIDE, np.int64)
-        return n
+        return n if n >= 2 else 0
 
     def _barrier_flags(self, n: int) -> np.ndarray:
-        """The unit-split kernels' barrier counters, zeroed for a new call."""
+        """The unit-split kernels' barrier counters for n parts, zeroed for a new call."""
+        if self._flags.shape[0] < n * STRIDE:
+            self._flags = np.zeros(n * STRIDE, np.int64)
         flags = self._flags[:n * STRIDE]
         flags[:] = 0
         return flags

@@ -11,9 +11,9 @@ keeps the one-thread kernels. Arithmetic per element as in ``gru_forward``/``gru
 from .activations import sigmoid, tanh
 from .blocks import row_dots, row_nn
 from .config import kernel
-from .slots import slots, step_time
+from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
-from .units import begin_units, copy, gather_blocks, unit_range, zero_past_units
+from .units import copy, gather_blocks, unit_range
 
 
 @kernel
@@ -31,9 +31,9 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
     w, a = w_own[part], acc[part, :3 * n]
     for k in range(K):
         gather_blocks(w[k], w_hh_t[k], 3, H, j0, j1)
-    begin_units(h, h0, lengths, reverse, j0, j1)
-    zero_past_units(y, lengths, col + j0, col + j1)
-    zero_past_units(aux, lengths, j0, j1)
+    begin_rows(0, 1, h[:, :, j0:j1], h0[:, j0:j1], lengths, reverse)
+    zero_padding(0, 1, y, lengths, col + j0, n)
+    zero_padding(0, 1, aux, lengths, j0, n)
     bn = b_hh[2 * H + j0:2 * H + j1]
     L = lengths[0]
     barrier(flags, part, parts, 1)
@@ -56,7 +56,7 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
             ho[j] = gn[j] + gz[j] * (hp[j] - gn[j])
         copy(y[t, 0, col + j0:col + j1], ho)
         barrier(flags, part, parts, step + 2)  # the next step reads every unit of h
-    copy(h_n[0, j0:j1], h[0 if reverse else L, 0, j0:j1])
+    end_rows(0, 1, h_n[:, j0:j1], h[:, :, j0:j1], lengths, reverse)
 
 
 @kernel
@@ -73,8 +73,8 @@ def gru_backward_units(part, parts, flags, dgates, dgates_hh, dh0, dy, dh_n, gat
     L = lengths[0]
     copy(dh0[0, j0:j1], dh_n[0, j0:j1])
     for q in range(3):
-        zero_past_units(dgates, lengths, q * H + j0, q * H + j1)
-        zero_past_units(dgates_hh, lengths, q * H + j0, q * H + j1)
+        zero_padding(0, 1, dgates, lengths, q * H + j0, j1 - j0)
+        zero_padding(0, 1, dgates_hh, lengths, q * H + j0, j1 - j0)
     du = direct[j0:j1]
     count = 0
     for step in range(L - 1, -1, -1):

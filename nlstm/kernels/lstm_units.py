@@ -19,10 +19,9 @@ from .activations import sigmoid, tanh
 from .blocks import row_dots, row_nn_add
 from .config import kernel
 from .lstm import _cell_back
-from .slots import slots, step_time
+from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
-from .units import (begin_units, copy, gather_blocks, gather_blocks_add, scatter_blocks,
-                    unit_range, zero_past_units)
+from .units import copy, gather_blocks, gather_blocks_add, scatter_blocks, unit_range
 
 @kernel
 def _cell(a, c_prev, c_new, h_new):
@@ -62,9 +61,9 @@ def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bia
     w, a = w_own[part], acc[part, :n4]
     for k in range(K):
         gather_blocks(w[k], w_hh_t[k], 4, H, j0, j1)
-    begin_units(h, h0, lengths, reverse, j0, j1)
-    begin_units(c, c0, lengths, reverse, j0, j1)
-    zero_past_units(y, lengths, col + j0, col + j1)
+    begin_rows(0, 1, h[:, :, j0:j1], h0[:, j0:j1], lengths, reverse)
+    begin_rows(0, 1, c[:, :, j0:j1], c0[:, j0:j1], lengths, reverse)
+    zero_padding(0, 1, y, lengths, col + j0, j1 - j0)
     L = lengths[0]
     barrier(flags, part, parts, 1)
     for step in range(L):
@@ -76,9 +75,8 @@ def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bia
         scatter_blocks(gates[t, 0], a, 4, H, j0, j1)  # the gates backward reads
         copy(y[t, 0, col + j0:col + j1], h[o, 0, j0:j1])
         barrier(flags, part, parts, step + 2)  # the next step reads every unit of h
-    last = 0 if reverse else L
-    copy(h_n[0, j0:j1], h[last, 0, j0:j1])
-    copy(c_n[0, j0:j1], c[last, 0, j0:j1])
+    end_rows(0, 1, h_n[:, j0:j1], h[:, :, j0:j1], lengths, reverse)
+    end_rows(0, 1, c_n[:, j0:j1], c[:, :, j0:j1], lengths, reverse)
 
 
 @kernel
@@ -97,7 +95,7 @@ def lstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, ga
     copy(dh0[0, j0:j1], dh_n[0, j0:j1])
     copy(dc0[0, j0:j1], dc_n[0, j0:j1])
     for q in range(4):
-        zero_past_units(dgates, lengths, q * H + j0, q * H + j1)
+        zero_padding(0, 1, dgates, lengths, q * H + j0, j1 - j0)
     count = 0
     for step in range(L - 1, -1, -1):
         t = step_time(step, L, reverse)

@@ -6,7 +6,6 @@ q of all H units. A part gathers its units' columns of every block side by side,
 its share of each step's product is one contiguous range (see ``lstm_units``).
 Every loop here runs over a slice from 0 (see nlstm.kernels.blocks).
 """
-from .activations import cast_like
 from .config import kernel
 
 # Unit ranges start at multiples of this (one 512-bit vector of float32).
@@ -58,21 +57,3 @@ def scatter_blocks(dst, src, blocks, H, j0, j1):
     n = j1 - j0
     for q in range(blocks):
         copy(dst[q * H + j0:q * H + j1], src[q * n:(q + 1) * n])
-
-
-@kernel
-def begin_units(state, init, lengths, reverse, j0, j1):
-    """slots.begin_rows for B = 1 and units j0:j1: the initial state in its start slot,
-    zeros in the slots no step writes. state: (T+1, 1, H); init: (1, H)."""
-    T = state.shape[0] - 1
-    L = lengths[0]
-    copy(state[L if reverse else 0, 0, j0:j1], init[0, j0:j1])
-    for s in range(L + 1, T + 1):
-        fill(state[s, 0, j0:j1], cast_like(state, 0))
-
-
-@kernel
-def zero_past_units(a, lengths, c0, c1):
-    """a[t, 0, c0:c1] = 0 for t past the row's length; a: (T, 1, n)."""
-    for t in range(lengths[0], a.shape[0]):
-        fill(a[t, 0, c0:c1], cast_like(a, 0))
