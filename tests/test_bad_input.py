@@ -185,18 +185,22 @@ def test_step_rejects(kw, exc, match):
 
 
 @pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])
-@pytest.mark.parametrize("where", ["x", "layer 1 state"])
-def test_step_fast_path_rejects_non_finite(cls, where):
+@pytest.mark.parametrize("where", ["x", "layer 0 h", "layer 1 state"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_step_fast_path_rejects_non_finite(cls, where, bad):
     """Inputs already in the layer's dtype and layout take the fast path, where the step
-    kernels check finiteness themselves: a NaN anywhere still raises and changes nothing."""
+    kernels check finiteness themselves: a NaN or Inf anywhere still raises and changes
+    nothing."""
     m = cls(I, H, num_layers=L, seed=0)
     x = np.ones((B, I), np.float32)
     _, state = m.step(x)
     states = list(state) if isinstance(state, tuple) else [state]
     if where == "x":
-        x[1, 2] = np.nan
+        x[1, 2] = bad
+    elif where == "layer 0 h":
+        states[0][0, B - 1, H - 1] = bad
     else:
-        states[-1][L - 1, 1, 0] = np.nan
+        states[-1][L - 1, 1, 0] = bad
     given = [a.copy() for a in states]
     with pytest.raises(ValueError, match="x_t contains" if where == "x" else "state .*contains"):
         m.step(x, states[0] if len(states) == 1 else tuple(states))

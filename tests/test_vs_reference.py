@@ -146,3 +146,33 @@ def test_large_batch_block_path(kind, threads):
         np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12, err_msg="dx")
         for k, g in rgrads.items():
             np.testing.assert_allclose(m.grads[k], g, rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("B,threads", [(1, 1), (2, 2), (3, 2)])
+@pytest.mark.parametrize("kind", list(ALL_KINDS))
+def test_one_row_ranges(kind, B, threads):
+    """Row ranges of a single row take the LSTM's one-row path (no active-row bookkeeping):
+    a one-row batch, and with two threads ranges of one row at b0 = 1 or 2; rows shorter
+    than T and of length 0, both directions, against the oracle."""
+    import nlstm
+    cls, extra, make_cell = ALL_KINDS[kind]
+    if extra.get("proj_size") == -1:
+        extra = dict(extra, proj_size=3)
+    rng = np.random.default_rng(B)
+    T, I, H = 6, 3, 5
+    m = cls(I, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=2, **extra)
+    x = rng.standard_normal((T, B, I))
+    lengths = np.array([4, T, 0][:B])
+    init = [rng.standard_normal((4, B, n)) for n in m._state_sizes()]
+    before, saved = nlstm.get_num_threads(), nlstm._threads._MIN_PARALLEL_WORK
+    nlstm._threads._MIN_PARALLEL_WORK = 0  # every recurrence splits its rows
+    try:
+        nlstm.set_num_threads(threads)
+        y, final = m(x, init[0] if len(init) == 1 else tuple(init), lengths=lengths)
+    finally:
+        nlstm.set_num_threads(before)
+        nlstm._threads._MIN_PARALLEL_WORK = saved
+    ry, rfinal, _ = R.forward(make_cell(), m.params, x, init, lengths, 2, True)
+    np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")
+    for i, (a, b) in enumerate(zip(final if isinstance(final, tuple) else [final], rfinal)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"final[{i}]")

@@ -201,9 +201,9 @@ def copy_out(y, h, rows, times, n, reverse, col):
     for i in range(n):
         p, o = slots(times[i], reverse)
         src = h[o, rows[i]]
-        dst = y[times[i], rows[i]]
+        dst = y[times[i], rows[i], col:col + src.shape[0]]  # sliced: loops from 0
         for j in range(src.shape[0]):
-            dst[col + j] = src[j]
+            dst[j] = src[j]
 
 
 @kernel

@@ -28,7 +28,7 @@ from .config import kernel
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt, row_nn,
                      row_nn_add, scatter_rows)
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
-                    zero_padding, zero_rows_past)
+                    step_time, zero_padding, zero_rows_past)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty
@@ -50,41 +50,65 @@ def _pointwise(g, c_prev, c_new, m, opt, pre):
     pre-activations before clipping (only with clip).
     """
     H = c_prev.shape[0]
+    # The gate blocks as views: an index such as H + j keeps Numba's negative-index
+    # wraparound on every access, which kept LLVM from vectorising (see blocks.py).
+    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
     peep = opt.peep.shape[0] > 0
+    p_i, p_f, p_o = opt.peep[:H], opt.peep[H:2 * H], opt.peep[2 * H:3 * H]  # empty unless peep
     if peep:
         for j in range(H):
-            g[j] += opt.peep[j] * c_prev[j]
-            g[H + j] += opt.peep[H + j] * c_prev[j]
-    if opt.clip < np.inf:
+            gi[j] += p_i[j] * c_prev[j]
+            gf[j] += p_f[j] * c_prev[j]
+    clip = opt.clip < np.inf
+    if clip:
         for j in range(4 * H):
             pre[j] = g[j]
         # The output gate's clip must wait for its peephole, which reads c_new.
         _clamp(g[:3 * H], -opt.clip, opt.clip)
     for j in range(H):
-        ig = sigmoid(g[j])
-        fg = sigmoid(g[H + j])
-        gg = tanh(g[2 * H + j])
-        g[j] = ig
-        g[H + j] = fg
-        g[2 * H + j] = gg
+        gi[j] = sigmoid(gi[j])
+        gf[j] = sigmoid(gf[j])
+        gg[j] = tanh(gg[j])
     if opt.input_forget:
         one = cast_like(g, 1)
         for j in range(H):
-            g[H + j] = one - g[j]
+            gf[j] = one - gi[j]
     for j in range(H):
-        c_new[j] = g[H + j] * c_prev[j] + g[j] * g[2 * H + j]
+        c_new[j] = gf[j] * c_prev[j] + gi[j] * gg[j]
     if peep:
         for j in range(H):
-            g[3 * H + j] += opt.peep[2 * H + j] * c_new[j]
-        if opt.clip < np.inf:
+            go[j] += p_o[j] * c_new[j]
+        if clip:
+            pre_o = pre[3 * H:4 * H]
             for j in range(H):
-                pre[3 * H + j] = g[3 * H + j]
-    if opt.clip < np.inf:
-        _clamp(g[3 * H:], -opt.clip, opt.clip)
+                pre_o[j] = go[j]
+    if clip:
+        _clamp(go, -opt.clip, opt.clip)
     for j in range(H):
-        og = sigmoid(g[3 * H + j])
-        g[3 * H + j] = og
+        og = sigmoid(go[j])
+        go[j] = og
         m[j] = og * tanh(c_new[j])
+
+
+@kernel
+def _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pre):
+    """``lstm_forward``'s recurrence for the single batch row b (no projection): each
+    step's product goes straight into its gates, without the bookkeeping of active rows
+    (0.1-0.2 µs a step less, a sixth of the S forward)."""
+    L = lengths[b]
+    clip = opt.clip < np.inf
+    for step in range(L):
+        t = step_time(step, L, reverse)
+        p, o = slots(t, reverse)
+        g = gates[t, b]
+        for j in range(g.shape[0]):
+            g[j] += bias[j]
+        row_nn_add(g, h[p, b], w_hh_t, 0, g.shape[0])
+        hn = h[o, b]
+        _pointwise(g, c[p, b], c[o, b], hn, opt, pre[t, b] if clip else pre[0, 0])
+        dst = y[t, b, col:col + hn.shape[0]]  # sliced: loops from 0 (see blocks.py)
+        for j in range(hn.shape[0]):
+            dst[j] = hn[j]
 
 
 @kernel
@@ -113,6 +137,9 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
     if opt.proj:
         zero_rows_past(b0, b1, m, lengths)
     clip = opt.clip < np.inf
+    if b1 - b0 == 1 and not opt.proj:
+        _forward_row(b0, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pre)
+        T = 0  # done
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
@@ -309,10 +336,10 @@ def _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work
     pre = work[G:2 * G]
     m = work[2 * G:2 * G + H]
     for b in range(inp.shape[0]):
-        row_nn(g, inp[b], w_ih_t, 0, G)
+        for j in range(G):  # the biases first: no pass to zero g, none to add them after
+            g[j] = b_ih[j] + b_hh[j]
+        row_nn_add(g, inp[b], w_ih_t, 0, G)
         row_nn_add(g, hk[b], w_hh_t, 0, G)
-        for j in range(G):
-            g[j] += b_ih[j] + b_hh[j]
         if opt.proj:
             _pointwise(g, ck[b], cn[b], m, opt, pre)
             row_nn(hn[b], m, opt.w_hr_t, 0, hn.shape[1])

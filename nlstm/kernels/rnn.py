@@ -5,7 +5,7 @@ Time and state slots as in :mod:`nlstm.kernels.slots`, per-step block products a
 products, as for the LSTM.
 """
 from .activations import tanh
-from .blocks import active_rows, add_recurrent, copy_out, matmul_nt, row_nn, row_nn_add, scatter_rows
+from .blocks import active_rows, add_recurrent, copy_out, matmul_nt, row_nn_add, scatter_rows
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     zero_padding, zero_rows_past)
@@ -97,9 +97,9 @@ def rnn_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, pre):
     inp, hk, hn = step_layer_rows(k, x, h, h_out)
     H = hk.shape[1]
     for b in range(inp.shape[0]):
-        row_nn(pre, inp[b], w_ih_t, 0, H)
+        for j in range(H):  # the biases first, as in the LSTM's step
+            pre[j] = b_ih[j] + b_hh[j]
+        row_nn_add(pre, inp[b], w_ih_t, 0, H)
         row_nn_add(pre, hk[b], w_hh_t, 0, H)
-        for j in range(H):
-            pre[j] += b_ih[j] + b_hh[j]
         _activate(pre, hn[b], relu)
     return True

@@ -6,6 +6,7 @@ holds the initial state). For a reverse direction the state before time t is slo
 and after it slot t, and each row b starts at its own end: slot ``lengths[b]`` holds the
 initial state. Gates and outputs are indexed by time t in both directions.
 """
+from .activations import cast_like
 from .config import kernel
 
 
@@ -82,18 +83,27 @@ def zero_rows_past(b0, b1, a, lengths):
 
 
 @kernel
+def _zero_if_finite(a):
+    """0 if every value of a (B, n) is finite, else NaN: v·0 is NaN for NaN and ±Inf, and a
+    sum vectorises where a test and branch per value did not (50 vs 160 ns for a step's
+    inputs at H = 128). Relies on fastmath leaving out ``nnan``/``ninf`` (config.py)."""
+    s = cast_like(a, 0)
+    for b in range(a.shape[0]):
+        r = a[b]
+        for j in range(r.shape[0]):
+            s += r[j] * 0
+    return s
+
+
+@kernel
 def step_inputs_finite(k, x, h, c):
     """Whether a streaming step's inputs into layer k are finite: x (layer 0 only) and h[k],
     c[k] of the state (L, B, ·). A kernel-side check: NumPy's isfinite-and-reduce would
     cost more than the step itself."""
-    arrays = (x, h[k], c[k]) if k == 0 else (h[k], h[k], c[k])
-    for a in arrays:
-        for b in range(a.shape[0]):
-            for j in range(a.shape[1]):
-                v = a[b, j]
-                if not (v - v == 0):  # false for NaN and ±Inf
-                    return False
-    return True
+    s = _zero_if_finite(h[k]) + _zero_if_finite(c[k])
+    if k == 0:
+        s += _zero_if_finite(x)
+    return s == 0
 
 
 @kernel
