@@ -1,7 +1,8 @@
 """``python -m bench.extra``: issue 3's targets that are not a table of peers.
 
 Sections (``--sections``, default all):
-  step       streaming latency of ``lstm.step`` from Python (B=1, I=32, H=128, state carried)
+  step       streaming latency of ``lstm.step`` and of a stream from Python (B=1, I=32,
+             H=128, state carried)
   coldstart  fresh process: import + first S forward, Numba cache warm (nlstm and torch)
   compile    first-ever compile of the float32 inference path (empty NLSTM_CACHE_DIR and
              NUMBA_CACHE_DIR),
@@ -208,8 +209,10 @@ def section_step(args) -> Dict:
     def unbatched():
         _, box1[0] = m.step(x1, box1[0])
 
-    st = time_chunked({"step (1, I)": batched, "step (I,)": unbatched}, repeat=args.repeat,
-                      chunk_s=0.2)
+    stream, stream1 = m.stream(batch_size=1), m.stream()
+    st = time_chunked({"step (1, I)": batched, "step (I,)": unbatched,
+                       "stream (1, I)": lambda: stream(x), "stream (I,)": lambda: stream1(x1)},
+                      repeat=args.repeat, chunk_s=0.2)
     out = {k: v.median * 1e6 for k, v in st.items()}
     out["target_us"] = TARGETS["step_us"]
     out["met"] = out["step (1, I)"] <= TARGETS["step_us"]
@@ -491,6 +494,8 @@ def markdown(res: Dict) -> str:
               f"(unbatched x (I,): {s['step (I,)']:.1f} µs); target ≤ {s['target_us']:g} µs: {yn(s['met'])}",
               f"- of which the kernel call (Numba dispatch included): "
               f"{s['kernel_us']:.1f} µs" if s.get("kernel_us") is not None else "- kernel share: n/a",
+              f"- `stream(x)`, the state kept in a `lstm.stream(batch_size=1)`: "
+              f"{s['stream (1, I)']:.1f} µs median (unbatched `lstm.stream()`: {s['stream (I,)']:.1f} µs)",
               f"- matrix-product floor of one step: {s['floor_us']:.2f} µs", ""]
     if "coldstart" in res:
         c = res["coldstart"]

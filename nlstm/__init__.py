@@ -4,6 +4,7 @@ from .gru import GRU
 from .lstm import LSTM
 from .recurrent import RecurrentLayer
 from .rnn import RNN
+from .stream import Stream
 from .linear import Dropout, Linear
 from .losses import CrossEntropyLoss, MSELoss
 from .optim import SGD, Adam, AdamW, CosineLR, StepLR, clip_grad_norm
@@ -14,7 +15,7 @@ from .interop import from_keras, from_torch, to_torch
 from ._version import __version__
 from ._warmup import warmup
 
-__all__ = ["LSTM", "GRU", "RNN", "RecurrentLayer", "set_num_threads", "get_num_threads", "warmup",
+__all__ = ["LSTM", "GRU", "RNN", "RecurrentLayer", "Stream", "set_num_threads", "get_num_threads", "warmup",
            "__version__"]
 __all__ += ["Linear", "Dropout", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
             "AdamW", "StepLR", "CosineLR", "clip_grad_norm", "save", "load"]

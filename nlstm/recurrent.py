@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _threads
 from .kernels.sync import STRIDE
+from .stream import Stream
 from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
                         real_array)
 
@@ -589,6 +590,13 @@ class RecurrentLayer:
         # Not the fast path's case, or a non-finite value: the full checks name the problem.
         x, old, unbatched = self._step_checked_inputs(x_t, state)
         return self._step_run(x, old, unbatched, False)
+
+    def stream(self, batch_size: Optional[int] = None, state=None) -> Stream:
+        """A :class:`~nlstm.stream.Stream` that keeps the state between calls:
+        ``s = layer.stream(); y_t = s(x_t)``, x_t (I,) (or (B, I) with ``batch_size=B``).
+        Equal to ``step`` with the state carried, without its allocations and checks of the
+        state each call."""
+        return Stream(self, batch_size, state)
 
     def _step_fast(self, x, state):
         """The common streaming case, checked cheaply and run: C-contiguous arrays already in
