@@ -151,9 +151,10 @@ def test_large_batch_block_path(kind, threads):
 @pytest.mark.parametrize("B,threads", [(1, 1), (2, 2), (3, 2)])
 @pytest.mark.parametrize("kind", list(ALL_KINDS))
 def test_one_row_ranges(kind, B, threads):
-    """Row ranges of a single row take the LSTM's one-row path (no active-row bookkeeping):
-    a one-row batch, and with two threads ranges of one row at b0 = 1 or 2; rows shorter
-    than T and of length 0, both directions, against the oracle."""
+    """Row ranges of a single row take the LSTM's one-row paths, forward and backward (no
+    active-row bookkeeping): a one-row batch, and with two threads ranges of one row at
+    b0 = 1 or 2; rows shorter than T and of length 0, both directions, given final-state
+    gradients, against the oracle."""
     import nlstm
     cls, extra, make_cell = ALL_KINDS[kind]
     if extra.get("proj_size") == -1:
@@ -165,14 +166,25 @@ def test_one_row_ranges(kind, B, threads):
     lengths = np.array([4, T, 0][:B])
     init = [rng.standard_normal((4, B, n)) for n in m._state_sizes()]
     before, saved = nlstm.get_num_threads(), nlstm._threads._MIN_PARALLEL_WORK
+    dy = rng.standard_normal((T, B, 2 * m._out_size))
+    dfinal = [rng.standard_normal(a.shape) for a in init]
     nlstm._threads._MIN_PARALLEL_WORK = 0  # every recurrence splits its rows
     try:
         nlstm.set_num_threads(threads)
-        y, final = m(x, init[0] if len(init) == 1 else tuple(init), lengths=lengths)
+        y, final = m.forward(x, init[0] if len(init) == 1 else tuple(init), lengths=lengths)
+        dx, dinit = m.backward(dy, *dfinal)
     finally:
         nlstm.set_num_threads(before)
         nlstm._threads._MIN_PARALLEL_WORK = saved
-    ry, rfinal, _ = R.forward(make_cell(), m.params, x, init, lengths, 2, True)
-    np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")
+    ry, rfinal, cache = R.forward(make_cell(), m.params, x, init, lengths, 2, True)
+    tol = dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y, ry, err_msg="y", **tol)
     for i, (a, b) in enumerate(zip(final if isinstance(final, tuple) else [final], rfinal)):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"final[{i}]")
+        np.testing.assert_allclose(a, b, err_msg=f"final[{i}]", **tol)
+    if getattr(make_cell(), "plain", True):  # the variants' gradients: finite differences
+        rdx, rdinit, rgrads = R.backward(cache, dy, dfinal)
+        np.testing.assert_allclose(dx, rdx, err_msg="dx", **tol)
+        for i, (a, b) in enumerate(zip(dinit if isinstance(dinit, tuple) else [dinit], rdinit)):
+            np.testing.assert_allclose(a, b, err_msg=f"dinit[{i}]", **tol)
+        for k, g in rgrads.items():
+            np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)

@@ -25,7 +25,7 @@ import numpy as np
 
 from .activations import cast_like, sigmoid, tanh
 from .config import kernel
-from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt, row_nn,
+from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt, row_dots, row_nn,
                      row_nn_add, scatter_rows)
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
@@ -196,6 +196,26 @@ def _cell_back(g, dg, dm, dc, c_prev, c_new, j0, j1):
 
 
 @kernel
+def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col, dm):
+    """``lstm_backward``'s pass for the single batch row b of the plain cell: each step's
+    gate gradients written straight into dgates and the carry straight into dh[b] (no
+    gathering of active rows, no copies). dm: (H,) scratch."""
+    L = lengths[b]
+    G = gates.shape[2]
+    H = G // 4
+    dhb, dcb = dh[b], dc[b]
+    for step in range(L - 1, -1, -1):
+        t = step_time(step, L, reverse)
+        p, o = slots(t, reverse)
+        dyt = dy[t, b, col:col + H]  # sliced: loops from 0 (see blocks.py)
+        for j in range(H):
+            dm[j] = dyt[j] + dhb[j]
+        dg = dgates[t, b]  # may alias gates[t, b] (see _cell_back)
+        _cell_back(gates[t, b], dg, dm, dcb, c[p, b], c[o, b], 0, H)
+        row_dots(dhb, w_hh_t, dg, 0, G, 0, dhb.shape[0])  # the carry: dz · W_hh
+
+
+@kernel
 def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, lengths,
                   reverse, col, peep, clip, input_forget, proj, w_hr_t, pre, m, dh_all,
                   rows, times, sp1, sp2, sg, sh):
@@ -225,6 +245,9 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     zero_rows_past(b0, b1, dgates, lengths)
     if opt.proj:
         zero_rows_past(b0, b1, dh_all, lengths)
+    if b1 - b0 == 1 and plain and not opt.proj:
+        _backward_row(b0, dgates, dh0, dc0, dy, gates, c, w_hh_t, lengths, reverse, col, sh[0])
+        T = 0  # done
     for step in range(T - 1, -1, -1):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
@@ -242,9 +265,9 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
         else:
             for i in range(n):
                 b = rows[i]
-                t = times[i]
+                dyt = dy[times[i], b, col:col + H]  # sliced: loops from 0 (see blocks.py)
                 for j in range(H):
-                    sh[i, j] = dy[t, b, col + j] + dh0[b, j]
+                    sh[i, j] = dyt[j] + dh0[b, j]
         for i in range(n):
             b = rows[i]
             t = times[i]
