@@ -75,13 +75,14 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, lengths, reverse, col, 
             p, o = slots(t, reverse)
             d = dpre[t, b]
             ho = h[o, b]
+            dyt, dhb, sgi = dy[t, b, col:col + H], dh0[b], sg[i]  # sliced: loops from 0
             for j in range(H):
-                dh = dy[t, b, col + j] + dh0[b, j]
+                dh = dyt[j] + dhb[j]
                 if relu:
                     d[j] = dh if ho[j] > 0 else dh - dh
                 else:
                     d[j] = dh - dh * ho[j] * ho[j]
-                sg[i, j] = d[j]
+                sgi[j] = d[j]
         matmul_nt(sp1, sg, w_hh_t, n, 0, H)
         scatter_rows(dh0, sp1, rows, n)
 
