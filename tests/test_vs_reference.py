@@ -188,3 +188,27 @@ def test_one_row_ranges(kind, B, threads):
             np.testing.assert_allclose(a, b, err_msg=f"dinit[{i}]", **tol)
         for k, g in rgrads.items():
             np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_small_weights_carry(dtype):
+    """The backward carry against small weights with more than 128 outputs goes to BLAS in
+    4-row calls (see blocks.matmul_nt): an RNN with H = 160 over 6 rows, against the oracle."""
+    import nlstm
+    rng = np.random.default_rng(7)
+    T, B, I, H = 3, 6, 4, 160
+    m = nlstm.RNN(I, H, dtype=dtype, seed=1)
+    x = rng.standard_normal((T, B, I))
+    lengths = np.array([3, 3, 2, 3, 1, 3])
+    dy = rng.standard_normal((T, B, H))
+    y, _ = m.forward(x, lengths=lengths)
+    dx, dh0 = m.backward(dy)
+    init = [np.zeros((1, B, H))]
+    ry, _, cache = R.forward(R.RNNCell("tanh"), m.params, x, init, lengths, 1, False)
+    rdx, rdinit, rgrads = R.backward(cache, dy, [np.zeros((1, B, H))])
+    tol = TOL[dtype]
+    np.testing.assert_allclose(y, ry, err_msg="y", **tol)
+    np.testing.assert_allclose(dx, rdx, err_msg="dx", **tol)
+    np.testing.assert_allclose(dh0, rdinit[0], err_msg="dh0", **tol)
+    for k, g in rgrads.items():
+        np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)

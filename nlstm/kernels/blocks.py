@@ -221,10 +221,12 @@ def matmul_nt(out, a, w, n, c0, c1):
     """out[:n] = a[:n, c0:c1] @ w[:, c0:c1]ᵀ. out: (≥n, K); a: (≥n, G); w: (K, G)."""
     chunk = blas_block(n, w)
     if chunk and c0 == 0 and c1 == w.shape[1]:
-        # Against the transposed weights, 8-row calls could run at half speed (55 vs 125
-        # GFLOP/s for 32 rows against 256x256), and one call for 32+ rows was at least as
-        # fast for every shape measured but 64x64 (single-threaded OpenBLAS on the EPYC).
-        dot_chunks(a, w.T, out, n, n if n >= BLAS_MIN_ROWS else chunk)
+        # Against transposed small weights, OpenBLAS's small-matrix path takes 8-row calls
+        # only up to 128 outputs: with 160-256 they ran at 30-36 GFLOP/s, 4-row calls at
+        # 90-105 (single-threaded, the EPYC; 8 rows stay faster up to 128).
+        if chunk == BLAS_CHUNK and w.shape[0] > 128:
+            chunk = 4
+        dot_chunks(a, w.T, out, n, chunk)
         return
     K = w.shape[0]
     zero = cast_like(out, 0)
