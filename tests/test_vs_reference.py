@@ -76,15 +76,18 @@ def test_variant_forward_matches_reference(kind, seed, dtype):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_large_weights_loop_path(kind):
-    """Weights over blocks.SMALL_WEIGHT_BYTES take the hand-blocked loops (groups of four
-    rows and a remainder) below BLAS_MIN_ROWS rows; smaller ones call BLAS per block."""
+    """Weights too big for OpenBLAS's small-matrix path (see blocks.small_rows) take the
+    hand-blocked loops (groups of four rows and a remainder) below BLAS_MIN_ROWS rows;
+    smaller ones call BLAS per block."""
     import nlstm
     from nlstm.kernels import blocks
     cls, extra, make_cell = ALL_KINDS[kind]
     rng = np.random.default_rng(6)
-    T, B, I, H = 3, 9, 2, 190
+    # the smallest round H past the path's limit (4·H·G > 10⁶) for each cell's G gates
+    T, B, I, H = 3, 9, 2, {nlstm.LSTM: 260, nlstm.GRU: 300, nlstm.RNN: 510}[cls]
     m = cls(I, H, dtype=np.float64, seed=4, **extra)
-    assert m._w("weight_hh", 0, 0).nbytes > blocks.SMALL_WEIGHT_BYTES
+    w = m._w("weight_hh", 0, 0)
+    assert blocks.small_rows(w, False) == blocks.small_rows(w, True) == 0
     x = rng.standard_normal((T, B, I))
     lengths = rng.integers(0, T + 1, B)
     lengths[:6] = T  # groups of four active rows, and remainders, at every step
@@ -212,3 +215,15 @@ def test_wide_small_weights_carry(dtype):
     np.testing.assert_allclose(dh0, rdinit[0], err_msg="dh0", **tol)
     for k, g in rgrads.items():
         np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
+
+
+def test_small_rows_follows_openblas_small_path_limits():
+    """Rows per BLAS call: 8 while 8·K·G <= 10⁶ (and, for the carry, 8·K <= 1200 outputs),
+    else 4 within the same limits, else 0 (loops or one whole call)."""
+    from nlstm.kernels.blocks import small_rows
+    cases = {(128, 512): (8, 8), (64, 256): (8, 8), (256, 256): (8, 4), (160, 384): (8, 4),
+             (256, 768): (4, 4), (300, 300): (8, 4), (256, 1024): (0, 0), (512, 512): (0, 0),
+             (400, 400): (4, 0)}
+    for (K, G), want in cases.items():
+        w = np.zeros((K, G), np.float32)
+        assert (small_rows(w, False), small_rows(w, True)) == want, (K, G)

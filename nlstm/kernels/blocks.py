@@ -27,20 +27,39 @@ from .slots import slots, step_time
 # rows and fewer, where the call overhead dominates).
 BLAS_MIN_ROWS = 32
 
-# Except when the weights are small: then OpenBLAS's small-matrix path, called on blocks of
-# BLAS_CHUNK rows, beats the loops from 2 rows on (at 128×512: 4.8 vs 14.2 µs for 4 rows,
-# 10.4 vs 21.9 µs for 8, 42 vs 64 µs for 32 as four calls of 8; at 64×256 about 20%
-# faster). With weights of 1 MB and more the same path is 2-5x slower than the loops
-# (it streams the weights per call), so the rule stops at 256 KB.
-SMALL_WEIGHT_BYTES = 256 * 1024
-BLAS_CHUNK = 8
+# Except where OpenBLAS's small-matrix path takes the call: then blocks of 8 (or 4) rows
+# per call beat the loops from 2 rows on (at 128×512: 4.8 vs 14.2 µs for 4 rows, 10.4 vs
+# 21.9 µs for 8, 42 vs 64 µs for 32 as four calls of 8; at 64×256 about 20% faster). Its
+# AVX-512 kernels (which OpenBLAS picks on this Zen 4) take a product when M·N·K <= 10⁶
+# and, in the transposed-weights form of the backward carry, when the output block has at
+# most 1200 values (OpenBLAS's sgemm_small_kernel_permit_skylakex). Measured
+# single-threaded: calls past those limits ran at 16-36 GFLOP/s, 2-5x slower than the
+# loops or one whole call; 4-row calls within them at 90-115 GFLOP/s, against 256×768
+# weights too (whole 32-row calls: 58-73).
+SMALL_PATH_MNK = 1_000_000
+SMALL_PATH_OUT = 1200
 
 
 @kernel
-def blas_block(n, w):
-    """Rows per BLAS call for a block of n rows times w (0: use the loops)."""
-    if n >= 2 and w.size * w.itemsize <= SMALL_WEIGHT_BYTES:
-        return BLAS_CHUNK
+def small_rows(w, carry):
+    """Rows per BLAS call (8 or 4) that keep a product against w (K, G) in OpenBLAS's
+    small-matrix path, or 0: a @ w, or with ``carry`` a @ wᵀ (K outputs per row)."""
+    kg = w.shape[0] * w.shape[1]
+    r = 8
+    while r >= 4:
+        if r * kg <= SMALL_PATH_MNK and not (carry and r * w.shape[0] > SMALL_PATH_OUT):
+            return r
+        r //= 2
+    return 0
+
+
+@kernel
+def blas_block(n, w, carry):
+    """Rows per BLAS call for a block of n rows times w (``carry``: times wᵀ), 0: use the
+    loops."""
+    chunk = small_rows(w, carry)
+    if n >= 2 and chunk:
+        return chunk
     if n >= BLAS_MIN_ROWS:
         return n
     return 0
@@ -108,7 +127,7 @@ def row_nn(o, a, b, c0, c1):
 @kernel
 def matmul_nn(out, a, b, n, c0, c1):
     """out[:n, c0:c1] = a[:n] @ b[:, c0:c1]. out: (≥n, G); a: (≥n, K); b: (K, G)."""
-    chunk = blas_block(n, b)
+    chunk = blas_block(n, b, False)
     if chunk and c0 == 0 and c1 == b.shape[1]:
         dot_chunks(a, b, out, n, chunk)
         return
@@ -126,7 +145,7 @@ def add_recurrent(gates, h, w_t, bias, rows, times, n, reverse, sp1, sg):
     ``blas_block``) gather the states for sgemm calls; the others add straight into each
     row's gates (no gather).
     """
-    chunk = blas_block(n, w_t)
+    chunk = blas_block(n, w_t, False)
     if chunk:
         for i in range(n):
             p, o = slots(times[i], reverse)
@@ -219,13 +238,8 @@ def scatter_rows(dst, src, rows, n):
 @kernel
 def matmul_nt(out, a, w, n, c0, c1):
     """out[:n] = a[:n, c0:c1] @ w[:, c0:c1]ᵀ. out: (≥n, K); a: (≥n, G); w: (K, G)."""
-    chunk = blas_block(n, w)
+    chunk = blas_block(n, w, True)
     if chunk and c0 == 0 and c1 == w.shape[1]:
-        # Against transposed small weights, OpenBLAS's small-matrix path takes 8-row calls
-        # only up to 128 outputs: with 160-256 they ran at 30-36 GFLOP/s, 4-row calls at
-        # 90-105 (single-threaded, the EPYC; 8 rows stay faster up to 128).
-        if chunk == BLAS_CHUNK and w.shape[0] > 128:
-            chunk = 4
         dot_chunks(a, w.T, out, n, chunk)
         return
     K = w.shape[0]
