@@ -63,3 +63,14 @@ def test_every_cell_steps_like_its_sequence(kind, dtype):
     if kind != "lstm":
         with pytest.raises(ValueError, match="unidirectional"):
             cls(3, 5, bidirectional=True, **extra).step(x[0])
+
+
+@pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])
+def test_step_accepts_huge_finite_inputs(cls):
+    """The kernels' finiteness check must not add values up (3e38 + 3e38 overflows to Inf):
+    the largest finite inputs pass, in the step and in a stream."""
+    m = cls(4, 3, seed=0)
+    x = np.full((2, 4), np.finfo(np.float32).max, np.float32)
+    y, _ = m.step(x)
+    assert np.isfinite(y).all()
+    assert np.isfinite(m.stream(batch_size=2)(x)).all()
