@@ -217,6 +217,64 @@ def test_wide_small_weights_carry(dtype):
         np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_large_weights_tile_path(kind):
+    """Blocks of 32+ rows against weights past the small-matrix path run as BLAS tiles
+    (blocks.dot_rows, gemm.gemm_tiles), forward and carry; the ragged tail of the same
+    batch takes the loops. Both directions, against the oracle."""
+    import nlstm
+    from nlstm.kernels import blocks
+    cls, extra, make_cell = ALL_KINDS[kind]
+    rng = np.random.default_rng(8)
+    T, B, I, H = 3, 40, 2, {nlstm.LSTM: 260, nlstm.GRU: 300, nlstm.RNN: 510}[cls]
+    m = cls(I, H, bidirectional=True, dtype=np.float64, seed=5, **extra)
+    w = m._w("weight_hh", 0, 0)
+    assert blocks.small_rows(w, False) == blocks.small_rows(w, True) == 0
+    assert blocks.tile_shape(w, False)[0] > 0 and blocks.tile_shape(w, True)[0] > 0
+    x = rng.standard_normal((T, B, I))
+    lengths = rng.integers(0, T + 1, B)
+    lengths[:34] = T  # 34 active rows at every step: the tiles; fewer at the ends
+    dy = rng.standard_normal((T, B, m.output_size))
+    before = nlstm.get_num_threads()
+    try:
+        nlstm.set_num_threads(1)
+        y, _ = m.forward(x, lengths=lengths)
+        dx, _ = m.backward(dy)
+    finally:
+        nlstm.set_num_threads(before)
+    init = [np.zeros((2, B, n)) for n in m._state_sizes()]
+    ry, _, cache = R.forward(make_cell(), m.params, x, init, lengths, 1, True)
+    np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")
+    rdx, _, rgrads = R.backward(cache, dy, [np.zeros_like(a) for a in init])
+    np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12, err_msg="dx")
+    for k, g in rgrads.items():
+        np.testing.assert_allclose(m.grads[k], g, rtol=1e-9, atol=1e-11, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("carry", [False, True])
+def test_gemm_tiles_on_views(dtype, carry):
+    """gemm_tiles on blocks that tiles do not divide, with row strides wider than the rows
+    (views into bigger arrays), against NumPy; nothing outside the block is written."""
+    from nlstm.kernels.gemm import gemm_tiles
+    rng = np.random.default_rng(9)
+    n, K, G = 33, 130, 70
+    a_big = rng.standard_normal((n + 5, (G if carry else K) + 3)).astype(dtype)
+    w_big = rng.standard_normal((K + 2, G + 7)).astype(dtype)
+    out_big = np.full((n + 4, (K if carry else G) + 9), 7.0, dtype)
+    a, w = a_big[2:2 + n, 1:1 + (G if carry else K)], w_big[1:1 + K, 3:3 + G]
+    out = out_big[1:1 + n, 4:4 + (K if carry else G)]
+    for rows, cols in [(16, 64), (4, 32), (8, 128)]:
+        out_big.fill(7.0)
+        gemm_tiles(out, a, w, n, carry, rows, cols)
+        want = a @ (w.T if carry else w)
+        np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-4 if dtype == np.float32 else 1e-10)
+        mask = np.ones(out_big.shape, bool)
+        mask[1:1 + n, 4:4 + out.shape[1]] = False
+        assert (out_big[mask] == 7.0).all()
+
+
 def test_small_rows_follows_openblas_small_path_limits():
     """Rows per BLAS call: 8 while 8·K·G <= 10⁶ (and, for the carry, 8·K <= 1200 outputs),
     else 4 within the same limits, else 0 (loops or one whole call)."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from .activations import cast_like
 from .config import kernel
+from .gemm import gemm_tiles
 from .slots import slots, step_time
 
 # From this many rows on, one single-threaded BLAS sgemm per step beats the loops below
@@ -53,16 +54,49 @@ def small_rows(w, carry):
     return 0
 
 
+# Weights too big for whole-width calls in the small-matrix path are multiplied in tiles of
+# rows × output columns that each stay within it (``gemm.gemm_tiles``), the first shape of
+# these that fits. Single-threaded at 32×256 @ 256×1024 (L): 108-111 GFLOP/s for tiles of
+# 8-32 rows × 64-256 columns against 68-71 for one call; carry 98-101 (4 × 64-128) against
+# 42-47. At 64×512 @ 512×2048 (XL): 107 (16 × 64) against 78-85; carry 88-99 against 67.
+TILES_FWD = ((16, 128), (16, 64), (8, 64), (4, 64))
+TILES_CARRY = ((4, 128), (8, 32), (4, 64), (4, 32))
+
+
+@kernel
+def tile_shape(w, carry):
+    """(rows, columns) of the tiles for a product against w (K, G), (0, 0) if none fits."""
+    depth = w.shape[1] if carry else w.shape[0]  # the summed dimension
+    for r, c in TILES_CARRY if carry else TILES_FWD:
+        if r * c * depth <= SMALL_PATH_MNK and not (carry and r * c > SMALL_PATH_OUT):
+            return r, c
+    return 0, 0
+
+
 @kernel
 def blas_block(n, w, carry):
     """Rows per BLAS call for a block of n rows times w (``carry``: times wᵀ), 0: use the
-    loops."""
+    loops. n itself: one call for the block, or tiles (see ``dot_rows``)."""
     chunk = small_rows(w, carry)
     if n >= 2 and chunk:
         return chunk
     if n >= BLAS_MIN_ROWS:
         return n
     return 0
+
+
+@kernel
+def dot_rows(out, a, w, n, chunk, carry):
+    """out[:n] = a[:n] @ w, or with ``carry`` a[:n] @ wᵀ, by BLAS: in calls of ``chunk``
+    rows when the weights suit the small-matrix path, else in tiles that do (whole calls
+    where none fits). out, a, w: 2-D, rows contiguous; w: (K, G)."""
+    r, c = tile_shape(w, carry)
+    if small_rows(w, carry) == 0 and r > 0:
+        gemm_tiles(out, a, w, n, carry, r, c)
+    elif carry:
+        dot_chunks(a, w.T, out, n, chunk)
+    else:
+        dot_chunks(a, w, out, n, chunk)
 
 
 @kernel
@@ -129,7 +163,7 @@ def matmul_nn(out, a, b, n, c0, c1):
     """out[:n, c0:c1] = a[:n] @ b[:, c0:c1]. out: (≥n, G); a: (≥n, K); b: (K, G)."""
     chunk = blas_block(n, b, False)
     if chunk and c0 == 0 and c1 == b.shape[1]:
-        dot_chunks(a, b, out, n, chunk)
+        dot_rows(out, a, b, n, chunk, False)
         return
     for r in range(n):
         row_nn(out[r], a[r], b, c0, c1)
@@ -153,7 +187,7 @@ def add_recurrent(gates, h, w_t, bias, rows, times, n, reverse, sp1, sg):
             dst = sp1[i]
             for k in range(hp.shape[0]):
                 dst[k] = hp[k]
-        dot_chunks(sp1, w_t, sg, n, chunk)
+        dot_rows(sg, sp1, w_t, n, chunk, False)
         for i in range(n):
             g = gates[times[i], rows[i]]
             src = sg[i]
@@ -240,7 +274,7 @@ def matmul_nt(out, a, w, n, c0, c1):
     """out[:n] = a[:n, c0:c1] @ w[:, c0:c1]ᵀ. out: (≥n, K); a: (≥n, G); w: (K, G)."""
     chunk = blas_block(n, w, True)
     if chunk and c0 == 0 and c1 == w.shape[1]:
-        dot_chunks(a, w.T, out, n, chunk)
+        dot_rows(out, a, w, n, chunk, True)
         return
     K = w.shape[0]
     zero = cast_like(out, 0)

@@ -1,0 +1,91 @@
+"""Direct BLAS gemm calls on sub-blocks of arrays, for the per-step products.
+
+Numba's ``np.dot`` multiplies whole contiguous arrays: a product against big recurrent
+weights then runs as one sgemm call, outside OpenBLAS's small-matrix path (M·N·K <= 10⁶),
+and a column slice of the weights would be copied first. ``gemm`` calls the same BLAS
+function (SciPy's, through Numba's own ``numba_xxgemm`` helper, resolved by name, so the
+kernels stay cacheable) on any rectangle of C-contiguous arrays, given by element offsets
+and row strides, so a big product can run as tiles that each stay in that path.
+``numba_xxgemm`` is the helper Numba's own ``np.dot`` calls (present since long before
+Numba 0.59, the oldest we support); the tests check every path through it against NumPy
+and the float64 oracle.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .config import kernel
+
+_FLOATS = (types.float32, types.float64)
+
+
+@intrinsic
+def _xxgemm(typingctx, ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc):
+    """Column-major BLAS gemm: C = op(A)·op(B) + beta·C on the blocks of a, b, c that start
+    at element offsets a_off, b_off, c_off with leading dimensions lda, ldb, ldc; ta, tb:
+    ord('n') or ord('t')."""
+    if not all(isinstance(t, types.Array) and t.dtype in _FLOATS for t in (a, b, c)) \
+            or not a.dtype == b.dtype == c.dtype:
+        return None
+    if not all(isinstance(t, types.Integer) for t in (ta, tb, m, n, k, a_off, lda, b_off, ldb,
+                                                         c_off, ldc)) \
+            or not isinstance(beta, (types.Float, types.Integer)):
+        return None
+    dt = a.dtype
+    sig = types.intc(ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c_off, ldc)
+
+    def codegen(context, builder, sig, args):
+        char = ir.IntType(8)
+        intp = context.get_value_type(types.intp)
+        voidp = cgutils.voidptr_t
+        fnty = ir.FunctionType(ir.IntType(32), [char, char, char, intp, intp, intp, voidp,
+                                                voidp, intp, voidp, intp, voidp, voidp, intp])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+
+        def as_intp(i):
+            return context.cast(builder, args[i], sig.args[i], types.intp)
+
+        def as_char(i):
+            return builder.trunc(as_intp(i), char)
+
+        def block(i):  # pointer to array i's element at the offset in argument i + 1
+            ary = context.make_array(sig.args[i])(context, builder, args[i])
+            return builder.bitcast(builder.gep(ary.data, [as_intp(i + 1)]), voidp)
+
+        alpha = cgutils.alloca_once_value(builder, context.get_constant(dt, 1.0))
+        beta_slot = cgutils.alloca_once_value(
+            builder, context.cast(builder, args[11], sig.args[11], dt))
+        kind = ir.Constant(char, ord("s" if dt == types.float32 else "d"))
+        return builder.call(fn, [kind, as_char(0), as_char(1), as_intp(2), as_intp(3),
+                                 as_intp(4), builder.bitcast(alpha, voidp), block(5), as_intp(7),
+                                 block(8), as_intp(10), builder.bitcast(beta_slot, voidp),
+                                 block(12), as_intp(14)])
+    return sig, codegen
+
+
+@kernel
+def _row_stride(a):
+    return a.strides[0] // a.itemsize
+
+
+@kernel
+def gemm_tiles(out, a, w, n, carry, rows, cols):
+    """out[:n] = a[:n] @ w, or with ``carry`` a[:n] @ wᵀ, as gemm calls on tiles of
+    ``rows`` rows of a by ``cols`` columns of out. out, a, w: 2-D, rows contiguous;
+    w: (K, G); out: (≥n, G), or (≥n, K) with ``carry``."""
+    lda_a, ld_out, ld_w = _row_stride(a), _row_stride(out), _row_stride(w)
+    K, G = w.shape
+    width = K if carry else G  # columns of out
+    depth = G if carry else K  # the summed dimension
+    for i0 in range(0, n, rows):
+        nr = min(rows, n - i0)
+        for c0 in range(0, width, cols):
+            nc = min(cols, width - c0)
+            # Row-major out = a·w is column-major outᵀ = wᵀ·aᵀ: w's block is op(A), a's op(B).
+            if carry:  # out[:, c0:] = a · w[c0:]ᵀ: w's rows c0.. as a transposed A
+                _xxgemm(ord("t"), ord("n"), nc, nr, depth, w, c0 * ld_w, ld_w, a, i0 * lda_a,
+                        lda_a, 0, out, i0 * ld_out + c0, ld_out)
+            else:  # out[:, c0:] = a · w[:, c0:]
+                _xxgemm(ord("n"), ord("n"), nc, nr, depth, w, c0, ld_w, a, i0 * lda_a, lda_a,
+                        0, out, i0 * ld_out + c0, ld_out)
