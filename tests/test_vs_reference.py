@@ -75,10 +75,9 @@ def test_variant_forward_matches_reference(kind, seed, dtype):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_large_weights_loop_path(kind):
-    """Weights too big for OpenBLAS's small-matrix path (see blocks.small_rows) take the
-    hand-blocked loops (groups of four rows and a remainder) below BLAS_MIN_ROWS rows;
-    smaller ones call BLAS per block."""
+def test_large_weights_few_rows(kind):
+    """Weights too big for OpenBLAS's small-matrix path (see blocks.small_rows): blocks of
+    2-8 rows run as BLAS tiles, single rows (the ragged ends) as the loops."""
     import nlstm
     from nlstm.kernels import blocks
     cls, extra, make_cell = ALL_KINDS[kind]
@@ -273,6 +272,27 @@ def test_gemm_tiles_on_views(dtype, carry):
         mask = np.ones(out_big.shape, bool)
         mask[1:1 + n, 4:4 + out.shape[1]] = False
         assert (out_big[mask] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_loops(dtype):
+    """The hand-blocked loops (four rows sharing each load of the weights, and one row),
+    which run where no BLAS path fits (H in the thousands), against NumPy."""
+    from nlstm.kernels.blocks import _rows4_nn_add, row_nn_add
+    rng = np.random.default_rng(10)
+    K, G = 7, 37  # a remainder after the groups of four weight rows
+    w = rng.standard_normal((K, G)).astype(dtype)
+    a = rng.standard_normal((4, K)).astype(dtype)
+    g = rng.standard_normal((4, G)).astype(dtype)
+    want = g + a @ w
+    _rows4_nn_add(g[0], g[1], g[2], g[3], a[0], a[1], a[2], a[3], w)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g, want, **tol)
+    o = rng.standard_normal(G).astype(dtype)
+    want = o.copy()
+    want[5:30] += a[0] @ w[:, 5:30]
+    row_nn_add(o, a[0], w, 5, 30)
+    np.testing.assert_allclose(o, want, **tol)
 
 
 def test_small_rows_follows_openblas_small_path_limits():

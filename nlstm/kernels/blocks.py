@@ -23,9 +23,10 @@ from .config import kernel
 from .gemm import gemm_tiles
 from .slots import slots, step_time
 
-# From this many rows on, one single-threaded BLAS sgemm per step beats the loops below
+# Where neither the small-matrix path nor its tiles fit (H in the thousands), one
+# single-threaded BLAS sgemm per step beats the loops below from this many rows on
 # (measured on a 2-core EPYC: 68 vs 53 GFLOP/s at 32×128 @ 128×512; the loops win at 16
-# rows and fewer, where the call overhead dominates).
+# rows and fewer, where the call overhead dominates). Single rows always take the loops.
 BLAS_MIN_ROWS = 32
 
 # Except where OpenBLAS's small-matrix path takes the call: then blocks of 8 (or 4) rows
@@ -80,7 +81,9 @@ def blas_block(n, w, carry):
     chunk = small_rows(w, carry)
     if n >= 2 and chunk:
         return chunk
-    if n >= BLAS_MIN_ROWS:
+    # tiles beat the loops from 4 rows on against big weights (L: 97-111 vs 49-71 GFLOP/s
+    # forward, 100-109 vs 55-57 carry; XL: 88-111 vs 37-77, 91-100 vs 39-40)
+    if (n >= 2 and tile_shape(w, carry)[0] > 0) or n >= BLAS_MIN_ROWS:
         return n
     return 0
 
