@@ -74,22 +74,26 @@ def test_variant_forward_matches_reference(kind, seed, dtype):
         np.testing.assert_allclose(state3(case, g), w, err_msg=f"final[{i}]", **tol)
 
 
+@pytest.mark.parametrize("B,full,D", [(9, 6, 1), (40, 34, 2)])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_large_weights_few_rows(kind):
-    """Weights too big for OpenBLAS's small-matrix path (see blocks.small_rows): blocks of
-    2-8 rows run as BLAS tiles, single rows (the ragged ends) as the loops."""
+def test_large_weights(kind, B, full, D):
+    """Weights too big for OpenBLAS's small-matrix path (see blocks.small_rows) multiply
+    blocks of 2+ rows as BLAS tiles (blocks.dot_rows, gemm.gemm_tiles), forward and carry,
+    and single rows (the ragged ends) in the loops: ``full`` rows active at every step, the
+    rest ragged; one direction or both; against the oracle."""
     import nlstm
     from nlstm.kernels import blocks
     cls, extra, make_cell = ALL_KINDS[kind]
     rng = np.random.default_rng(6)
     # the smallest round H past the path's limit (4·H·G > 10⁶) for each cell's G gates
-    T, B, I, H = 3, 9, 2, {nlstm.LSTM: 260, nlstm.GRU: 300, nlstm.RNN: 510}[cls]
-    m = cls(I, H, dtype=np.float64, seed=4, **extra)
+    T, I, H = 3, 2, {nlstm.LSTM: 260, nlstm.GRU: 300, nlstm.RNN: 510}[cls]
+    m = cls(I, H, bidirectional=D == 2, dtype=np.float64, seed=4, **extra)
     w = m._w("weight_hh", 0, 0)
     assert blocks.small_rows(w, False) == blocks.small_rows(w, True) == 0
+    assert blocks.tile_shape(w, False)[0] > 0 and blocks.tile_shape(w, True)[0] > 0
     x = rng.standard_normal((T, B, I))
     lengths = rng.integers(0, T + 1, B)
-    lengths[:6] = T  # groups of four active rows, and remainders, at every step
+    lengths[:full] = T
     dy = rng.standard_normal((T, B, m.output_size))
     before = nlstm.get_num_threads()
     try:
@@ -98,8 +102,8 @@ def test_large_weights_few_rows(kind):
         dx, _ = m.backward(dy)
     finally:
         nlstm.set_num_threads(before)
-    init = [np.zeros((1, B, n)) for n in m._state_sizes()]
-    ry, _, cache = R.forward(make_cell(), m.params, x, init, lengths, 1, False)
+    init = [np.zeros((D, B, n)) for n in m._state_sizes()]
+    ry, _, cache = R.forward(make_cell(), m.params, x, init, lengths, 1, D == 2)
     np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")
     rdx, _, rgrads = R.backward(cache, dy, [np.zeros_like(a) for a in init])
     np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12, err_msg="dx")
@@ -214,40 +218,6 @@ def test_wide_small_weights_carry(dtype):
     np.testing.assert_allclose(dh0, rdinit[0], err_msg="dh0", **tol)
     for k, g in rgrads.items():
         np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
-
-
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_large_weights_tile_path(kind):
-    """Blocks of 32+ rows against weights past the small-matrix path run as BLAS tiles
-    (blocks.dot_rows, gemm.gemm_tiles), forward and carry; the ragged tail of the same
-    batch takes the loops. Both directions, against the oracle."""
-    import nlstm
-    from nlstm.kernels import blocks
-    cls, extra, make_cell = ALL_KINDS[kind]
-    rng = np.random.default_rng(8)
-    T, B, I, H = 3, 40, 2, {nlstm.LSTM: 260, nlstm.GRU: 300, nlstm.RNN: 510}[cls]
-    m = cls(I, H, bidirectional=True, dtype=np.float64, seed=5, **extra)
-    w = m._w("weight_hh", 0, 0)
-    assert blocks.small_rows(w, False) == blocks.small_rows(w, True) == 0
-    assert blocks.tile_shape(w, False)[0] > 0 and blocks.tile_shape(w, True)[0] > 0
-    x = rng.standard_normal((T, B, I))
-    lengths = rng.integers(0, T + 1, B)
-    lengths[:34] = T  # 34 active rows at every step: the tiles; fewer at the ends
-    dy = rng.standard_normal((T, B, m.output_size))
-    before = nlstm.get_num_threads()
-    try:
-        nlstm.set_num_threads(1)
-        y, _ = m.forward(x, lengths=lengths)
-        dx, _ = m.backward(dy)
-    finally:
-        nlstm.set_num_threads(before)
-    init = [np.zeros((2, B, n)) for n in m._state_sizes()]
-    ry, _, cache = R.forward(make_cell(), m.params, x, init, lengths, 1, True)
-    np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")
-    rdx, _, rgrads = R.backward(cache, dy, [np.zeros_like(a) for a in init])
-    np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12, err_msg="dx")
-    for k, g in rgrads.items():
-        np.testing.assert_allclose(m.grads[k], g, rtol=1e-9, atol=1e-11, err_msg=k)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
