@@ -15,8 +15,8 @@ from .interop import from_keras, from_torch, to_torch
 from ._version import __version__
 from ._warmup import warmup
 
-__all__ = ["LSTM", "GRU", "RNN", "RecurrentLayer", "Stream", "set_num_threads", "get_num_threads", "warmup",
-           "__version__"]
+__all__ = ["LSTM", "GRU", "RNN", "RecurrentLayer", "Stream", "set_num_threads", "get_num_threads",
+           "warmup", "__version__"]
 __all__ += ["Linear", "Dropout", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
             "AdamW", "StepLR", "CosineLR", "clip_grad_norm", "save", "load"]
 __all__ += ["from_torch", "to_torch", "from_keras"]
