@@ -2,13 +2,12 @@
 
 Numba's ``np.dot`` multiplies whole contiguous arrays: a product against big recurrent
 weights then runs as one sgemm call, outside OpenBLAS's small-matrix path (M·N·K <= 10⁶),
-and a column slice of the weights would be copied first. ``gemm`` calls the same BLAS
-function (SciPy's, through Numba's own ``numba_xxgemm`` helper, resolved by name, so the
-kernels stay cacheable) on any rectangle of C-contiguous arrays, given by element offsets
-and row strides, so a big product can run as tiles that each stay in that path.
-``numba_xxgemm`` is the helper Numba's own ``np.dot`` calls (present since long before
-Numba 0.59, the oldest we support); the tests check every path through it against NumPy
-and the float64 oracle.
+and a column slice of the weights would be copied first. ``gemm_tiles`` calls the same
+BLAS function (SciPy's, through ``numba_xxgemm``, the helper Numba's ``np.dot`` itself
+calls, resolved by name so that the kernels stay cacheable; present since long before
+Numba 0.59, the oldest we support) on rectangles of arrays given by element offsets and
+row strides, so a big product can run as tiles that each stay in that path. The tests
+check every path through it against NumPy and the float64 oracle.
 """
 from llvmlite import ir
 from numba import types
