@@ -8,7 +8,7 @@ from .activations import tanh
 from .blocks import active_rows, add_recurrent, copy_out, matmul_nt, row_nn_add, scatter_rows
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
-                    zero_padding, zero_rows_past)
+                    step_time, zero_padding, zero_rows_past)
 
 
 @kernel
@@ -21,6 +21,26 @@ def _activate(pre, h_new, relu):
     else:
         for j in range(H):
             h_new[j] = tanh(pre[j])
+
+
+@kernel
+def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu):
+    """``rnn_forward``'s recurrence for the single batch row b: each step's product goes
+    straight into its pre-activations, without the active-row bookkeeping (as the LSTM's
+    ``_forward_row``)."""
+    L = lengths[b]
+    for step in range(L):
+        t = step_time(step, L, reverse)
+        p, o = slots(t, reverse)
+        g = pre[t, b]
+        for j in range(g.shape[0]):
+            g[j] += bias[j]
+        row_nn_add(g, h[p, b], w_hh_t, 0, g.shape[0])
+        hn = h[o, b]
+        _activate(g, hn, relu)
+        dst = y[t, b, col:col + hn.shape[0]]  # sliced: loops from 0 (see blocks.py)
+        for j in range(hn.shape[0]):
+            dst[j] = hn[j]
 
 
 @kernel
@@ -39,6 +59,9 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
     H = pre.shape[2]
     begin_rows(b0, b1, h, h0, lengths, reverse)
     zero_padding(b0, b1, y, lengths, col, H)
+    if b1 - b0 == 1:
+        _forward_row(b0, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu)
+        T = 0  # done
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
