@@ -149,3 +149,28 @@ def test_stream_state_is_a_copy():
     h[:] = 7
     np.testing.assert_array_equal(s.state[0, 0], y[0])
     assert "batch_size=1" in repr(s)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_stream_inputs_of_every_layout_after_the_first(kind):
+    """After its first call a stream calls the kernel's compiled entry point, which does not
+    check argument types: read-only, unaligned, strided and other-dtype inputs must be
+    converted to the one compiled type first. Every step still equals the sequence."""
+    cls, extra, _ = ALL_KINDS[kind]
+    m = cls(4, 5, num_layers=2, seed=6, **extra)
+    x = np.random.default_rng(5).standard_normal((6, 4)).astype(np.float32)
+    y, _ = m(x)
+    readonly = x[2].copy()
+    readonly.flags.writeable = False
+    unaligned = np.ndarray(4, np.float32, buffer=np.zeros(17, np.uint8), offset=1)
+    unaligned[:] = x[3]
+    strided = np.stack([x[4], x[4]], axis=1)[:, 0]
+    inputs = [x[0], x[1], readonly, unaligned, strided, x[5].astype(np.float64)]
+    assert not unaligned.flags.aligned and not strided.flags.c_contiguous
+    s = m.stream()
+    for t, x_t in enumerate(inputs):
+        np.testing.assert_allclose(s(x_t), y[t], rtol=1e-5, atol=1e-6, err_msg=f"y[{t}]")
+        if t == 0:
+            compiled = len(s._kernel.signatures)
+    assert s._entry is not s._kernel  # the compiled entry point was found, and used
+    assert len(s._kernel.signatures) == compiled  # no input needed another signature
