@@ -13,7 +13,40 @@ from .activations import sigmoid, tanh
 from .blocks import active_rows, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
-                    zero_padding, zero_rows_past)
+                    step_time, zero_padding, zero_rows_past)
+
+
+@kernel
+def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, s):
+    """``gru_forward``'s recurrence for the single batch row b, ``lbr`` form: no
+    active-row bookkeeping or copy of h, and the gate loops over sliced blocks so that each
+    runs from 0 (see blocks.py). s: (3H,) scratch for the product."""
+    L = lengths[b]
+    H = h.shape[2]
+    sr, sz, sn, bn = s[:H], s[H:2 * H], s[2 * H:], b_hh[2 * H:]
+    for step in range(L):
+        t = step_time(step, L, reverse)
+        p, o = slots(t, reverse)
+        hp = h[p, b]
+        row_nn(s, hp, w_hh_t, 0, 3 * H)
+        g = gates[t, b]
+        gr, gz, gn = g[:H], g[H:2 * H], g[2 * H:]
+        ax = aux[t, b]
+        for j in range(H):
+            gr[j] = sigmoid(gr[j] + sr[j])
+        for j in range(H):
+            gz[j] = sigmoid(gz[j] + sz[j])
+        for j in range(H):
+            a = sn[j] + bn[j]
+            ax[j] = a
+            gn[j] = tanh(gn[j] + gr[j] * a)
+        hn = h[o, b]
+        dst = y[t, b, col:col + H]
+        for j in range(H):
+            nn = gn[j]
+            v = nn + gz[j] * (hp[j] - nn)
+            hn[j] = v
+            dst[j] = v
 
 
 @kernel
@@ -33,6 +66,9 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     begin_rows(b0, b1, h, h0, lengths, reverse)
     zero_padding(b0, b1, y, lengths, col, H)
     zero_rows_past(b0, b1, aux, lengths)  # W_hn's gradient product reads every row of aux
+    if b1 - b0 == 1 and lbr:
+        _forward_row(b0, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, sg[0])
+        T = 0  # done
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
