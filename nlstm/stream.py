@@ -40,6 +40,7 @@ class Stream:
         self.layer = layer
         self.batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
         self._unbatched = batch_size is None
+        self._dtype = layer.dtype
         B, L, dt = self.batch_size or 1, layer.num_layers, layer.dtype
         I = layer.input_size
         self._x_shape = (I,) if self._unbatched else (B, I)
@@ -80,17 +81,13 @@ class Stream:
         written into ``out`` (that shape, the layer's dtype) and returned."""
         x = x_t
         # The usual input is exactly the type the kernel is compiled for: a C-contiguous,
-        # aligned, writeable array of the layer's dtype (2-D after the reshape below). Any
-        # other input is checked and converted to that type, so there is one signature.
-        if type(x) is not np.ndarray or x.dtype is not self.layer.dtype \
-                or x.shape != self._x_shape:
+        # aligned, writeable (``carray``) array of the layer's dtype, 2-D after the [None]
+        # below. Any other input is checked and converted to that type: one signature.
+        if type(x) is not np.ndarray or x.dtype is not self._dtype \
+                or x.shape != self._x_shape or not x.flags.carray:
             x = self._checked_x(x_t)
-        else:
-            f = x.flags
-            if not (f.c_contiguous and f.aligned and f.writeable):
-                x = self._checked_x(x_t)
         if self._unbatched:
-            x = x.reshape(1, -1)
+            x = x[None]
         if out is not None:
             self._check_out(out)
         p, check = self._cur, self.layer.check_finite
@@ -113,7 +110,7 @@ class Stream:
         if x.shape != self._x_shape:
             raise ValueError(f"x_t must have shape {self._x_shape} (this stream's "
                              f"{'(I,)' if self._unbatched else '(batch_size, I)'}), got {x.shape}")
-        return np.require(x, self.layer.dtype, "CAW")  # a copy unless already so
+        return np.require(x, self._dtype, "CAW")  # a copy unless already so
 
     def _check_out(self, out) -> None:
         if not isinstance(out, np.ndarray):
