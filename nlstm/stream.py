@@ -40,8 +40,8 @@ class Stream:
         self.layer = layer
         self.batch_size = None if batch_size is None else positive_int("batch_size", batch_size)
         self._unbatched = batch_size is None
-        self._dtype = layer.dtype
         B, L, dt = self.batch_size or 1, layer.num_layers, layer.dtype
+        self._dtype = dt
         I = layer.input_size
         self._x_shape = (I,) if self._unbatched else (B, I)
         self._y_shape = (layer._out_size,) if self._unbatched else (B, layer._out_size)
@@ -96,7 +96,8 @@ class Stream:
             if not kernel(k, check, x, *rest):
                 self._raise_not_finite(x)
         if self._entry is None:  # the first call: from now on, the compiled function
-            self._entry = _entry_point(self._kernel, (k, check, x, *rest)) or self._kernel
+            every = [(k, check, x, *r) for calls in self._calls for k, r in calls]
+            self._entry = _entry_point(self._kernel, every) or self._kernel
         self._cur = p = 1 - p
         if out is None:
             return self._y[p].copy()
@@ -134,14 +135,15 @@ class Stream:
         return f"Stream({self.layer!r}{', ' if b else ''}{b})"
 
 
-def _entry_point(dispatcher, args):
-    """The compiled function that ``dispatcher(*args)`` runs, callable without the
-    dispatcher's typing of the arguments; None if this Numba does not expose it. Only for
-    calls whose arguments have exactly these types: the entry point converts each argument
-    to its compiled type without checking it (an array of another dtype or dimension would
-    be misread)."""
+def _entry_point(dispatcher, calls):
+    """The compiled function that ``dispatcher(*args)`` runs for every ``args`` of
+    ``calls``, callable without the dispatcher's typing of the arguments; None if the calls'
+    argument types differ (one entry point could not serve them all) or this Numba does not
+    expose it. The entry point converts each argument to its compiled type without checking
+    it (an array of another dtype or dimension would be misread), so it may only be called
+    with arguments of exactly these types."""
     try:
-        types = tuple(dispatcher.typeof_pyval(a) for a in args)
-        return dispatcher.overloads[types].entry_point
+        types = {tuple(dispatcher.typeof_pyval(a) for a in args) for args in calls}
+        return dispatcher.overloads[types.pop()].entry_point if len(types) == 1 else None
     except (AttributeError, KeyError, TypeError):
         return None

@@ -174,3 +174,17 @@ def test_stream_inputs_of_every_layout_after_the_first(kind):
             compiled = len(s._kernel.signatures)
     assert s._entry is not s._kernel  # the compiled entry point was found, and used
     assert len(s._kernel.signatures) == compiled  # no input needed another signature
+
+
+def test_stream_keeps_the_dispatcher_when_layers_differ_in_type():
+    """One entry point serves every layer only if all their arguments have the same types;
+    else the stream must keep calling the dispatcher, which types each call."""
+    from nlstm.stream import _entry_point
+    m = nlstm.LSTM(3, 4, seed=0)
+    s = m.stream()
+    s(np.ones(3, np.float32))
+    k, rest = s._calls[0][0]
+    x = np.ones((1, 3), np.float32)
+    same = [(0, True, x, *rest), (1, True, x, *rest)]
+    assert _entry_point(s._kernel, same) is not None
+    assert _entry_point(s._kernel, same + [(0, True, x.astype(np.float64), *rest)]) is None

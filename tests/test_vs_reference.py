@@ -158,9 +158,9 @@ def test_large_batch_block_path(kind, threads):
 @pytest.mark.parametrize("kind", list(ALL_KINDS))
 def test_one_row_ranges(kind, B, threads):
     """Row ranges of a single row take the one-row paths (LSTM forward and backward, RNN
-    and PyTorch-form GRU forward; no active-row bookkeeping): a one-row batch, and with two threads ranges of one
-    row at b0 = 1 or 2; rows shorter than T and of length 0, both directions, given final-state
-    gradients, against the oracle."""
+    and PyTorch-form GRU forward; no active-row bookkeeping): a one-row batch, and with two
+    threads ranges of one row at b0 = 1 or 2; rows shorter than T and of length 0, both
+    directions, given final-state gradients, against the oracle."""
     import nlstm
     cls, extra, make_cell = ALL_KINDS[kind]
     if extra.get("proj_size") == -1:
