@@ -87,14 +87,16 @@ class GRU(RecurrentLayer):
         i, H = k * self.num_directions + d, self.hidden_size
         gates, h, ex = ws.gates[k][d], ws.states[0][k][d], ws.extra[k][d]
         args = (gates, ex["dgates_hh"], ws.dinit[0][i], dy, ws.dfinal[0][i], gates, ex["aux"], h,
-                self._w("weight_hh", k, d), ws.lengths, d == 1, d * H)
+                self._w("weight_hh", k, d))
+        tail = (ws.lengths, d == 1, d * H)
         parts = self._unit_parts(ws)
         if parts:  # as in _forward_dir
             ws.ensure_scratch(self, 1)
-            args = (self._barrier_flags(parts), *args, ws.scratch[0][4][0])
+            args = (self._barrier_flags(parts), *args, *tail, ws.scratch[0][4][0])
             _threads.run_together(parts, lambda part: KU.gru_backward_units(part, parts, *args))
         else:
-            args = (*args, self.linear_before_reset)
+            w = self._carry_weights(ws, k, d) if self.linear_before_reset else self._no_carry
+            args = (*args, w, *tail, self.linear_before_reset)
             self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, *ws.scratch[t]))
         self._input_grads(ws, k, d, inp, gates, dx)
         hprev = self._hprev(h, d)

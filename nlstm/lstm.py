@@ -156,12 +156,12 @@ class LSTM(RecurrentLayer):
             _threads.run_together(parts, lambda part: KU.lstm_backward_units(part, parts, *args))
         else:
             args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],
-                    gates, h, c, w, ws.lengths, d == 1, col, *self._options(k, d), ex["pre"],
-                    ex["m"], ex["dh_all"])
+                    gates, h, c, w, self._carry_weights(ws, k, d), ws.lengths, d == 1, col,
+                    *self._options(k, d), ex["pre"], ex["m"], ex["dh_all"])
             self._rows(ws, lambda b0, b1, t: K.lstm_backward(b0, b1, *args, *ws.scratch[t]))
         # The gates buffer now holds the gate gradients.
-        self._input_grads(ws, k, d, inp, gates, dx)
-        self._hidden_grads(ws, k, d, gates, self._hprev(h, d))
+        db = self._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too
+        self._hidden_grads(ws, k, d, gates, self._hprev(h, d), db=db)
         T, B = ws.key
         if self.proj_size:
             gw_t = self.grads[f"weight_hr_l{k}{sfx}"].T  # the storage layout (see _weight_grads)

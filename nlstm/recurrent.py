@@ -14,6 +14,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _threads
+from .kernels import blocks
 from .kernels.sync import STRIDE
 from .stream import Stream
 from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
@@ -142,6 +143,8 @@ class RecurrentLayer:
         self._step_sizes = self._state_sizes()
         self._flags = np.zeros(0, np.int64)  # see _barrier_flags
         self._unit_bufs: dict = {}
+        self._carry_bufs: dict = {}  # see _carry_weights
+        self._no_carry = np.zeros((0, 0), self.dtype)
 
     # ---- what a cell provides -----------------------------------------------------------
     @property
@@ -474,6 +477,20 @@ class RecurrentLayer:
                                            np.empty((n, width + 16), self.dtype))
         return bufs
 
+    def _carry_weights(self, ws: Workspace, k: int, d: int) -> np.ndarray:
+        """W_hh of layer k, direction d, as a C-contiguous (G·H, O) copy of the parameters
+        made now (they may have changed since the last call), for the backward carry of
+        blocks of rows (``kernels.blocks.matmul_carry``); an empty (0, 0) array when every
+        thread gets at most one row (single rows take the loops over W_hhᵀ)."""
+        if ws.key[1] <= _threads.get_num_threads():
+            return self._no_carry
+        w_t = self._w("weight_hh", k, d)
+        buf = self._carry_bufs.get((k, d))
+        if buf is None:
+            buf = self._carry_bufs[(k, d)] = np.empty(w_t.shape[::-1], self.dtype)
+        blocks.transpose_into(buf, w_t)
+        return buf
+
     # ---- backward -------------------------------------------------------------------------
     def _backward(self, dy, dstate: list):
         """Gradients of the last training forward.
@@ -523,17 +540,23 @@ class RecurrentLayer:
                 self._pack_state([g.reshape(s).copy() for g, s in zip(ws.dinit, shapes)]))
 
     def _input_grads(self, ws: Workspace, k: int, d: int, inp: np.ndarray, dgates: np.ndarray,
-                     dx: np.ndarray) -> None:
+                     dx: np.ndarray) -> Optional[np.ndarray]:
         """Whole-sequence products for the input side, after the sequential pass.
 
         dgates: (T, B, G·H) gradients of the input-side gate pre-activations; inp: the
         layer's input (T, B, I). Adds into W_ih's and b_ih's gradients; writes dx (d == 0)
-        or adds to it.
+        or adds to it. Returns b_ih's gradient, Σ dgates over (T, B) (None without bias),
+        for ``_hidden_grads`` to reuse where b_hh's is the same.
         """
         T, B = ws.key
         dg, x2, dx2 = dgates.reshape(T * B, -1), inp.reshape(T * B, -1), dx.reshape(T * B, -1)
         macs = T * B * x2.shape[1] * dg.shape[1]
-        self._weight_grads(dg, x2, self._g("weight_ih", k, d), self._g("bias_ih", k, d), macs)
+        self._weight_grads(dg, x2, self._g("weight_ih", k, d), macs)
+        db = None
+        gb = self._g("bias_ih", k, d)
+        if gb is not None:
+            db = self._row_sum(dg)
+            gb += db
         w = self._p("weight_ih", k, d)
 
         def rows(r0, r1, _):
@@ -544,30 +567,38 @@ class RecurrentLayer:
 
         self._gemm_split(T * B, macs, rows)
 
-    def _weight_grads(self, dg: np.ndarray, a: np.ndarray, gw: np.ndarray,
-                      gb: Optional[np.ndarray], macs: float) -> None:
-        """gw += dgᵀ·a and gb += Σ dg over the rows; dg: (N, G'), a: (N, K), gw: (G', K),
-        gb: (G',) or None. Split by gate columns, so the threads need no reduction.
-        Accumulated in gw's storage layout (gwᵀ, rows contiguous): adding into the
-        (G', K) view itself walked memory across rows and took longer than the product."""
+    def _weight_grads(self, dg: np.ndarray, a: np.ndarray, gw: np.ndarray, macs: float) -> None:
+        """gw += dgᵀ·a; dg: (N, G'), a: (N, K), gw: (G', K). Split by gate columns, so the
+        threads need no reduction. Accumulated in gw's storage layout (gwᵀ, rows
+        contiguous): adding into the (G', K) view itself walked memory across rows and took
+        longer than the product."""
         gw_t = gw.T
 
         def cols(c0, c1, _):
             gw_t[:, c0:c1] += a.T @ dg[:, c0:c1]
-            if gb is not None:
-                gb[c0:c1] += dg[:, c0:c1].sum(axis=0)
 
         self._gemm_split(dg.shape[1], macs, cols)
 
+    @staticmethod
+    def _row_sum(dg: np.ndarray) -> np.ndarray:
+        """Σ dg over its rows, (N, G') -> (G',): a bias gradient. One matrix-vector product
+        (0.2-0.3 ms at L's 3200×1024); summing each thread's column slice inside the
+        weight-gradient products took 1-1.5 ms more there (a second pass over strided
+        columns the product had evicted)."""
+        return np.ones(dg.shape[0], dg.dtype) @ dg
+
     def _hidden_grads(self, ws: Workspace, k: int, d: int, dgates: np.ndarray, hprev: np.ndarray,
-                      rows: slice = slice(None)) -> None:
+                      rows: slice = slice(None), db: Optional[np.ndarray] = None) -> None:
         """The hidden side: W_hh[rows] and b_hh[rows] gradients from the gate gradients
-        dgates (T, B, G·H) and the recurrent input of each step hprev (T, B, ·)."""
+        dgates (T, B, G·H) and the recurrent input of each step hprev (T, B, ·). db: Σ of
+        dgates[..., rows] over (T, B) if already computed (``_input_grads`` returns it)."""
         T, B = ws.key
         dg = dgates.reshape(T * B, -1)[:, rows]
-        gb = self._g("bias_hh", k, d)
         self._weight_grads(dg, hprev.reshape(T * B, -1), self._g("weight_hh", k, d)[rows],
-                           None if gb is None else gb[rows], T * B * hprev.shape[2] * dg.shape[1])
+                           T * B * hprev.shape[2] * dg.shape[1])
+        gb = self._g("bias_hh", k, d)
+        if gb is not None:
+            gb[rows] += self._row_sum(dg) if db is None else db
 
     @staticmethod
     def _hprev(state: np.ndarray, d: int) -> np.ndarray:

@@ -57,10 +57,11 @@ class RNN(RecurrentLayer):
         i, H = k * self.num_directions + d, self.hidden_size
         dpre, h = ws.gates[k][d], ws.states[0][k][d]
         args = (dpre, ws.dinit[0][i], dy, ws.dfinal[0][i], h, self._w("weight_hh", k, d),
-                ws.lengths, d == 1, d * H, self.nonlinearity == "relu")
+                self._carry_weights(ws, k, d), ws.lengths, d == 1, d * H,
+                self.nonlinearity == "relu")
         self._rows(ws, lambda b0, b1, t: K.rnn_backward(b0, b1, *args, *ws.scratch[t]))
-        self._input_grads(ws, k, d, inp, dpre, dx)
-        self._hidden_grads(ws, k, d, dpre, self._hprev(h, d))
+        db = self._input_grads(ws, k, d, inp, dpre, dx)  # b_ih's gradient is b_hh's too
+        self._hidden_grads(ws, k, d, dpre, self._hprev(h, d), db=db)
 
     def _step_kernel(self):
         return K.rnn_step

@@ -13,7 +13,7 @@ import pytest
 from numba.core.runtime import rtsys
 
 import nlstm
-from nlstm.kernels import gru, gru_units, lstm, lstm_units, rnn
+from nlstm.kernels import blocks, gru, gru_units, lstm, lstm_units, rnn
 
 
 @pytest.fixture
@@ -38,6 +38,7 @@ def counted_kernels(monkeypatch):
     for module, cell in ((lstm_units, "lstm"), (gru_units, "gru")):
         for name in (f"{cell}_forward_units", f"{cell}_backward_units"):
             monkeypatch.setattr(module, name, counting(getattr(module, name)))
+    monkeypatch.setattr(blocks, "transpose_into", counting(blocks.transpose_into))
     return count
 
 

@@ -84,10 +84,16 @@ def test_set_num_threads_rejects_bad_values():
 @pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])
 def test_in_place_parameter_updates_reach_every_path(cls):
     """Kernels read weights in a transposed internal layout; updating ``params`` in place
-    (as optimizers do) or loading a state dict must be seen by forward, backward and step."""
+    (as optimizers do) or loading a state dict must be seen by forward, backward and step.
+    The batch has more rows than threads, so the backward carry uses its copy of W_hh,
+    which must be refreshed after the update."""
     rng = np.random.default_rng(0)
+    B = nlstm.get_num_threads() + 3
     m = cls(3, 4, num_layers=2, dtype=np.float64, seed=0)
-    x = rng.standard_normal((5, 2, 3))
+    x = rng.standard_normal((5, B, 3))
+    dy = np.ones((5, B, 4))
+    m.forward(x)
+    m.backward(dy)  # a backward with the old weights first
     fresh = cls(3, 4, num_layers=2, dtype=np.float64, seed=1)
     for k, v in fresh.params.items():
         m.params[k][...] = v  # in place, like an optimizer step
@@ -95,7 +101,7 @@ def test_in_place_parameter_updates_reach_every_path(cls):
     np.testing.assert_array_equal(m.step(x[0])[0], fresh.step(x[0])[0])
     m.forward(x)
     fresh.forward(x)
-    np.testing.assert_array_equal(m.backward(np.ones((5, 2, 4)))[0], fresh.backward(np.ones((5, 2, 4)))[0])
+    np.testing.assert_array_equal(m.backward(dy)[0], fresh.backward(dy)[0])
     m.load_state_dict(cls(3, 4, num_layers=2, dtype=np.float64, seed=2).state_dict())
     np.testing.assert_array_equal(m(x)[0], cls(3, 4, num_layers=2, dtype=np.float64, seed=2)(x)[0])
     assert all(m.grads[k].shape == p.shape for k, p in m.params.items())

@@ -275,3 +275,15 @@ def test_small_rows_follows_openblas_small_path_limits():
     for (K, G), want in cases.items():
         w = np.zeros((K, G), np.float32)
         assert (small_rows(w, False), small_rows(w, True)) == want, (K, G)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K,G", [(1, 1), (7, 31), (8, 32), (13, 70), (64, 256)])
+def test_transpose_into(dtype, K, G):
+    """The copy of W_hh the backward carry multiplies by (blocks.transpose_into): exact, for
+    shapes its 8 × 32 tiles divide and shapes they do not."""
+    from nlstm.kernels.blocks import transpose_into
+    src = np.random.default_rng(10).standard_normal((K, G)).astype(dtype)
+    dst = np.full((G, K), np.nan, dtype)
+    transpose_into(dst, src)
+    np.testing.assert_array_equal(dst, src.T)

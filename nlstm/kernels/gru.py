@@ -10,7 +10,7 @@ per-step block products as in :mod:`nlstm.kernels.blocks` (without ``lbr`` the n
 product waits for r, so it runs as a second product over W_hhᵀ's last H columns).
 """
 from .activations import sigmoid, tanh
-from .blocks import active_rows, matmul_nn, matmul_nt, row_nn, scatter_rows
+from .blocks import active_rows, matmul_carry, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
@@ -114,7 +114,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
 
 
 @kernel
-def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, lengths,
+def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths,
                  reverse, col, lbr, rows, times, sp1, sp2, sp3, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
@@ -123,6 +123,8 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
                dgates for r and z; for n, d(W_hn h + b_hn) with ``lbr``, else d(W_hn (r⊙h))
     dh0: (B, H) out, also the running carry; dy: (T, B, Y) (columns col:col+H); dh_n: (B, H)
     gates, aux, h, w_hh_t, lengths, reverse, col, lbr: as in ``gru_forward``; scratch as there
+    w_hh: (3H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``); used
+    with ``lbr`` only
     """
     T = gates.shape[0]
     H = gates.shape[2] // 3
@@ -181,7 +183,10 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
                     dgh[j] = dr_pre
                     sg[i, j] = dr_pre
                     sp3[i, j] += drh * r
-        matmul_nt(sp2, sg, w_hh_t, n, 0, 3 * H if lbr else 2 * H)
+        if lbr:
+            matmul_carry(sp2, sg, w_hh_t, w_hh, n)
+        else:
+            matmul_nt(sp2, sg, w_hh_t, n, 0, 2 * H)
         for i in range(n):
             for k in range(H):
                 sp2[i, k] += sp3[i, k]

@@ -25,8 +25,8 @@ import numpy as np
 
 from .activations import cast_like, sigmoid, tanh
 from .config import kernel
-from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt, row_dots, row_nn,
-                     row_nn_add, scatter_rows)
+from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, matmul_nt,
+                     row_dots, row_nn, row_nn_add, scatter_rows)
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 
@@ -216,7 +216,7 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
 
 
 @kernel
-def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, lengths,
+def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
                   reverse, col, peep, clip, input_forget, proj, w_hr_t, pre, m, dh_all,
                   rows, times, sp1, sp2, sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
@@ -228,6 +228,8 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     dh_n: (B, P), dc_n: (B, H) gradients of the final state
     gates, h, c, w_hh_t, lengths, reverse, col, the option fields, pre, m: as given to
     ``lstm_forward``
+    w_hh: (4H, P) W_hh itself, C-contiguous (a copy), for the carry of blocks of rows, or
+    (0, 0) (see ``blocks.matmul_carry``)
     dh_all: (T, B, P) out with projection, else empty: the gradient of each step's h
     rows, times, sp1, sp2, sg, sh: scratch as for ``lstm_forward``
     """
@@ -317,7 +319,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
                 dc0[b, j] = dcp
             for j in range(G):
                 sg[i, j] = dg[j]
-        matmul_nt(sp1, sg, w_hh_t, n, 0, G)  # the carry: dz · W_hh for every active row at once
+        matmul_carry(sp1, sg, w_hh_t, w_hh, n)  # the carry: dz · W_hh for every active row at once
         scatter_rows(dh0, sp1, rows, n)
 
 

@@ -5,7 +5,7 @@ Time and state slots as in :mod:`nlstm.kernels.slots`, per-step block products a
 products, as for the LSTM.
 """
 from .activations import tanh
-from .blocks import active_rows, add_recurrent, copy_out, matmul_nt, row_nn_add, scatter_rows
+from .blocks import active_rows, add_recurrent, copy_out, matmul_carry, row_nn_add, scatter_rows
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
@@ -75,7 +75,7 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
 
 
 @kernel
-def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, lengths, reverse, col, relu,
+def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu,
                  rows, times, sp1, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
@@ -83,6 +83,7 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, lengths, reverse, col, 
     dh0: (B, H) out: gradient of the initial state, also the running carry
     dy: (T, B, Y) gradient of the layer output (columns col:col+H); dh_n: (B, H)
     h, w_hh_t, lengths, reverse, col, relu: as in ``rnn_forward``; scratch as there
+    w_hh: (H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``)
     """
     T = dpre.shape[0]
     H = dpre.shape[2]
@@ -106,7 +107,7 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, lengths, reverse, col, 
                 else:
                     d[j] = dh - dh * ho[j] * ho[j]
                 sgi[j] = d[j]
-        matmul_nt(sp1, sg, w_hh_t, n, 0, H)
+        matmul_carry(sp1, sg, w_hh_t, w_hh, n)
         scatter_rows(dh0, sp1, rows, n)
 
 
