@@ -16,4 +16,10 @@ def nan_filled_workspaces(monkeypatch):
     """Every workspace buffer starts as NaN, so reading a row that no kernel wrote fails
     deterministically instead of depending on what the allocator handed back."""
     import nlstm.recurrent
-    monkeypatch.setattr(nlstm.recurrent, "_new_buffer", lambda shape, dtype: np.full(shape, np.nan, dtype))
+
+    def nan_buffer(shape, dtype):
+        a = nlstm.recurrent.aligned_empty(shape, dtype)  # aligned, as the layers' own
+        a.fill(np.nan)
+        return a
+
+    monkeypatch.setattr(nlstm.recurrent, "_new_buffer", nan_buffer)
