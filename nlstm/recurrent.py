@@ -498,8 +498,9 @@ class RecurrentLayer:
     def _carry_weights(self, ws: Workspace, k: int, d: int) -> np.ndarray:
         """W_hh of layer k, direction d, as a C-contiguous (G·H, O) copy of the parameters
         made now (they may have changed since the last call), for the backward carry of
-        blocks of rows (``kernels.blocks.matmul_carry``); an empty (0, 0) array when every
-        thread gets at most one row (single rows take the loops over W_hhᵀ)."""
+        blocks of rows (``kernels.blocks.matmul_carry``); an empty (0, 0) array for batches
+        of at most one row per thread (single rows take the loops over W_hhᵀ; a batch that
+        small, run on one thread for lack of work, keeps the transposed product)."""
         if ws.key[1] <= _threads.get_num_threads():
             return self._no_carry
         w_t = self._w("weight_hh", k, d)
