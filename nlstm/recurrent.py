@@ -377,7 +377,10 @@ class RecurrentLayer:
         # Everything is checked: from here on the workspace may change.
         self._trained = False
         ws = self._workspace(T, B)
-        np.copyto(ws.x, xt, casting="unsafe")
+        if train or xt.dtype != self.dtype or not xt.flags.c_contiguous:
+            np.copyto(ws.x, xt, casting="unsafe")  # backward reads it after the call returns
+            xt = ws.x
+        # else inference reads the caller's x during the call only (the projection, no kernel)
         if lengths is None:
             ws.lengths.fill(T)
         else:
@@ -388,7 +391,7 @@ class RecurrentLayer:
             else:
                 np.copyto(buf, state[s].reshape(buf.shape), casting="unsafe")
         try:
-            self._run_forward(ws, train)
+            self._run_forward(ws, train, xt)
         finally:
             _threads.restore_blas()
         self._unbatched = unbatched
@@ -397,8 +400,9 @@ class RecurrentLayer:
         return y, self._pack_state([f.reshape(s).copy() for f, s in
                                     zip(ws.final, self._state_shapes(B, unbatched))])
 
-    def _run_forward(self, ws: Workspace, train: bool) -> None:
-        inp = ws.x
+    def _run_forward(self, ws: Workspace, train: bool, x: np.ndarray) -> None:
+        """Every layer forward; x: the input (T, B, I) in the layer's dtype, C-contiguous."""
+        inp = x
         for k in range(self.num_layers):
             for d in range(self.num_directions):
                 self._forward_dir(ws, k, d, inp)

@@ -186,3 +186,22 @@ def test_weights_and_buffers_start_on_a_cache_line(cls):
     assert len(m._carry_bufs) == 4
     for a in arrays:
         assert a.ctypes.data % ALIGN == 0 and a.flags.c_contiguous
+
+
+@pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])
+def test_inference_reads_a_conforming_input_in_place(cls):
+    """Inference reads a C-contiguous input of the layer's dtype where it is, without the
+    copy into the workspace: same outputs as from inputs that are copied (float64,
+    batch-first, read-only, ragged), and the input is left as it was."""
+    rng = np.random.default_rng(3)
+    m = cls(6, 8, num_layers=2, bidirectional=True, seed=0)
+    x = rng.standard_normal((9, 4, 6)).astype(np.float32)
+    lengths = np.array([9, 3, 0, 7])
+    kept = x.copy()
+    x.flags.writeable = False
+    for lens in (None, lengths):
+        y, _ = m(x, lengths=lens)
+        np.testing.assert_array_equal(y, m(x.astype(np.float64), lengths=lens)[0])
+        m_bf = cls(6, 8, num_layers=2, bidirectional=True, seed=0, batch_first=True)
+        np.testing.assert_array_equal(y, m_bf(x.transpose(1, 0, 2), lengths=lens)[0].transpose(1, 0, 2))
+    np.testing.assert_array_equal(x, kept)
