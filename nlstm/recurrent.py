@@ -65,7 +65,8 @@ class Workspace:
     gates[k][d]: (T, B, G·H) input projection, then saved gates, then gate gradients
     states[s][k][d]: (T+1, B, size of state s) state slots (see nlstm.kernels.slots)
     init[s], final[s], dinit[s], dfinal[s]: (L·D, B, size of state s)
-    dy_a, dy_b: (T, B, D·O) ping-pong gradient buffers between layers; dx: (T, B, I)
+    dy_a, dy_b: (T, B, D·O) gradient buffers between layers (dy_b also takes a converted
+    dy); dx: (T, B, I)
     masks[k]: (T, B, D·O) dropout masks for k < L-1
     extra[k][d]: dict of cell-specific saved buffers
     scratch[thread]: the block kernels' per-thread scratch (see the cell's ``_scratch``)
@@ -540,23 +541,30 @@ class RecurrentLayer:
             checked.append(g)
         # Everything is checked.
         self._trained = False
-        np.copyto(ws.dy_a, self._time_major(dy, unbatched), casting="unsafe")
+        dy = self._time_major(dy, unbatched)
+        if dy.dtype != self.dtype or not dy.flags.carray:
+            # The kernels read dy as given when it is a C-contiguous, aligned, writeable
+            # array of the layer's dtype (one compiled type); anything else is converted.
+            np.copyto(ws.dy_b, dy, casting="unsafe")
+            dy = ws.dy_b
         for buf, g in zip(ws.dfinal, checked):
             if g is None:
                 buf.fill(0)
             else:
                 np.copyto(buf, g.reshape(buf.shape), casting="unsafe")
         ws.ensure_scratch(self, _threads.get_num_threads())
-        dy, spare = ws.dy_a, ws.dy_b
+        # The gradient of each lower layer's output goes to dy_a, dy_b, dy_a, ... in turn, so
+        # no layer writes the buffer it reads (the top one reads the caller's dy or dy_b).
+        ping_pong = (ws.dy_a, ws.dy_b)
         try:
-            for k in reversed(range(self.num_layers)):
+            for n, k in enumerate(reversed(range(self.num_layers))):
                 inp = ws.x if k == 0 else ws.y[k - 1]
-                dx = ws.dx if k == 0 else spare
+                dx = ws.dx if k == 0 else ping_pong[n % 2]
                 for d in range(self.num_directions):
                     self._backward_dir(ws, k, d, inp, dy, dx)
                 if k > 0 and self.dropout:
                     dx *= ws.masks[k - 1]
-                dy, spare = dx, dy
+                dy = dx
         finally:
             _threads.restore_blas()
         return (self._user_layout(ws.dx, unbatched),

@@ -205,3 +205,24 @@ def test_inference_reads_a_conforming_input_in_place(cls):
         m_bf = cls(6, 8, num_layers=2, bidirectional=True, seed=0, batch_first=True)
         np.testing.assert_array_equal(y, m_bf(x.transpose(1, 0, 2), lengths=lens)[0].transpose(1, 0, 2))
     np.testing.assert_array_equal(x, kept)
+
+
+@pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])
+def test_backward_reads_a_conforming_dy_in_place(cls):
+    """Backward reads a C-contiguous dy of the layer's dtype where it is: the gradients
+    equal those from a dy that is converted first (float64), through three layers (whose
+    own output gradients take turns in the workspace), and dy is left as it was."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    dy = rng.standard_normal((6, 5, 8)).astype(np.float32)
+    kept = dy.copy()
+    results = []
+    for g in (dy, dy.astype(np.float64)):
+        m = cls(3, 4, num_layers=3, bidirectional=True, dropout=0.3, seed=0)
+        m.forward(x)
+        dx, d0 = m.backward(g)
+        results.append((dx, d0, {k: v.copy() for k, v in m.grads.items()}))
+    np.testing.assert_array_equal(dy, kept)
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    for k in results[0][2]:
+        np.testing.assert_array_equal(results[0][2][k], results[1][2][k], err_msg=k)
