@@ -391,13 +391,18 @@ class RecurrentLayer:
                 buf.fill(0)
             else:
                 np.copyto(buf, state[s].reshape(buf.shape), casting="unsafe")
+        if not self.batch_first or unbatched:
+            # The last layer writes a fresh array that is handed over as y, not copied (no
+            # later call reads it: backward reads the states, and y[k] only for k < L-1).
+            ws.y[-1] = _new_buffer(ws.y[-1].shape, self.dtype)
         try:
             self._run_forward(ws, train, xt)
         finally:
             _threads.restore_blas()
         self._unbatched = unbatched
         self._trained = bool(train)
-        y = self._user_layout(ws.y[-1], unbatched)
+        y = ws.y[-1]
+        y = y[:, 0, :] if unbatched else y.transpose(1, 0, 2).copy() if self.batch_first else y
         return y, self._pack_state([f.reshape(s).copy() for f, s in
                                     zip(ws.final, self._state_shapes(B, unbatched))])
 

@@ -226,3 +226,25 @@ def test_backward_reads_a_conforming_dy_in_place(cls):
     np.testing.assert_array_equal(results[0][0], results[1][0])
     for k in results[0][2]:
         np.testing.assert_array_equal(results[0][2][k], results[1][2][k], err_msg=k)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])
+def test_outputs_handed_out_are_never_written_again(cls, batch_first):
+    """y is handed over without a copy (the last layer writes a fresh array each call), so
+    a later call of the same shape, inference or training and backward, must leave an
+    earlier y as it was."""
+    rng = np.random.default_rng(5)
+    m = cls(3, 4, num_layers=2, bidirectional=True, batch_first=batch_first, seed=0)
+    x1, x2 = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
+    y1, _ = m(x1)
+    kept = y1.copy()
+    y2, _ = m(x2)
+    m.forward(x2)
+    m.backward(np.ones_like(y2))
+    np.testing.assert_array_equal(y1, kept)
+    assert not np.array_equal(y1, y2)
+    u1, _ = m(x1[0])  # unbatched
+    kept = u1.copy()
+    m(x2[0])
+    np.testing.assert_array_equal(u1, kept)
