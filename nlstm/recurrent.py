@@ -60,8 +60,10 @@ def _new_buffer(shape, dtype) -> np.ndarray:
 class Workspace:
     """Every buffer one (T, B) shape needs, allocated once and reused.
 
-    x: (T, B, I) the input, time-major, in the layer's dtype
-    y[k]: (T, B, D·O) output of layer k (O: output features per direction)
+    x: (T, B, I) the input, time-major, in the layer's dtype (written by training forwards
+       and for inputs that need converting; inference reads a conforming input in place)
+    y[k]: (T, B, D·O) output of layer k (O: output features per direction); the last
+          layer's is replaced by a fresh array each forward, which the caller gets as y
     gates[k][d]: (T, B, G·H) input projection, then saved gates, then gate gradients
     states[s][k][d]: (T+1, B, size of state s) state slots (see nlstm.kernels.slots)
     init[s], final[s], dinit[s], dfinal[s]: (L·D, B, size of state s)
