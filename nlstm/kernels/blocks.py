@@ -256,10 +256,15 @@ def copy_out(y, h, rows, times, n, reverse, col):
     """y[t_i, b_i, col:col+P] = h[slot after t_i, b_i] for the n active rows."""
     for i in range(n):
         p, o = slots(times[i], reverse)
-        src = h[o, rows[i]]
-        dst = y[times[i], rows[i], col:col + src.shape[0]]  # sliced: loops from 0
-        for j in range(src.shape[0]):
-            dst[j] = src[j]
+        row_out(y, times[i], rows[i], col, h[o, rows[i]])
+
+
+@kernel
+def row_out(y, t, b, col, hn):
+    """y[t, b, col:col+P] = hn, one row's new state as its output; hn: (P,)."""
+    dst = y[t, b, col:col + hn.shape[0]]  # sliced: loops from 0
+    for j in range(hn.shape[0]):
+        dst[j] = hn[j]
 
 
 @kernel

@@ -26,7 +26,7 @@ import numpy as np
 from .activations import cast_like, sigmoid, tanh
 from .config import kernel
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, matmul_nt,
-                     row_dots, row_nn, row_nn_add, scatter_rows)
+                     row_dots, row_nn, row_nn_add, row_out, scatter_rows)
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 
@@ -106,9 +106,7 @@ def _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pr
         row_nn_add(g, h[p, b], w_hh_t, 0, g.shape[0])
         hn = h[o, b]
         _pointwise(g, c[p, b], c[o, b], hn, opt, pre[t, b] if clip else pre[0, 0])
-        dst = y[t, b, col:col + hn.shape[0]]  # sliced: loops from 0 (see blocks.py)
-        for j in range(hn.shape[0]):
-            dst[j] = hn[j]
+        row_out(y, t, b, col, hn)
 
 
 @kernel

@@ -5,7 +5,8 @@ Time and state slots as in :mod:`nlstm.kernels.slots`, per-step block products a
 products, as for the LSTM.
 """
 from .activations import tanh
-from .blocks import active_rows, add_recurrent, copy_out, matmul_carry, row_nn_add, scatter_rows
+from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, row_nn_add, row_out,
+                     scatter_rows)
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
@@ -38,9 +39,7 @@ def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu):
         row_nn_add(g, h[p, b], w_hh_t, 0, g.shape[0])
         hn = h[o, b]
         _activate(g, hn, relu)
-        dst = y[t, b, col:col + hn.shape[0]]  # sliced: loops from 0 (see blocks.py)
-        for j in range(hn.shape[0]):
-            dst[j] = hn[j]
+        row_out(y, t, b, col, hn)
 
 
 @kernel
