@@ -336,11 +336,13 @@ class RecurrentLayer:
             return a[:, None, :]
         return a.transpose(1, 0, 2) if self.batch_first else a
 
-    def _user_layout(self, a: np.ndarray, unbatched: bool) -> np.ndarray:
-        """A fresh user-layout copy of a (T, B, F) array."""
-        if unbatched:
-            return a[:, 0, :].copy()
-        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a.copy()
+    def _user_layout(self, a: np.ndarray, unbatched: bool, copy: bool = True) -> np.ndarray:
+        """A (T, B, F) array in the user's layout, C-contiguous: a fresh copy, or with
+        ``copy=False`` a view of ``a`` itself where the layout allows (time-major, unbatched)."""
+        if self.batch_first and not unbatched:
+            return np.ascontiguousarray(a.transpose(1, 0, 2))
+        a = a[:, 0, :] if unbatched else a
+        return a.copy() if copy else a
 
     def _y_shape(self, T: int, B: int, unbatched: bool) -> tuple:
         F = self.output_size
@@ -403,8 +405,7 @@ class RecurrentLayer:
             _threads.restore_blas()
         self._unbatched = unbatched
         self._trained = bool(train)
-        y = ws.y[-1]
-        y = y[:, 0, :] if unbatched else y.transpose(1, 0, 2).copy() if self.batch_first else y
+        y = self._user_layout(ws.y[-1], unbatched, copy=False)  # a fresh array already
         return y, self._pack_state([f.reshape(s).copy() for f, s in
                                     zip(ws.final, self._state_shapes(B, unbatched))])
 
