@@ -13,8 +13,9 @@ def rng():
 
 @pytest.fixture(autouse=True)
 def nan_filled_workspaces(monkeypatch):
-    """Every workspace buffer starts as NaN, so reading a row that no kernel wrote fails
-    deterministically instead of depending on what the allocator handed back."""
+    """Every workspace buffer and every fresh output array (y, final states) starts as NaN,
+    so reading or returning an element that no kernel wrote fails deterministically instead
+    of depending on what the allocator handed back."""
     import nlstm.recurrent
 
     def nan_buffer(shape, dtype):
@@ -22,4 +23,10 @@ def nan_filled_workspaces(monkeypatch):
         a.fill(np.nan)
         return a
 
+    def nan_output(shape, dtype):
+        a = np.empty(shape, dtype)
+        a.fill(np.nan)
+        return a
+
     monkeypatch.setattr(nlstm.recurrent, "_new_buffer", nan_buffer)
+    monkeypatch.setattr(nlstm.recurrent, "_output_buffer", nan_output)

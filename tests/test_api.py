@@ -182,7 +182,8 @@ def test_weights_and_buffers_start_on_a_cache_line(cls):
     m.backward(np.ones((7, B, m.output_size), np.float32))
     ws = m._ws
     arrays = list(m._wt.values()) + list(m._carry_bufs.values()) + [m._step_work, ws.x, ws.dx]
-    arrays += [g for layer in ws.gates for g in layer] + ws.y
+    # The last layer's y is a fresh output array for the caller (see _output_buffer).
+    arrays += [g for layer in ws.gates for g in layer] + ws.y[:-1]
     assert len(m._carry_bufs) == 4
     for a in arrays:
         assert a.ctypes.data % ALIGN == 0 and a.flags.c_contiguous
@@ -231,20 +232,24 @@ def test_backward_reads_a_conforming_dy_in_place(cls):
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])
 def test_outputs_handed_out_are_never_written_again(cls, batch_first):
-    """y is handed over without a copy (the last layer writes a fresh array each call), so
-    a later call of the same shape, inference or training and backward, must leave an
-    earlier y as it was."""
+    """y and the final state are handed over without a copy (the kernels write fresh arrays
+    each call), so a later call of the same shape, inference or training and backward,
+    must leave an earlier y and final state as they were."""
     rng = np.random.default_rng(5)
     m = cls(3, 4, num_layers=2, bidirectional=True, batch_first=batch_first, seed=0)
     x1, x2 = rng.standard_normal((2, 5, 6, 3)).astype(np.float32)
-    y1, _ = m(x1)
-    kept = y1.copy()
-    y2, _ = m(x2)
+    as_list = lambda s: list(s) if isinstance(s, tuple) else [s]
+    y1, s1 = m(x1)
+    kept = [a.copy() for a in [y1] + as_list(s1)]
+    y2, s2 = m(x2)
     m.forward(x2)
     m.backward(np.ones_like(y2))
-    np.testing.assert_array_equal(y1, kept)
+    for a, k in zip([y1] + as_list(s1), kept):
+        np.testing.assert_array_equal(a, k)
     assert not np.array_equal(y1, y2)
-    u1, _ = m(x1[0])  # unbatched
-    kept = u1.copy()
+    assert not np.array_equal(as_list(s1)[0], as_list(s2)[0])
+    u1, t1 = m(x1[0])  # unbatched
+    kept = [a.copy() for a in [u1] + as_list(t1)]
     m(x2[0])
-    np.testing.assert_array_equal(u1, kept)
+    for a, k in zip([u1] + as_list(t1), kept):
+        np.testing.assert_array_equal(a, k)
