@@ -518,6 +518,8 @@ def _plot(result: Inspection, path, b: int):
                        extent=(0.5, n_steps + 0.5, heat.shape[0], 0))
         H = t.gates[next(iter(t.gates))].shape[2]
         ax.set_yticks([H * (j + 0.5) for j in range(len(t.gates))], list(t.gates))
+        for j in range(1, len(t.gates)):
+            ax.axhline(H * j, color="white", lw=1)
         ax.set_title(f"gates of sequence {b} ({int(t.lengths[b])} steps)", fontsize=9)
         ax.set_xlabel("step")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
