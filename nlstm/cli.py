@@ -205,25 +205,13 @@ def _gradient_flow(results, X) -> list:
 
 
 def _plot_gradient_flow(path: str, flows, T: int) -> None:
-    import matplotlib.pyplot as plt
+    def draw(ax, colors):
+        for name, norm in flows:
+            ax.plot(np.arange(1, T + 1), norm, color=colors.get(name),
+                    label=f"{name}: step 1 / step {T} = {norm[0] / norm[-1]:.2g}")
 
-    from nlstm.inspect import save_figure
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    colors = {"LSTM": "tab:blue", "RNN": "tab:red", "GRU": "tab:green"}
-    steps = np.arange(1, T + 1)
-    for name, norm in flows:
-        ax.plot(steps, norm, color=colors.get(name), label=f"{name}: step 1 / step {T} = "
-                                                           f"{norm[0] / norm[-1]:.2g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("input step t")
-    ax.set_ylabel("|d prediction / d x_t|, mean over sequences")
-    ax.set_title(f"the gradient reaching each input step after training (T = {T})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    _demo_figure(path, draw, f"the gradient reaching each input step after training (T = {T})",
+                 "input step t", "|d prediction / d x_t|, mean over sequences")
 
 
 def _plot_curves(path: str, results, mean_mse: float, T: int) -> bool:
@@ -231,29 +219,38 @@ def _plot_curves(path: str, results, mean_mse: float, T: int) -> bool:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
         return False
+
+    def draw(ax, colors):
+        for name, _, hist, test, _ in results:
+            c = colors.get(name, None)
+            ax.plot(hist["epoch"], hist["loss"], "-", color=c, alpha=0.55, label=f"{name} training")
+            ax.plot(hist["epoch"], hist["val_loss"], "o-", color=c, ms=3,
+                    label=f"{name} validation (test {test:.4f})")
+        ax.axhline(mean_mse, color="gray", ls="--", lw=1, label=f"predict the mean ({mean_mse:.3f})")
+
+    _demo_figure(path, draw, f"nlstm demo: the adding problem, T = {T}", "epoch", "MSE")
+    return True
+
+
+def _demo_figure(path: str, draw, title: str, xlabel: str, ylabel: str) -> None:
+    """One log-scale plot, drawn by ``draw(ax, colors)``, written to path as PNG atomically."""
+    import matplotlib.pyplot as plt
+
+    from nlstm.inspect import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    colors = {"LSTM": "tab:blue", "RNN": "tab:red", "GRU": "tab:green"}
-    for name, _, hist, test, _ in results:
-        c = colors.get(name, None)
-        ax.plot(hist["epoch"], hist["loss"], "-", color=c, alpha=0.55, label=f"{name} training")
-        ax.plot(hist["epoch"], hist["val_loss"], "o-", color=c, ms=3,
-                label=f"{name} validation (test {test:.4f})")
-    ax.axhline(mean_mse, color="gray", ls="--", lw=1, label=f"predict the mean ({mean_mse:.3f})")
+    draw(ax, {"LSTM": "tab:blue", "RNN": "tab:red", "GRU": "tab:green"})
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE")
-    ax.set_title(f"nlstm demo: the adding problem, T = {T}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
-    return True
 
 
 # ---- train / predict ---------------------------------------------------------------------

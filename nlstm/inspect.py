@@ -47,7 +47,7 @@ def _cell(layer: RecurrentLayer) -> str:
     raise TypeError(f"inspect supports LSTM, GRU and RNN layers, got {type(layer).__name__}")
 
 
-@dataclass
+@dataclass(repr=False)
 class Trace:
     """One direction of one layer. Every array is time-major and indexed by time t (for a
     reverse direction too); steps past a row's length are zero.
@@ -70,11 +70,16 @@ class Trace:
     dh: Optional[np.ndarray] = None
     dc: Optional[np.ndarray] = None
     dx: Optional[np.ndarray] = None
-    _mask: np.ndarray = field(default=None, repr=False)
+    _mask: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self):
         T = self.h.shape[0]
         self._mask = np.arange(T)[:, None] < self.lengths[None, :]  # (T, B): t < lengths[b]
+
+    def __repr__(self) -> str:
+        T, B, H = next(iter(self.gates.values())).shape
+        return (f"Trace({self.name!r}, {self.cell}, T={T}, B={B}, H={H}, gates={list(self.gates)}, "
+                f"gradients={self.dh is not None})")
 
     @property
     def mask(self) -> np.ndarray:
@@ -175,6 +180,9 @@ class Inspection:
             lines.append(f"loss {self.loss:.6g}")
         for t in self.traces:
             lines.append(f"{t.name} ({t.cell}, {t.h.shape[0]} steps, {t.h.shape[1]} rows)")
+            if not t.mask.any():
+                lines.append("  no steps: every row has length 0")
+                continue
             for label, v in (("|dL/dh_t|", t.grad_norm), ("|dL/dc_t|", t.cell_grad_norm),
                              ("|dL/dx_t|", t.input_grad_norm)):
                 if v is not None:
@@ -223,8 +231,9 @@ def inspect(model: Union[RecurrentLayer, Sequential], x, target=None, lengths=No
         layer, target has the shape of y). dy: instead of a target, the gradient of the
         output itself (the shape of the model's output). With neither, only the forward.
     Returns an :class:`Inspection`: per layer and direction the gates, h_t, c_t and, with a
-    target or dy, dL/dh_t, dL/dc_t and dL/dx_t, plus their per-step summaries. The model's
-    weights, gradients and state are left as they were.
+    target or dy, dL/dh_t, dL/dc_t and dL/dx_t, plus their per-step summaries. It runs one
+    training forward and one backward with dropout off (as in evaluation) from a zero
+    initial state; the model's weights, gradients and state are left as they were.
     """
     if isinstance(model, Sequential):
         recurrent = [(f"{i}.", layer) for i, layer in enumerate(model.layers)
@@ -255,7 +264,8 @@ class _Untouched:
 
     def __init__(self, model):
         layers = model.layers if isinstance(model, Sequential) else [model]
-        self.objects = [model, *layers] + ([model.loss] if isinstance(model, Sequential) else [])
+        extra = [model, model.loss] if isinstance(model, Sequential) else []
+        self.objects = extra + layers
         self.grads = [(g, g.copy()) for layer in layers for g in layer.grads.values()]
         self.layers = layers
 

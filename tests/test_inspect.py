@@ -2,7 +2,7 @@
 respect to h_t, c_t and x_t against finite differences and torch autograd, padding, a model
 left as it was, bad input, plots and the ``nlstm inspect`` command."""
 import copy
-import os
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ from cases import ALL_KINDS, KINDS, TORCH_KINDS
 from gradcheck import numeric_partial
 from nlstm.inspect import Inspection, Trace
 from test_cli import assert_ok, run, series_csv  # noqa: F401 (series_csv is a fixture)
+from test_unit_split import split_calls  # noqa: F401 (a fixture)
 
 TOL64 = dict(rtol=1e-9, atol=1e-11)
 
@@ -114,6 +115,16 @@ def test_gates_and_states_match_the_oracle(kind, rng):
                                            err_msg=f"{where} h")
 
 
+def _inspected(kind, seed, rng, lengths):
+    """A float64 two-layer bidirectional model of ``kind``, random x (T = max length, I = 3)
+    and dy, and its inspection."""
+    m, cell = make(kind, seed=seed)
+    lengths = np.array(lengths)
+    x = rng.standard_normal((lengths.max(), len(lengths), 3))
+    dy = rng.standard_normal(x.shape[:2] + (m.output_size,))
+    return m, cell, x, lengths, dy, nlstm.inspect(m, x, lengths=lengths, dy=dy)
+
+
 def _bumped_loss(m, cell, x, lengths, dy, bump):
     return lambda eps: float((ref_outputs(m, cell, x, lengths, bump[:6] + (eps,)) * dy).sum())
 
@@ -123,12 +134,8 @@ def test_gradients_match_finite_differences(kind):
     """dL/dh_t, dL/dc_t (an additive bump of the state after step t, in the oracle's float64
     forward) and dL/dx_t, for L = Σ y·dy, at sampled steps of every layer and direction."""
     rng = np.random.default_rng(7)
-    m, cell = make(kind, seed=5)
-    T, B = 5, 3
-    x = rng.standard_normal((T, B, 3))
-    lengths = np.array([5, 3, 1])
-    dy = rng.standard_normal((T, B, m.output_size))
-    r = nlstm.inspect(m, x, lengths=lengths, dy=dy)
+    m, cell, x, lengths, dy, r = _inspected(kind, 5, rng, [5, 3, 1])
+    T, B = x.shape[:2]
     np.testing.assert_allclose(r.traces[-1].h, np.where(
         np.arange(T)[:, None, None] < lengths[None, :, None], ref_outputs(m, cell, x, lengths), 0
     )[..., (m.num_directions - 1) * m._out_size:], **TOL64)
@@ -217,12 +224,8 @@ def test_against_torch_autograd(kind):
     global torch
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(11)
-    m, _ = make(kind, seed=9)
-    T, B = 6, 3
-    x = rng.standard_normal((T, B, 3))
-    lengths = np.array([6, 4, 2])
-    dy = rng.standard_normal((T, B, m.output_size))
-    r = nlstm.inspect(m, x, lengths=lengths, dy=dy)
+    m, _, x, lengths, dy, r = _inspected(kind, 9, rng, [6, 4, 2])
+    T, B = x.shape[:2]
     mod, saved, y, inputs, xt = _torch_steps(m, x, lengths, dy)
     # The step-by-step torch code is torch's own module, step for step.
     packed = torch.nn.utils.rnn.pack_padded_sequence(torch.tensor(x), torch.tensor(lengths),
@@ -248,6 +251,30 @@ def test_against_torch_autograd(kind):
                 dx_ref = xt.grad[t, b] if k == 0 else inputs[k][b][t].grad
                 np.testing.assert_allclose(tr.dx[t, b], dx_ref.numpy(), **TOL64,
                                            err_msg=f"{where} dx")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_one_row_split_over_threads(split_calls, monkeypatch, kind, rng):  # noqa: F811
+    """A one-row batch whose hidden units are split over two threads (the unit-split
+    kernels save the gates and write the gate gradients too) gives the same traces as the
+    row inside a batch of two (the row kernels)."""
+    from nlstm import _threads
+
+    if not _threads.cpus_available() >= 2:
+        monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
+    m, _ = make(kind, seed=1, H=20)
+    x = rng.standard_normal((6, 1, 3))
+    dy = rng.standard_normal((6, 1, m.output_size))
+    one = nlstm.inspect(m, x, dy=dy)
+    assert split_calls["forward"] > 0 and split_calls["backward"] > 0
+    two = nlstm.inspect(m, np.concatenate([x, x], axis=1), dy=np.concatenate([dy, dy], axis=1))
+    for a, b in zip(one.traces, two.traces):
+        for name in ("h", "c", "dh", "dc", "dx"):
+            if getattr(a, name) is not None:
+                np.testing.assert_allclose(getattr(a, name)[:, 0], getattr(b, name)[:, 1], **TOL64,
+                                           err_msg=f"{a.name}.{name}")
+        for n in a.gates:
+            np.testing.assert_allclose(a.gates[n][:, 0], b.gates[n][:, 1], **TOL64)
 
 
 def test_sequential_loss_and_input_gradient(rng):
@@ -532,3 +559,16 @@ def test_cli_inspect(tmp_path, series_csv):  # noqa: F811
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
         assert p.stderr.startswith("nlstm: error:") and str(path.name) in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_demo_shows_the_gradient_flow(tmp_path):
+    """The demo prints the gradient reaching step 1 over the gradient reaching step T for
+    the LSTM and the RNN, and draws them; after training the RNN's has faded more."""
+    p = run(["demo", "--quick", "--out", tmp_path], tmp_path)
+    assert_ok(p)
+    ratios = dict(re.findall(r"^ +(LSTM|RNN): \S+ / \S+ = (\S+)$", p.stdout, re.M))
+    assert set(ratios) == {"LSTM", "RNN"}, p.stdout
+    assert float(ratios["RNN"]) < float(ratios["LSTM"]), p.stdout
+    if pytest.importorskip("matplotlib"):
+        assert "saved the gradient reaching each input step to" in p.stdout
+        assert (tmp_path / "nlstm-demo-gradients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
