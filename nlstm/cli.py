@@ -556,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", parents=[common], help="train an LSTM on the adding problem (no data needed)",
                        description="Train an LSTM (and a plain RNN beside it) on the adding problem "
-                                   "and report the test MSE. Needs no data and no flags. Runs on "
+                                   "and report the test MSE and the gradient reaching each input "
+                                   "step. Needs no data and no flags. Runs on "
                                    "one thread (fastest at this size) unless --threads is given.")
     d.add_argument("--quick", action="store_true",
                    help="a reduced budget for a fast check (T=20, 3000 sequences, at most 20 epochs)")
@@ -572,8 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lr", type=_positive_float, default=0.01, help="Adam learning rate (default 0.01)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default=".", metavar="DIR",
-                   help="directory for nlstm-demo.npz and nlstm-demo.png (default: current)")
-    d.add_argument("--no-plot", action="store_true", help="don't write the learning-curve PNG")
+                   help="directory for nlstm-demo.npz, nlstm-demo.png and nlstm-demo-gradients.png "
+                        "(default: current)")
+    d.add_argument("--no-plot", action="store_true", help="don't write the learning-curve and gradient PNGs")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", parents=[common], help="train a forecaster on a CSV time series",
