@@ -11,7 +11,9 @@ from .optim import SGD, Adam, AdamW, CosineLR, StepLR, clip_grad_norm
 from .model import Sequential
 from .io import load, save
 from .interop import from_keras, from_torch, to_torch
-from .inspect import inspect  # the function; its classes are in the module nlstm.inspect
+# The function (imported now: imported lazily, the submodule would take its name on the
+# package); its classes are in the module, ``from nlstm.inspect import Trace``.
+from .inspect import inspect
 
 from ._version import __version__
 from ._warmup import warmup
