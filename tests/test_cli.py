@@ -123,7 +123,7 @@ def _bad_csvs(d):
     (d / "bad.npz").write_bytes(b"not a model")
     (d / "folder").mkdir()
     (d / "huge.csv").write_text("a,b\n" + "".join(f"{i}e300,{i}\n" for i in range(1, 40)))
-    (d / "long.csv").write_text("a\n" + "1\n" * 200_000)
+    (d / "long.csv").write_text("a\n" + "1\n" * 400_000)
 
 
 ERRORS = [
@@ -163,11 +163,14 @@ ERRORS = [
      "--hidden 3000000 and --layers 1 on 10 rows would need about"),
     (["train", "--csv", "short.csv", "--target", "a", "--window", 2, "--layers", 10_000_000],
      "--layers 10000000 on 10 rows would need about"),
-    (["train", "--csv", "long.csv", "--target", "a", "--window", 100_000], "of memory;"),
+    (["train", "--csv", "long.csv", "--target", "a", "--window", 200_000],
+     "training with --window 200000, --hidden 32 and --layers 1 on 400000 rows would need about"),
     (["demo", "--T", 10 ** 9], "the demo with --train 10000, --T 1000000000 and --hidden 32 would need"),
     # values and metadata
     (["train", "--csv", "huge.csv", "--target", "b", "--features", "a,b", "--window", 2],
      "column 'a' of huge.csv holds values too large to standardize"),
+    (["predict", "--model", "h1.npz", "--csv", "huge.csv", "--out", "p.csv"],
+     "huge.csv holds values too far from the model's training data to forecast"),
     (["predict", "--model", "h3.npz", "--csv", "short.csv", "--out", "p.csv"],
      "bad forecaster metadata (horizon 3, but the model has 1 outputs)"),
     (["predict", "--model", "f3.npz", "--csv", "short.csv", "--out", "p.csv"],
@@ -199,6 +202,7 @@ def test_every_error_is_one_line_and_exit_2(tmp_path):
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("nlstm: error: "), f"{where}: {p.stderr!r}"
         assert msg in lines[0], f"{where}: expected {msg!r} in {lines[0]!r}"
+        assert "check_finite" not in lines[0], f"{where}: the command line has no check_finite"
     assert not (tmp_path / "p.csv").exists()
     for f, data in before.items():
         assert (tmp_path / f).read_bytes() == data, f"{f} was changed"
