@@ -241,11 +241,9 @@ def cmd_demo(args) -> int:
         model = _demo_model(cls, args.hidden, args.seed)
         # The RNN's epochs are cheaper; a smaller budget keeps the whole demo near a minute.
         budget = args.time_limit if cls is nlstm.LSTM else max(1.0, args.time_limit * 0.375)
-        t0 = time.perf_counter()
+        why = []  # why stop() ended training, if it did
 
-        why = []
-
-        def stop(epoch, logs, t0=t0, budget=budget):
+        def stop(epoch, logs, t0, budget=budget):
             if logs["val_loss"] <= args.stop_at:
                 why.append(f"the validation MSE reached --stop-at {args.stop_at:g}")
             elif time.perf_counter() - t0 > budget:

@@ -100,9 +100,12 @@ def atomic_write(path, write, mode: str = "wb") -> str:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-            os.fchmod(f.fileno(), _file_mode(path))
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), _file_mode(path))
             if tmp is None:  # anonymous until now: give it a name to rename over path
                 tmp = _name_anonymous(f.fileno(), directory, prefix)
+        if not hasattr(os, "fchmod"):  # Windows before Python 3.13
+            os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
