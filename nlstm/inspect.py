@@ -478,16 +478,12 @@ def _pyplot():
 
 
 def save_figure(fig, path) -> str:
-    """Write fig as PNG to path atomically (a temporary file in the same directory, then a
-    rename); returns the path."""
+    """Write fig as PNG to path atomically (nlstm.io.atomic_write: a temporary file beside it,
+    then a rename); returns the path."""
+    from .io import atomic_write
+
     path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.tmp.png"
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
     return path
 
 
