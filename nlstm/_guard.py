@@ -24,6 +24,23 @@ def locked(method):
     return run
 
 
+class Lockable:
+    """Pickles without its lock (a lock cannot be pickled; multiprocessing sends layers
+    and models to workers) and gets a fresh one when unpickled."""
+
+    _lock_type = staticmethod(threading.Lock)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        state["_train_thread"] = None  # a thread of this process means nothing in another
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = self._lock_type()
+
+
 def check_training_thread(obj, owner: Optional[int]) -> None:
     """Raise RuntimeError if the training forward that ``obj.backward`` would use ran on
     another thread: that thread's forward replaced the one this thread made, and its

@@ -16,7 +16,7 @@ from typing import Callable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ._guard import GradBackup, check_training_thread, locked
+from ._guard import GradBackup, Lockable, check_training_thread, locked
 from ._validate import lengths_array, positive_int, real_array
 from .linear import Dropout, Linear
 from .losses import CrossEntropyLoss, Loss, get_loss
@@ -53,7 +53,7 @@ def layer_class(name: str):
     return cls
 
 
-class Sequential:
+class Sequential(Lockable):
     """Layers applied in order: recurrent layers (``nlstm.LSTM`` and its kin), optional
     ``Dropout`` and ``Linear`` layers between them, and a head of ``Linear``/``Dropout``
     layers after the last recurrent layer.
@@ -66,6 +66,8 @@ class Sequential:
 
     ``params``/``grads`` hold the live arrays of every layer under ``"{index}.{name}"``.
     """
+
+    _lock_type = staticmethod(threading.RLock)  # fit calls forward
 
     def __init__(self, layers: Sequence, output: str = "last", loss="mse"):
         if isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple)):

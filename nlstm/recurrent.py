@@ -18,7 +18,7 @@ import numpy as np
 from . import _threads
 from .kernels import blocks
 from .kernels.sync import STRIDE
-from ._guard import GradBackup, check_training_thread
+from ._guard import GradBackup, Lockable, check_training_thread
 from .stream import Stream
 from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
                         real_array)
@@ -117,7 +117,7 @@ class Workspace:
             self.scratch.append(layer._scratch(B, e))
 
 
-class RecurrentLayer:
+class RecurrentLayer(Lockable):
     """Base of the recurrent layers. Shapes follow PyTorch: x is (T, B, I), (B, T, I) with
     ``batch_first``, or unbatched (T, I); states are (L·D, B, ·), or (L·D, ·) unbatched."""
 
