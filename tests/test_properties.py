@@ -17,7 +17,7 @@ import nlstm  # noqa: E402
 from cases import ALL_KINDS, KINDS, TOL, TORCH_KINDS, as_list, run_nlstm, state3, time_major  # noqa: E402
 from test_vs_reference import run_reference  # noqa: E402
 
-BOUNDED = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+BOUNDED = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 DTYPES = [np.float32, np.float64]
 
@@ -166,7 +166,7 @@ ENTRY_POINTS = ["call x", "call state", "forward x", "lengths", "backward dy", "
                 "step x", "step state", "stream x", "stream reset", "load_state_dict"]
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(kind=st.sampled_from(list(ALL_KINDS)), dtype=st.sampled_from(DTYPES),
        entry=st.sampled_from(ENTRY_POINTS), how=st.sampled_from(MUTATIONS),
        which=st.integers(0, 5))
@@ -194,6 +194,8 @@ def test_garbage_into_every_entry_point_is_refused_and_changes_nothing(kind, dty
         bad[s_i] = mutate(states[s_i], how, dtype)
         return None if bad[s_i] is None else _state_of(bad)
 
+    if how == "drop_axis" and entry in ("call x", "forward x", "step x"):
+        return  # one axis fewer is a valid unbatched input there
     if entry in ("call x", "forward x", "step x", "stream x", "backward dy"):
         base = {"step x": x[0], "stream x": x[0], "backward dy": dy}.get(entry, x)
         bad = mutate(base, how, dtype)
@@ -242,7 +244,7 @@ def test_garbage_into_every_entry_point_is_refused_and_changes_nothing(kind, dty
         np.testing.assert_array_equal(layer.grads[k], g, err_msg=f"{entry} ({how}): grad {k}")
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(how=st.sampled_from(MUTATIONS), entry=st.sampled_from(["predict", "fit X", "fit Y",
                                                               "fit lengths", "backward", "load"]))
 def test_garbage_into_a_model_is_refused_and_changes_nothing(how, entry):
