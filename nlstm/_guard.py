@@ -1,14 +1,14 @@
-"""What keeps a shared object's state whole: the thread that may backpropagate a training
-forward, and gradients put back when a backward does not finish.
-
-Layers and models lock their own workspace for each call (see the README's rule for
-threads); these helpers cover what a lock cannot: a training forward and its backward are
-two calls, and an exception or KeyboardInterrupt may stop a backward half-way.
+"""What keeps a shared object's state whole: a lock per object for each call (see the
+README's rule for threads), the thread that may backpropagate a training forward (a
+training forward and its backward are two calls, which a lock cannot join), and
+gradients put back when an exception or KeyboardInterrupt stops a backward half-way.
 """
 from __future__ import annotations
 
 import functools
+import os
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Dict, Mapping, Optional
 
@@ -25,10 +25,17 @@ def locked(method):
 
 
 class Lockable:
-    """Pickles without its lock (a lock cannot be pickled; multiprocessing sends layers
-    and models to workers) and gets a fresh one when unpickled."""
+    """An object with a lock for its calls (``self._lock``, made by ``_new_lock``). It
+    pickles without the lock (a lock cannot be pickled; multiprocessing sends layers and
+    models to workers) and gets a fresh one when unpickled, and a child process made by
+    fork() gets fresh locks for every such object (a lock held by another thread of the
+    parent at the fork would never be released in the child)."""
 
     _lock_type = staticmethod(threading.Lock)
+
+    def _new_lock(self) -> None:
+        self._lock = self._lock_type()
+        _live.add(self)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -38,7 +45,19 @@ class Lockable:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._lock = self._lock_type()
+        self._new_lock()
+
+
+_live: "weakref.WeakSet[Lockable]" = weakref.WeakSet()
+
+
+def _fresh_locks_in_child() -> None:
+    for obj in list(_live):
+        obj._lock = obj._lock_type()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 def check_training_thread(obj, owner: Optional[int]) -> None:

@@ -52,8 +52,9 @@ def real_array(name: str, value, check_finite: bool, dtype=None,
 
 def check_in_range(name: str, a: np.ndarray, dtype=None, hint: str = _SKIP_HINT) -> None:
     """A ValueError if the float array ``a`` holds NaN or Inf, or values that ``dtype``
-    (narrower than a's) cannot hold. One pass as now when no narrowing is involved; a
-    min and a max (NaN propagates through both) when there is."""
+    (narrower than a's) cannot hold. One ``isfinite`` pass when nothing narrows; when
+    something does, a min and a max (NaN propagates through both), and ``isfinite`` only
+    to word the error."""
     dt = a.dtype if dtype is None else np.dtype(dtype)
     if dt.itemsize >= a.dtype.itemsize or a.size == 0:
         if not np.isfinite(a).all():

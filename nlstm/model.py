@@ -107,7 +107,7 @@ class Sequential(Lockable):
         self.metadata: dict = {}  # JSON-compatible extras saved with the model (e.g. by the CLI)
         self._cache = None
         # Calls from several threads take turns (fit calls forward: re-entrant); see README.
-        self._lock = threading.RLock()
+        self._new_lock()
         self._train_thread: Optional[int] = None  # the thread of the training forward
         self._grad_backup = GradBackup()
 

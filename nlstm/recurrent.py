@@ -184,7 +184,7 @@ class RecurrentLayer(Lockable):
         self._carry_bufs: dict = {}  # see _carry_weights
         # One call at a time uses the workspace and the step scratch above: forward,
         # backward, step and the layer's streams each hold this lock (see the README).
-        self._lock = threading.Lock()
+        self._new_lock()
         self._train_thread: Optional[int] = None  # the thread of the training forward
         self._grad_backup = GradBackup()
 

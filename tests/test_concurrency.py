@@ -236,3 +236,31 @@ def test_shared_layer_with_unit_split_does_not_hang():
     assert "layer wrong 0" in out.stdout, out.stdout
     if which == "onnx":
         assert "onnx wrong 0" in out.stdout, out.stdout
+
+
+def _call_in_child(layer, model, x, q):
+    layer(x)
+    model.predict(x.transpose(1, 0, 2))
+    q.put("ok")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_a_forked_child_does_not_inherit_a_held_lock(rng):
+    """A fork while another thread is inside a call copies its held lock; the child gets
+    fresh locks, so its own calls run instead of waiting forever."""
+    import multiprocessing
+
+    layer = nlstm.GRU(3, 8, seed=0)
+    model = nlstm.Sequential([nlstm.GRU(3, 8, batch_first=True, seed=0), nlstm.Linear(8, 1, seed=1)])
+    x = _data(rng, 5, 2, 3)
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    with layer._lock, model._lock:  # as if another thread were mid-call at the fork
+        child = ctx.Process(target=_call_in_child, args=(layer, model, x, q))
+        child.start()
+    child.join(120)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive, "the child waited for a lock held by a thread of its parent"
+    assert child.exitcode == 0 and q.get(timeout=5) == "ok"
