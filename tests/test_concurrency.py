@@ -264,3 +264,21 @@ def test_a_forked_child_does_not_inherit_a_held_lock(rng):
         child.kill()
     assert not alive, "the child waited for a lock held by a thread of its parent"
     assert child.exitcode == 0 and q.get(timeout=5) == "ok"
+
+
+def test_onnx_stream_from_two_threads_takes_turns(rng):
+    pytest.importorskip("onnx")
+    import nlstm.onnx as nonnx
+
+    path = nonnx.save(nlstm.GRU(3, 64, seed=4), Path(_tmp()) / "g.onnx", lengths=False)
+    model = nonnx.load(path)
+    x = _data(rng, 30, 8, 3)
+    alone, shared = model.stream(), model.stream()
+    want = [alone.run(["output"], {"input": x})[0].tobytes() for _ in range(40)]
+    got = []
+    run_threads(lambda i: got.extend(shared.run(["output"], {"input": x})[0].tobytes()
+                                     for _ in range(20)))
+    assert sorted(got) == sorted(want)
+    for k, v in alone.states.items():
+        for a, b in zip(shared.states[k], v):
+            np.testing.assert_array_equal(a, b, err_msg=k)
