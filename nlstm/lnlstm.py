@@ -143,7 +143,8 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     if layer.bias:
         gr[f"ln_bias_c_l{k}{sfx}"] += layer._row_sum(du2)
     db = layer._row_sum(dz) if layer.bias else None  # b_ih's and b_hh's: both add to z
-    # xhat becomes the gradient of W_ih x (xhat is not needed after the sum above)
+    # xhat becomes the gradient of W_ih x (xhat is not needed after the sum above), gates
+    # dz⊙γ_ih (dz is not needed after the sums above either)
     args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"], ws.lengths)
     layer._rows(ws, lambda b0, b1, t: K.normalize_input_back(b0, b1, *args))
     layer._input_grads(ws, k, d, inp, ex["xhat"], dx, db=db)

@@ -8,10 +8,11 @@ TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-9, atol=
 
 
 def tolerance(kind, dtype):
-    """TOL[dtype], looser in float32 for the LayerNorm cell: normalising a few units
-    divides by their spread, which scales float32's rounding up with it."""
+    """TOL[dtype]; for the LayerNorm cell in float32 an absolute 1e-4: gradients through a
+    normalisation are scaled by 1/σ, so they (and float32's rounding in them) run larger
+    than the plain cells' (seen: 1-7e-5 in weight gradients of magnitude 2-10)."""
     if kind.startswith("lnlstm") and dtype == np.float32:
-        return dict(rtol=1e-3, atol=1e-4)
+        return dict(rtol=1e-4, atol=1e-4)
     return TOL[dtype]
 
 # kind -> (constructor, extra kwargs, reference cell)
