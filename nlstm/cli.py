@@ -1,4 +1,5 @@
-"""The ``nlstm`` command: ``demo``, ``train``, ``predict``, ``info``, ``bench`` and ``selfcheck``.
+"""The ``nlstm`` command: ``demo``, ``train``, ``predict``, ``inspect``, ``info``, ``bench`` and
+``selfcheck``.
 
 Every problem with an argument or a file ends the command with a one-line message on
 stderr and exit code 2, never a traceback.
@@ -188,14 +189,43 @@ def cmd_demo(args) -> int:
         print("the LSTM needs more training here: raise --epochs or --time-limit")
     model_path = lstm[1].save(model_path, metadata={"task": "adding", "T": args.T})
     print(f"saved the LSTM model to {_shown(model_path)}  (load it with nlstm.load)")
+    flows = _gradient_flow(results, Xt[:256])
     if not args.no_plot:
         saved = _plot_curves(png_path, results, mean_mse, args.T)
         if saved:
             print(f"saved the learning curves to {_shown(png_path)}")
+            flow_path = os.path.join(out_dir, "nlstm-demo-gradients.png")
+            _plot_gradient_flow(flow_path, flows, args.T)
+            print(f"saved the gradient reaching each input step to {_shown(flow_path)}")
         else:
             print("no learning-curve plot: matplotlib is not installed (pip install 'nlstm[plots]')")
     print(f"total {time.perf_counter() - t_start:.1f} s")
     return 0
+
+
+def _gradient_flow(results, X) -> list:
+    """[(name, (T,) norm of d prediction / d x_t averaged over X's rows)] for every trained
+    model, from nlstm.inspect; prints the ratio of step 1's to step T's."""
+    import nlstm
+
+    print(f"gradient of the prediction reaching the input steps ({len(X)} test sequences): "
+          f"|d pred / d x_t| at step 1 / at step {X.shape[1]}")
+    flows = []
+    for name, model, *_ in results:
+        norm = nlstm.inspect(model, X, dy=np.ones((len(X), 1), model.dtype)).traces[0].input_grad_norm
+        flows.append((name, norm))
+        print(f"  {name:>4}: {norm[0]:.3g} / {norm[-1]:.3g} = {norm[0] / norm[-1]:.3g}")
+    return flows
+
+
+def _plot_gradient_flow(path: str, flows, T: int) -> None:
+    def draw(ax, colors):
+        for name, norm in flows:
+            ax.plot(np.arange(1, T + 1), norm, color=colors.get(name),
+                    label=f"{name}: step 1 / step {T} = {norm[0] / norm[-1]:.2g}")
+
+    _demo_figure(path, draw, f"the gradient reaching each input step after training (T = {T})",
+                 "input step t", "|d prediction / d x_t|, mean over sequences")
 
 
 def _plot_curves(path: str, results, mean_mse: float, T: int) -> bool:
@@ -203,29 +233,38 @@ def _plot_curves(path: str, results, mean_mse: float, T: int) -> bool:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
         return False
+
+    def draw(ax, colors):
+        for name, _, hist, test, _ in results:
+            c = colors.get(name, None)
+            ax.plot(hist["epoch"], hist["loss"], "-", color=c, alpha=0.55, label=f"{name} training")
+            ax.plot(hist["epoch"], hist["val_loss"], "o-", color=c, ms=3,
+                    label=f"{name} validation (test {test:.4f})")
+        ax.axhline(mean_mse, color="gray", ls="--", lw=1, label=f"predict the mean ({mean_mse:.3f})")
+
+    _demo_figure(path, draw, f"nlstm demo: the adding problem, T = {T}", "epoch", "MSE")
+    return True
+
+
+def _demo_figure(path: str, draw, title: str, xlabel: str, ylabel: str) -> None:
+    """One log-scale plot, drawn by ``draw(ax, colors)``, written to path as PNG atomically."""
+    import matplotlib.pyplot as plt
+
+    from nlstm.inspect import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    colors = {"LSTM": "tab:blue", "RNN": "tab:red", "GRU": "tab:green"}
-    for name, _, hist, test, _ in results:
-        c = colors.get(name, None)
-        ax.plot(hist["epoch"], hist["loss"], "-", color=c, alpha=0.55, label=f"{name} training")
-        ax.plot(hist["epoch"], hist["val_loss"], "o-", color=c, ms=3,
-                label=f"{name} validation (test {test:.4f})")
-    ax.axhline(mean_mse, color="gray", ls="--", lw=1, label=f"predict the mean ({mean_mse:.3f})")
+    draw(ax, {"LSTM": "tab:blue", "RNN": "tab:red", "GRU": "tab:green"})
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE")
-    ax.set_title(f"nlstm demo: the adding problem, T = {T}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    save_figure(fig, path)
     plt.close(fig)
-    os.replace(tmp, path)
-    return True
 
 
 # ---- train / predict ---------------------------------------------------------------------
@@ -301,16 +340,16 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def _forecaster(model_path: str, csv_path: str):
+    """A model made by 'nlstm train' (its metadata checked) and the standardized windows of
+    csv_path: (model, features, target, W, K, y_mean, y_std, X (N, W, F))."""
     import nlstm
     from nlstm.data import read_csv, windows
 
-    _threads(args)
-    _out_path(args.out, "predictions")
-    model = nlstm.load(args.model)
+    model = nlstm.load(model_path)
     meta = getattr(model, "metadata", None) or {}
     if meta.get("task") != "forecast":
-        raise UsageError(f"{args.model} is not a forecaster made by 'nlstm train' "
+        raise UsageError(f"{model_path} is not a forecaster made by 'nlstm train' "
                          f"(no CSV feature metadata)")
     try:
         features, target = list(meta["features"]), str(meta["target"])
@@ -320,11 +359,18 @@ def cmd_predict(args) -> int:
         if x_mean.shape != (len(features),) or x_std.shape != (len(features),):
             raise ValueError("statistics do not match the features")
     except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{args.model}: bad forecaster metadata ({e})") from None
-    names, data = read_csv(args.csv, features)
+        raise UsageError(f"{model_path}: bad forecaster metadata ({e})") from None
+    names, data = read_csv(csv_path, features)
     if len(data) < W:
-        raise UsageError(f"{args.csv} has {len(data)} rows; the model's window needs {W}")
+        raise UsageError(f"{csv_path} has {len(data)} rows; the model's window needs {W}")
     X, _ = windows((data - x_mean) / x_std, W)
+    return model, features, target, W, K, y_mean, y_std, X
+
+
+def cmd_predict(args) -> int:
+    _threads(args)
+    _out_path(args.out, "predictions")
+    model, features, target, W, K, y_mean, y_std, X = _forecaster(args.model, args.csv)
     pred = model.predict(X) * y_std + y_mean
     header = ["row"] + [f"{target}+{k}" for k in range(1, K + 1)]
     # Each row of output: the index (0-based, data rows) of a window's last row, then the
@@ -342,6 +388,37 @@ def cmd_predict(args) -> int:
             os.unlink(tmp)
         raise
     print(f"wrote {len(pred)} forecasts of the next {K} {target} value(s) to {args.out}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import nlstm
+
+    _threads(args)
+    _out_path(args.out, "the figure")
+    model, _, target, W, K, _, _, X = _forecaster(args.model, args.csv)
+    last = len(X) + W - 2  # rows are numbered as 'nlstm predict' numbers them: a window's last row
+    row = last if args.row is None else args.row
+    if not W - 1 <= row <= last:
+        raise UsageError(f"--row {row} is out of range: the windows of {args.csv} end at rows "
+                         f"{W - 1}..{last} (0-based data rows)")
+    x = X[row - W + 1: row - W + 2]
+    # The gradient of the forecast itself (its K values summed): which steps it depends on.
+    result = nlstm.inspect(model, x, dy=np.ones((1, K), model.dtype))
+    print(f"{args.model} on the window of rows {row - W + 1}-{row} of {args.csv}: gradients of "
+          f"the forecast of {target} (the next {K} value(s), summed)")
+    print(result.summary())
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        print("no figure: matplotlib is not installed (pip install 'nlstm[plots]')")
+        return 0
+    import matplotlib.pyplot as plt
+
+    plt.close(result.plot(args.out))
+    print(f"saved the figure to {_shown(args.out)}")
     return 0
 
 
@@ -494,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", parents=[common], help="train an LSTM on the adding problem (no data needed)",
                        description="Train an LSTM (and a plain RNN beside it) on the adding problem "
-                                   "and report the test MSE. Needs no data and no flags. Runs on "
+                                   "and report the test MSE and the gradient reaching each input "
+                                   "step. Needs no data and no flags. Runs on "
                                    "one thread (fastest at this size) unless --threads is given.")
     d.add_argument("--quick", action="store_true",
                    help="a reduced budget for a fast check (T=20, 3000 sequences, at most 20 epochs)")
@@ -510,8 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lr", type=_positive_float, default=0.01, help="Adam learning rate (default 0.01)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default=".", metavar="DIR",
-                   help="directory for nlstm-demo.npz and nlstm-demo.png (default: current)")
-    d.add_argument("--no-plot", action="store_true", help="don't write the learning-curve PNG")
+                   help="directory for nlstm-demo.npz, nlstm-demo.png and nlstm-demo-gradients.png "
+                        "(default: current)")
+    d.add_argument("--no-plot", action="store_true", help="don't write the learning-curve and gradient PNGs")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", parents=[common], help="train a forecaster on a CSV time series",
@@ -550,6 +629,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", required=True, metavar="FILE")
     pr.add_argument("--out", required=True, metavar="FILE")
     pr.set_defaults(func=cmd_predict)
+
+    ins = sub.add_parser("inspect", parents=[common], help="look inside a model from 'nlstm train'",
+                         description="Gates, cell state and the gradient of the forecast at every "
+                                     "step of one window: prints the summaries and draws them.")
+    ins.add_argument("--model", required=True, metavar="FILE")
+    ins.add_argument("--csv", required=True, metavar="FILE")
+    ins.add_argument("--row", type=int, metavar="N",
+                     help="the window that ends at data row N (0-based, as 'nlstm predict' "
+                          "numbers them; default: the last)")
+    ins.add_argument("--out", default="inspect.png", metavar="FILE",
+                     help="the figure, PNG (default: inspect.png)")
+    ins.set_defaults(func=cmd_inspect)
 
     i = sub.add_parser("info", help="versions, CPU features, threads, Numba cache")
     i.set_defaults(func=cmd_info)

@@ -269,3 +269,11 @@ def test_no_torch_or_onnx_export(tmp_path):
         pytest.importorskip("onnx")
         nlstm.onnx.save(nlstm.LayerNormLSTM(3, 4), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_inspect_refuses_what_it_cannot_read():
+    x = np.zeros((3, 2, 3), np.float32)
+    with pytest.raises(TypeError, match="LayerNormLSTM"):
+        nlstm.inspect(nlstm.LayerNormLSTM(3, 4), x, dy=np.ones((3, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="zoneout"):
+        nlstm.inspect(nlstm.LSTM(3, 4, zoneout=0.1), x, dy=np.ones((3, 2, 4), np.float32))
