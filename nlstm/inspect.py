@@ -48,6 +48,8 @@ def _cell(layer: RecurrentLayer) -> str:
     for cls in (LSTM, GRU, RNN):
         if type(layer) is cls:
             return cls.__name__
+    if isinstance(layer, RecurrentLayer):  # a layer of a cell inspect does not read
+        raise ValueError(f"inspect supports LSTM, GRU and RNN layers, got {type(layer).__name__}")
     raise TypeError(f"inspect supports LSTM, GRU and RNN layers, got {type(layer).__name__}")
 
 

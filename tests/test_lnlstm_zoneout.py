@@ -251,6 +251,10 @@ def test_cli_train_cell_and_zoneout(tmp_path, cell, cls):
     assert_ok(p)
     rec = nlstm.load(tmp_path / "m.npz").layers[0]
     assert type(rec).__name__ == cls and rec.zoneout == 0.1
+    p = run(["inspect", "--model", "m.npz", "--csv", "s.csv", "--out", "i.png"], tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("nlstm: error:") \
+        and "zoneout" in lines[0], p.stderr
     for bad in (["--zoneout", "1"], ["--zoneout", "x"], ["--cell", "rnn2"]):
         p = run(["train", "--csv", "s.csv", "--target", "v", "--window", 8, *bad], tmp_path)
         assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("nlstm: error"), p.stderr
@@ -273,7 +277,7 @@ def test_no_torch_or_onnx_export(tmp_path):
 
 def test_inspect_refuses_what_it_cannot_read():
     x = np.zeros((3, 2, 3), np.float32)
-    with pytest.raises(TypeError, match="LayerNormLSTM"):
+    with pytest.raises(ValueError, match="LayerNormLSTM"):
         nlstm.inspect(nlstm.LayerNormLSTM(3, 4), x, dy=np.ones((3, 2, 4), np.float32))
     with pytest.raises(ValueError, match="zoneout"):
         nlstm.inspect(nlstm.LSTM(3, 4, zoneout=0.1), x, dy=np.ones((3, 2, 4), np.float32))
