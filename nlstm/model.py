@@ -25,7 +25,7 @@ from .recurrent import RecurrentLayer
 
 # The classes a saved config may name, looked up on the nlstm module so that cells added
 # later (GRU, RNN) load without changes here. Nothing else is ever constructed.
-LAYER_CLASSES = ("LSTM", "GRU", "RNN", "Linear", "Dropout")
+LAYER_CLASSES = ("LSTM", "LayerNormLSTM", "GRU", "RNN", "Linear", "Dropout")
 OUTPUTS = ("last", "sequence")
 
 

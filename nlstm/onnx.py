@@ -775,6 +775,9 @@ def _export_recurrent(b: _Builder, layer, x: str, lens: str, init: Optional[List
         raise TypeError(f"cannot export {type(layer).__name__}")
     if getattr(layer, "proj_size", 0):
         raise ValueError("LSTM(proj_size=...) has no ONNX equivalent (ONNX's LSTM has no projection)")
+    if layer.zoneout:
+        raise ValueError(f"{op}(zoneout=...) has no ONNX equivalent (its inference mixes in the "
+                         "previous state)")
     H, D = layer.hidden_size, layer.num_directions
     n_states = 2 if op == "LSTM" else 1
     finals = []

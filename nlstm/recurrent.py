@@ -141,6 +141,16 @@ class RecurrentLayer(Lockable):
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
         self.seed = seed
+        self.zoneout = 0.0  # see _set_zoneout (LSTM, LayerNormLSTM, GRU)
+
+    def _set_zoneout(self, zoneout: float) -> None:
+        """Zoneout (Krueger et al., 2017): in training forwards each unit of every state
+        keeps its previous value with probability ``zoneout``; inference takes the
+        expectation, state = p·previous + (1 − p)·new."""
+        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) \
+                or not 0 <= zoneout < 1:
+            raise ValueError(f"zoneout must be a number in [0, 1), got {zoneout!r}")
+        self.zoneout = float(zoneout)
 
     def _init_params(self) -> None:
         """Uniform init over ±1/√H from ``seed``, as PyTorch; then the cell's adjustments.
@@ -219,6 +229,25 @@ class RecurrentLayer(Lockable):
     def _extra_buffers(self, T: int, B: int, e) -> dict:
         """Cell-specific saved buffers; ``e(*shape)`` allocates one in the layer's dtype."""
         return {}
+
+    def _zoneout_buffers(self, T: int, B: int, e) -> dict:
+        """``zoneout``: one (T, B, n) mask per state (empty (0, 0, 0) arrays without
+        zoneout), filled by ``_zoneout_masks``."""
+        if not self.zoneout:
+            return dict(zoneout=[e(0, 0, 0) for _ in self._state_sizes()])
+        return dict(zoneout=[e(T, B, n) for n in self._state_sizes()])
+
+    def _zoneout_masks(self, ws: "Workspace", k: int, d: int, train: bool) -> None:
+        """Fill layer k, direction d's zoneout masks: 1 (keep the previous value) with
+        probability p, else 0, from the layer's seeded stream (as dropout's masks) in
+        training; p everywhere in inference, which makes the step the expectation."""
+        p = self.zoneout
+        for mask in ws.extra[k][d]["zoneout"]:
+            if train:
+                self._dropout_rng.random(dtype=self.dtype, out=mask)
+                np.less(mask, p, out=mask)
+            else:
+                mask.fill(p)
 
     def _work_size(self) -> int:
         """Scratch elements of one streaming step."""
@@ -450,6 +479,8 @@ class RecurrentLayer(Lockable):
         inp = x
         for k in range(self.num_layers):
             for d in range(self.num_directions):
+                if self.zoneout:
+                    self._zoneout_masks(ws, k, d, train)
                 self._forward_dir(ws, k, d, inp)
             y = ws.y[k]
             if train and self.dropout and k < self.num_layers - 1:
@@ -622,22 +653,24 @@ class RecurrentLayer(Lockable):
                 self._pack_state([g.reshape(s).copy() for g, s in zip(ws.dinit, shapes)]))
 
     def _input_grads(self, ws: Workspace, k: int, d: int, inp: np.ndarray, dgates: np.ndarray,
-                     dx: np.ndarray) -> Optional[np.ndarray]:
+                     dx: np.ndarray, db: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """Whole-sequence products for the input side, after the sequential pass.
 
         dgates: (T, B, G·H) gradients of the input-side gate pre-activations; inp: the
         layer's input (T, B, I). Adds into W_ih's and b_ih's gradients; writes dx (d == 0)
         or adds to it. Returns b_ih's gradient, Σ dgates over (T, B) (None without bias),
-        for ``_hidden_grads`` to reuse where b_hh's is the same.
+        for ``_hidden_grads`` to reuse where b_hh's is the same; or, if given, adds and
+        returns ``db`` instead (where b_ih does not enter the pre-activations directly).
         """
         T, B = ws.key
         dg, x2, dx2 = dgates.reshape(T * B, -1), inp.reshape(T * B, -1), dx.reshape(T * B, -1)
         macs = T * B * x2.shape[1] * dg.shape[1]
         self._weight_grads(dg, x2, self._g("weight_ih", k, d), macs)
-        db = None
         gb = self._g("bias_ih", k, d)
-        if gb is not None:
-            db = self._row_sum(dg)
+        if gb is None:
+            db = None
+        else:
+            db = self._row_sum(dg) if db is None else db
             gb += db
         w = self._p("weight_ih", k, d)
 
@@ -648,6 +681,7 @@ class RecurrentLayer(Lockable):
                 dx2[r0:r1] += dg[r0:r1] @ w
 
         self._gemm_split(T * B, macs, rows)
+        return db
 
     def _weight_grads(self, dg: np.ndarray, a: np.ndarray, gw: np.ndarray, macs: float) -> None:
         """gw += dgᵀ·a; dg: (N, G'), a: (N, K), gw: (G', K). Split by gate columns, so the
