@@ -175,6 +175,43 @@ class RecurrentLayer:
         self._unit_bufs: dict = {}
         self._carry_bufs: dict = {}  # see _carry_weights
         self._no_carry = np.zeros((0, 0), self.dtype)
+        self._no_acts = np.zeros((0, 3), self.dtype)
+        self._acts_cache: dict = {}
+
+    def _set_options(self, clip, activations, activation_alpha, activation_beta) -> None:
+        """Check and keep ``clip`` and the activations (see nlstm.activations): sets
+        ``clip`` (None or a float), ``activations`` (None, or the names per direction as
+        given), ``activation_alpha``/``activation_beta`` and ``_act_spec`` (one spec per
+        direction, None for the cell's defaults)."""
+        from . import activations as A
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                 or not clip > 0):
+            raise ValueError(f"clip must be None or a positive number, got {clip!r}")
+        self.clip = None if clip is None else float(clip)
+        spec = A.parse(self._name, activations, activation_alpha, activation_beta,
+                       self.num_directions)
+        self._act_spec = None if A.is_default(self._name, spec) else spec
+        self.activations = None if activations is None else [str(a) for a in activations]
+        self.activation_alpha = None if activation_alpha is None else [float(a) for a in activation_alpha]
+        self.activation_beta = None if activation_beta is None else [float(b) for b in activation_beta]
+
+    def _acts(self, d: int, spec=None) -> np.ndarray:
+        """Direction d's activation rows (code, alpha, beta) for the kernels, (0, 3) when the
+        cell runs its default loops; ``spec`` overrides the layer's (a cell that clips with
+        its default functions passes them)."""
+        from . import activations as A
+        spec = self._act_spec if spec is None else spec
+        if spec is None:
+            return self._no_acts
+        key = (d, spec[d])
+        arr = self._acts_cache.get(key)
+        if arr is None:
+            arr = self._acts_cache[key] = A.array(spec[d], self.dtype)
+        return arr
+
+    def _options_config(self) -> dict:
+        return dict(clip=self.clip, activations=self.activations,
+                    activation_alpha=self.activation_alpha, activation_beta=self.activation_beta)
 
     # ---- what a cell provides -----------------------------------------------------------
     @property

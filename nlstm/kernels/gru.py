@@ -8,8 +8,15 @@ then h' = (1 − z) ⊙ n + z ⊙ h. The layer folds b_ih, b_hr, b_hz (and b_hn 
 W_hn h + b_hn with ``lbr``, r ⊙ h without. Slots as in :mod:`nlstm.kernels.slots`,
 per-step block products as in :mod:`nlstm.kernels.blocks` (without ``lbr`` the n block's
 product waits for r, so it runs as a second product over W_hhᵀ's last H columns).
+
+With ONNX's ``clip`` or activations other than σ and tanh, ``acts`` holds the rows
+(code, alpha, beta) of f (r and z) and g (n) (see nlstm.kernels.activations), ``clip`` the
+bound of the pre-activations (inf when off), and ``pre`` saves every pre-activation for
+backward; else ``acts`` is (0, 3) and the σ/tanh loops run.
 """
-from .activations import sigmoid, tanh
+import numpy as np
+
+from .activations import cast_like, dgate, gate, gates_inplace, sigmoid, tanh
 from .blocks import active_rows, matmul_carry, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
@@ -51,7 +58,7 @@ def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, s):
 
 @kernel
 def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr,
-                rows, times, sp1, sp2, sp3, sg):
+                acts, clip, pre, rows, times, sp1, sp2, sp3, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -59,6 +66,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     gates: (T, B, 3H) in: input projection with folded biases; out: r, z, n
     aux: (T, B, H) out (see module docstring); w_hh_t: (H, 3H) = W_hhᵀ; b_hh: (3H,)
     h0: (B, H); lengths: (B,) int64; reverse, lbr: bool; col: int
+    acts: (2, 3) or (0, 3); clip: scalar; pre: (T, B, 3H) out with acts, else empty
     rows, times: (B,) int64 scratch; sp1, sp2, sp3: (B, H), sg: (B, 3H) scratch
     """
     T = gates.shape[0]
@@ -66,7 +74,8 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     begin_rows(b0, b1, h, h0, lengths, reverse)
     zero_padding(b0, b1, y, lengths, col, H)
     zero_rows_past(b0, b1, aux, lengths)  # W_hn's gradient product reads every row of aux
-    if b1 - b0 == 1 and lbr:
+    gen = acts.shape[0] > 0
+    if b1 - b0 == 1 and lbr and not gen:
         _forward_row(b0, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, sg[0])
         T = 0  # done
     for step in range(T):
@@ -82,13 +91,23 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
             b = rows[i]
             t = times[i]
             g = gates[t, b]
-            for j in range(2 * H):
-                g[j] = sigmoid(g[j] + sg[i, j])
+            if gen:
+                for j in range(2 * H):
+                    g[j] += sg[i, j]
+                gates_inplace(g[:2 * H], pre[t, b, :2 * H], acts[0], clip)
+            else:
+                for j in range(2 * H):
+                    g[j] = sigmoid(g[j] + sg[i, j])
             if lbr:
                 for j in range(H):
                     a = sg[i, 2 * H + j] + b_hh[2 * H + j]
                     aux[t, b, j] = a
-                    g[2 * H + j] = tanh(g[2 * H + j] + g[j] * a)
+                    v = g[2 * H + j] + g[j] * a
+                    if gen:
+                        pre[t, b, 2 * H + j] = v
+                        g[2 * H + j] = gate(acts[1], v, clip)
+                    else:
+                        g[2 * H + j] = tanh(v)
             else:
                 for j in range(H):
                     a = g[j] * sp1[i, j]
@@ -98,8 +117,13 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
             matmul_nn(sg, sp2, w_hh_t, n, 2 * H, 3 * H)
             for i in range(n):
                 g = gates[times[i], rows[i]]
-                for j in range(H):
-                    g[2 * H + j] = tanh(g[2 * H + j] + sg[i, 2 * H + j])
+                if gen:
+                    for j in range(H):
+                        g[2 * H + j] += sg[i, 2 * H + j]
+                    gates_inplace(g[2 * H:], pre[times[i], rows[i], 2 * H:], acts[1], clip)
+                else:
+                    for j in range(H):
+                        g[2 * H + j] = tanh(g[2 * H + j] + sg[i, 2 * H + j])
         for i in range(n):
             b = rows[i]
             t = times[i]
@@ -115,7 +139,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
 
 @kernel
 def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths,
-                 reverse, col, lbr, rows, times, sp1, sp2, sp3, sg):
+                 reverse, col, lbr, acts, clip, pre, rows, times, sp1, sp2, sp3, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 3H) out: gradients of the input-side pre-activations (may alias gates)
@@ -124,10 +148,12 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
     dh0: (B, H) out, also the running carry; dy: (T, B, Y) (columns col:col+H); dh_n: (B, H)
     gates, aux, h, w_hh_t, lengths, reverse, col, lbr: as in ``gru_forward``; scratch as there
     w_hh: (3H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``); used
-    with ``lbr`` only
+    with ``lbr`` only; acts, clip, pre: as given to ``gru_forward``
     """
     T = gates.shape[0]
     H = gates.shape[2] // 3
+    gen = acts.shape[0] > 0
+    one = cast_like(gates, 1)
     copy_rows(b0, b1, dh0, dh_n)
     zero_rows_past(b0, b1, dgates, lengths)
     zero_rows_past(b0, b1, dgates_hh, lengths)
@@ -149,15 +175,25 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
                 r = g[j]
                 z = g[H + j]
                 nn = g[2 * H + j]
+                # the gates' derivatives: from their outputs for σ and tanh, else from the
+                # saved pre-activations (zero where clip cut them)
+                if gen:
+                    s_r = dgate(acts[0], pre[t, b, j], r, clip)
+                    s_z = dgate(acts[0], pre[t, b, H + j], z, clip)
+                    s_n = dgate(acts[1], pre[t, b, 2 * H + j], nn, clip)
+                else:
+                    s_r = r - r * r
+                    s_z = z - z * z
+                    s_n = one - nn * nn
                 dn = dh - dh * z
-                dn_pre = dn - dn * nn * nn
-                dz_pre = dh * (hp[j] - nn) * (z - z * z)
+                dn_pre = dn * s_n
+                dz_pre = dh * (hp[j] - nn) * s_z
                 sp3[i, j] = dh * z  # the direct path to h_{t-1}
                 dg[H + j] = dz_pre
                 dgh[H + j] = dz_pre
                 dg[2 * H + j] = dn_pre
                 if lbr:
-                    dr_pre = dn_pre * ax[j] * (r - r * r)
+                    dr_pre = dn_pre * ax[j] * s_r
                     dg[j] = dr_pre
                     dgh[j] = dr_pre
                     dgh[2 * H + j] = dn_pre * r
@@ -178,7 +214,8 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
                 for j in range(H):
                     r = g[j]  # still r: only index j of g is written in this iteration
                     drh = sp1[i, j]
-                    dr_pre = drh * h[p, b, j] * (r - r * r)
+                    s_r = dgate(acts[0], pre[t, b, j], r, clip) if gen else r - r * r
+                    dr_pre = drh * h[p, b, j] * s_r
                     dg[j] = dr_pre
                     dgh[j] = dr_pre
                     sg[i, j] = dr_pre
@@ -199,29 +236,53 @@ def gru_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, work):
     h_out[k-1]); h, h_out: (L, B, H), read / written at [k]; w_ih_t: (I, 3H); w_hh_t: (H, 3H);
     work: (7H,) scratch. With ``check``, returns False having written nothing if the inputs
     are not finite; else True."""
+    none = work[:0].reshape(0, 3)
+    return _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, none,
+                 cast_like(work, np.inf), work)
+
+
+@kernel
+def gru_step_options(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, acts, clip, work):
+    """``gru_step`` with activations and clip (as for ``gru_forward``); work: (10H,)."""
+    return _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, acts, clip, work)
+
+
+@kernel
+def _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, acts, clip, work):
     if check and not step_inputs_finite(k, x, h, h):
         return False
     inp, hk, hn = step_layer_rows(k, x, h, h_out)
     H = hk.shape[1]
+    gen = acts.shape[0] > 0
     g = work[:3 * H]
     s = work[3 * H:6 * H]
     rh = work[6 * H:7 * H]
+    pre = work[7 * H:10 * H] if gen else work[:0]  # discarded: nothing to differentiate
     for b in range(inp.shape[0]):
         hb = hk[b]
         row_nn(g, inp[b], w_ih_t, 0, 3 * H)
         row_nn(s, hb, w_hh_t, 0, 3 * H if lbr else 2 * H)
-        for j in range(2 * H):
-            g[j] = sigmoid(g[j] + b_ih[j] + b_hh[j] + s[j])
+        if gen:
+            for j in range(2 * H):
+                g[j] += b_ih[j] + b_hh[j] + s[j]
+            gates_inplace(g[:2 * H], pre[:2 * H], acts[0], clip)
+        else:
+            for j in range(2 * H):
+                g[j] = sigmoid(g[j] + b_ih[j] + b_hh[j] + s[j])
         if lbr:
             for j in range(H):
-                g[2 * H + j] = tanh(g[2 * H + j] + b_ih[2 * H + j]
-                                    + g[j] * (s[2 * H + j] + b_hh[2 * H + j]))
+                g[2 * H + j] += b_ih[2 * H + j] + g[j] * (s[2 * H + j] + b_hh[2 * H + j])
         else:
             for j in range(H):
                 rh[j] = g[j] * hb[j]
             row_nn(s, rh, w_hh_t, 2 * H, 3 * H)
             for j in range(H):
-                g[2 * H + j] = tanh(g[2 * H + j] + b_ih[2 * H + j] + b_hh[2 * H + j] + s[2 * H + j])
+                g[2 * H + j] += b_ih[2 * H + j] + b_hh[2 * H + j] + s[2 * H + j]
+        if gen:
+            gates_inplace(g[2 * H:], pre[2 * H:], acts[1], clip)
+        else:
+            for j in range(H):
+                g[2 * H + j] = tanh(g[2 * H + j])
         for j in range(H):
             nn = g[2 * H + j]
             hn[b, j] = nn + g[H + j] * (hb[j] - nn)
