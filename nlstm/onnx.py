@@ -288,18 +288,21 @@ class _Recurrent:
         else:
             self.layer = self._build(self.fixed)
 
-    def _make_layer(self, I: int, dtype, peephole: bool = False) -> RecurrentLayer:
+    def _make_layer(self, I: int, dtype, peephole: bool = False, where: Optional[str] = None
+                    ) -> RecurrentLayer:
         cls = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}[self.op]
         kw = dict(self.kw, peephole=peephole) if self.op == "LSTM" else self.kw
         try:
             return cls(I, self.H, bias=True, bidirectional=self.D == 2, dtype=dtype, **kw)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{self.where}: {e}") from None
+            raise ValueError(f"{self.where if where is None else where}: {e}") from None
 
-    def _build(self, w: Mapping[str, np.ndarray]) -> RecurrentLayer:
+    def _build(self, w: Mapping[str, np.ndarray], where: Optional[str] = None) -> RecurrentLayer:
         """A layer with the weights w (slot -> array), each checked against the node's
-        attributes; ValueError/TypeError naming the input otherwise."""
-        G, D, H, where = self.G, self.D, self.H, self.where
+        attributes; ValueError/TypeError naming the input otherwise, prefixed by where (the
+        node's name by default; at run time Model names the node itself)."""
+        G, D, H = self.G, self.D, self.H
+        where = self.where if where is None else where
         W = w["W"]
         if W.dtype not in (np.float32, np.float64):
             raise TypeError(f"{where}: W must be float32 or float64 (nlstm's dtypes), got {W.dtype}")
@@ -320,7 +323,7 @@ class _Recurrent:
                                 "needs one type for X, W, R, B, P)")
         # All-zero peepholes are the plain cell: skip their cost.
         peephole = "P" in w and bool(np.any(w["P"]))
-        layer = self._make_layer(I, W.dtype, peephole)
+        layer = self._make_layer(I, W.dtype, peephole, where)
         params = {}
         order = _FROM_ONNX[self.op]
         for d, sfx in enumerate(layer._suffixes()):
@@ -372,7 +375,7 @@ class _Recurrent:
         if hit is None:
             w = dict(self.fixed)
             w.update(zip(self.fed, arrays))
-            hit = _Converted(arrays, tuple(x.copy() for x in arrays), self._build(w))
+            hit = _Converted(arrays, tuple(x.copy() for x in arrays), self._build(w, "weights"))
         with self._lock:
             self._cache = [hit] + [e for e in self._cache if e.layer is not hit.layer]
             del self._cache[_WEIGHT_CACHE:]
