@@ -162,7 +162,8 @@ def to_torch(layer: Any) -> Any:
     ``Linear`` -> ``nn.Linear``; ``Dropout`` -> ``nn.Dropout``; ``Sequential`` -> an
     ``nn.Sequential`` subclass whose ``forward(x, lengths=None)`` computes what the nlstm
     model's ``forward`` does. ONNX-only variants (``peephole``, ``clip``,
-    ``input_forget``, ``GRU(linear_before_reset=False)``) have no PyTorch module and raise
+    ``input_forget``, ``activations``, ``GRU(linear_before_reset=False)``) have no PyTorch
+    module and raise
     ValueError; export them with ``nlstm.onnx.save`` instead.
     """
     from .linear import Dropout, Linear
@@ -182,6 +183,9 @@ def to_torch(layer: Any) -> Any:
             if bad:
                 raise ValueError(f"LSTM({bad[0]}=...) has no PyTorch equivalent; nlstm.onnx.save "
                                  "writes it as an ONNX LSTM node")
+        if layer.clip is not None or layer._act_spec is not None:
+            raise ValueError(f"{name}(clip=..., activations=...) has no PyTorch equivalent; "
+                             f"nlstm.onnx.save writes it as an ONNX {name} node")
         if name == "GRU" and not layer.linear_before_reset:
             raise ValueError("GRU(linear_before_reset=False) has no PyTorch equivalent (PyTorch "
                              "applies the reset gate after the linear map); nlstm.onnx.save writes it")

@@ -2,7 +2,10 @@
 standard ONNX nodes that ONNX Runtime runs.
 
 ``load(model_or_path)`` turns every ``LSTM``, ``GRU`` and ``RNN`` node into an nlstm layer
-(weights converted once, at load) and runs the rest of the graph (the usual glue: Squeeze,
+(constant weights converted once, at load; weights fed as inputs converted on the first
+run that brings them, see ``_Recurrent``), with every attribute of the specification
+(``clip``, all its activations with their alpha and beta, ``layout`` 0 and 1), and runs
+the rest of the graph (the usual glue: Squeeze,
 Unsqueeze, Transpose, Reshape, Gemm, MatMul, Add, ...) in NumPy. The result is a drop-in
 for ``onnxruntime.InferenceSession.run``, and its ``stream()`` carries recurrent state
 between calls, which ONNX Runtime cannot do.
@@ -583,7 +586,8 @@ class Model:
     ``run(output_names, feeds)`` has the meaning of ``onnxruntime.InferenceSession.run``.
     ``layers`` maps each recurrent node's name to the nlstm layer that runs it (one ONNX
     node is one layer, ``num_layers=1``, time-major; a ``reverse`` node runs a forward
-    layer over each row's valid steps reversed). ``stream()`` carries state between calls.
+    layer over each row's valid steps reversed; a node whose weights are fed at run time
+    shows the layer of the last run's weights). ``stream()`` carries state between calls.
     """
 
     def __init__(self, proto, source: str = "model"):

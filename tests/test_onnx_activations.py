@@ -144,3 +144,24 @@ def test_layer_option_errors():
     # The default functions by name are the default (fast) layer.
     assert nlstm.LSTM(2, 3, activations=["sigmoid", "TANH", "Tanh"])._act_spec is None
     assert nlstm.RNN(2, 3, activations=["Relu"])._relu
+
+
+def test_layer_options_save_load_and_torch(tmp_path):
+    """The options survive nlstm's own file format, and to_torch refuses them (PyTorch has
+    no such modules)."""
+    import nlstm.io
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    for m in (nlstm.GRU(3, 4, bidirectional=True, clip=1.5, seed=1,
+                        activations=["HardSigmoid", "Softsign", "Sigmoid", "Elu"],
+                        activation_alpha=[0.3, 0.7], activation_beta=[0.4]),
+              nlstm.RNN(3, 4, clip=0.5, seed=2),
+              nlstm.LSTM(3, 4, activations=["Sigmoid", "Affine", "Tanh"], activation_alpha=[2.0],
+                         activation_beta=[0.1], seed=3)):
+        path = nlstm.io.save(m, tmp_path / f"{m._name}.nlstm")
+        back = nlstm.io.load(path)
+        assert back._act_spec == m._act_spec and back.clip == m.clip
+        np.testing.assert_array_equal(back(x)[0], m(x)[0])
+        with pytest.raises(ValueError, match="no PyTorch equivalent"):
+            nlstm.to_torch(m)
