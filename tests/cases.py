@@ -41,6 +41,16 @@ VARIANTS = {
     "lstm_input_forget": (nlstm.LSTM, dict(input_forget=True), lambda: R.LSTMCell(input_forget=True)),
     "lstm_all_onnx": (nlstm.LSTM, dict(peephole=True, clip=0.9, input_forget=True),
                       lambda: R.LSTMCell(peephole=True, clip=0.9, input_forget=True)),
+    # the general activations with every other variant
+    "lstm_all_onnx_acts": (nlstm.LSTM, dict(peephole=True, clip=0.9, input_forget=True,
+                                            activations=("Softsign", "LeakyRelu", "Elu"),
+                                            activation_alpha=[0.2, 0.5]),
+                           lambda: R.LSTMCell(peephole=True, clip=0.9, input_forget=True,
+                                              acts=[[("Softsign", 0, 0), ("LeakyRelu", 0.2, 0),
+                                                     ("Elu", 0.5, 0)]])),
+    "lstm_proj_acts": (nlstm.LSTM, dict(proj_size=-1, activations=("HardSigmoid", "Tanh", "Softsign")),
+                       lambda: R.LSTMCell(proj=True, acts=[[("HardSigmoid", 0.2, 0.5), ("Tanh", 0, 0),
+                                                            ("Softsign", 0, 0)]])),
 }
 ALL_KINDS = {**KINDS, **VARIANTS}
 TORCH_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_proj")

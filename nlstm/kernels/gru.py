@@ -16,7 +16,7 @@ backward; else ``acts`` is (0, 3) and the σ/tanh loops run.
 """
 import numpy as np
 
-from .activations import cast_like, dgate, gate, gates_inplace, sigmoid, tanh
+from .activations import cast_like, dgate, gates_inplace, sigmoid, tanh
 from .blocks import active_rows, matmul_carry, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
@@ -102,12 +102,10 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
                 for j in range(H):
                     a = sg[i, 2 * H + j] + b_hh[2 * H + j]
                     aux[t, b, j] = a
-                    v = g[2 * H + j] + g[j] * a
-                    if gen:
-                        pre[t, b, 2 * H + j] = v
-                        g[2 * H + j] = gate(acts[1], v, clip)
-                    else:
-                        g[2 * H + j] = tanh(v)
+                    g[2 * H + j] = tanh(g[2 * H + j] + g[j] * a) if not gen else \
+                        g[2 * H + j] + g[j] * a
+                if gen:
+                    gates_inplace(g[2 * H:], pre[t, b, 2 * H:], acts[1], clip)
             else:
                 for j in range(H):
                     a = g[j] * sp1[i, j]
