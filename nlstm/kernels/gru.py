@@ -267,20 +267,20 @@ def _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, acts, clip, wo
         else:
             for j in range(2 * H):
                 g[j] = sigmoid(g[j] + b_ih[j] + b_hh[j] + s[j])
+        # n's pre-activation, through tanh in the same pass on the default path
         if lbr:
             for j in range(H):
-                g[2 * H + j] += b_ih[2 * H + j] + g[j] * (s[2 * H + j] + b_hh[2 * H + j])
+                v = g[2 * H + j] + b_ih[2 * H + j] + g[j] * (s[2 * H + j] + b_hh[2 * H + j])
+                g[2 * H + j] = v if gen else tanh(v)
         else:
             for j in range(H):
                 rh[j] = g[j] * hb[j]
             row_nn(s, rh, w_hh_t, 2 * H, 3 * H)
             for j in range(H):
-                g[2 * H + j] += b_ih[2 * H + j] + b_hh[2 * H + j] + s[2 * H + j]
+                v = g[2 * H + j] + b_ih[2 * H + j] + b_hh[2 * H + j] + s[2 * H + j]
+                g[2 * H + j] = v if gen else tanh(v)
         if gen:
             gates_inplace(g[2 * H:], pre[2 * H:], acts[1], clip)
-        else:
-            for j in range(H):
-                g[2 * H + j] = tanh(g[2 * H + j])
         for j in range(H):
             nn = g[2 * H + j]
             hn[b, j] = nn + g[H + j] * (hb[j] - nn)
