@@ -1,7 +1,7 @@
 """``nlstm.GRU``: the gated recurrent unit, as ``torch.nn.GRU`` (and ONNX's default form)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -25,27 +25,50 @@ class GRU(RecurrentLayer):
     ``zoneout=p`` (Krueger et al., 2017): in training forwards each unit of h keeps its
     previous value with probability p (masks from the layer's seeded stream, as dropout's),
     h' ← m⊙h + (1 − m)⊙h'; inference uses the expectation (m = p).
+    ONNX's options: ``clip=x`` clamps the pre-activations of r, z and n to [-x, x];
+    ``activations=(f, g)`` (with ``activation_alpha``/``activation_beta``) replaces σ (r, z)
+    and tanh (n) by other functions by ONNX's names (see :mod:`nlstm.activations`). Either
+    takes a slower, general path.
     """
 
     _G = 3
     _state_labels = ("h0",)
     _name = "GRU"
+    _gate_math = "GRU"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
                  seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0,
-                 linear_before_reset: bool = True, zoneout: float = 0.0):
+                 linear_before_reset: bool = True, clip: Optional[float] = None,
+                 activations: Optional[Sequence[str]] = None,
+                 activation_alpha: Optional[Sequence[float]] = None,
+                 activation_beta: Optional[Sequence[float]] = None, zoneout: float = 0.0):
         self.linear_before_reset = bool(linear_before_reset)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          dtype, seed, check_finite, dropout)
+        self._set_options(clip, activations, activation_alpha, activation_beta)
         self._set_zoneout(zoneout)
         self._init_params()
+        self._special = self.clip is not None or self._act_spec is not None
+        self._clip = self.dtype.type(np.inf if self.clip is None else self.clip)
+        self._empty3 = np.zeros((1, 1, 0), self.dtype)
 
     def _config_extra(self) -> dict:
-        return dict(linear_before_reset=self.linear_before_reset, zoneout=self.zoneout)
+        return dict(linear_before_reset=self.linear_before_reset, zoneout=self.zoneout,
+                    **self._options_config())
 
     def _config_defaults(self) -> dict:
-        return dict(linear_before_reset=True, zoneout=0.0)
+        return dict(linear_before_reset=True, clip=None, activations=None, activation_alpha=None,
+                    activation_beta=None, zoneout=0.0)
+
+    def _gen(self, d: int) -> tuple:
+        """The kernels' acts, clip and pre arguments' first two for direction d: the
+        layer's activations, or its default ones when it only clips."""
+        if not self._special:
+            return self._no_acts, self._clip
+        from .activations import parse
+        spec = self._act_spec or parse("GRU", ("Sigmoid", "Tanh"), directions=self.num_directions)
+        return self._acts(d, spec), self._clip
 
     def backward(self, dy, dh_n=None):
         """``dx, dh0 = gru.backward(dy, dh_n)``; see ``RecurrentLayer._backward``."""
@@ -53,17 +76,20 @@ class GRU(RecurrentLayer):
 
     def _extra_buffers(self, T, B, e) -> dict:
         H = self.hidden_size
-        return dict(aux=e(T, B, H), dgates_hh=e(T, B, 3 * H), **self._zoneout_buffers(T, B, e))
+        return dict(aux=e(T, B, H), dgates_hh=e(T, B, 3 * H),
+                    pre=e(T, B, 3 * H) if self._special else self._empty3,
+                    **self._zoneout_buffers(T, B, e))
 
     def _work_size(self) -> int:
-        return 7 * self.hidden_size
+        return 10 * self.hidden_size
 
     def _scratch(self, B: int, e) -> tuple:
         H = self.hidden_size
         return (np.empty(B, np.int64), np.empty(B, np.int64), e(B, H), e(B, H), e(B, H), e(B, 3 * H))
 
     def _split_units(self) -> bool:
-        return self.linear_before_reset and not self.zoneout  # see nlstm.kernels.gru_units
+        # see nlstm.kernels.gru_units
+        return self.linear_before_reset and not self._special and not self.zoneout
 
     def _folded_bias(self, k, d) -> np.ndarray:
         """b_ih plus the hidden biases that can move into the input projection."""
@@ -85,7 +111,8 @@ class GRU(RecurrentLayer):
             args = (self._barrier_flags(parts), *args, *self._unit_scratch(parts, H, 3 * (j1 - j0)))
             _threads.run_together(parts, lambda part: KU.gru_forward_units(part, parts, *args))
             return
-        args = (*args, self.linear_before_reset, ws.extra[k][d]["zoneout"][0])
+        args = (*args, self.linear_before_reset, ws.extra[k][d]["zoneout"][0], *self._gen(d),
+                ws.extra[k][d]["pre"])
         self._rows(ws, lambda b0, b1, t: K.gru_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
@@ -101,7 +128,8 @@ class GRU(RecurrentLayer):
             _threads.run_together(parts, lambda part: KU.gru_backward_units(part, parts, *args))
         else:
             w = self._carry_weights(ws, k, d) if self.linear_before_reset else self._no_carry
-            args = (*args, w, *tail, self.linear_before_reset, ex["zoneout"][0])
+            args = (*args, w, *tail, self.linear_before_reset, ex["zoneout"][0], *self._gen(d),
+                    ex["pre"])
             self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, *ws.scratch[t]))
         self._input_grads(ws, k, d, inp, gates, dx)
         hprev = self._hprev(h, d)
@@ -112,9 +140,10 @@ class GRU(RecurrentLayer):
             self._hidden_grads(ws, k, d, ex["dgates_hh"], ex["aux"], slice(2 * H, 3 * H))
 
     def _step_kernel(self):
-        return K.gru_step
+        return K.gru_step_options if self._special else K.gru_step
 
     def _make_step_args(self, k: int) -> tuple:
+        options = self._gen(0) if self._special else ()
         return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
                 self._p("bias_hh", k, 0), self.linear_before_reset,
-                self.dtype.type(self.zoneout), self._step_work)
+                self.dtype.type(self.zoneout), *options, self._step_work)

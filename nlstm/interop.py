@@ -162,7 +162,8 @@ def to_torch(layer: Any) -> Any:
     ``Linear`` -> ``nn.Linear``; ``Dropout`` -> ``nn.Dropout``; ``Sequential`` -> an
     ``nn.Sequential`` subclass whose ``forward(x, lengths=None)`` computes what the nlstm
     model's ``forward`` does. ONNX-only variants (``peephole``, ``clip``,
-    ``input_forget``, ``GRU(linear_before_reset=False)``) have no PyTorch module and raise
+    ``input_forget``, ``activations``, ``GRU(linear_before_reset=False)``) have no PyTorch
+    module and raise
     ValueError; export them with ``nlstm.onnx.save`` instead.
     """
     from .linear import Dropout, Linear
@@ -185,6 +186,9 @@ def to_torch(layer: Any) -> Any:
             if bad:
                 raise ValueError(f"LSTM({bad[0]}=...) has no PyTorch equivalent; nlstm.onnx.save "
                                  "writes it as an ONNX LSTM node")
+        if layer.clip is not None or layer._act_spec is not None:
+            raise ValueError(f"{name}(clip=..., activations=...) has no PyTorch equivalent; "
+                             f"nlstm.onnx.save writes it as an ONNX {name} node")
         if name == "GRU" and not layer.linear_before_reset:
             raise ValueError("GRU(linear_before_reset=False) has no PyTorch equivalent (PyTorch "
                              "applies the reset gate after the linear map); nlstm.onnx.save writes it")
@@ -214,6 +218,20 @@ def to_torch(layer: Any) -> Any:
 # ---- Keras -> nlstm --------------------------------------------------------------------------
 _KERAS_KINDS = {"lstm": (LSTM, 4), "gru": (GRU, 3), "simple_rnn": (RNN, 1)}
 _KERAS_GRU_ORDER = (1, 0, 2)  # nlstm r, z, n from Keras's z, r, h
+
+
+def _keras_activation(name: str, keras_version: int, what: str) -> tuple:
+    """A Keras activation name as ONNX's (name, alpha, beta). hard_sigmoid is the one that
+    changed: Keras 3 documents clip(x/6 + 0.5, 0, 1) (relu6(x + 3)/6), Keras 2 (tf.keras up
+    to 2.15) clip(0.2·x + 0.5, 0, 1)."""
+    table = {"tanh": ("Tanh", 0.0, 0.0), "sigmoid": ("Sigmoid", 0.0, 0.0),
+             "relu": ("Relu", 0.0, 0.0), "linear": ("Affine", 1.0, 0.0),
+             "elu": ("Elu", 1.0, 0.0), "softsign": ("Softsign", 0.0, 0.0),
+             "softplus": ("Softplus", 0.0, 0.0),
+             "hard_sigmoid": ("HardSigmoid", 1.0 / 6.0 if keras_version >= 3 else 0.2, 0.5)}
+    if name not in table:
+        raise ValueError(f"unsupported {what} {name!r}; nlstm computes Keras's {sorted(table)}")
+    return table[name]
 
 
 def _keras_arrays(weights, what: str) -> list:
@@ -286,7 +304,7 @@ def reorder_blocks(a: np.ndarray, order: Sequence[int]) -> np.ndarray:
 def from_keras(weights: Union[Sequence, Mapping], kind: str = "lstm", *, bidirectional: bool = False,
                reset_after: Optional[bool] = None, activation: str = "tanh",
                recurrent_activation: str = "sigmoid", batch_first: bool = True, dtype=np.float32,
-               check_finite: bool = True) -> RecurrentLayer:
+               check_finite: bool = True, keras_version: int = 3) -> RecurrentLayer:
     """An nlstm layer computing what a Keras ``LSTM``/``GRU``/``SimpleRNN`` computes.
 
     weights: one Keras layer's arrays, in ``layer.get_weights()`` order
@@ -301,8 +319,11 @@ def from_keras(weights: Union[Sequence, Mapping], kind: str = "lstm", *, bidirec
         False), else True (Keras 2.x/3's default). True is nlstm's (and PyTorch's)
         ``linear_before_reset=True`` with separate input and recurrent biases; False is
         ``linear_before_reset=False``, with the one bias on the input side.
-    activation, recurrent_activation: Keras's; nlstm computes "tanh"/"sigmoid" (and
-        "relu" for a SimpleRNN), anything else (e.g. old Keras's "hard_sigmoid") raises.
+    activation, recurrent_activation: Keras's names: "tanh", "sigmoid", "relu",
+        "hard_sigmoid", "linear", "elu", "softsign", "softplus". Others than the defaults
+        ("tanh", "sigmoid") become the layer's ``activations`` (its slower, general path).
+    keras_version: 3 (default) or 2, for "hard_sigmoid", which Keras 3 defines as
+        clip(x/6 + 0.5, 0, 1) and Keras 2 as clip(0.2·x + 0.5, 0, 1).
     batch_first: True (default) takes Keras's (B, T, I) input.
 
     Keras's ``go_backwards`` on a single layer is not handled; ``Bidirectional`` is.
@@ -311,12 +332,11 @@ def from_keras(weights: Union[Sequence, Mapping], kind: str = "lstm", *, bidirec
     """
     if kind not in _KERAS_KINDS:
         raise ValueError(f"kind must be one of {sorted(_KERAS_KINDS)}, got {kind!r}")
-    allowed = ("tanh", "relu") if kind == "simple_rnn" else ("tanh",)
-    if activation not in allowed:
-        raise ValueError(f"unsupported activation {activation!r} for {kind}; nlstm computes {allowed}")
-    if kind != "simple_rnn" and recurrent_activation != "sigmoid":
-        raise ValueError(f"unsupported recurrent_activation {recurrent_activation!r}; nlstm computes "
-                         f"'sigmoid' (Keras's default since 2.3)")
+    if keras_version not in (2, 3):
+        raise ValueError(f"keras_version must be 2 or 3, got {keras_version!r}")
+    g = _keras_activation(activation, keras_version, "activation")
+    f = _keras_activation(recurrent_activation, keras_version, "recurrent_activation")
+    acts = {"lstm": (f, g, g), "gru": (f, g), "simple_rnn": (g,)}[kind]
     cls = _KERAS_KINDS[kind][0]
     D = 2 if bidirectional else 1
     if isinstance(weights, (list, tuple)) and weights and isinstance(weights[0], (list, tuple, Mapping)):
@@ -360,8 +380,13 @@ def from_keras(weights: Union[Sequence, Mapping], kind: str = "lstm", *, bidirec
                     bidirectional=bidirectional, dtype=dtype, check_finite=check_finite)
     if kind == "gru":
         kw["linear_before_reset"] = True if ra is None else bool(ra)
-    if kind == "simple_rnn":
-        kw["nonlinearity"] = activation
+    names = tuple(a[0] for a in acts)
+    if names != {"lstm": ("Sigmoid", "Tanh", "Tanh"), "gru": ("Sigmoid", "Tanh"),
+                 "simple_rnn": ("Tanh",)}[kind]:
+        from .activations import DEFAULTS
+        kw["activations"] = names
+        kw["activation_alpha"] = [a[1] for a in acts if DEFAULTS.get(a[0], (None, None))[0] is not None]
+        kw["activation_beta"] = [a[2] for a in acts if DEFAULTS.get(a[0], (None, None))[1] is not None]
     layer = cls(sizes[0][0], H, **kw)
     layer.load_state_dict(params)
     return layer

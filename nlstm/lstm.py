@@ -1,7 +1,7 @@
 """``nlstm.LSTM``: a multi-layer, optionally bidirectional LSTM with PyTorch's API and layout."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,6 +34,10 @@ class LSTM(RecurrentLayer):
     - ``peephole=True`` (ONNX ``P``): ``peephole_l{k}`` (3H,) = p_i, p_f, p_o; i and f add
       p⊙c_{t-1}, o adds p_o⊙c_t.
     - ``clip=x`` (ONNX ``clip``): gate pre-activations clamped to [-x, x].
+    - ``activations=(f, g, h)`` (ONNX ``activations``, with ``activation_alpha`` and
+      ``activation_beta``): other functions in place of σ, tanh, tanh, by ONNX's names,
+      e.g. ``("HardSigmoid", "Tanh", "Tanh")``; see :mod:`nlstm.activations`. Such a layer
+      takes a slower, general path.
     - ``input_forget=True`` (ONNX): coupled gates, f = 1 − i (the f rows of the weights
       are kept but unused).
     - ``forget_bias=v``: adds v to the forget gate's ``bias_ih`` at init (Keras's
@@ -48,35 +52,36 @@ class LSTM(RecurrentLayer):
     _G = 4
     _state_labels = ("h0", "c0")
     _name = "LSTM"
+    _gate_math = "LSTM"
     _layer_norm = False  # LayerNormLSTM's cell (see nlstm.lnlstm)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
                  seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0,
                  proj_size: int = 0, peephole: bool = False, clip: Optional[float] = None,
-                 input_forget: bool = False, forget_bias: float = 0.0, zoneout: float = 0.0):
+                 input_forget: bool = False, forget_bias: float = 0.0,
+                 activations: Optional[Sequence[str]] = None,
+                 activation_alpha: Optional[Sequence[float]] = None,
+                 activation_beta: Optional[Sequence[float]] = None, zoneout: float = 0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          dtype, seed, check_finite, dropout)
         self.proj_size = positive_int("proj_size", proj_size, minimum=0)
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size must be smaller than hidden_size ({self.hidden_size}), "
                              f"got {self.proj_size}")
-        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
-                                 or not clip > 0):
-            raise ValueError(f"clip must be None or a positive number, got {clip!r}")
+        self._set_options(clip, activations, activation_alpha, activation_beta)
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
                 or not np.isfinite(forget_bias):
             raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
         if forget_bias and not self.bias:
             raise ValueError("forget_bias needs bias=True")
         self.peephole = bool(peephole)
-        self.clip = None if clip is None else float(clip)
         self.input_forget = bool(input_forget)
         self.forget_bias = float(forget_bias)
         self._set_zoneout(zoneout)
         if self.zoneout and not self._plain():
-            raise ValueError("zoneout needs the plain cell: no proj_size, peephole, clip or "
-                             "input_forget")
+            raise ValueError("zoneout needs the plain cell: no proj_size, peephole, clip, "
+                             "input_forget or activations")
         self._init_params()
         self._empty1 = np.zeros(0, self.dtype)
         self._empty2 = np.zeros((0, 0), self.dtype)
@@ -105,13 +110,13 @@ class LSTM(RecurrentLayer):
                     p[H:2 * H] += self.dtype.type(self.forget_bias)
 
     def _config_extra(self) -> dict:
-        return dict(proj_size=self.proj_size, peephole=self.peephole, clip=self.clip,
+        return dict(proj_size=self.proj_size, peephole=self.peephole,
                     input_forget=self.input_forget, forget_bias=self.forget_bias,
-                    zoneout=self.zoneout)
+                    zoneout=self.zoneout, **self._options_config())
 
     def _config_defaults(self) -> dict:
         return dict(proj_size=0, peephole=False, clip=None, input_forget=False, forget_bias=0.0,
-                    zoneout=0.0)
+                    activations=None, activation_alpha=None, activation_beta=None, zoneout=0.0)
 
     def _options(self, k: int, d: int) -> K.Options:
         sfx = self._suffixes()[d]
@@ -119,11 +124,13 @@ class LSTM(RecurrentLayer):
             peep=self.params[f"peephole_l{k}{sfx}"] if self.peephole else self._empty1,
             clip=self.dtype.type(np.inf if self.clip is None else self.clip),
             input_forget=self.input_forget, proj=self.proj_size > 0,
-            w_hr_t=self._wt[f"weight_hr_l{k}{sfx}"] if self.proj_size else self._empty2)
+            w_hr_t=self._wt[f"weight_hr_l{k}{sfx}"] if self.proj_size else self._empty2,
+            acts=self._acts(d))
 
     def _extra_buffers(self, T, B, e) -> dict:
         H, P, none = self.hidden_size, self._out_size, self._empty3
-        return dict(pre=e(T, B, 4 * H) if self.clip is not None else none,
+        save = self.clip is not None or self._act_spec is not None
+        return dict(pre=e(T, B, 4 * H) if save else none,
                     m=e(T, B, H) if self.proj_size else none,
                     dh_all=e(T, B, P) if self.proj_size else none,
                     **self._zoneout_buffers(T, B, e))
@@ -196,7 +203,8 @@ class LSTM(RecurrentLayer):
         return self._plain() and not self.zoneout
 
     def _plain(self) -> bool:
-        return not (self.peephole or self.clip is not None or self.input_forget or self.proj_size)
+        return not (self.peephole or self.clip is not None or self.input_forget or self.proj_size
+                    or self._act_spec is not None)
 
     def _step_kernel(self):
         if self._layer_norm or self.zoneout:

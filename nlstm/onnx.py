@@ -2,7 +2,10 @@
 standard ONNX nodes that ONNX Runtime runs.
 
 ``load(model_or_path)`` turns every ``LSTM``, ``GRU`` and ``RNN`` node into an nlstm layer
-(weights converted once, at load) and runs the rest of the graph (the usual glue: Squeeze,
+(constant weights converted once, at load; weights fed as inputs converted on the first
+run that brings them, see ``_Recurrent``), with every attribute of the specification
+(``clip``, all its activations with their alpha and beta, ``layout`` 0 and 1), and runs
+the rest of the graph (the usual glue: Squeeze,
 Unsqueeze, Transpose, Reshape, Gemm, MatMul, Add, ...) in NumPy. The result is a drop-in
 for ``onnxruntime.InferenceSession.run``, and its ``stream()`` carries recurrent state
 between calls, which ONNX Runtime cannot do.
@@ -30,6 +33,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
+from . import activations as _activations
 from ._validate import lengths_array
 from .gru import GRU
 from .interop import reorder_blocks as _reorder
@@ -49,8 +53,8 @@ _SLOTS = {
 _FROM_ONNX = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}   # nlstm block j = ONNX block order[j]
 _TO_ONNX = {"LSTM": (0, 3, 1, 2), "GRU": (1, 0, 2), "RNN": (0,)}     # ONNX block j = nlstm block order[j]
 _PEEP = (0, 2, 1)  # (p_i, p_o, p_f) <-> (p_i, p_f, p_o); its own inverse
-# The activations each op's nlstm cell computes (ONNX's defaults), per direction.
-_ACTIVATIONS = {"LSTM": ("sigmoid", "tanh", "tanh"), "GRU": ("sigmoid", "tanh")}
+# ONNX's default activations of each op, per direction.
+_ACTIVATIONS_ONNX = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"), "RNN": ("Tanh",)}
 _COMMON_ATTRS = {"activation_alpha", "activation_beta", "activations", "clip", "direction",
                  "hidden_size", "layout"}
 _ATTRS = {"LSTM": _COMMON_ATTRS | {"input_forget"}, "GRU": _COMMON_ATTRS | {"linear_before_reset"},
@@ -152,8 +156,31 @@ def _type_name(dt: Optional[np.dtype]) -> str:
 
 
 # ---- the recurrent nodes -----------------------------------------------------------------
+_WEIGHT_SLOTS = ("W", "R", "B", "P")
+# How many distinct sets of run-time weights a node keeps converted (see _Recurrent.layer_for).
+_WEIGHT_CACHE = 4
+
+
+class _Converted(NamedTuple):
+    """A layer built from one set of run-time weights: the arrays it came from (for the
+    identity check), copies of their contents (for the contents check), and the layer."""
+    refs: tuple
+    copies: tuple
+    layer: RecurrentLayer
+
+
 class _Recurrent:
-    """One ONNX LSTM/GRU/RNN node and the nlstm layer that runs it."""
+    """One ONNX LSTM/GRU/RNN node and the nlstm layer that runs it.
+
+    Weights (W, R, B, P) that are initializers or Constants are converted once, at load.
+    Weights fed at run time (graph inputs, or outputs of other nodes) are converted on the
+    first run that brings them, and the converted layer is kept in a small cache keyed by
+    the arrays: a run whose weight arrays are the same objects as a cached run's (identity
+    first) and still equal to them, or new arrays equal to them (contents), reuses that
+    layer, so a model fed the same weights every call converts them once. A converted layer
+    is never changed afterwards: runs with different weights use different layers, so
+    concurrent runs never see each other's weights.
+    """
 
     def __init__(self, onnx, node, label: str, consts: Mapping[str, np.ndarray],
                  static: Mapping[str, Optional[list]]):
@@ -174,14 +201,15 @@ class _Recurrent:
         if unknown:
             raise ValueError(f"{where}: unsupported attribute {unknown[0]!r} (nlstm supports "
                              f"{sorted(_ATTRS[op])})")
-        # The weights become the layer's parameters at load, so they must be constants.
-        w = {}
-        for s in ("W", "R", "B", "P"):
+        # Constant weights become a layer now; the others are fed at each run.
+        self.fixed: Dict[str, np.ndarray] = {}
+        self.fed: List[str] = []
+        for s in _WEIGHT_SLOTS:
             if s in names and names[s]:
-                if names[s] not in consts:
-                    raise ValueError(f"{where}: input {s} ({names[s]!r}) must be an initializer or "
-                                     "a Constant: nlstm converts the weights when it loads the model")
-                w[s] = consts[names[s]]
+                if names[s] in consts:
+                    self.fixed[s] = consts[names[s]]
+                else:
+                    self.fed.append(s)
         direction = attrs.get("direction", "forward")
         if direction not in ("forward", "reverse", "bidirectional"):
             raise ValueError(f"{where}: unsupported direction {direction!r}")
@@ -190,21 +218,30 @@ class _Recurrent:
         if layout not in (0, 1):
             raise ValueError(f"{where}: layout must be 0 or 1, got {layout}")
         G = _GATES[op]
-        W, R = w["W"], w["R"]
-        if W.ndim != 3 or R.ndim != 3:
-            raise ValueError(f"{where}: W and R must be 3-D (num_directions, {G}*hidden_size, ·), "
-                             f"got W {W.shape} and R {R.shape}")
-        H = int(attrs["hidden_size"]) if "hidden_size" in attrs else R.shape[2]
+        W, R = self.fixed.get("W"), self.fixed.get("R")
+        for s, a in (("W", W), ("R", R)):
+            if a is not None and a.ndim != 3:
+                raise ValueError(f"{where}: W and R must be 3-D (num_directions, "
+                                 f"{G}*hidden_size, ·), got {s} {a.shape}")
+        r_shape = static.get(names["R"]) if R is None else list(R.shape)
+        H = attrs.get("hidden_size")
+        if H is None and r_shape is not None and len(r_shape) == 3 and isinstance(r_shape[2], int) \
+                and r_shape[2]:
+            H = r_shape[2]
+        if H is None:
+            raise ValueError(f"{where}: needs the hidden_size attribute (R is fed at run time "
+                             "without a declared shape)")
+        H = int(H)
         if H < 1:
             raise ValueError(f"{where}: hidden_size must be positive, got {H}")
-        I = W.shape[2]
-        expect = {"W": (D, G * H, I), "R": (D, G * H, H), "B": (D, 2 * G * H), "P": (D, 3 * H)}
-        for s, a in w.items():
-            if a.shape != expect[s]:
-                raise ValueError(f"{where}: {s} has shape {a.shape} but direction={direction!r} "
-                                 f"and hidden_size={H} need {expect[s]}")
-        if W.dtype not in (np.float32, np.float64):
-            raise ValueError(f"{where}: W must be float32 or float64 (nlstm's dtypes), got {W.dtype}")
+        I = None
+        if W is not None:
+            I = W.shape[2]
+        else:
+            for shp in (static.get(names["W"]), static.get(names["X"])):
+                if shp is not None and len(shp) == 3 and isinstance(shp[2], int) and shp[2]:
+                    I = shp[2]
+                    break
         for s in ("initial_h", "initial_c"):
             shp = static.get(names.get(s) or "")
             want = (D, None, H) if layout == 0 else (None, D, H)
@@ -214,59 +251,29 @@ class _Recurrent:
                                  f"direction={direction!r} and hidden_size={H} need "
                                  f"{'(num_directions, batch, hidden)' if layout == 0 else '(batch, num_directions, hidden)'}")
         xs = static.get(names["X"])
-        if xs is not None and (len(xs) != 3 or (isinstance(xs[2], int) and xs[2] and xs[2] != I)):
+        if xs is not None and I is not None and \
+                (len(xs) != 3 or (isinstance(xs[2], int) and xs[2] and xs[2] != I)):
             raise ValueError(f"{where}: X is declared with shape {tuple(xs)} but W needs 3-D "
                              f"input with {I} features")
-        # Options the nlstm cell must match; anything it cannot compute is an error.
-        clip = attrs.get("clip")
+        # Options the nlstm cell must match (the layer checks them; errors name the node).
         kw: Dict[str, Any] = {}
+        clip = attrs.get("clip")
         if clip is not None:
-            if op != "LSTM":
-                raise ValueError(f"{where}: unsupported attribute 'clip' (nlstm clips LSTM gates only)")
             if not clip > 0:
                 raise ValueError(f"{where}: clip must be positive, got {clip}")
             kw["clip"] = float(clip)
         if op == "LSTM":
             kw["input_forget"] = bool(attrs.get("input_forget", 0))
-            # All-zero peepholes are the plain cell: skip their cost.
-            kw["peephole"] = "P" in w and bool(np.any(w["P"]))
         if op == "GRU":
             kw["linear_before_reset"] = bool(attrs.get("linear_before_reset", 0))
-        acts = [a.lower() for a in attrs.get("activations", [])]
-        half = len(acts) // 2
-        if D == 2 and acts and len(acts) % 2 == 0 and acts[:half] == acts[half:]:
-            acts = acts[:half]  # one list per direction, the same for both
-        if op == "RNN":
-            acts = acts or ["tanh"]
-            if len(acts) != 1 or any(a not in ("tanh", "relu") for a in acts) or len(set(acts)) > 1:
-                raise ValueError(f"{where}: unsupported activations {attrs.get('activations')} "
-                                 f"(nlstm's RNN runs Tanh or Relu, the same in both directions)")
-            kw["nonlinearity"] = acts[0]
-        elif acts:
-            want = list(_ACTIVATIONS[op])
-            if acts != want:
-                bad = next((a for a, b in zip(acts, want) if a != b), acts)
-                raise ValueError(f"{where}: unsupported activations {attrs['activations']} "
-                                 f"({bad!r}; nlstm runs {[a.capitalize() for a in want]})")
-        cls = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}[op]
-        layer = cls(I, H, bias="B" in w, bidirectional=D == 2, dtype=W.dtype, **kw)
-        params = {}
-        order = _FROM_ONNX[op]
-        for d, sfx in enumerate(layer._suffixes()):
-            params[f"weight_ih_l0{sfx}"] = _reorder(W[d], order)
-            params[f"weight_hh_l0{sfx}"] = _reorder(R[d], order)
-            if "B" in w:
-                params[f"bias_ih_l0{sfx}"] = _reorder(w["B"][d, :G * H], order)
-                params[f"bias_hh_l0{sfx}"] = _reorder(w["B"][d, G * H:], order)
-            if kw.get("peephole"):
-                params[f"peephole_l0{sfx}"] = _reorder(w["P"][d], _PEEP)
-        try:
-            layer.load_state_dict(params)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-        self.layer = layer
+        if "activations" in attrs or "activation_alpha" in attrs or "activation_beta" in attrs:
+            kw["activations"] = list(attrs.get("activations", _ACTIVATIONS_ONNX[op]))
+            kw["activation_alpha"] = attrs.get("activation_alpha")
+            kw["activation_beta"] = attrs.get("activation_beta")
+        self.kw = kw
+        self.G, self.D, self.H, self.I, self.layout = G, D, H, I, layout
+        self.direction = direction
         self.reverse = direction == "reverse"
-        self.D, self.H, self.I, self.layout = D, H, I, layout
         self.inputs = [names[s] for s in slots]
         self.slots = slots
         self.outputs = list(node.output)
@@ -274,6 +281,109 @@ class _Recurrent:
             raise ValueError(f"{where}: has {len(self.outputs)} outputs; {op} has "
                              f"{'Y, Y_h, Y_c' if op == 'LSTM' else 'Y, Y_h'}")
         self.n_states = 2 if op == "LSTM" else 1
+        self._cache: List[_Converted] = []
+        self._lock = threading.Lock()
+        # The layer of the constant weights, or of the last run's fed ones (None before).
+        self.layer: Optional[RecurrentLayer] = None
+        if self.fed:
+            # Check the options now, so that a node nlstm cannot run fails at load.
+            self._make_layer(I or 1, np.float32)
+        else:
+            self.layer = self._build(self.fixed)
+
+    def _make_layer(self, I: int, dtype, peephole: bool = False, where: Optional[str] = None
+                    ) -> RecurrentLayer:
+        cls = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}[self.op]
+        kw = dict(self.kw, peephole=peephole) if self.op == "LSTM" else self.kw
+        try:
+            return cls(I, self.H, bias=True, bidirectional=self.D == 2, dtype=dtype, **kw)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{self.where if where is None else where}: {e}") from None
+
+    def _build(self, w: Mapping[str, np.ndarray], where: Optional[str] = None) -> RecurrentLayer:
+        """A layer with the weights w (slot -> array), each checked against the node's
+        attributes; ValueError/TypeError naming the input otherwise, prefixed by where (the
+        node's name by default; at run time Model names the node itself)."""
+        G, D, H = self.G, self.D, self.H
+        where = self.where if where is None else where
+        W = w["W"]
+        if W.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{where}: W must be float32 or float64 (nlstm's dtypes), got {W.dtype}")
+        if W.ndim != 3:
+            raise ValueError(f"{where}: W must be 3-D (num_directions, {G}*hidden_size, "
+                             f"input_size), got shape {W.shape}")
+        I = W.shape[2]
+        if self.I is not None and I != self.I:
+            raise ValueError(f"{where}: W has shape {W.shape} but the node's input has {self.I} "
+                             f"features: need {(D, G * H, self.I)}")
+        expect = {"W": (D, G * H, I), "R": (D, G * H, H), "B": (D, 2 * G * H), "P": (D, 3 * H)}
+        for s, a in w.items():
+            if a.shape != expect[s]:
+                raise ValueError(f"{where}: {s} has shape {a.shape} but direction="
+                                 f"{self.direction!r} and hidden_size={H} need {expect[s]}")
+            if a.dtype != W.dtype:
+                raise TypeError(f"{where}: {s} has dtype {a.dtype} but W has {W.dtype} (ONNX "
+                                "needs one type for X, W, R, B, P)")
+        # All-zero peepholes are the plain cell: skip their cost.
+        peephole = "P" in w and bool(np.any(w["P"]))
+        layer = self._make_layer(I, W.dtype, peephole, where)
+        params = {}
+        order = _FROM_ONNX[self.op]
+        for d, sfx in enumerate(layer._suffixes()):
+            params[f"weight_ih_l0{sfx}"] = _reorder(W[d], order)
+            params[f"weight_hh_l0{sfx}"] = _reorder(w["R"][d], order)
+            if "B" in w:
+                params[f"bias_ih_l0{sfx}"] = _reorder(w["B"][d, :G * H], order)
+                params[f"bias_hh_l0{sfx}"] = _reorder(w["B"][d, G * H:], order)
+            else:  # ONNX's B defaults to zeros
+                params[f"bias_ih_l0{sfx}"] = np.zeros(G * H, W.dtype)
+                params[f"bias_hh_l0{sfx}"] = np.zeros(G * H, W.dtype)
+            if peephole:
+                params[f"peephole_l0{sfx}"] = _reorder(w["P"][d], _PEEP)
+        try:
+            layer.load_state_dict(params)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        return layer
+
+    def layer_for(self, a: Mapping[str, Optional[np.ndarray]]) -> RecurrentLayer:
+        """The layer for this run's inputs a (slot -> value): the load-time one, or the
+        cached conversion of the fed weights (converted now if no cached one matches)."""
+        if not self.fed:
+            return self.layer
+        arrays = []
+        for s in self.fed:
+            v = a.get(s)
+            if v is None:
+                raise ValueError(f"input {s} is fed at run time but has no value")
+            arr = np.asarray(v)
+            if arr.dtype.kind != "f":
+                raise TypeError(f"input {s} must be float32 or float64, got dtype {arr.dtype}")
+            arrays.append(arr)
+        arrays = tuple(arrays)
+        with self._lock:
+            cache = list(self._cache)
+        hit = None
+        for e in cache:  # identity first: the same arrays as a cached run, unchanged since
+            if all(x is r for x, r in zip(arrays, e.refs)) and \
+                    all(np.array_equal(x, c) for x, c in zip(arrays, e.copies)):
+                hit = e
+                break
+        if hit is None:
+            for e in cache:  # then contents: equal arrays given anew
+                if all(x.shape == c.shape and x.dtype == c.dtype and np.array_equal(x, c)
+                       for x, c in zip(arrays, e.copies)):
+                    hit = _Converted(arrays, e.copies, e.layer)
+                    break
+        if hit is None:
+            w = dict(self.fixed)
+            w.update(zip(self.fed, arrays))
+            hit = _Converted(arrays, tuple(x.copy() for x in arrays), self._build(w, "weights"))
+        with self._lock:
+            self._cache = [hit] + [e for e in self._cache if e.layer is not hit.layer]
+            del self._cache[_WEIGHT_CACHE:]
+            self.layer = hit.layer
+        return hit.layer
 
     def run(self, args: List[Optional[np.ndarray]], states: Optional[dict],
             layer=None) -> list:
@@ -283,8 +393,10 @@ class _Recurrent:
         layer = self.layer if layer is None else layer
         a = dict(zip(self.slots, args))
         x = np.asarray(a["X"])
-        if x.ndim != 3 or x.shape[2] != self.I:
-            raise ValueError(f"X must be 3-D ({'T, B' if self.layout == 0 else 'B, T'}, {self.I}), "
+        layer = self.layer_for(a)
+        I = layer.input_size
+        if x.ndim != 3 or x.shape[2] != I:
+            raise ValueError(f"X must be 3-D ({'T, B' if self.layout == 0 else 'B, T'}, {I}), "
                              f"got shape {x.shape}")
         x = x if self.layout == 0 else x.transpose(1, 0, 2)  # (T, B, I)
         T, B = x.shape[:2]
@@ -307,6 +419,8 @@ class _Recurrent:
                         init.append(np.zeros(shape, layer.dtype))
                         continue
                     g = np.asarray(g)
+                    if g.dtype.kind != "f":
+                        raise TypeError(f"{s} must be a float array, got dtype {g.dtype}")
                     g = g if self.layout == 0 else g.transpose(1, 0, 2)
                     if g.shape != shape:
                         raise ValueError(f"{s} must have shape "
@@ -475,7 +589,8 @@ class Model:
     ``run(output_names, feeds)`` has the meaning of ``onnxruntime.InferenceSession.run``.
     ``layers`` maps each recurrent node's name to the nlstm layer that runs it (one ONNX
     node is one layer, ``num_layers=1``, time-major; a ``reverse`` node runs a forward
-    layer over each row's valid steps reversed). ``stream()`` carries state between calls.
+    layer over each row's valid steps reversed; a node whose weights are fed at run time
+    shows the layer of the last run's weights). ``stream()`` carries state between calls.
     """
 
     def __init__(self, proto, source: str = "model"):
@@ -501,7 +616,7 @@ class Model:
             static.setdefault(name, list(a.shape))
         known = set(consts) | set(self._in_info)
         self._steps: list = []
-        self.layers: Dict[str, Any] = {}
+        self._rec: Dict[str, _Recurrent] = {}
         producer: Dict[str, int] = {}
         baked = set()
         for n, node in enumerate(g.node):
@@ -522,9 +637,9 @@ class Model:
             if op in _GATES:
                 view = {**self._defaults, **consts}
                 step = _Recurrent(onnx, node, label, view, static)
-                if label in self.layers:
+                if label in self._rec:
                     raise ValueError(f"{where}: two recurrent nodes share the name {label!r}")
-                self.layers[label] = step.layer
+                self._rec[label] = step
                 baked.update(node.input[1:4] if op != "LSTM" else [*node.input[1:4], *node.input[7:8]])
             elif op in _GLUE:
                 _, lo, hi = _GLUE[op]
@@ -558,6 +673,12 @@ class Model:
             dt, shape = _type_info(onnx, vi)
             self._outputs.append(Arg(vi.name, shape, _type_name(dt)))
         self._needed_cache: Dict[tuple, list] = {}
+
+    @property
+    def layers(self) -> Dict[str, Optional[RecurrentLayer]]:
+        """Each recurrent node's name -> the nlstm layer that runs it; for a node whose
+        weights are fed at run time, the layer of the last run's weights (None before)."""
+        return {label: step.layer for label, step in self._rec.items()}
 
     # ---- session-like API -----------------------------------------------------------------
     def get_inputs(self) -> List[Arg]:
@@ -793,14 +914,23 @@ def _export_recurrent(b: _Builder, layer, x: str, lens: str, init: Optional[List
             if getattr(layer, "peephole", False):
                 Ps.append(_reorder(p("peephole"), _PEEP))
         attrs: Dict[str, Any] = dict(hidden_size=H, direction="bidirectional" if D == 2 else "forward")
+        if layer.clip is not None:
+            attrs["clip"] = float(layer.clip)
         if op == "LSTM":
-            if layer.clip is not None:
-                attrs["clip"] = float(layer.clip)
             if layer.input_forget:
                 attrs["input_forget"] = 1
         elif op == "GRU":
             attrs["linear_before_reset"] = int(layer.linear_before_reset)
-        elif layer.nonlinearity == "relu":
+        if layer._act_spec is not None:
+            # Every function with its alpha/beta written out (ONNX Runtime's defaults for an
+            # absent one differ from ONNX's for some functions).
+            names, alphas, betas = _activations.flat(layer._act_spec)
+            attrs["activations"] = names
+            if alphas:
+                attrs["activation_alpha"] = alphas
+            if betas:
+                attrs["activation_beta"] = betas
+        elif op == "RNN" and layer._relu:
             attrs["activations"] = ["Relu"] * D
         tag = f"{prefix}{op.lower()}_l{k}"
         inputs = [x, b.const(f"{tag}_W", np.stack(Ws)), b.const(f"{tag}_R", np.stack(Rs)),

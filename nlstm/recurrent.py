@@ -124,6 +124,7 @@ class RecurrentLayer(Lockable):
     _G = 1                         # gate blocks of H rows in weight_ih / weight_hh
     _state_labels = ("h0",)        # names of the state arrays, for messages
     _name = "RecurrentLayer"
+    _gate_math = "RecurrentLayer"  # the ONNX operator whose activation slots the cell has
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
@@ -180,6 +181,8 @@ class RecurrentLayer(Lockable):
         self._dropout_rng = rng  # continues the init stream: one seed fixes both
         self._step_sizes = self._state_sizes()
         self._no_carry = np.zeros((0, 0), self.dtype)
+        self._no_acts = np.zeros((0, 3), self.dtype)
+        self._acts_cache: dict = {}  # see _acts
         self._new_workspace_state()
 
     def _new_workspace_state(self) -> None:
@@ -205,6 +208,41 @@ class RecurrentLayer(Lockable):
         twin = copy.copy(self)
         twin._new_workspace_state()
         return twin
+
+    def _set_options(self, clip, activations, activation_alpha, activation_beta) -> None:
+        """Check and keep ``clip`` and the activations (see nlstm.activations): sets
+        ``clip`` (None or a float), ``activations`` (None, or the names per direction as
+        given), ``activation_alpha``/``activation_beta`` and ``_act_spec`` (one spec per
+        direction, None for the cell's defaults)."""
+        from . import activations as A
+        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                                 or not clip > 0):
+            raise ValueError(f"clip must be None or a positive number, got {clip!r}")
+        self.clip = None if clip is None else float(clip)
+        spec = A.parse(self._gate_math, activations, activation_alpha, activation_beta,
+                       self.num_directions)
+        self._act_spec = None if A.is_default(self._gate_math, spec) else spec
+        self.activations = None if activations is None else [str(a) for a in activations]
+        self.activation_alpha = None if activation_alpha is None else [float(a) for a in activation_alpha]
+        self.activation_beta = None if activation_beta is None else [float(b) for b in activation_beta]
+
+    def _acts(self, d: int, spec=None) -> np.ndarray:
+        """Direction d's activation rows (code, alpha, beta) for the kernels, (0, 3) when the
+        cell runs its default loops; ``spec`` overrides the layer's (a cell that clips with
+        its default functions passes them)."""
+        from . import activations as A
+        spec = self._act_spec if spec is None else spec
+        if spec is None:
+            return self._no_acts
+        key = (d, spec[d])
+        arr = self._acts_cache.get(key)
+        if arr is None:
+            arr = self._acts_cache[key] = A.array(spec[d], self.dtype)
+        return arr
+
+    def _options_config(self) -> dict:
+        return dict(clip=self.clip, activations=self.activations,
+                    activation_alpha=self.activation_alpha, activation_beta=self.activation_beta)
 
     # ---- what a cell provides -----------------------------------------------------------
     @property

@@ -1,7 +1,7 @@
 """``nlstm.RNN``: the Elman RNN, as ``torch.nn.RNN``."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -14,28 +14,52 @@ class RNN(RecurrentLayer):
 
     PyTorch's names and layout (``weight_ih_l{k}`` (H, I_k), ``weight_hh_l{k}`` (H, H),
     ``bias_ih_l{k}``, ``bias_hh_l{k}`` (H)). The state is h, (L·D, B, H) or (L·D, H).
+
+    ONNX's options: ``clip=x`` clamps the pre-activation to [-x, x]; ``activations=(f,)``
+    (with ``activation_alpha``/``activation_beta``) is any of ONNX's functions by name (see
+    :mod:`nlstm.activations`; ``("Relu",)`` is ``nonlinearity="relu"``). Functions other
+    than tanh and relu, and clip, take a slower, general path.
     """
 
     _G = 1
     _state_labels = ("h0",)
     _name = "RNN"
+    _gate_math = "RNN"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  bidirectional: bool = False, dtype=np.float32, seed: Optional[int] = None,
-                 check_finite: bool = True, dropout: float = 0.0):
+                 check_finite: bool = True, dropout: float = 0.0, clip: Optional[float] = None,
+                 activations: Optional[Sequence[str]] = None,
+                 activation_alpha: Optional[Sequence[float]] = None,
+                 activation_beta: Optional[Sequence[float]] = None):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        if activations is not None and nonlinearity != "tanh":
+            raise ValueError("give nonlinearity or activations, not both "
+                             "(activations=('Relu',) is nonlinearity='relu')")
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          dtype, seed, check_finite, dropout)
+        self._set_options(clip, activations, activation_alpha, activation_beta)
+        spec = self._act_spec
+        if spec is not None and all(s[0][0] == "Relu" for s in spec):
+            self._act_spec, self._relu = None, True  # the relu loops
+        else:
+            self._relu = nonlinearity == "relu"
+        if self.clip is not None and self._act_spec is None:
+            from .activations import parse
+            self._act_spec = parse("RNN", ("Relu" if self._relu else "Tanh",),
+                                   directions=self.num_directions)
+        self._clip = self.dtype.type(np.inf if self.clip is None else self.clip)
         self._init_params()
 
     def _config_extra(self) -> dict:
-        return dict(nonlinearity=self.nonlinearity)
+        return dict(nonlinearity=self.nonlinearity, **self._options_config())
 
     def _config_defaults(self) -> dict:
-        return dict(nonlinearity="tanh")
+        return dict(nonlinearity="tanh", clip=None, activations=None, activation_alpha=None,
+                    activation_beta=None)
 
     def _scratch(self, B: int, e) -> tuple:
         H = self.hidden_size
@@ -50,22 +74,23 @@ class RNN(RecurrentLayer):
         i, H = k * self.num_directions + d, self.hidden_size
         args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], pre, self._w("weight_hh", k, d),
                 self._p("bias_ih", k, d) + self._p("bias_hh", k, d), ws.init[0][i], ws.lengths,
-                d == 1, d * H, self.nonlinearity == "relu")
+                d == 1, d * H, self._relu, self._acts(d), self._clip)
         self._rows(ws, lambda b0, b1, t: K.rnn_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
         dpre, h = ws.gates[k][d], ws.states[0][k][d]
         args = (dpre, ws.dinit[0][i], dy, ws.dfinal[0][i], h, self._w("weight_hh", k, d),
-                self._carry_weights(ws, k, d), ws.lengths, d == 1, d * H,
-                self.nonlinearity == "relu")
+                self._carry_weights(ws, k, d), ws.lengths, d == 1, d * H, self._relu,
+                self._acts(d), self._clip)
         self._rows(ws, lambda b0, b1, t: K.rnn_backward(b0, b1, *args, *ws.scratch[t]))
         db = self._input_grads(ws, k, d, inp, dpre, dx)  # b_ih's gradient is b_hh's too
         self._hidden_grads(ws, k, d, dpre, self._hprev(h, d), db=db)
 
     def _step_kernel(self):
-        return K.rnn_step
+        return K.rnn_step if self._act_spec is None else K.rnn_step_options
 
     def _make_step_args(self, k: int) -> tuple:
+        options = () if self._act_spec is None else (self._acts(0), self._clip)
         return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
-                self._p("bias_hh", k, 0), self.nonlinearity == "relu", self._step_work)
+                self._p("bias_hh", k, 0), self._relu, *options, self._step_work)

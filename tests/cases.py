@@ -23,6 +23,24 @@ KINDS = {
     "rnn_tanh": (nlstm.RNN, dict(nonlinearity="tanh"), lambda: R.RNNCell("tanh")),
     "rnn_relu": (nlstm.RNN, dict(nonlinearity="relu"), lambda: R.RNNCell("relu")),
     "lnlstm": (nlstm.LayerNormLSTM, {}, R.LayerNormLSTMCell),
+    # ONNX's clip and activations (the general kernels' path), gradients from the oracle too
+    "lstm_acts": (nlstm.LSTM, dict(activations=("HardSigmoid", "Softsign", "Elu"),
+                                   activation_alpha=[0.3, 0.8], activation_beta=[0.45]),
+                  lambda: R.LSTMCell(acts=[[("HardSigmoid", 0.3, 0.45), ("Softsign", 0, 0),
+                                            ("Elu", 0.8, 0)]])),
+    "lstm_clip_acts": (nlstm.LSTM, dict(clip=0.8, activations=("Sigmoid", "ScaledTanh", "Softplus"),
+                                        activation_alpha=[1.3], activation_beta=[0.7]),
+                       lambda: R.LSTMCell(clip=0.8, acts=[[("Sigmoid", 0, 0), ("ScaledTanh", 1.3, 0.7),
+                                                           ("Softplus", 0, 0)]])),
+    "gru_clip": (nlstm.GRU, dict(clip=0.6), lambda: R.GRUCell(True, clip=0.6)),
+    "gru_acts": (nlstm.GRU, dict(linear_before_reset=False, clip=1.5,
+                                 activations=("HardSigmoid", "LeakyRelu"),
+                                 activation_alpha=[0.25, 0.1], activation_beta=[0.55]),
+                 lambda: R.GRUCell(False, clip=1.5, acts=[[("HardSigmoid", 0.25, 0.55),
+                                                            ("LeakyRelu", 0.1, 0)]])),
+    "rnn_clip": (nlstm.RNN, dict(clip=0.5), lambda: R.RNNCell("tanh", clip=0.5)),
+    "rnn_acts": (nlstm.RNN, dict(activations=("Elu",), activation_alpha=[0.6]),
+                 lambda: R.RNNCell(acts=[[("Elu", 0.6, 0)]])),
 }
 # LSTM variants: the oracle has their forward; gradients are checked by finite differences
 # (and by torch for proj_size).
@@ -33,6 +51,16 @@ VARIANTS = {
     "lstm_input_forget": (nlstm.LSTM, dict(input_forget=True), lambda: R.LSTMCell(input_forget=True)),
     "lstm_all_onnx": (nlstm.LSTM, dict(peephole=True, clip=0.9, input_forget=True),
                       lambda: R.LSTMCell(peephole=True, clip=0.9, input_forget=True)),
+    # the general activations with every other variant
+    "lstm_all_onnx_acts": (nlstm.LSTM, dict(peephole=True, clip=0.9, input_forget=True,
+                                            activations=("Softsign", "LeakyRelu", "Elu"),
+                                            activation_alpha=[0.2, 0.5]),
+                           lambda: R.LSTMCell(peephole=True, clip=0.9, input_forget=True,
+                                              acts=[[("Softsign", 0, 0), ("LeakyRelu", 0.2, 0),
+                                                     ("Elu", 0.5, 0)]])),
+    "lstm_proj_acts": (nlstm.LSTM, dict(proj_size=-1, activations=("HardSigmoid", "Tanh", "Softsign")),
+                       lambda: R.LSTMCell(proj=True, acts=[[("HardSigmoid", 0.2, 0.5), ("Tanh", 0, 0),
+                                                            ("Softsign", 0, 0)]])),
 }
 ALL_KINDS = {**KINDS, **VARIANTS}
 TORCH_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_proj")

@@ -114,13 +114,14 @@ def ref_eval(model, feeds):
 
 def oracle(layer, x_tm, init, lengths):
     """The float64 oracle for one nlstm layer on time-major x: y (T, B, D·O), final list."""
+    acts = layer._act_spec  # per direction [(name, alpha, beta)], or None
     if layer._name == "LSTM":
         cell = R.LSTMCell(peephole=layer.peephole, clip=layer.clip, input_forget=layer.input_forget,
-                          proj=bool(layer.proj_size))
+                          proj=bool(layer.proj_size), acts=acts)
     elif layer._name == "GRU":
-        cell = R.GRUCell(layer.linear_before_reset)
+        cell = R.GRUCell(layer.linear_before_reset, clip=layer.clip, acts=acts)
     else:
-        cell = R.RNNCell(layer.nonlinearity)
+        cell = R.RNNCell("relu" if layer._relu else "tanh", clip=layer.clip, acts=acts)
     T, B = x_tm.shape[:2]
     LD = layer.num_layers * layer.num_directions
     if init is None:

@@ -13,21 +13,78 @@ def sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
+# ---- ONNX's activation functions, each with its derivative, written from the spec ----------
+_ACT = {
+    "Sigmoid": (lambda x, a, b: sigmoid(x), lambda x, a, b: sigmoid(x) * (1 - sigmoid(x))),
+    "Tanh": (lambda x, a, b: np.tanh(x), lambda x, a, b: 1 - np.tanh(x) ** 2),
+    "Relu": (lambda x, a, b: np.maximum(x, 0), lambda x, a, b: (x > 0) * 1.0),
+    "Affine": (lambda x, a, b: a * x + b, lambda x, a, b: np.full_like(x, a)),
+    "LeakyRelu": (lambda x, a, b: np.where(x >= 0, x, a * x), lambda x, a, b: np.where(x >= 0, 1.0, a)),
+    "ThresholdedRelu": (lambda x, a, b: np.where(x > a, x, 0.0), lambda x, a, b: (x > a) * 1.0),
+    "ScaledTanh": (lambda x, a, b: a * np.tanh(b * x), lambda x, a, b: a * b / np.cosh(b * x) ** 2),
+    "HardSigmoid": (lambda x, a, b: np.clip(a * x + b, 0, 1),
+                    lambda x, a, b: np.where((a * x + b > 0) & (a * x + b < 1), a, 0.0)),
+    "Elu": (lambda x, a, b: np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0))),
+            lambda x, a, b: np.where(x >= 0, 1.0, a * np.exp(np.minimum(x, 0)))),
+    "Softsign": (lambda x, a, b: x / (1 + np.abs(x)), lambda x, a, b: 1 / (1 + np.abs(x)) ** 2),
+    "Softplus": (lambda x, a, b: np.logaddexp(0, x), lambda x, a, b: sigmoid(x)),
+}
+
+
+class Act:
+    """One activation (ONNX name, alpha, beta) applied after clamping to ±clip (None: no
+    clamp). ``d(z)`` is the derivative with respect to z, zero where the clamp cuts."""
+
+    def __init__(self, name, alpha=0.0, beta=0.0, clip=None):
+        self.f, self.df = _ACT[name]
+        self.a, self.b, self.clip = alpha, beta, clip
+
+    def __call__(self, z):
+        return self.f(z if self.clip is None else np.clip(z, -self.clip, self.clip), self.a, self.b)
+
+    def d(self, z):
+        if self.clip is None:
+            return self.df(z, self.a, self.b)
+        return self.df(np.clip(z, -self.clip, self.clip), self.a, self.b) * (np.abs(z) <= self.clip)
+
+
+def _acts(defaults, acts, clip, d):
+    """The Act objects of direction d: acts is None (the defaults) or one list of
+    (name, alpha, beta) per direction (a single list: both directions)."""
+    spec = [(n, 0.0, 0.0) for n in defaults] if acts is None else acts[min(d, len(acts) - 1)]
+    return [Act(n, a, b, clip) for n, a, b in spec]
+
+
+class _Cell:
+    """Cells whose activations differ per direction give ``direction(d)`` a copy for d."""
+
+    def direction(self, d):
+        return self
+
+
 # ---- cells ----------------------------------------------------------------------------
-class LSTMCell:
+class LSTMCell(_Cell):
     """i = σ(W_ii x + b_ii + W_hi h + b_hi), f = σ(…), g = tanh(…), o = σ(…),
     c' = f⊙c + i⊙g, h' = o⊙tanh(c'). State (h, c); output h.
 
-    Variants (forward only; their gradients are checked by finite differences):
+    Variants (peephole, input_forget, proj forward only; their gradients are checked by
+    finite differences; clip and acts also backward):
     peephole: i and f add p_i⊙c, p_f⊙c and o adds p_o⊙c' (``peephole`` = p_i, p_f, p_o);
     clip: every gate pre-activation clamped to [-clip, clip] just before its activation;
-    input_forget: f = 1 − i; proj: h' = W_hr (o⊙tanh(c')).
+    input_forget: f = 1 − i; proj: h' = W_hr (o⊙tanh(c'));
+    acts: per direction, [(name, alpha, beta)] for (f, g, h) in place of σ, tanh, tanh.
     """
     G, n_states = 4, 2
 
-    def __init__(self, peephole=False, clip=None, input_forget=False, proj=False):
+    def __init__(self, peephole=False, clip=None, input_forget=False, proj=False, acts=None, d=0):
         self.peephole, self.clip, self.input_forget, self.proj = peephole, clip, input_forget, proj
-        self.plain = not (peephole or clip or input_forget or proj)
+        self.acts = acts
+        self.fa, self.ga, self.ha = _acts(("Sigmoid", "Tanh", "Tanh"), acts, clip, d)
+        self.hact = _acts(("Sigmoid", "Tanh", "Tanh"), acts, None, d)[2]  # h(c) is not clipped
+        self.plain = not (peephole or input_forget or proj)
+
+    def direction(self, d):
+        return LSTMCell(self.peephole, self.clip, self.input_forget, self.proj, self.acts, d)
 
     def step(self, w, x, state):
         h, c = state
@@ -37,67 +94,74 @@ class LSTMCell:
         if self.peephole:
             p = w["peephole"]
             zi, zf = zi + p[:H] * c, zf + p[H:2 * H] * c
-        clip = (lambda v: np.clip(v, -self.clip, self.clip)) if self.clip else (lambda v: v)
-        i, g = sigmoid(clip(zi)), np.tanh(clip(zg))
-        f = 1 - i if self.input_forget else sigmoid(clip(zf))
+        i, g = self.fa(zi), self.ga(zg)
+        f = 1 - i if self.input_forget else self.fa(zf)
         c_new = f * c + i * g
         if self.peephole:
             zo = zo + w["peephole"][2 * H:] * c_new
-        o = sigmoid(clip(zo))
-        h_new = o * np.tanh(c_new)
+        o = self.fa(zo)
+        h_new = o * self.hact(c_new)
         if self.proj:
             h_new = w["weight_hr"] @ h_new
-        return (h_new, c_new), (x, h, c, i, f, g, o, c_new)
+        return (h_new, c_new), (x, h, c, i, f, g, o, c_new, (zi, zf, zg, zo))
 
     def step_back(self, w, saved, dstate):
-        assert self.plain, "the reference differentiates only the plain LSTM"
-        x, h, c, i, f, g, o, c_new = saved
+        assert self.plain, "the reference differentiates the LSTM without peephole, input_forget, proj"
+        x, h, c, i, f, g, o, c_new, (zi, zf, zg, zo) = saved
         dh, dc = dstate
-        tc = np.tanh(c_new)
+        tc = self.hact(c_new)
         do = dh * tc
-        dc = dc + dh * o * (1 - tc ** 2)
+        dc = dc + dh * o * self.hact.d(c_new)
         di, df, dg = dc * g, dc * c, dc * i
-        dz = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g ** 2), do * o * (1 - o)])
+        dz = np.concatenate([di * self.fa.d(zi), df * self.fa.d(zf), dg * self.ga.d(zg),
+                             do * self.fa.d(zo)])
         dw = dict(weight_ih=np.outer(dz, x), weight_hh=np.outer(dz, h), bias_ih=dz, bias_hh=dz)
         return w["weight_ih"].T @ dz, (w["weight_hh"].T @ dz, dc * f), dw
 
 
-class GRUCell:
+class GRUCell(_Cell):
     """r = σ(W_ir x + b_ir + W_hr h + b_hr), z = σ(W_iz x + b_iz + W_hz h + b_hz),
     n = tanh(W_in x + b_in + r⊙(W_hn h + b_hn))      (linear_before_reset, PyTorch)
     n = tanh(W_in x + b_in + W_hn (r⊙h) + b_hn)      (otherwise, ONNX's default)
-    h' = (1 − z)⊙n + z⊙h."""
+    h' = (1 − z)⊙n + z⊙h. clip: pre-activations clamped to ±clip; acts: per direction,
+    [(name, alpha, beta)] for (f, g) in place of σ (r, z) and tanh (n)."""
     G, n_states = 3, 1
 
-    def __init__(self, linear_before_reset=True):
-        self.lbr = linear_before_reset
+    def __init__(self, linear_before_reset=True, clip=None, acts=None, d=0):
+        self.lbr, self.clip, self.acts = linear_before_reset, clip, acts
+        self.fa, self.ga = _acts(("Sigmoid", "Tanh"), acts, clip, d)
+
+    def direction(self, d):
+        return GRUCell(self.lbr, self.clip, self.acts, d)
 
     def step(self, w, x, state):
         (h,) = state
         H = h.shape[0]
         Wi, Wh, bi, bh = w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"]
         gi = Wi @ x + bi
-        r = sigmoid(gi[:H] + Wh[:H] @ h + bh[:H])
-        z = sigmoid(gi[H:2 * H] + Wh[H:2 * H] @ h + bh[H:2 * H])
+        zr = gi[:H] + Wh[:H] @ h + bh[:H]
+        zz = gi[H:2 * H] + Wh[H:2 * H] @ h + bh[H:2 * H]
+        r, z = self.fa(zr), self.fa(zz)
         if self.lbr:
             hn = Wh[2 * H:] @ h + bh[2 * H:]
-            n = np.tanh(gi[2 * H:] + r * hn)
+            zn = gi[2 * H:] + r * hn
         else:
-            n = np.tanh(gi[2 * H:] + Wh[2 * H:] @ (r * h) + bh[2 * H:])
+            zn = gi[2 * H:] + Wh[2 * H:] @ (r * h) + bh[2 * H:]
             hn = None
+        n = self.ga(zn)
         h_new = (1 - z) * n + z * h
-        return (h_new,), (x, h, r, z, n, hn)
+        return (h_new,), (x, h, r, z, n, hn, (zr, zz, zn))
 
     def step_back(self, w, saved, dstate):
-        x, h, r, z, n, hn = saved
+        x, h, r, z, n, hn, (zr, zz, zn) = saved
         (dh,) = dstate
         H = h.shape[0]
         Wh = w["weight_hh"]
         dn = dh * (1 - z)
         dz = dh * (h - n)
         dh_prev = dh * z
-        dn_pre = dn * (1 - n ** 2)
-        dz_pre = dz * z * (1 - z)
+        dn_pre = dn * self.ga.d(zn)
+        dz_pre = dz * self.fa.d(zz)
         dWh = np.zeros_like(Wh)
         if self.lbr:
             dr = dn_pre * hn
@@ -111,7 +175,7 @@ class GRUCell:
             dh_prev = dh_prev + drh * r
             dWh[2 * H:] = np.outer(dn_pre, r * h)
             dbh_n = dn_pre
-        dr_pre = dr * r * (1 - r)
+        dr_pre = dr * self.fa.d(zr)
         dWh[:H] = np.outer(dr_pre, h)
         dWh[H:2 * H] = np.outer(dz_pre, h)
         dh_prev = dh_prev + Wh[:H].T @ dr_pre + Wh[H:2 * H].T @ dz_pre
@@ -121,23 +185,28 @@ class GRUCell:
         return w["weight_ih"].T @ dgi, (dh_prev,), dw
 
 
-class RNNCell:
-    """h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu."""
+class RNNCell(_Cell):
+    """h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu (``nonlinearity``), or per
+    direction [(name, alpha, beta)] (``acts``); clip: the pre-activation clamped to ±clip."""
     G, n_states = 1, 1
 
-    def __init__(self, nonlinearity="tanh"):
-        self.relu = nonlinearity == "relu"
+    def __init__(self, nonlinearity="tanh", clip=None, acts=None, d=0):
+        self.nonlinearity, self.clip, self.acts = nonlinearity, clip, acts
+        (self.f,) = _acts(("Relu" if nonlinearity == "relu" else "Tanh",), acts, clip, d)
+
+    def direction(self, d):
+        return RNNCell(self.nonlinearity, self.clip, self.acts, d)
 
     def step(self, w, x, state):
         (h,) = state
         pre = w["weight_ih"] @ x + w["bias_ih"] + w["weight_hh"] @ h + w["bias_hh"]
-        h_new = np.maximum(pre, 0) if self.relu else np.tanh(pre)
+        h_new = self.f(pre)
         return (h_new,), (x, h, pre, h_new)
 
     def step_back(self, w, saved, dstate):
         x, h, pre, h_new = saved
         (dh,) = dstate
-        dpre = dh * (pre > 0) if self.relu else dh * (1 - h_new ** 2)
+        dpre = dh * self.f.d(pre)
         dw = dict(weight_ih=np.outer(dpre, x), weight_hh=np.outer(dpre, h), bias_ih=dpre, bias_hh=dpre)
         return w["weight_ih"].T @ dpre, (w["weight_hh"].T @ dpre,), dw
 
@@ -153,7 +222,7 @@ def layer_norm_back(dn, n, rstd):
     return rstd * (dn - dn.mean() - n * (dn * n).mean())
 
 
-class LayerNormLSTMCell:
+class LayerNormLSTMCell(_Cell):
     """z = γ_ih⊙LN(W_ih x) + b_ih + γ_hh⊙LN(W_hh h) + b_hh; i, f, g, o from z as the LSTM;
     c' = f⊙c + i⊙g; h' = o⊙tanh(γ_c⊙LN(c') + β_c). γ: ``ln_weight_ih``, ``ln_weight_hh``,
     ``ln_weight_c``; β_c: ``ln_bias_c`` (zero when absent)."""
@@ -186,7 +255,7 @@ class LayerNormLSTMCell:
         return w["weight_ih"].T @ dxw, (w["weight_hh"].T @ dhw, dc * f), dw
 
 
-class Zoneout:
+class Zoneout(_Cell):
     """Zoneout around any cell (Krueger et al., 2017): each state s' = m⊙s + (1 − m)⊙s̃,
     s̃ the cell's new state. ``masks[(k, d, b, t)]``: one (n,) mask per state, 0/1 in
     training or p everywhere for inference; the driver says where it is in ``where``."""
@@ -194,6 +263,9 @@ class Zoneout:
     def __init__(self, cell, masks):
         self.cell, self.masks = cell, masks
         self.G, self.n_states = cell.G, cell.n_states
+
+    def direction(self, d):
+        return Zoneout(self.cell.direction(d), self.masks)
 
     def step(self, w, x, state):
         new, saved = self.cell.step(w, x, state)
@@ -237,11 +309,12 @@ def forward(cell, params, x, init, lengths, num_layers, bidirectional):
         y = np.zeros((T, B, D * H))
         for d in range(D):
             w, _ = _weights(p, k, d)
+            cd = cell.direction(d)
             for b in range(B):
                 state = tuple(np.array(s[k * D + d, b], np.float64) for s in init)
                 for t in _order(lengths[b], d == 1):
-                    cell.where = (k, d, b, t)  # for cells that need it (Zoneout's masks)
-                    state, saved = cell.step(w, inp[t, b], state)
+                    cd.where = (k, d, b, t)  # for cells that need it (Zoneout's masks)
+                    state, saved = cd.step(w, inp[t, b], state)
                     cache["saved"][(k, d, b, t)] = saved
                     y[t, b, d * H:(d + 1) * H] = state[0]
                 for s, a in zip(final, state):
@@ -262,11 +335,12 @@ def backward(cache, dy, dfinal):
         dinp = np.zeros((T, B, I))
         for d in range(D):
             w, sfx = _weights(p, k, d)
+            cd = cell.direction(d)
             for b in range(B):
                 dstate = [np.array(g[k * D + d, b], np.float64) for g in dfinal]
                 for t in reversed(list(_order(lengths[b], d == 1))):
                     dstate[0] = dstate[0] + dout[t, b, d * H:(d + 1) * H]
-                    dx, dstate, dw = cell.step_back(w, cache["saved"][(k, d, b, t)], tuple(dstate))
+                    dx, dstate, dw = cd.step_back(w, cache["saved"][(k, d, b, t)], tuple(dstate))
                     dstate = list(dstate)
                     dinp[t, b] += dx
                     for n, g in dw.items():

@@ -168,8 +168,10 @@ def test_keras_gate_order_matters():
 def test_keras_errors():
     rng = np.random.default_rng(0)
     w = keras_weights("lstm", rng)
-    with pytest.raises(ValueError, match="hard_sigmoid"):
-        nlstm.from_keras(w, "lstm", recurrent_activation="hard_sigmoid")
+    with pytest.raises(ValueError, match="swish"):
+        nlstm.from_keras(w, "lstm", recurrent_activation="swish")
+    with pytest.raises(ValueError, match="keras_version"):
+        nlstm.from_keras(w, "lstm", keras_version=1)
     with pytest.raises(ValueError, match="selu"):
         nlstm.from_keras(w, "lstm", activation="selu")
     with pytest.raises(ValueError, match="kind"):
@@ -187,3 +189,39 @@ def test_keras_errors():
         nlstm.from_keras(w, "lstm", bidirectional=True)
     with pytest.raises(ValueError, match="kernel"):
         nlstm.from_keras({"bias": w[2]}, "lstm")
+
+
+# Keras's documented hard_sigmoid: Keras 3 (keras.activations.hard_sigmoid, "(x/6) + 0.5 if
+# -3 < x < 3", i.e. relu6(x + 3)/6); Keras 2 (tf.keras up to 2.15) "0.2 * x + 0.5 if
+# -2.5 <= x <= 2.5", 0 and 1 outside.
+KERAS_HARD_SIGMOID = {3: lambda z: np.minimum(np.maximum(z + 3, 0), 6) / 6,
+                      2: lambda z: np.clip(0.2 * z + 0.5, 0, 1)}
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_keras_lstm_hard_sigmoid(version):
+    """A Keras LSTM with recurrent_activation='hard_sigmoid' (tf2onnx's HardSigmoid), weights
+    as arrays, against Keras's equations with the formula that Keras version documents;
+    inputs big enough that the gates saturate on both sides."""
+    rng = np.random.default_rng(seed_of("hard_sigmoid", version))
+    w = keras_weights("lstm", rng)
+    x = 5 * rng.standard_normal((B, T, I))
+    hs = KERAS_HARD_SIGMOID[version]
+    h, c = np.zeros((B, H)), np.zeros((B, H))
+    ys = []
+    for t in range(T):
+        i, f, cc, o = np.split(x[:, t] @ w[0] + h @ w[1] + w[2], 4, axis=1)
+        c = hs(f) * c + hs(i) * np.tanh(cc)
+        h = hs(o) * np.tanh(c)
+        ys.append(h)
+    gates = np.concatenate([x[:, t] @ w[0] for t in range(T)])
+    assert (np.abs(gates) > 3).mean() > 0.1, "some gates saturate"
+    layer = nlstm.from_keras(w, "lstm", recurrent_activation="hard_sigmoid", keras_version=version)
+    assert layer.activations == ["HardSigmoid", "Tanh", "Tanh"]
+    y, (h_n, c_n) = layer(x.astype(np.float32))
+    np.testing.assert_allclose(y, np.stack(ys, axis=1), err_msg="y", **TOL)
+    np.testing.assert_allclose(h_n[0], h, err_msg="h_n", **TOL)
+    np.testing.assert_allclose(c_n[0], c, err_msg="c_n", **TOL)
+    other = nlstm.from_keras(w, "lstm", recurrent_activation="hard_sigmoid",
+                             keras_version=5 - version)
+    assert np.abs(other(x.astype(np.float32))[0] - y).max() > 1e-3, "the versions differ"

@@ -64,7 +64,10 @@ def test_nlstm_float64_gradients_match_finite_differences(kind):
             m.params[k] *= 3
         m.forward(x, pack(init), lengths)
         active = np.arange(T)[:, None] < lengths[None, :]  # (T, B) steps that ran
-        pre = np.concatenate([e["pre"][active].ravel() for row in m._ws.extra for e in row])
+        # the saved pre-activations: the LSTM's and GRU's "pre" buffers, the RNN's gates
+        saved = [e["pre"] if "pre" in e else g for rows, grows in zip(m._ws.extra, m._ws.gates)
+                 for e, g in zip(rows, grows)]
+        pre = np.concatenate([p[active].ravel() for p in saved])
         assert (np.abs(pre) > m.clip).mean() > 0.05
         assert np.abs(np.abs(pre) - m.clip).min() > 1e-4
 

@@ -81,3 +81,97 @@ def cast_like(a, v):
 def _ov_cast_like(a, v):
     dt = a.dtype
     return lambda a, v: dt(v)
+
+
+# ---- ONNX's activation functions, for layers with non-default activations ---------------
+# A layer with the default activations never reaches these: its kernels keep the
+# vectorised loops above. A non-default layer hands each kernel a ``spec`` array of rows
+# (code, alpha, beta), one row per activation of the cell (f, g, h for the LSTM, f, g for
+# the GRU, f for the RNN), in the layer's dtype, and the kernels call ``act`` / ``dact``
+# per element. The codes index ``nlstm.activations.NAMES`` (ONNX's names).
+SIGMOID, TANH, RELU, AFFINE, LEAKY_RELU, THRESHOLDED_RELU, SCALED_TANH, HARD_SIGMOID, ELU, \
+    SOFTSIGN, SOFTPLUS = range(11)
+
+
+@numba.njit(inline="always", fastmath=set(FASTMATH), cache=True)
+def act(k, x, a, b):
+    """Activation code k with parameters a (alpha), b (beta) at x (ONNX's definitions)."""
+    zero = x - x
+    if k == SIGMOID:
+        return sigmoid(x)
+    if k == TANH:
+        return tanh(x)
+    if k == RELU:
+        return max(x, zero)
+    if k == AFFINE:
+        return a * x + b
+    if k == LEAKY_RELU:
+        return x if x >= zero else a * x
+    if k == THRESHOLDED_RELU:
+        return x if x > a else zero
+    if k == SCALED_TANH:
+        return a * tanh(b * x)
+    if k == HARD_SIGMOID:
+        return min(max(a * x + b, zero), zero + 1)
+    if k == ELU:
+        return x if x >= zero else a * (np.exp(x) - 1)
+    if k == SOFTSIGN:
+        return x / (1 + abs(x))
+    # SOFTPLUS, written to stay finite for large x: log(1 + e^x) = max(x, 0) + log1p(e^-|x|)
+    return max(x, zero) + np.log1p(np.exp(-abs(x)))
+
+
+@numba.njit(inline="always", fastmath=set(FASTMATH), cache=True)
+def dact(k, x, y, a, b):
+    """The derivative of ``act(k, ·, a, b)`` at x, given its value y there."""
+    zero = x - x
+    one = zero + 1
+    if k == SIGMOID:
+        return y - y * y
+    if k == TANH:
+        return one - y * y
+    if k == RELU:
+        return one if x > zero else zero
+    if k == AFFINE:
+        return zero + a
+    if k == LEAKY_RELU:
+        return one if x >= zero else zero + a
+    if k == THRESHOLDED_RELU:
+        return one if x > a else zero
+    if k == SCALED_TANH:
+        t = tanh(b * x)
+        return a * b * (one - t * t)
+    if k == HARD_SIGMOID:
+        v = a * x + b
+        return zero + a if zero < v < one else zero
+    if k == ELU:
+        return one if x >= zero else y + a
+    if k == SOFTSIGN:
+        s = one + abs(x)
+        return one / (s * s)
+    return sigmoid(x)  # SOFTPLUS
+
+
+@numba.njit(inline="always", fastmath=set(FASTMATH), cache=True)
+def gate(spec, x, clip):
+    """``act`` of the activation row ``spec`` (code, alpha, beta) at x clamped to ±clip."""
+    v = min(max(x, -clip), clip)
+    return act(int(spec[0]), v, spec[1], spec[2])
+
+
+@numba.njit(inline="always", fastmath=set(FASTMATH), cache=True)
+def dgate(spec, x, y, clip):
+    """The derivative of ``gate(spec, ·, clip)`` at x (the pre-activation before the clamp),
+    given its value y: zero where the clamp cut x."""
+    if abs(x) > clip:
+        return x - x
+    return dact(int(spec[0]), x, y, spec[1], spec[2])
+
+
+@numba.njit(inline="always", fastmath=set(FASTMATH), cache=True)
+def gates_inplace(v, pre, spec, clip):
+    """v[j] = gate(spec, v[j], clip), keeping each v[j] in pre[j] (both (n,))."""
+    for j in range(v.shape[0]):
+        x = v[j]
+        pre[j] = x
+        v[j] = gate(spec, x, clip)

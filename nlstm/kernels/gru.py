@@ -4,13 +4,20 @@
 - not ``lbr`` (ONNX's default): n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)
 
 then h' = (1 − z) ⊙ n + z ⊙ h; with zoneout (a mask zm, (T, B, H), else empty) each unit
-keeps its previous value with the mask's weight, h' ← zm ⊙ h + (1 − zm) ⊙ h'. The layer folds b_ih, b_hr, b_hz (and b_hn when not
-``lbr``) into the input projection. ``aux`` saves what backward needs of the n gate:
+keeps its previous value with the mask's weight, h' ← zm ⊙ h + (1 − zm) ⊙ h'. The layer
+folds b_ih, b_hr, b_hz (and b_hn when not ``lbr``) into the input projection. ``aux`` saves what backward needs of the n gate:
 W_hn h + b_hn with ``lbr``, r ⊙ h without. Slots as in :mod:`nlstm.kernels.slots`,
 per-step block products as in :mod:`nlstm.kernels.blocks` (without ``lbr`` the n block's
 product waits for r, so it runs as a second product over W_hhᵀ's last H columns).
+
+With ONNX's ``clip`` or activations other than σ and tanh, ``acts`` holds the rows
+(code, alpha, beta) of f (r and z) and g (n) (see nlstm.kernels.activations), ``clip`` the
+bound of the pre-activations (inf when off), and ``pre`` saves every pre-activation for
+backward; else ``acts`` is (0, 3) and the σ/tanh loops run.
 """
-from .activations import cast_like, sigmoid, tanh
+import numpy as np
+
+from .activations import cast_like, dgate, gates_inplace, sigmoid, tanh
 from .blocks import active_rows, matmul_carry, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
@@ -63,7 +70,7 @@ def _zone_out(hn, hp, m, dst):
 
 @kernel
 def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr, zm,
-                rows, times, sp1, sp2, sp3, sg):
+                acts, clip, pre, rows, times, sp1, sp2, sp3, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -72,6 +79,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     aux: (T, B, H) out (see module docstring); w_hh_t: (H, 3H) = W_hhᵀ; b_hh: (3H,)
     h0: (B, H); lengths: (B,) int64; reverse, lbr: bool; col: int
     zm: (T, B, H) zoneout mask, or empty
+    acts: (2, 3) or (0, 3); clip: scalar; pre: (T, B, 3H) out with acts, else empty
     rows, times: (B,) int64 scratch; sp1, sp2, sp3: (B, H), sg: (B, 3H) scratch
     """
     T = gates.shape[0]
@@ -79,7 +87,8 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     begin_rows(b0, b1, h, h0, lengths, reverse)
     zero_padding(b0, b1, y, lengths, col, H)
     zero_rows_past(b0, b1, aux, lengths)  # W_hn's gradient product reads every row of aux
-    if b1 - b0 == 1 and lbr:
+    gen = acts.shape[0] > 0
+    if b1 - b0 == 1 and lbr and not gen:
         _forward_row(b0, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, sg[0])
         T = 0  # done
     for step in range(T):
@@ -95,13 +104,21 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
             b = rows[i]
             t = times[i]
             g = gates[t, b]
-            for j in range(2 * H):
-                g[j] = sigmoid(g[j] + sg[i, j])
+            if gen:
+                for j in range(2 * H):
+                    g[j] += sg[i, j]
+                gates_inplace(g[:2 * H], pre[t, b, :2 * H], acts[0], clip)
+            else:
+                for j in range(2 * H):
+                    g[j] = sigmoid(g[j] + sg[i, j])
             if lbr:
                 for j in range(H):
                     a = sg[i, 2 * H + j] + b_hh[2 * H + j]
                     aux[t, b, j] = a
-                    g[2 * H + j] = tanh(g[2 * H + j] + g[j] * a)
+                    g[2 * H + j] = tanh(g[2 * H + j] + g[j] * a) if not gen else \
+                        g[2 * H + j] + g[j] * a
+                if gen:
+                    gates_inplace(g[2 * H:], pre[t, b, 2 * H:], acts[1], clip)
             else:
                 for j in range(H):
                     a = g[j] * sp1[i, j]
@@ -111,8 +128,13 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
             matmul_nn(sg, sp2, w_hh_t, n, 2 * H, 3 * H)
             for i in range(n):
                 g = gates[times[i], rows[i]]
-                for j in range(H):
-                    g[2 * H + j] = tanh(g[2 * H + j] + sg[i, 2 * H + j])
+                if gen:
+                    for j in range(H):
+                        g[2 * H + j] += sg[i, 2 * H + j]
+                    gates_inplace(g[2 * H:], pre[times[i], rows[i], 2 * H:], acts[1], clip)
+                else:
+                    for j in range(H):
+                        g[2 * H + j] = tanh(g[2 * H + j] + sg[i, 2 * H + j])
         for i in range(n):
             b = rows[i]
             t = times[i]
@@ -130,7 +152,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
 
 @kernel
 def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths,
-                 reverse, col, lbr, zm, rows, times, sp1, sp2, sp3, sg):
+                 reverse, col, lbr, zm, acts, clip, pre, rows, times, sp1, sp2, sp3, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 3H) out: gradients of the input-side pre-activations (may alias gates)
@@ -140,10 +162,12 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
     gates, aux, h, w_hh_t, lengths, reverse, col, lbr, zm: as in ``gru_forward``; scratch
     as there
     w_hh: (3H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``); used
-    with ``lbr`` only
+    with ``lbr`` only; acts, clip, pre: as given to ``gru_forward``
     """
     T = gates.shape[0]
     H = gates.shape[2] // 3
+    gen = acts.shape[0] > 0
+    one = cast_like(gates, 1)
     zo = zm.shape[0] > 0
     zero = cast_like(gates, 0)
     copy_rows(b0, b1, dh0, dh_n)
@@ -169,15 +193,25 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
                 r = g[j]
                 z = g[H + j]
                 nn = g[2 * H + j]
+                # the gates' derivatives: from their outputs for σ and tanh, else from the
+                # saved pre-activations (zero where clip cut them)
+                if gen:
+                    s_r = dgate(acts[0], pre[t, b, j], r, clip)
+                    s_z = dgate(acts[0], pre[t, b, H + j], z, clip)
+                    s_n = dgate(acts[1], pre[t, b, 2 * H + j], nn, clip)
+                else:
+                    s_r = r - r * r
+                    s_z = z - z * z
+                    s_n = one - nn * nn
                 dn = dh - dh * z
-                dn_pre = dn - dn * nn * nn
-                dz_pre = dh * (hp[j] - nn) * (z - z * z)
+                dn_pre = dn * s_n
+                dz_pre = dh * (hp[j] - nn) * s_z
                 sp3[i, j] = dh * z + keep  # the direct paths to h_{t-1}
                 dg[H + j] = dz_pre
                 dgh[H + j] = dz_pre
                 dg[2 * H + j] = dn_pre
                 if lbr:
-                    dr_pre = dn_pre * ax[j] * (r - r * r)
+                    dr_pre = dn_pre * ax[j] * s_r
                     dg[j] = dr_pre
                     dgh[j] = dr_pre
                     dgh[2 * H + j] = dn_pre * r
@@ -198,7 +232,8 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
                 for j in range(H):
                     r = g[j]  # still r: only index j of g is written in this iteration
                     drh = sp1[i, j]
-                    dr_pre = drh * h[p, b, j] * (r - r * r)
+                    s_r = dgate(acts[0], pre[t, b, j], r, clip) if gen else r - r * r
+                    dr_pre = drh * h[p, b, j] * s_r
                     dg[j] = dr_pre
                     dgh[j] = dr_pre
                     sg[i, j] = dr_pre
@@ -217,31 +252,57 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
 def gru_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, work):
     """One time step of layer k. x: (B, I) the input of layer 0 (layer k > 0 reads
     h_out[k-1]); h, h_out: (L, B, H), read / written at [k]; w_ih_t: (I, 3H); w_hh_t: (H, 3H);
-    p: zoneout's probability (its expectation: h' ← p·h + (1 − p)·h'); work: (7H,) scratch. With ``check``, returns False having written nothing if the inputs
-    are not finite; else True."""
+    p: zoneout's probability (its expectation: h' ← p·h + (1 − p)·h'); work: (7H,) scratch.
+    With ``check``, returns False having written nothing if the inputs are not finite; else
+    True."""
+    none = work[:0].reshape(0, 3)
+    return _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, none,
+                 cast_like(work, np.inf), work)
+
+
+@kernel
+def gru_step_options(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, acts, clip,
+                     work):
+    """``gru_step`` with activations and clip (as for ``gru_forward``); work: (10H,)."""
+    return _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, acts, clip, work)
+
+
+@kernel
+def _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, acts, clip, work):
     if check and not step_inputs_finite(k, x, h, h):
         return False
     inp, hk, hn = step_layer_rows(k, x, h, h_out)
     H = hk.shape[1]
+    gen = acts.shape[0] > 0
     g = work[:3 * H]
     s = work[3 * H:6 * H]
     rh = work[6 * H:7 * H]
+    pre = work[7 * H:10 * H] if gen else work[:0]  # discarded: nothing to differentiate
     for b in range(inp.shape[0]):
         hb = hk[b]
         row_nn(g, inp[b], w_ih_t, 0, 3 * H)
         row_nn(s, hb, w_hh_t, 0, 3 * H if lbr else 2 * H)
-        for j in range(2 * H):
-            g[j] = sigmoid(g[j] + b_ih[j] + b_hh[j] + s[j])
+        if gen:
+            for j in range(2 * H):
+                g[j] += b_ih[j] + b_hh[j] + s[j]
+            gates_inplace(g[:2 * H], pre[:2 * H], acts[0], clip)
+        else:
+            for j in range(2 * H):
+                g[j] = sigmoid(g[j] + b_ih[j] + b_hh[j] + s[j])
+        # n's pre-activation, through tanh in the same pass on the default path
         if lbr:
             for j in range(H):
-                g[2 * H + j] = tanh(g[2 * H + j] + b_ih[2 * H + j]
-                                    + g[j] * (s[2 * H + j] + b_hh[2 * H + j]))
+                v = g[2 * H + j] + b_ih[2 * H + j] + g[j] * (s[2 * H + j] + b_hh[2 * H + j])
+                g[2 * H + j] = v if gen else tanh(v)
         else:
             for j in range(H):
                 rh[j] = g[j] * hb[j]
             row_nn(s, rh, w_hh_t, 2 * H, 3 * H)
             for j in range(H):
-                g[2 * H + j] = tanh(g[2 * H + j] + b_ih[2 * H + j] + b_hh[2 * H + j] + s[2 * H + j])
+                v = g[2 * H + j] + b_ih[2 * H + j] + b_hh[2 * H + j] + s[2 * H + j]
+                g[2 * H + j] = v if gen else tanh(v)
+        if gen:
+            gates_inplace(g[2 * H:], pre[2 * H:], acts[1], clip)
         for j in range(H):
             nn = g[2 * H + j]
             v = nn + g[H + j] * (hb[j] - nn)

@@ -17,13 +17,16 @@ vectorised loops (``opt`` is an ``Options`` tuple):
 - peepholes (ONNX ``P``): i and f add p_i⊙c_{t-1} and p_f⊙c_{t-1}, o adds p_o⊙c_t;
 - clip (ONNX ``clip``): gate pre-activations clamped to [-clip, clip];
 - input_forget (ONNX): f = 1 - i;
-- projection (PyTorch ``proj_size``): h = W_hr (o⊙tanh c), so h has P features.
+- projection (PyTorch ``proj_size``): h = W_hr (o⊙tanh c), so h has P features;
+- activations (ONNX ``activations``): f, g, h other than σ, tanh, tanh, as rows
+  (code, alpha, beta) of ``acts`` (see nlstm.kernels.activations); the pre-activations are
+  then saved in ``pre`` (as with clip) for backward's derivatives.
 """
 from collections import namedtuple
 
 import numpy as np
 
-from .activations import cast_like, sigmoid, tanh
+from .activations import cast_like, dgate, gate, gates_inplace, sigmoid, tanh
 from .config import kernel
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, matmul_nt,
                      row_dots, row_nn, row_nn_add, row_out, scatter_rows)
@@ -31,8 +34,9 @@ from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, 
                     step_time, zero_padding, zero_rows_past)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
-# w_hr_t: (H, P) = W_hrᵀ, or empty
-Options = namedtuple("Options", "peep clip input_forget proj w_hr_t")
+# w_hr_t: (H, P) = W_hrᵀ, or empty; acts: (3, 3) rows (code, alpha, beta) of f, g, h, or
+# (0, 3) for σ, tanh, tanh
+Options = namedtuple("Options", "peep clip input_forget proj w_hr_t acts")
 
 
 @kernel
@@ -46,8 +50,8 @@ def _pointwise(g, c_prev, c_new, m, opt, pre):
     """Gate nonlinearities and the cell update for one row.
 
     g: (4H,) pre-activations in, post-activations out; c_prev, c_new: (H,);
-    m: (H,) out: o⊙tanh(c_new) (the new h unless projected); pre: (4H,) out: the
-    pre-activations before clipping (only with clip).
+    m: (H,) out: o⊙h(c_new) (the new h unless projected); pre: (4H,) out: the
+    pre-activations before clipping (only with clip or activations).
     """
     H = c_prev.shape[0]
     # The gate blocks as views: an index such as H + j keeps Numba's negative-index
@@ -60,15 +64,21 @@ def _pointwise(g, c_prev, c_new, m, opt, pre):
             gi[j] += p_i[j] * c_prev[j]
             gf[j] += p_f[j] * c_prev[j]
     clip = opt.clip < np.inf
-    if clip:
-        for j in range(4 * H):
+    gen = opt.acts.shape[0] > 0
+    if gen:  # the general activations (clamped inside ``gate``): one slower pass
+        fa, ga, ha = opt.acts[0], opt.acts[1], opt.acts[2]
+        gates_inplace(g[:2 * H], pre[:2 * H], fa, opt.clip)
+        gates_inplace(gg, pre[2 * H:3 * H], ga, opt.clip)
+    elif clip:
+        for j in range(3 * H):
             pre[j] = g[j]
         # The output gate's clip must wait for its peephole, which reads c_new.
         _clamp(g[:3 * H], -opt.clip, opt.clip)
-    for j in range(H):
-        gi[j] = sigmoid(gi[j])
-        gf[j] = sigmoid(gf[j])
-        gg[j] = tanh(gg[j])
+    if not gen:
+        for j in range(H):
+            gi[j] = sigmoid(gi[j])
+            gf[j] = sigmoid(gf[j])
+            gg[j] = tanh(gg[j])
     if opt.input_forget:
         one = cast_like(g, 1)
         for j in range(H):
@@ -78,11 +88,15 @@ def _pointwise(g, c_prev, c_new, m, opt, pre):
     if peep:
         for j in range(H):
             go[j] += p_o[j] * c_new[j]
-        if clip:
-            pre_o = pre[3 * H:4 * H]
-            for j in range(H):
-                pre_o[j] = go[j]
+    if gen:
+        gates_inplace(go, pre[3 * H:4 * H], fa, opt.clip)
+        for j in range(H):
+            m[j] = go[j] * gate(ha, c_new[j], np.inf)
+        return
     if clip:
+        pre_o = pre[3 * H:4 * H]
+        for j in range(H):
+            pre_o[j] = go[j]
         _clamp(go, -opt.clip, opt.clip)
     for j in range(H):
         og = sigmoid(go[j])
@@ -96,7 +110,7 @@ def _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pr
     step's product goes straight into its gates, without the bookkeeping of active rows
     (0.1-0.15 µs a step less: the S forward kernel went from 106 to 92-97 µs)."""
     L = lengths[b]
-    clip = opt.clip < np.inf
+    save = opt.clip < np.inf or opt.acts.shape[0] > 0
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
@@ -105,13 +119,14 @@ def _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pr
             g[j] += bias[j]
         row_nn_add(g, h[p, b], w_hh_t, 0, g.shape[0])
         hn = h[o, b]
-        _pointwise(g, c[p, b], c[o, b], hn, opt, pre[t, b] if clip else pre[0, 0])
+        _pointwise(g, c[p, b], c[o, b], hn, opt, pre[t, b] if save else pre[0, 0])
         row_out(y, t, b, col, hn)
 
 
 @kernel
 def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
-                 peep, clip, input_forget, proj, w_hr_t, pre, m, rows, times, sp1, sp2, sg, sh):
+                 peep, clip, input_forget, proj, w_hr_t, acts, pre, m, rows, times, sp1, sp2, sg,
+                 sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+P (P = H unprojected)
@@ -119,14 +134,14 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
     gates: (T, B, 4H) in: x·W_ihᵀ; out: post-activation gates i, f, g, o
     w_hh_t: (P, 4H) = W_hhᵀ; bias: (4H,) b_ih + b_hh; h0: (B, P); c0: (B, H);
     lengths: (B,) int64 in 0..T; reverse: bool
-    peep, clip, input_forget, proj, w_hr_t: the fields of ``Options`` (passed flat: Numba
-    types a tuple argument in Python, which costs microseconds per call)
-    pre: (T, B, 4H) out with clip, else empty: pre-activations before clipping
+    peep, clip, input_forget, proj, w_hr_t, acts: the fields of ``Options`` (passed flat:
+    Numba types a tuple argument in Python, which costs microseconds per call)
+    pre: (T, B, 4H) out with clip or acts, else empty: pre-activations before clipping
     m: (T, B, H) out with projection, else empty: o⊙tanh(c) of every step
     rows, times: (B,) int64 scratch; sp1, sp2: (B, P), sg: (B, 4H), sh: (B, H) scratch
     (one set per concurrent call; see nlstm.kernels.blocks)
     """
-    opt = Options(peep, clip, input_forget, proj, w_hr_t)
+    opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
     T = gates.shape[0]
     P = h.shape[2]
     begin_rows(b0, b1, h, h0, lengths, reverse)
@@ -134,7 +149,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
     zero_padding(b0, b1, y, lengths, col, P)
     if opt.proj:
         zero_rows_past(b0, b1, m, lengths)
-    clip = opt.clip < np.inf
+    save = opt.clip < np.inf or opt.acts.shape[0] > 0
     if b1 - b0 == 1 and not opt.proj:
         _forward_row(b0, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pre)
         T = 0  # done
@@ -148,7 +163,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
             t = times[i]
             p, o = slots(t, reverse)
             g = gates[t, b]
-            pre_tb = pre[t, b] if clip else pre[0, 0]
+            pre_tb = pre[t, b] if save else pre[0, 0]
             if opt.proj:
                 _pointwise(g, c[p, b], c[o, b], sh[i], opt, pre_tb)
                 for j in range(sh.shape[1]):
@@ -215,7 +230,7 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
 
 @kernel
 def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
-                  reverse, col, peep, clip, input_forget, proj, w_hr_t, pre, m, dh_all,
+                  reverse, col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all,
                   rows, times, sp1, sp2, sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
@@ -231,7 +246,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     dh_all: (T, B, P) out with projection, else empty: the gradient of each step's h
     rows, times, sp1, sp2, sg, sh: scratch as for ``lstm_forward``
     """
-    opt = Options(peep, clip, input_forget, proj, w_hr_t)
+    opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
     T = gates.shape[0]
     G = gates.shape[2]
     H = G // 4
@@ -239,7 +254,9 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     clip = opt.clip < np.inf
     peep = opt.peep.shape[0] > 0
     zero = cast_like(gates, 0)
-    plain = not (clip or peep or opt.input_forget)
+    one = cast_like(gates, 1)
+    gen = opt.acts.shape[0] > 0
+    plain = not (clip or peep or opt.input_forget or gen)
     copy_rows(b0, b1, dh0, dh_n)
     copy_rows(b0, b1, dc0, dc_n)
     zero_rows_past(b0, b1, dgates, lengths)
@@ -282,31 +299,49 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
                 continue
             for j in range(H):
                 og = g[3 * H + j]
-                tc = tanh(c[o, b, j])
-                dzo = dm[j] * tc * (og - og * og)
-                if clip and abs(pre[t, b, 3 * H + j]) > opt.clip:
-                    dzo = zero
-                dc = dc0[b, j] + dm[j] * (og - og * tc * tc)
-                if peep:
-                    dc += dzo * opt.peep[2 * H + j]
                 ig = g[j]
                 fg = g[H + j]
                 gg = g[2 * H + j]
+                cn = c[o, b, j]
+                # The gates' derivatives: from the saved outputs for σ and tanh, else from
+                # the pre-activations (zero where clip cut them).
+                if gen:
+                    pt = pre[t, b]
+                    fa, ga, ha = opt.acts[0], opt.acts[1], opt.acts[2]
+                    tc = gate(ha, cn, np.inf)
+                    s_c = dgate(ha, cn, tc, np.inf)
+                    s_o = dgate(fa, pt[3 * H + j], og, opt.clip)
+                    s_i = dgate(fa, pt[j], ig, opt.clip)
+                    s_f = dgate(fa, pt[H + j], fg, opt.clip)
+                    s_g = dgate(ga, pt[2 * H + j], gg, opt.clip)
+                else:
+                    tc = tanh(cn)
+                    s_c = one - tc * tc
+                    s_o = og - og * og
+                    s_i = ig - ig * ig
+                    s_f = fg - fg * fg
+                    s_g = one - gg * gg
+                    if clip:
+                        if abs(pre[t, b, 3 * H + j]) > opt.clip:
+                            s_o = zero
+                        if abs(pre[t, b, j]) > opt.clip:
+                            s_i = zero
+                        if abs(pre[t, b, H + j]) > opt.clip:
+                            s_f = zero
+                        if abs(pre[t, b, 2 * H + j]) > opt.clip:
+                            s_g = zero
+                dzo = dm[j] * tc * s_o
+                dc = dc0[b, j] + dm[j] * og * s_c
+                if peep:
+                    dc += dzo * opt.peep[2 * H + j]
                 cp = c[p, b, j]
                 dzi = dc * gg
-                dzf = dc * cp * (fg - fg * fg)
+                dzf = dc * cp * s_f
                 if opt.input_forget:
                     dzi -= dc * cp
                     dzf = zero
-                dzi *= ig - ig * ig
-                dzg = dc * (ig - ig * gg * gg)
-                if clip:
-                    if abs(pre[t, b, j]) > opt.clip:
-                        dzi = zero
-                    if abs(pre[t, b, H + j]) > opt.clip:
-                        dzf = zero
-                    if abs(pre[t, b, 2 * H + j]) > opt.clip:
-                        dzg = zero
+                dzi *= s_i
+                dzg = dc * ig * s_g
                 dg[j] = dzi
                 dg[H + j] = dzf
                 dg[2 * H + j] = dzg
@@ -334,16 +369,17 @@ def lstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, work)
     0.1 µs, and a step is a few microseconds.)
     """
     none = work[:0]
-    opt = Options(none, cast_like(work, np.inf), False, False, none.reshape(0, 0))
+    opt = Options(none, cast_like(work, np.inf), False, False, none.reshape(0, 0),
+                  none.reshape(0, 3))
     return _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work)
 
 
 @kernel
 def lstm_step_options(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, peep, clip,
-                      input_forget, proj, w_hr_t, work):
-    """``lstm_step`` with the variant options: peep, clip, input_forget, proj, w_hr_t are
-    the fields of ``Options``; h, h_out: (L, B, P) with a projection, w_hh_t: (P, 4H)."""
-    opt = Options(peep, clip, input_forget, proj, w_hr_t)
+                      input_forget, proj, w_hr_t, acts, work):
+    """``lstm_step`` with the variant options: peep, clip, input_forget, proj, w_hr_t, acts
+    are the fields of ``Options``; h, h_out: (L, B, P) with a projection, w_hh_t: (P, 4H)."""
+    opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
     return _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work)
 
 

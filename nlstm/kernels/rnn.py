@@ -1,10 +1,15 @@
-"""Elman RNN kernels: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu.
+"""Elman RNN kernels: h' = act(W_ih x + b_ih + W_hh h + b_hh), act = tanh or relu, or with
+ONNX's ``clip`` or another activation, ``acts`` (one row (code, alpha, beta), see
+nlstm.kernels.activations; (0, 3) for tanh/relu) of the pre-activation clamped to ±clip.
+The pre-activations stay in ``pre`` for backward.
 
 Time and state slots as in :mod:`nlstm.kernels.slots`, per-step block products as in
 :mod:`nlstm.kernels.blocks`; the layer does the input projection and the weight-gradient
 products, as for the LSTM.
 """
-from .activations import tanh
+import numpy as np
+
+from .activations import cast_like, dgate, gate, tanh
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, row_nn_add, row_out,
                      scatter_rows)
 from .config import kernel
@@ -13,8 +18,10 @@ from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, 
 
 
 @kernel
-def _activate(pre, h_new, relu):
-    """h_new = act(pre); pre, h_new: (H,)."""
+def _activate_default(pre, h_new, relu):
+    """h_new = tanh(pre) or relu(pre); pre, h_new: (H,). The callers branch to this or to
+    ``_activate_general`` themselves: through one function holding both, the B = 8 forward
+    ran 1.7x slower (it was no longer inlined)."""
     H = pre.shape[0]
     if relu:
         for j in range(H):
@@ -25,11 +32,20 @@ def _activate(pre, h_new, relu):
 
 
 @kernel
-def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu):
+def _activate_general(pre, h_new, acts, clip):
+    """h_new = the activation acts[0] of pre clamped to ±clip (the general path, kept out of
+    ``_activate`` so that the tanh and relu loops stay as small as they were)."""
+    for j in range(pre.shape[0]):
+        h_new[j] = gate(acts[0], pre[j], clip)
+
+
+@kernel
+def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, clip):
     """``rnn_forward``'s recurrence for the single batch row b: each step's product goes
     straight into its pre-activations, without the active-row bookkeeping (as the LSTM's
     ``_forward_row``)."""
     L = lengths[b]
+    gen = acts.shape[0] > 0
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
@@ -38,28 +54,32 @@ def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu):
             g[j] += bias[j]
         row_nn_add(g, h[p, b], w_hh_t, 0, g.shape[0])
         hn = h[o, b]
-        _activate(g, hn, relu)
+        if gen:
+            _activate_general(g, hn, acts, clip)
+        else:
+            _activate_default(g, hn, relu)
         row_out(y, t, b, col, hn)
 
 
 @kernel
-def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu,
-                rows, times, sp1, sg):
+def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu, acts,
+                clip, rows, times, sp1, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
     h: (T+1, B, H) state slots; h_n: (B, H) final state
     pre: (T, B, H) in: x·W_ihᵀ; out: pre-activations, with W_hh h and the biases added
     w_hh_t: (H, H) = W_hhᵀ; bias: (H,) b_ih + b_hh; h0: (B, H); lengths: (B,) int64;
-    reverse, relu: bool; col: int
+    reverse, relu: bool; col: int; acts: (1, 3) or (0, 3); clip: scalar (inf when off)
     rows, times: (B,) int64 scratch; sp1, sg: (B, H) scratch
     """
     T = pre.shape[0]
     H = pre.shape[2]
     begin_rows(b0, b1, h, h0, lengths, reverse)
     zero_padding(b0, b1, y, lengths, col, H)
+    gen = acts.shape[0] > 0
     if b1 - b0 == 1:
-        _forward_row(b0, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu)
+        _forward_row(b0, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, clip)
         T = 0  # done
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
@@ -68,24 +88,29 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
         add_recurrent(pre, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
         for i in range(n):
             p, o = slots(times[i], reverse)
-            _activate(pre[times[i], rows[i]], h[o, rows[i]], relu)
+            if gen:
+                _activate_general(pre[times[i], rows[i]], h[o, rows[i]], acts, clip)
+            else:
+                _activate_default(pre[times[i], rows[i]], h[o, rows[i]], relu)
         copy_out(y, h, rows, times, n, reverse, col)
     end_rows(b0, b1, h_n, h, lengths, reverse)
 
 
 @kernel
 def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu,
-                 rows, times, sp1, sg):
+                 acts, clip, rows, times, sp1, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
-    dpre: (T, B, H) out: gradients of the pre-activations (zero past each length)
+    dpre: (T, B, H) in: the forward's pre-activations (read with acts); out: their gradients
+    (zero past each length)
     dh0: (B, H) out: gradient of the initial state, also the running carry
     dy: (T, B, Y) gradient of the layer output (columns col:col+H); dh_n: (B, H)
-    h, w_hh_t, lengths, reverse, col, relu: as in ``rnn_forward``; scratch as there
+    h, w_hh_t, lengths, reverse, col, relu, acts, clip: as in ``rnn_forward``; scratch as there
     w_hh: (H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``)
     """
     T = dpre.shape[0]
     H = dpre.shape[2]
+    gen = acts.shape[0] > 0
     copy_rows(b0, b1, dh0, dh_n)
     zero_rows_past(b0, b1, dpre, lengths)
     for step in range(T - 1, -1, -1):
@@ -99,6 +124,11 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse,
             d = dpre[t, b]
             ho = h[o, b]
             dyt, dhb, sgi = dy[t, b, col:col + H], dh0[b], sg[i]  # sliced: loops from 0
+            if gen:  # d[j] is still the pre-activation: read before it is written
+                for j in range(H):
+                    d[j] = (dyt[j] + dhb[j]) * dgate(acts[0], d[j], ho[j], clip)
+                    sgi[j] = d[j]
+                continue
             for j in range(H):
                 dh = dyt[j] + dhb[j]
                 if relu:
@@ -116,14 +146,30 @@ def rnn_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, pre):
     h_out[k-1]); h, h_out: (L, B, H), read / written at [k]; w_ih_t: (I, H); w_hh_t: (H, H);
     pre: (H,) scratch. With ``check``, returns False having written nothing if the inputs
     are not finite; else True."""
+    return _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, pre[:0].reshape(0, 3),
+                 cast_like(pre, np.inf), pre)
+
+
+@kernel
+def rnn_step_options(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, acts, clip, pre):
+    """``rnn_step`` with an activation and clip (as for ``rnn_forward``)."""
+    return _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, acts, clip, pre)
+
+
+@kernel
+def _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, acts, clip, pre):
     if check and not step_inputs_finite(k, x, h, h):
         return False
     inp, hk, hn = step_layer_rows(k, x, h, h_out)
     H = hk.shape[1]
+    gen = acts.shape[0] > 0
     for b in range(inp.shape[0]):
         for j in range(H):  # the biases first, as in the LSTM's step
             pre[j] = b_ih[j] + b_hh[j]
         row_nn_add(pre, inp[b], w_ih_t, 0, H)
         row_nn_add(pre, hk[b], w_hh_t, 0, H)
-        _activate(pre, hn[b], relu)
+        if gen:
+            _activate_general(pre, hn[b], acts, clip)
+        else:
+            _activate_default(pre, hn[b], relu)
     return True
