@@ -459,11 +459,13 @@ class Sequential:
                       history={"epoch": [], "loss": [], "lr": [], "time": [],
                                **({"val_loss": []} if val is not None else {})})
 
-    def _fit_loop(self, run: "FitRun", train_batch: Callable[[np.ndarray], tuple]) -> dict:
+    def _fit_loop(self, run: "FitRun", train_batch: Callable[[np.ndarray], tuple],
+                  after_epoch: Optional[Callable[[], None]] = None) -> dict:
         """fit's epochs: batch order, progress, history, validation, schedule, callback and
         early stopping. ``train_batch(idx)`` trains on the rows ``idx`` of the training data
         and returns (loss·count, count). Starts at ``run``'s position (epoch 1, step 0 for
-        a new run) and keeps it there, so a caller can checkpoint and resume a run."""
+        a new run) and keeps it there, so a caller can checkpoint and resume a run;
+        ``after_epoch()`` is called when an epoch is over and the position is the next's."""
         N, batch_size, mode = run.n_rows, run.batch_size, run.mode
         steps = math.ceil(N / batch_size)
         history, val = run.history, run.val
@@ -515,6 +517,8 @@ class Sequential:
                         run.since_best += 1
                         stop = stop or run.since_best >= run.early_stopping
                 run.next_epoch()
+                if after_epoch is not None:
+                    after_epoch()
         finally:
             if bar is not None:
                 bar.close()
