@@ -23,7 +23,8 @@ import os
 import tempfile
 import time
 import uuid
-from typing import Callable, Dict, List, Optional
+from concurrent.futures import CancelledError
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -31,6 +32,7 @@ try:
     import dask.array as da
     from dask.core import flatten
     from distributed import Client, KilledWorker, wait
+    from distributed.client import FuturesCancelledError
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError('nlstm.dask needs dask.distributed: pip install "nlstm[dask]" '
                       f'(or "dask[distributed]"): {e}') from None
@@ -100,9 +102,11 @@ def _check_client(client) -> None:
         raise ValueError("the client's cluster has no workers")
 
 
-def _rows_array(client, name: str, a, ndim_ok, chunk_rows: Optional[tuple] = None):
+def _rows_array(client, name: str, a, ndim_ok, chunk_rows: Optional[tuple] = None,
+                multiple: int = 1):
     """``a`` (Dask or NumPy) as a Dask array chunked along axis 0 only: as ``chunk_rows``
-    when given, else as it comes (Dask) or one chunk per worker (NumPy)."""
+    when given, else as it comes (Dask) or one chunk per worker (NumPy), rounded up to
+    a ``multiple`` of rows."""
     if isinstance(a, da.Array):
         arr = a
     else:
@@ -112,9 +116,12 @@ def _rows_array(client, name: str, a, ndim_ok, chunk_rows: Optional[tuple] = Non
         if a.ndim not in ndim_ok:
             raise ValueError(f"{name} must be {' or '.join(f'{n}-D' for n in ndim_ok)}, got shape {a.shape}")
         rows = chunk_rows
+        if rows is not None and len(a) != sum(rows):
+            raise ValueError(f"{name} must have one entry per sequence of X: expected "
+                             f"{sum(rows)} rows, got {len(a)} (shape {a.shape})")
         if rows is None:
             workers = max(1, len(client.scheduler_info()["workers"]))
-            rows = max(1, math.ceil(len(a) / workers))
+            rows = max(1, math.ceil(math.ceil(len(a) / workers) / multiple) * multiple)
         arr = da.from_array(a, chunks=(rows,) + a.shape[1:])
     if arr.ndim not in ndim_ok:
         raise ValueError(f"{name} must be {' or '.join(f'{n}-D' for n in ndim_ok)}, got shape {arr.shape}")
@@ -133,8 +140,8 @@ def _check_rows(name: str, arr, N: int) -> None:
                          f"got {arr.shape[0]} (shape {arr.shape})")
 
 
-def _check_x(client, model, X, lengths, name="X"):
-    X = _rows_array(client, name, X, (3,))
+def _check_x(client, model, X, lengths, name="X", multiple: int = 1):
+    X = _rows_array(client, name, X, (3,), multiple=multiple)
     if X.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
     F = model.input_size
@@ -158,14 +165,18 @@ def predict(client, model, X, lengths=None, batch_size: int = 256):
     """Run ``model`` (a ``Sequential`` or a single nlstm layer) over X on the cluster.
 
     client: a connected ``dask.distributed.Client``.
-    X: a Dask array (N, T, F) chunked along N only, or a NumPy array (chunked here, one
-        chunk per worker). lengths: optional (N,) Dask or NumPy ints, valid steps per row.
+    X: a Dask array (N, T, F) chunked along N only, or a NumPy array (chunked here: one
+        chunk per worker, rounded up to a multiple of batch_size rows).
+    lengths: optional (N,) Dask or NumPy ints, valid steps per row.
     batch_size: rows per forward within a chunk (as ``Sequential.predict``).
 
     Returns a lazy Dask array with X's chunks along N: for a ``Sequential`` what
-    ``model.predict(X, lengths)`` returns ((N, O) or (N, T, O)); for a layer its output
-    y batch-first (N, T, D·O). The model goes to every worker once, as the bytes of
-    ``nlstm.save``; a chunk lost with a worker is recomputed by Dask elsewhere.
+    ``model.predict(X, lengths, batch_size=batch_size)`` returns ((N, O) or (N, T, O)),
+    bit for bit when every chunk but the last is a multiple of batch_size rows (the
+    BLAS rounds a product differently for other batch sizes: then to float rounding);
+    for a layer its output y batch-first (N, T, D·O). The model goes to every worker
+    once, as the bytes of ``nlstm.save``; a chunk lost with a worker is recomputed by
+    Dask elsewhere.
     """
     _check_client(client)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -173,7 +184,7 @@ def predict(client, model, X, lengths=None, batch_size: int = 256):
     data = _model_bytes(model)  # unsaveable models fail here, before anything is sent
     if not isinstance(model, Sequential) and not hasattr(model, "num_directions"):
         raise TypeError(f"model must be a Sequential or a recurrent layer, got {type(model).__name__}")
-    X, L = _check_x(client, model, X, lengths)
+    X, L = _check_x(client, model, X, lengths, multiple=int(batch_size))
     dtype = np.dtype(model.dtype)
     if isinstance(model, Sequential):
         O = model.output_size
@@ -242,14 +253,25 @@ class _Trainer:
     """Owns the shards of one run: which worker holds which rows, the step on the cluster,
     and moving a lost worker's rows to the workers that are left."""
 
-    def __init__(self, client, model: Sequential, run: FitRun, X, Y, L, worker_timeout: float):
+    def __init__(self, client, model: Sequential, run: FitRun, X, Y, L, worker_timeout: float,
+                 workers: Optional[List[str]]):
         self.client, self.model, self.run = client, model, run
-        self.worker_timeout = worker_timeout
+        self.worker_timeout, self.allowed = worker_timeout, workers
         self.token = uuid.uuid4().hex
-        data = _model_bytes(model)
-        [self.blob] = client.scatter([data], broadcast=True, hash=False)
+        self.shards: List[dict] = []
+        self._keep, self.blob = [], None
+        try:
+            self._start(model, X, Y, L, workers)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, model, X, Y, L, workers) -> None:
+        client = self.client
+        self._data = data = _model_bytes(model)
+        [self.blob] = client.scatter([data], workers=workers, broadcast=True, hash=False)
         arrays = [a for a in (X, Y, L) if a is not None]
-        persisted = client.persist(arrays)
+        persisted = client.persist(arrays, workers=workers)
         self._keep = persisted  # the futures keep the chunks alive on the workers
         keys = [list(flatten(a.__dask_keys__())) for a in persisted]
         futures = {f.key: f for f in client.futures_of(persisted)}
@@ -259,7 +281,6 @@ class _Trainer:
                         *[futures[k[i]] for k in keys], *([None] if L is None else []))
                        for i in range(len(X.chunks[0]))]
         self.has_lengths = L is not None
-        self.shards: List[dict] = []
         self.owner = np.empty(X.shape[0], np.int64)   # row -> shard index
         self.local = np.empty(X.shape[0], np.int64)   # row -> its position in that shard
         self.T = X.shape[1]
@@ -268,7 +289,8 @@ class _Trainer:
         self._place(list(range(len(self.chunks))), self._alive())
 
     def _alive(self) -> List[str]:
-        return sorted(self.client.scheduler_info()["workers"])
+        alive = self.client.scheduler_info()["workers"]
+        return sorted(w for w in alive if self.allowed is None or w in self.allowed)
 
     def _place(self, chunk_ids: List[int], workers: List[str]) -> None:
         """Group ``chunk_ids`` into shards on ``workers``: a chunk stays on a worker that holds
@@ -312,6 +334,8 @@ class _Trainer:
                 gone = workers - set(self._alive())
                 if gone:
                     raise _WorkersLost(gone) from None
+            except (CancelledError, FuturesCancelledError) as e:  # the scheduler forgot a task whose worker left
+                raise _WorkersLost(e) from None
         results = []
         for f in futures:
             if f.status == "error":
@@ -335,6 +359,9 @@ class _Trainer:
             if time.monotonic() > deadline:
                 raise _WorkersLost("no workers")
             time.sleep(0.2)
+        if self.blob.status != "finished":  # every copy of the model left with its worker
+            [self.blob] = self.client.scatter([self._data], workers=self.allowed, broadcast=True,
+                                              hash=False)
         lost = [s for s in self.shards if s["worker"] not in alive]
         self.shards = [s for s in self.shards if s["worker"] in alive]
         chunk_ids = [i for i, c in enumerate(self.chunks)
@@ -400,8 +427,9 @@ class _Trainer:
 
     def close(self) -> None:
         """Release the run's data and replicas on the cluster."""
-        self.client.cancel([s["future"] for s in self.shards] + [self.blob], force=True)
-        self.client.cancel(self.client.futures_of(self._keep))
+        futures = [s["future"] for s in self.shards] + ([self.blob] if self.blob is not None else [])
+        futures += self.client.futures_of(self._keep) if self._keep else []
+        self.client.cancel(futures, force=True)
         try:
             self.client.run(_forget, self.token)
         except Exception:  # a worker leaving now does not matter: its memory went with it
@@ -473,7 +501,8 @@ def fit(client, model: Sequential, X, Y, lengths=None, epochs: int = 10, batch_s
         schedule=None, tbptt: Optional[int] = None, shuffle: bool = True,
         callback: Optional[Callable[[int, dict], Optional[bool]]] = None,
         checkpoint: Optional[str] = None, resume: Optional[str] = None,
-        worker_timeout: float = 60.0, stats: Optional[dict] = None) -> dict:
+        worker_timeout: float = 60.0, workers: Optional[Sequence[str]] = None,
+        stats: Optional[dict] = None) -> dict:
     """Train ``model`` on the cluster of ``client``: ``Sequential.fit``'s arguments and
     history, data-parallel and synchronous.
 
@@ -497,6 +526,7 @@ def fit(client, model: Sequential, X, Y, lengths=None, epochs: int = 10, batch_s
     checkpoint: also written at the end of every epoch when given. resume: a checkpoint
     written by this function for the same model, data size and batch size.
 
+    workers: addresses of the workers to train on (default: all of the cluster's).
     stats: a dict to fill with what the run exchanged: "steps" (optimizer steps),
         "bytes_per_step" (weights out plus gradients back, all workers), "seconds" (of
         steps on the cluster), "compute_seconds" (the slowest worker's gradient time,
@@ -517,6 +547,13 @@ def fit(client, model: Sequential, X, Y, lengths=None, epochs: int = 10, batch_s
     if isinstance(worker_timeout, bool) or not isinstance(worker_timeout, (int, float)) \
             or not worker_timeout >= 0:
         raise ValueError(f"worker_timeout must be a number of seconds >= 0, got {worker_timeout!r}")
+    if workers is not None:
+        if isinstance(workers, str) or not all(isinstance(w, str) for w in workers):
+            raise TypeError("workers must be a list of worker addresses")
+        workers = list(workers)
+        missing = sorted(set(workers) - set(client.scheduler_info()["workers"]))
+        if missing or not workers:
+            raise ValueError(f"workers must name workers of the cluster; unknown: {missing}")
     if stats is not None and not isinstance(stats, dict):
         raise TypeError(f"stats must be a dict to fill, got {type(stats).__name__}")
     if isinstance(validation_data, (tuple, list)):
@@ -530,7 +567,7 @@ def fit(client, model: Sequential, X, Y, lengths=None, epochs: int = 10, batch_s
     if resume is not None:
         _read_checkpoint(resume, model, run)
     try:
-        trainer = _Trainer(client, model, run, X, Y, L, float(worker_timeout))
+        trainer = _Trainer(client, model, run, X, Y, L, float(worker_timeout), workers)
     except BaseException:
         model.load_state_dict(before)  # a checkpoint may have been loaded: undo it
         raise
