@@ -247,3 +247,32 @@ def test_bad_input_clear_errors_nothing_changed(client, cluster):
         nd.fit(client, nlstm.LSTM(3, 4), X, Y)
     for k, v in before.items():
         np.testing.assert_array_equal(m.params[k], v, err_msg=k)
+
+
+# ---- command line -------------------------------------------------------------------------
+def test_cli_train_and_predict_on_the_cluster(cluster, client, tmp_path, capsys):
+    from nlstm.cli import main
+
+    rng = np.random.default_rng(0)
+    t = np.arange(150)
+    series = np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(len(t))
+    csv_path = tmp_path / "s.csv"
+    csv_path.write_text("y\n" + "\n".join(f"{v:.5f}" for v in series) + "\n")
+    common = ["--csv", csv_path, "--target", "y", "--window", 8, "--epochs", 2, "--hidden", 4]
+    common = list(map(str, common))
+    assert main(["train", *common, "--out", str(tmp_path / "local.npz")]) == 0
+    assert main(["train", *common, "--out", str(tmp_path / "dask.npz"),
+                 "--scheduler", cluster.scheduler_address]) == 0
+    local, remote = nlstm.load(tmp_path / "local.npz"), nlstm.load(tmp_path / "dask.npz")
+    _assert_weights(local, remote)
+    assert main(["predict", "--model", str(tmp_path / "local.npz"), "--csv", str(csv_path),
+                 "--out", str(tmp_path / "a.csv")]) == 0
+    assert main(["predict", "--model", str(tmp_path / "local.npz"), "--csv", str(csv_path),
+                 "--out", str(tmp_path / "b.csv"), "--workers", "1"]) == 0
+    a = np.loadtxt(tmp_path / "a.csv", delimiter=",", skiprows=1)
+    b = np.loadtxt(tmp_path / "b.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(a, b)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "local.npz"), "--csv", str(csv_path),
+                 "--out", str(tmp_path / "c.csv"), "--workers", "1", "--scheduler", "tcp://x:1"]) == 2
+    assert "not allowed with" in capsys.readouterr().err
