@@ -427,9 +427,11 @@ class _Trainer:
 
     def close(self) -> None:
         """Release the run's data and replicas on the cluster."""
+        # Only what this run made: the persisted chunks may be the caller's own (an already
+        # persisted array has the same keys), so they are released by dropping the reference.
         futures = [s["future"] for s in self.shards] + ([self.blob] if self.blob is not None else [])
-        futures += self.client.futures_of(self._keep) if self._keep else []
-        self.client.cancel(futures, force=True)
+        self.client.cancel(futures)
+        self._keep = []
         try:
             self.client.run(_forget, self.token)
         except Exception:  # a worker leaving now does not matter: its memory went with it

@@ -112,7 +112,7 @@ def test_fit_equals_sequential_fit_on_1_2_3_workers(client, cluster):
     X, Y, lengths = _data()
     ref = _model()
     want = ref.fit(X, Y, lengths, **FIT)
-    Xd = da.from_array(X, chunks=(7, -1, -1))
+    Xd = client.persist(da.from_array(X, chunks=(7, -1, -1)))  # the caller's persisted data
 
     one = _model()
     hist = nd.fit(client, one, Xd, Y, lengths, workers=sorted(client.scheduler_info()["workers"])[:1], **FIT)
@@ -137,6 +137,7 @@ def test_fit_equals_sequential_fit_on_1_2_3_workers(client, cluster):
         assert set(h) == set(want), name
         assert h["epoch"] == want["epoch"] and h["lr"] == want["lr"], name
         np.testing.assert_allclose(h["loss"], want["loss"], rtol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(Xd.compute(), X, err_msg="fit released the caller's data")
     # the weights moved: a test that cannot fail is a defect
     assert not np.allclose(_model().params["1.weight"], ref.params["1.weight"])
 
