@@ -246,7 +246,14 @@ def _shard_grad(shard: _Shard, data, token, weights, idx, t0, t1, first):
 
 # ---- fit: the client's side ---------------------------------------------------------------
 class _WorkersLost(Exception):
-    pass
+    """A worker that a step or a shard needed has left (the step can run again)."""
+
+
+class _Stopped(Exception):
+    """Training cannot go on: ``fit`` writes a checkpoint and reports the reason."""
+
+
+MAX_RECOVERIES = 5  # recoveries in a row without a completed step before fit gives up
 
 
 class _Trainer:
@@ -271,7 +278,9 @@ class _Trainer:
         self._data = data = _model_bytes(model)
         [self.blob] = client.scatter([data], workers=workers, broadcast=True, hash=False)
         arrays = [a for a in (X, Y, L) if a is not None]
-        persisted = client.persist(arrays, workers=workers)
+        # No worker restriction here: a restriction would stay with the chunks' keys, and a
+        # chunk lost with its worker could then never be computed again.
+        persisted = client.persist(arrays)
         self._keep = persisted  # the futures keep the chunks alive on the workers
         keys = [list(flatten(a.__dask_keys__())) for a in persisted]
         futures = {f.key: f for f in client.futures_of(persisted)}
@@ -286,7 +295,7 @@ class _Trainer:
         self.T = X.shape[1]
         self.steps_done, self.bytes_per_step, self.moves = 0, 0, 0
         self.seconds, self.compute_seconds = 0.0, 0.0
-        self._place(list(range(len(self.chunks))), self._alive())
+        self._recover()  # places every chunk: none is held yet
 
     def _alive(self) -> List[str]:
         alive = self.client.scheduler_info()["workers"]
@@ -296,7 +305,7 @@ class _Trainer:
         """Group ``chunk_ids`` into shards on ``workers``: a chunk stays on a worker that holds
         it while that worker has less than its share, else goes to the least loaded."""
         if not workers:
-            raise _WorkersLost("no workers")
+            raise _WorkersLost("no workers")  # pragma: no cover - fit checks the workers first
         load = {w: sum(len(s["rows"]) for s in self.shards if s["worker"] == w) for w in workers}
         who = self.client.who_has([self.chunks[i][2] for i in chunk_ids])
         total = sum(self.chunks[i][1] - self.chunks[i][0] for i in chunk_ids) + sum(load.values())
@@ -315,17 +324,22 @@ class _Trainer:
                                      ls if self.has_lengths else None, workers=[w],
                                      allow_other_workers=False, pure=False)
             rows = np.concatenate([np.arange(self.chunks[i][0], self.chunks[i][1]) for i in ids])
-            self.shards.append({"worker": w, "rows": rows, "future": fut})
-            new.append(self.shards[-1])
-        self._wait([s["future"] for s in new])
+            new.append({"worker": w, "chunks": ids, "rows": rows, "future": fut})
+        try:
+            self._wait([s["future"] for s in new], groups)
+        except BaseException:
+            self.client.cancel([s["future"] for s in new])
+            raise
+        self.shards += new
         for k, s in enumerate(self.shards):
             self.owner[s["rows"]] = k
             self.local[s["rows"]] = np.arange(len(s["rows"]))
 
-    def _wait(self, futures) -> list:
-        """The results of ``futures``; _WorkersLost when a worker they run on goes away.
-        Errors of the tasks themselves (bad data, a non-finite loss) are raised as they are."""
-        workers = {s["worker"] for s in self.shards}
+    def _wait(self, futures, workers) -> list:
+        """The results of ``futures``, which run on ``workers``; _WorkersLost when one of
+        those goes away. Errors of the tasks themselves (bad data, a non-finite loss) are
+        raised as they are."""
+        workers = set(workers)
         while True:
             try:
                 wait(futures, timeout=0.5)
@@ -349,27 +363,32 @@ class _Trainer:
         return results
 
     def _recover(self) -> None:
-        """Move the rows of shards on departed workers to the workers that are left (or
-        that have joined), waiting up to ``worker_timeout`` seconds for one to exist."""
+        """Place every chunk that no live shard holds (all of them at the start; a departed
+        worker's later) on the workers that are there, waiting up to ``worker_timeout``
+        seconds for one to exist."""
         deadline = time.monotonic() + self.worker_timeout
-        while True:
+        for _ in range(MAX_RECOVERIES):
             alive = self._alive()
-            if alive:
-                break
-            if time.monotonic() > deadline:
-                raise _WorkersLost("no workers")
-            time.sleep(0.2)
-        if self.blob.status != "finished":  # every copy of the model left with its worker
-            [self.blob] = self.client.scatter([self._data], workers=self.allowed, broadcast=True,
-                                              hash=False)
-        lost = [s for s in self.shards if s["worker"] not in alive]
-        self.shards = [s for s in self.shards if s["worker"] in alive]
-        chunk_ids = [i for i, c in enumerate(self.chunks)
-                     if any(np.isin(c[0], s["rows"]) for s in lost)]
-        for s in lost:
-            self.client.cancel(s["future"])
-        self.moves += len(lost)
-        self._place(chunk_ids, alive)
+            while not alive:
+                if time.monotonic() > deadline:
+                    raise _Stopped(f"no worker left for {self.worker_timeout:g} s")
+                time.sleep(0.2)
+                alive = self._alive()
+            try:
+                if self.blob.status != "finished":  # every copy of the model left
+                    [self.blob] = self.client.scatter([self._data], workers=self.allowed,
+                                                      broadcast=True, hash=False)
+                lost = [s for s in self.shards if s["worker"] not in alive]
+                self.shards = [s for s in self.shards if s["worker"] in alive]
+                self.client.cancel([s["future"] for s in lost])
+                self.moves += len(lost)
+                held = set().union(*(set(s["chunks"]) for s in self.shards)) if self.shards else set()
+                self._place([i for i in range(len(self.chunks)) if i not in held], alive)
+                return
+            except _WorkersLost:
+                continue  # another worker left meanwhile: look again
+        raise _Stopped(f"the rows of a lost worker could not be rebuilt after {MAX_RECOVERIES} "
+                       f"tries (were they scattered rather than computed from a graph?)")
 
     def train_batch(self, idx: np.ndarray):
         """``_fit_loop``'s step: the global batch ``idx`` on the cluster. Returns (loss·count,
@@ -379,7 +398,7 @@ class _Trainer:
         start = None
         if run.tbptt is not None:
             start = (model.state_dict(), run.opt.state_dict())
-        while True:
+        for _ in range(MAX_RECOVERIES):
             try:
                 return self._batch(idx)
             except _WorkersLost:
@@ -387,6 +406,7 @@ class _Trainer:
                     model.load_state_dict(start[0])
                     run.opt.load_state_dict(start[1])
                 self._recover()
+        raise _Stopped(f"workers kept leaving: {MAX_RECOVERIES} tries of one step failed")
 
     def _batch(self, idx: np.ndarray):
         model, run = self.model, self.run
@@ -401,7 +421,7 @@ class _Trainer:
                                           workers=[self.shards[k]["worker"]],
                                           allow_other_workers=False, pure=False)
                        for k, rows in by_shard]
-            results = self._wait(futures)
+            results = self._wait(futures, [self.shards[k]["worker"] for k, _ in by_shard])
             n = sum(r[2] for r in results)
             self.bytes_per_step = weights.nbytes * 2 * len(futures)
             self.compute_seconds += max(r[3] for r in results)
@@ -475,14 +495,21 @@ def _read_checkpoint(path: str, model: Sequential, run: FitRun) -> None:
             saved = _model_from_bytes(z["model"].tobytes())
             opt_state = {k: {b: z[f"opt/{k}/{b}"] for b in s} for k, s in run.opt.state.items()}
             order = z["order"] if "order" in z.files else None
-            best_state = {k: z[f"best/{k}"] for k in model.params} if "best/" + next(iter(model.params)) in z.files else None
+            has_best = any(n.startswith("best/") for n in z.files)
+            best_state = {k: z[f"best/{k}"] for k in model.params} if has_best else None
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise ValueError(f"resume={path!r} is not a checkpoint of this model: {e}") from None
-    if saved.get_config()["layers"] != model.get_config()["layers"]:
-        raise ValueError(f"resume={path!r} holds a different model")
+    # Check everything against this run first, so that a refused checkpoint changes nothing.
+    shapes = {k: p.shape for k, p in model.params.items()}
+    if {k: p.shape for k, p in saved.params.items()} != shapes or any(
+            opt_state[k][b].shape != shapes[k] for k in opt_state for b in opt_state[k]):
+        raise ValueError(f"resume={path!r} holds a model with other parameters than this one")
     if header["n_rows"] != run.n_rows or header["batch_size"] != run.batch_size:
         raise ValueError(f"resume={path!r} was made with {header['n_rows']} rows and batch_size "
                          f"{header['batch_size']}; this run has {run.n_rows} and {run.batch_size}")
+    if set(header["history"]) != set(run.history):
+        raise ValueError(f"resume={path!r} was made with{'out' if 'val_loss' in run.history else ''} "
+                         f"validation_data; resume with the same arguments")
     model.load_state_dict(saved.state_dict())
     run.opt.load_state_dict({"steps": header["opt_steps"], "lr": header["opt_lr"], "state": opt_state})
     if run.sched is not None and header["sched_epoch"] is not None:
@@ -570,8 +597,12 @@ def fit(client, model: Sequential, X, Y, lengths=None, epochs: int = 10, batch_s
         _read_checkpoint(resume, model, run)
     try:
         trainer = _Trainer(client, model, run, X, Y, L, float(worker_timeout), workers)
-    except BaseException:
+    except _Stopped as e:
         model.load_state_dict(before)  # a checkpoint may have been loaded: undo it
+        raise RuntimeError(f"nlstm.dask.fit: {e} while the training rows were being placed; "
+                           f"nothing was trained") from None
+    except BaseException:
+        model.load_state_dict(before)
         raise
     after_epoch = None
     if checkpoint is not None:
@@ -579,15 +610,15 @@ def fit(client, model: Sequential, X, Y, lengths=None, epochs: int = 10, batch_s
             _write_checkpoint(checkpoint, model, run)
     try:
         history = model._fit_loop(run, trainer.train_batch, after_epoch)
-    except _WorkersLost:
+    except _Stopped as e:
         path = checkpoint
         if path is None:
             fd, path = tempfile.mkstemp(prefix="nlstm-dask-checkpoint-", suffix=".npz")
             os.close(fd)
         _write_checkpoint(path, model, run)
-        raise RuntimeError(f"nlstm.dask.fit: no worker left for {worker_timeout} s; the run "
-                           f"stopped at epoch {run.epoch}, step {run.step}. A checkpoint is at "
-                           f"{path}: continue with nlstm.dask.fit(..., resume={path!r})") from None
+        raise RuntimeError(f"nlstm.dask.fit: {e}; the run stopped at epoch {run.epoch}, step "
+                           f"{run.step}. A checkpoint is at {path}: continue with "
+                           f"nlstm.dask.fit(..., resume={path!r})") from None
     finally:
         trainer.close()
     if stats is not None:

@@ -246,6 +246,8 @@ def test_bad_input_clear_errors_nothing_changed(client, cluster):
         nd.fit(client, m, X[:, :, :2], Y)
     with pytest.raises(TypeError, match="Sequential"):
         nd.fit(client, nlstm.LSTM(3, 4), X, Y)
+    with pytest.raises(ValueError, match="resume="):
+        nd.fit(client, m, X, Y, resume=os.path.join(os.path.dirname(__file__), "conftest.py"))
     for k, v in before.items():
         np.testing.assert_array_equal(m.params[k], v, err_msg=k)
 
