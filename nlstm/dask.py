@@ -348,18 +348,21 @@ class _Trainer:
                 gone = workers - set(self._alive())
                 if gone:
                     raise _WorkersLost(gone) from None
-            except (CancelledError, FuturesCancelledError) as e:  # the scheduler forgot a task whose worker left
-                raise _WorkersLost(e) from None
+            except (CancelledError, FuturesCancelledError) as e:
+                raise _WorkersLost(e) from None  # the scheduler forgot a task whose worker left
         results = []
         for f in futures:
-            if f.status == "error":
-                exc = f.exception()
-                if isinstance(exc, KilledWorker):
-                    raise _WorkersLost(exc)
-                raise exc
-            if f.status != "finished":
-                raise _WorkersLost(f.status)
-            results.append(f.result())
+            try:
+                if f.status == "error":
+                    exc = f.exception()
+                    if isinstance(exc, KilledWorker):
+                        raise _WorkersLost(exc)
+                    raise exc
+                if f.status != "finished":
+                    raise _WorkersLost(f.status)
+                results.append(f.result())
+            except (CancelledError, FuturesCancelledError) as e:  # forgotten since wait returned
+                raise _WorkersLost(e) from None
         return results
 
     def _recover(self) -> None:
