@@ -11,6 +11,9 @@ from .optim import SGD, Adam, AdamW, CosineLR, StepLR, clip_grad_norm
 from .model import Sequential
 from .io import load, save
 from .interop import from_keras, from_torch, to_torch
+# The function (imported now: imported lazily, the submodule would take its name on the
+# package); its classes are in the module, ``from nlstm.inspect import Trace``.
+from .inspect import inspect
 
 from ._version import __version__
 from ._warmup import warmup
@@ -19,7 +22,7 @@ __all__ = ["LSTM", "GRU", "RNN", "RecurrentLayer", "Stream", "set_num_threads", 
            "warmup", "__version__"]
 __all__ += ["Linear", "Dropout", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
             "AdamW", "StepLR", "CosineLR", "clip_grad_norm", "save", "load"]
-__all__ += ["from_torch", "to_torch", "from_keras"]
+__all__ += ["from_torch", "to_torch", "from_keras", "inspect"]
 
 
 def __getattr__(name):

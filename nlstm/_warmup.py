@@ -3,23 +3,72 @@ use, before its first real call."""
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Iterable, Tuple
 
 import numpy as np
 
 
+class WarmupReport(float):
+    """What ``warmup()`` did: a float (the seconds it took, as before) that also says what
+    compiled. ``compiled``: ((kernel, dtypes, seconds), ...) for each kernel Numba compiled
+    (empty when everything loaded from the cache); ``compile_seconds``: their total."""
+
+    compiled: Tuple[Tuple[str, str, float], ...]
+
+    def __new__(cls, seconds: float, compiled=()):
+        self = super().__new__(cls, seconds)
+        self.compiled = tuple(compiled)
+        return self
+
+    @property
+    def seconds(self) -> float:
+        return float(self)
+
+    @property
+    def compile_seconds(self) -> float:
+        return float(sum(s for _, _, s in self.compiled))
+
+    def __str__(self) -> str:
+        if not self.compiled:
+            return f"warmup took {float(self):.2f} s; every kernel came from the cache (or was already loaded)"
+        names = ", ".join(f"{k} ({d})" if d else k for k, d, _ in self.compiled)
+        return (f"warmup took {float(self):.1f} s, {self.compile_seconds:.1f} s of it compiling "
+                f"{len(self.compiled)} kernel{'s' * (len(self.compiled) != 1)} (once per machine "
+                f"and nlstm version): {names}")
+
+    def __repr__(self) -> str:
+        return f"WarmupReport(seconds={float(self):.3f}, compiled={list(self.compiled)!r})"
+
+
+def compiled_since(mark: int) -> list:
+    """The kernels compiled in this process after ``len(nlstm.kernels.config.compiled)`` was ``mark``."""
+    from .kernels import config
+
+    return list(config.compiled[mark:])
+
+
+def compile_mark() -> int:
+    from .kernels import config
+
+    return len(config.compiled)
+
+
 def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
-           training: bool = False, streaming: bool = True) -> float:
+           training: bool = False, streaming: bool = True) -> WarmupReport:
     """Run each cell once on a tiny input so that its kernels are compiled (first run ever)
-    or loaded from the cache (later runs). Returns the seconds it took.
+    or loaded from the cache (later runs).
 
     cells: names among "LSTM", "GRU", "RNN"; dtypes: float32 and/or float64;
     training: also the backward kernels; streaming: also the one-step kernels.
     Kernels compile lazily anyway: this only moves the cost to a moment you choose.
+
+    Returns a WarmupReport: a float, the seconds it took, whose ``compiled`` lists each
+    kernel compiled with its dtypes and seconds (empty when all came from the cache) and
+    whose str() says so in a sentence.
     """
     import nlstm
 
-    start = time.perf_counter()
+    start, mark = time.perf_counter(), compile_mark()
     for name in cells:
         cls = getattr(nlstm, name, None)
         if cls is None or not isinstance(cls, type) or not issubclass(cls, nlstm.RecurrentLayer):
@@ -32,4 +81,4 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
                 layer.backward(np.zeros((2, 1, 2), layer.dtype))
             if streaming:
                 layer.step(x[0])
-    return time.perf_counter() - start
+    return WarmupReport(time.perf_counter() - start, compiled_since(mark))

@@ -1,7 +1,11 @@
-"""The ``nlstm`` command: ``demo``, ``train``, ``predict``, ``info``, ``bench`` and ``selfcheck``.
+"""The ``nlstm`` command: ``demo``, ``train``, ``predict``, ``inspect``, ``info``, ``bench`` and
+``selfcheck``.
 
 Every problem with an argument or a file ends the command with a one-line message on
-stderr and exit code 2, never a traceback.
+stderr and exit code 2, never a traceback: main() turns every exception into one line
+(a bug-report line for unexpected ones; ``--debug`` shows the traceback), so a new
+subcommand gets this for free. No command writes over one of its input files, and sizes
+are checked against the memory available before anything large is allocated.
 """
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
+import traceback
 from typing import List, Optional
 
 import numpy as np
@@ -24,8 +28,23 @@ class UsageError(Exception):
     """A bad argument or file: reported as one line, exit code 2."""
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows every option's default unless its help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default is not None and action.default is not False \
+                and action.default is not argparse.SUPPRESS and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and exit code 2."""
+    """argparse with one-line errors (no usage dump), exit code 2, and defaults in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):  # noqa: D102 - argparse's hook
         raise UsageError(f"{message} (see '{self.prog} --help')")
@@ -79,12 +98,20 @@ def _shown(path: str) -> str:
     return path if rel.startswith(os.pardir) else rel
 
 
-def _out_path(path: str, what: str) -> str:
+def _out_path(path: str, what: str, inputs=()) -> str:
+    """Check that ``path`` can be written, and that it is none of ``inputs`` ((option,
+    path) pairs): a command never overwrites its own input."""
+    if not path:
+        raise UsageError(f"cannot write {what}: the path is empty")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UsageError(f"cannot write {what} {path}: directory {directory} does not exist")
     if os.path.isdir(path):
         raise UsageError(f"cannot write {what} {path}: it is a directory")
+    for option, given in inputs:
+        if _same_file(path, given):
+            raise UsageError(f"refusing to write {what} to {path}: it is the input file {option} "
+                             f"{given}; choose another --out")
     return path
 
 
@@ -133,6 +160,76 @@ class _Cluster:
         self.closing = []
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they would be
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory this process could still get (Linux MemAvailable, else physical)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2 ** 30:.1f} GB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MB"
+
+
+def _check_memory(need: float, what: str) -> None:
+    """One line and exit 2 when ``need`` bytes (an estimate) exceed what is available."""
+    have = _available_memory()
+    if have is not None and need > have:
+        raise UsageError(f"{what} would need about {_gb(need)} of memory; {_gb(have)} is available")
+
+
+def _lstm_bytes(features: int, hidden: int, layers: int, outputs: int, batch: int, steps: int,
+                training: bool = True) -> float:
+    """An estimate of the memory an LSTM + Linear model needs in float32: its weights (with
+    gradients, Adam's two moments and early stopping's best copy when training) and its
+    per-batch workspace (gates, states and their gradients for every step)."""
+    params = 4 * hidden * (features + hidden + 2) + (layers - 1) * 4 * hidden * (2 * hidden + 2) \
+        + hidden * outputs + outputs
+    work = layers * steps * batch * hidden * (6 + 6 * training)
+    return 4.0 * (params * (5 if training else 1) + work)
+
+
+def _diverged(e: FloatingPointError, lr: float) -> "UsageError":
+    return UsageError(f"training diverged: the loss became NaN or Inf at --lr {lr:g} "
+                      f"(gradients are already clipped); try a lower --lr")
+
+
+def _compile_first(model, X, Y, batch_size: int, val) -> None:
+    """Compile (or load from the cache) every kernel ``fit`` will use before its progress
+    bar starts, so that the compile notice comes first and the bar's estimates exclude
+    compilation: one epoch of a copy of the model on a full batch and the last, partial
+    one, and a validation pass."""
+    import nlstm
+    from nlstm._warmup import compile_mark, compiled_since
+
+    start, mark = time.perf_counter(), compile_mark()
+    copy = nlstm.Sequential.from_config(model.get_config())
+    n = min(len(X), batch_size + len(X) % batch_size)
+    m = min(len(val[0]), max(batch_size, 256))
+    copy.fit(X[:n], Y[:n], epochs=1, batch_size=batch_size, validation_data=(val[0][:m], val[1][:m]),
+             shuffle=False, clip_norm=1.0, verbose=0)
+    done = compiled_since(mark)
+    if done:
+        print(f"nlstm: compiled {len(done)} kernel{'s' * (len(done) != 1)} in "
+              f"{time.perf_counter() - start:.1f} s; later runs load them from the cache",
+              file=sys.stderr, flush=True)
+
+
 # ---- demo --------------------------------------------------------------------------------
 def _demo_model(cls, hidden: int, seed: int, dtype=np.float32):
     import nlstm
@@ -167,6 +264,9 @@ def cmd_demo(args) -> int:
     model_path = os.path.join(out_dir, "nlstm-demo.npz")
     png_path = os.path.join(out_dir, "nlstm-demo.png")
     n_val, n_test = max(200, args.train // 10), max(400, args.train // 5)
+    _check_memory(4.0 * 3 * (args.train + n_val + n_test) * args.T
+                  + 2 * _lstm_bytes(2, args.hidden, 1, 1, args.batch_size, args.T),
+                  f"the demo with --train {args.train}, --T {args.T} and --hidden {args.hidden}")
     t_start = time.perf_counter()
     X, Y = adding_problem(args.train, args.T, seed=args.seed)
     Xv, Yv = adding_problem(n_val, args.T, seed=args.seed + 1)
@@ -187,16 +287,30 @@ def cmd_demo(args) -> int:
         model = _demo_model(cls, args.hidden, args.seed)
         # The RNN's epochs are cheaper; a smaller budget keeps the whole demo near a minute.
         budget = args.time_limit if cls is nlstm.LSTM else max(1.0, args.time_limit * 0.375)
-        t0 = time.perf_counter()
+        why = []  # why stop() ended training, if it did
 
-        def stop(epoch, logs, t0=t0, budget=budget):
-            return logs["val_loss"] <= args.stop_at or time.perf_counter() - t0 > budget
+        def stop(epoch, logs, t0, budget=budget):
+            if logs["val_loss"] <= args.stop_at:
+                why.append(f"the validation MSE reached --stop-at {args.stop_at:g}")
+            elif time.perf_counter() - t0 > budget:
+                why.append(f"the time limit ({budget:g} s{'' if cls is nlstm.LSTM else ', 3/8 of --time-limit'})")
+            return bool(why)
 
         print(f"\n{model.layers[0]!r} + Linear({args.hidden}, 1): Adam lr {args.lr:g}, "
               f"batch {args.batch_size}, gradient norm clipped at 1", flush=True)
-        hist = model.fit(X, Y, epochs=epochs, batch_size=args.batch_size, validation_data=(Xv, Yv),
-                         seed=args.seed, lr=args.lr, clip_norm=1.0, verbose=_verbose(), callback=stop)
+        _compile_first(model, X, Y, args.batch_size, (Xv, Yv))
+        t0 = time.perf_counter()  # the budget is for training, not for compiling
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # a divergence is reported below
+                hist = model.fit(X, Y, epochs=epochs, batch_size=args.batch_size,
+                                 validation_data=(Xv, Yv), seed=args.seed, lr=args.lr, clip_norm=1.0,
+                                 verbose=_verbose(), callback=lambda epoch, logs: stop(epoch, logs, t0))
+        except FloatingPointError as e:
+            raise _diverged(e, args.lr) from None
         seconds = time.perf_counter() - t0
+        n = len(hist["epoch"])
+        print(f"{cls.__name__} stopped after {n} epoch{'s' * (n != 1)}: "
+              f"{why[0] if why else f'the epoch limit ({epochs})'}")
         test = model.evaluate(Xt, Yt)
         results.append((cls.__name__, model, hist, test, seconds))
         if cls is nlstm.LSTM:
@@ -219,14 +333,43 @@ def cmd_demo(args) -> int:
         print("the LSTM needs more training here: raise --epochs or --time-limit")
     model_path = lstm[1].save(model_path, metadata={"task": "adding", "T": args.T})
     print(f"saved the LSTM model to {_shown(model_path)}  (load it with nlstm.load)")
+    flows = _gradient_flow(results, Xt[:256])
     if not args.no_plot:
         saved = _plot_curves(png_path, results, mean_mse, args.T)
         if saved:
             print(f"saved the learning curves to {_shown(png_path)}")
+            flow_path = os.path.join(out_dir, "nlstm-demo-gradients.png")
+            _plot_gradient_flow(flow_path, flows, args.T)
+            print(f"saved the gradient reaching each input step to {_shown(flow_path)}")
         else:
             print("no learning-curve plot: matplotlib is not installed (pip install 'nlstm[plots]')")
     print(f"total {time.perf_counter() - t_start:.1f} s")
     return 0
+
+
+def _gradient_flow(results, X) -> list:
+    """[(name, (T,) norm of d prediction / d x_t averaged over X's rows)] for every trained
+    model, from nlstm.inspect; prints the ratio of step 1's to step T's."""
+    import nlstm
+
+    print(f"gradient of the prediction reaching the input steps ({len(X)} test sequences): "
+          f"|d pred / d x_t| at step 1 / at step {X.shape[1]}")
+    flows = []
+    for name, model, *_ in results:
+        norm = nlstm.inspect(model, X, dy=np.ones((len(X), 1), model.dtype)).traces[0].input_grad_norm
+        flows.append((name, norm))
+        print(f"  {name:>4}: {norm[0]:.3g} / {norm[-1]:.3g} = {norm[0] / norm[-1]:.3g}")
+    return flows
+
+
+def _plot_gradient_flow(path: str, flows, T: int) -> None:
+    def draw(ax, colors):
+        for name, norm in flows:
+            ax.plot(np.arange(1, T + 1), norm, color=colors.get(name),
+                    label=f"{name}: step 1 / step {T} = {norm[0] / norm[-1]:.2g}")
+
+    _demo_figure(path, draw, f"the gradient reaching each input step after training (T = {T})",
+                 "input step t", "|d prediction / d x_t|, mean over sequences")
 
 
 def _plot_curves(path: str, results, mean_mse: float, T: int) -> bool:
@@ -234,29 +377,40 @@ def _plot_curves(path: str, results, mean_mse: float, T: int) -> bool:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
         return False
+
+    def draw(ax, colors):
+        for name, _, hist, test, _ in results:
+            c = colors.get(name, None)
+            ax.plot(hist["epoch"], hist["loss"], "-", color=c, alpha=0.55, label=f"{name} training")
+            ax.plot(hist["epoch"], hist["val_loss"], "o-", color=c, ms=3,
+                    label=f"{name} validation (test {test:.4f})")
+        ax.axhline(mean_mse, color="gray", ls="--", lw=1, label=f"predict the mean ({mean_mse:.3f})")
+
+    _demo_figure(path, draw, f"nlstm demo: the adding problem, T = {T}", "epoch", "MSE")
+    return True
+
+
+def _demo_figure(path: str, draw, title: str, xlabel: str, ylabel: str) -> None:
+    """One log-scale plot, drawn by ``draw(ax, colors)``, written to path as PNG atomically."""
+    import matplotlib.pyplot as plt
+
+    from nlstm.inspect import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    colors = {"LSTM": "tab:blue", "RNN": "tab:red", "GRU": "tab:green"}
-    for name, _, hist, test, _ in results:
-        c = colors.get(name, None)
-        ax.plot(hist["epoch"], hist["loss"], "-", color=c, alpha=0.55, label=f"{name} training")
-        ax.plot(hist["epoch"], hist["val_loss"], "o-", color=c, ms=3,
-                label=f"{name} validation (test {test:.4f})")
-    ax.axhline(mean_mse, color="gray", ls="--", lw=1, label=f"predict the mean ({mean_mse:.3f})")
+    draw(ax, {"LSTM": "tab:blue", "RNN": "tab:red", "GRU": "tab:green"})
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE")
-    ax.set_title(f"nlstm demo: the adding problem, T = {T}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return True
+    try:
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 # ---- train / predict ---------------------------------------------------------------------
@@ -276,8 +430,8 @@ def cmd_train(args) -> int:
     from nlstm.data import read_csv, windows
 
     _threads(args)
-    out = args.out or os.path.splitext(os.path.basename(args.csv))[0] + ".nlstm.npz"
-    _out_path(out, "the model")  # fail before training, not after
+    out = args.out if args.out is not None else os.path.splitext(os.path.basename(args.csv))[0] + ".nlstm.npz"
+    _out_path(out, "the model", [("--csv", args.csv)])  # fail before training, not after
     features = _columns(args.features) or [args.target]
     names, data = read_csv(args.csv, list(dict.fromkeys(features + [args.target])))
     X_all = data[:, [names.index(c) for c in features]]
@@ -290,9 +444,20 @@ def cmd_train(args) -> int:
     if split - W - K + 1 < 1 or N - split < K:
         raise UsageError(f"{args.csv} has {N} rows: too few for --window {W}, --horizon {K} and "
                          f"--val {args.val:g} (training needs {W + K} rows, validation {K})")
+    n_windows = N - W + 1
+    _check_memory(8.0 * 1.5 * n_windows * W * len(features)
+                  + _lstm_bytes(len(features), args.hidden, args.layers, K, args.batch_size, W),
+                  f"training with --window {W}, --hidden {args.hidden} and --layers {args.layers} "
+                  f"on {N} rows")
     # Standardize with statistics of the training part only, so validation stays unseen.
-    x_mean, x_std = X_all[:split].mean(axis=0), X_all[:split].std(axis=0)
-    y_mean, y_std = float(y_all[:split].mean()), float(y_all[:split].std())
+    with np.errstate(over="ignore", invalid="ignore"):
+        x_mean, x_std = X_all[:split].mean(axis=0), X_all[:split].std(axis=0)
+        y_mean, y_std = float(y_all[:split].mean()), float(y_all[:split].std())
+    for name, m, sd in [*zip(features, x_mean, x_std), (args.target, y_mean, y_std)]:
+        if not (np.isfinite(m) and np.isfinite(sd)):
+            big = float(np.max(np.abs(data[:, names.index(name)])))
+            raise UsageError(f"column {name!r} of {args.csv} holds values too large to standardize "
+                             f"(up to {big:.3g}; the limit is about 1e150): rescale it")
     x_std[x_std == 0] = 1.0
     y_std = y_std or 1.0
     Xs, ys = (X_all - x_mean) / x_std, (y_all - y_mean) / y_std
@@ -306,17 +471,41 @@ def cmd_train(args) -> int:
                      seed=args.seed, dropout=args.dropout if args.layers > 1 else 0.0)
     model = nlstm.Sequential([rec, nlstm.Linear(args.hidden, K, seed=args.seed + 1)],
                              output="last", loss="mse")
-    with _Cluster(args) as client:
-        fit = model.fit
-        if client is not None:
-            import functools
+    _compile_first(model, X_tr, Y_tr, args.batch_size, (X_va, Y_va))
+    t0, timed_out = time.perf_counter(), []
 
-            import nlstm.dask
+    def out_of_time(epoch, logs):
+        if args.time_limit is not None and time.perf_counter() - t0 > args.time_limit:
+            timed_out.append(epoch)
+        return bool(timed_out)
 
-            fit = functools.partial(nlstm.dask.fit, client, model)
-        hist = fit(X_tr, Y_tr, epochs=args.epochs, batch_size=args.batch_size,
-                   validation_data=(X_va, Y_va), seed=args.seed, lr=args.lr, clip_norm=1.0,
-                   early_stopping=args.patience, verbose=_verbose())
+    try:
+        # a divergence is reported below, once
+        with _Cluster(args) as client, np.errstate(over="ignore", invalid="ignore"):
+            fit = model.fit
+            if client is not None:  # --scheduler / --workers: the same fit on a Dask cluster
+                import functools
+
+                import nlstm.dask
+
+                fit = functools.partial(nlstm.dask.fit, client, model)
+            hist = fit(X_tr, Y_tr, epochs=args.epochs, batch_size=args.batch_size,
+                       validation_data=(X_va, Y_va), seed=args.seed, lr=args.lr,
+                       clip_norm=1.0, early_stopping=args.patience, verbose=_verbose(),
+                       callback=out_of_time)
+    except FloatingPointError as e:
+        raise _diverged(e, args.lr) from None
+    n = len(hist["epoch"])
+    best = int(np.argmin(hist["val_loss"])) + 1
+    if timed_out:
+        why = f"the time limit (--time-limit {args.time_limit:g} s)"
+    elif n < args.epochs:  # fit stops early only for the time limit or for early stopping
+        why = (f"early stopping: no better validation loss in the last {args.patience} epochs "
+               f"(--patience {args.patience})")
+    else:
+        why = f"the epoch limit (--epochs {args.epochs})"
+    print(f"training stopped after {n} epoch{'s' * (n != 1)}: {why}; kept the weights of epoch "
+          f"{best}, the best validation loss")
     pred = model.predict(X_va) * y_std + y_mean
     truth = Y_va * y_std + y_mean
     # The naive forecast: the last observed target value, for every step ahead.
@@ -339,30 +528,32 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def _forecaster(model_path: str, csv_path: str):
+    """A model made by 'nlstm train' (its metadata checked) and the standardized windows of
+    csv_path: (model, features, target, W, K, y_mean, y_std, X (N, W, F))."""
     import nlstm
     from nlstm.data import read_csv, windows
 
-    _threads(args)
-    _out_path(args.out, "predictions")
-    model = nlstm.load(args.model)
-    meta = getattr(model, "metadata", None) or {}
-    if meta.get("task") != "forecast":
-        raise UsageError(f"{args.model} is not a forecaster made by 'nlstm train' "
-                         f"(no CSV feature metadata)")
-    try:
-        features, target = list(meta["features"]), str(meta["target"])
-        W, K = int(meta["window"]), int(meta["horizon"])
-        x_mean, x_std = np.asarray(meta["x_mean"], float), np.asarray(meta["x_std"], float)
-        y_mean, y_std = float(meta["y_mean"]), float(meta["y_std"])
-        if x_mean.shape != (len(features),) or x_std.shape != (len(features),):
-            raise ValueError("statistics do not match the features")
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{args.model}: bad forecaster metadata ({e})") from None
-    names, data = read_csv(args.csv, features)
+    model = nlstm.load(model_path)
+    features, target, W, K, x_mean, x_std, y_mean, y_std = _forecast_meta(model, model_path)
+    names, data = read_csv(csv_path, features)
     if len(data) < W:
-        raise UsageError(f"{args.csv} has {len(data)} rows; the model's window needs {W}")
+        raise UsageError(f"{csv_path} has {len(data)} rows; the model's window needs {W}")
+    _check_memory(8.0 * 1.5 * (len(data) - W + 1) * W * len(features),
+                  f"the windows of {W} rows of {csv_path}")
     X, _ = windows((data - x_mean) / x_std, W)
+    if not np.all(np.abs(X) < np.finfo(np.float32).max):
+        raise UsageError(f"{csv_path} holds values too far from the model's training data to "
+                         f"forecast (they overflow float32 once standardized)")
+    return model, features, target, W, K, y_mean, y_std, X
+
+
+def cmd_predict(args) -> int:
+    from nlstm.io import atomic_write
+
+    _threads(args)
+    _out_path(args.out, "predictions", [("--csv", args.csv), ("--model", args.model)])
+    model, features, target, W, K, y_mean, y_std, X = _forecaster(args.model, args.csv)
     with _Cluster(args) as client:
         if client is None:
             pred = model.predict(X)
@@ -372,21 +563,84 @@ def cmd_predict(args) -> int:
             pred = client.compute(nlstm.dask.predict(client, model, X)).result()
     pred = pred * y_std + y_mean
     header = ["row"] + [f"{target}+{k}" for k in range(1, K + 1)]
+
     # Each row of output: the index (0-based, data rows) of a window's last row, then the
     # forecasts of the next K values after it.
-    directory = os.path.dirname(os.path.abspath(args.out))
-    fd, tmp = tempfile.mkstemp(prefix=".nlstm-predict.", suffix=".csv", dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(",".join(header) + "\n")
-            for i, row in enumerate(pred):
-                f.write(",".join([str(i + W - 1)] + [repr(float(v)) for v in row]) + "\n")
-        os.replace(tmp, args.out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    def write(f):
+        f.write(",".join(header) + "\n")
+        for i, row in enumerate(pred):
+            f.write(",".join([str(i + W - 1)] + [repr(float(v)) for v in row]) + "\n")
+
+    atomic_write(args.out, write, mode="w")
     print(f"wrote {len(pred)} forecasts of the next {K} {target} value(s) to {args.out}")
+    return 0
+
+
+def _forecast_meta(model, path: str):
+    """The forecaster metadata of a model from 'nlstm train', checked against its layers:
+    (features, target, window, horizon, x_mean, x_std, y_mean, y_std)."""
+    import nlstm
+
+    meta = getattr(model, "metadata", None) or {}
+    if meta.get("task") != "forecast":
+        raise UsageError(f"{path} is not a forecaster made by 'nlstm train' "
+                         f"(no CSV feature metadata)")
+    try:
+        features, target = [str(f) for f in meta["features"]], str(meta["target"])
+        W, K = meta["window"], meta["horizon"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (W, K)):
+            raise ValueError(f"window and horizon must be positive integers, got {W!r} and {K!r}")
+        x_mean, x_std = np.asarray(meta["x_mean"], float), np.asarray(meta["x_std"], float)
+        y_mean, y_std = float(meta["y_mean"]), float(meta["y_std"])
+        if x_mean.shape != (len(features),) or x_std.shape != (len(features),):
+            raise ValueError("statistics do not match the features")
+        if not (np.all(np.isfinite(x_mean)) and np.all(np.isfinite(x_std)) and np.all(x_std > 0)
+                and np.isfinite(y_mean) and np.isfinite(y_std) and y_std > 0):
+            raise ValueError("statistics must be finite, with positive standard deviations")
+        if not features or len(set(features)) != len(features):
+            raise ValueError("features must name distinct columns")
+        layers = model.layers if isinstance(model, nlstm.Sequential) else []
+        if not layers or model.output != "last" or not isinstance(layers[-1], nlstm.Linear):
+            raise ValueError("the model is not an LSTM + Linear forecaster")
+        first = layers[0]
+        n_in = getattr(first, "input_size", getattr(first, "in_features", None))
+        if n_in != len(features):
+            raise ValueError(f"{len(features)} features, but the model takes {n_in} inputs")
+        if layers[-1].out_features != K:
+            raise ValueError(f"horizon {K}, but the model has {layers[-1].out_features} outputs")
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{path}: bad forecaster metadata ({e})") from None
+    return features, target, W, K, x_mean, x_std, y_mean, y_std
+
+
+def cmd_inspect(args) -> int:
+    import nlstm
+
+    _threads(args)
+    _out_path(args.out, "the figure", [("--csv", args.csv), ("--model", args.model)])
+    model, _, target, W, K, _, _, X = _forecaster(args.model, args.csv)
+    last = len(X) + W - 2  # rows are numbered as 'nlstm predict' numbers them: a window's last row
+    row = last if args.row is None else args.row
+    if not W - 1 <= row <= last:
+        raise UsageError(f"--row {row} is out of range: the windows of {args.csv} end at rows "
+                         f"{W - 1}..{last} (0-based data rows)")
+    x = X[row - W + 1: row - W + 2]
+    # The gradient of the forecast itself (its K values summed): which steps it depends on.
+    result = nlstm.inspect(model, x, dy=np.ones((1, K), model.dtype))
+    print(f"{args.model} on the window of rows {row - W + 1}-{row} of {args.csv}: gradients of "
+          f"the forecast of {target} (the next {K} value(s), summed)")
+    print(result.summary())
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        print("no figure: matplotlib is not installed (pip install 'nlstm[plots]')")
+        return 0
+    import matplotlib.pyplot as plt
+
+    plt.close(result.plot(args.out))
+    print(f"saved the figure to {_shown(args.out)}")
     return 0
 
 
@@ -486,7 +740,9 @@ def _own_bench(args) -> int:
 def selfcheck() -> int:
     """A forward and backward pass on random data, compared with a float64 run of the same layer."""
     import nlstm
+    from nlstm._warmup import compile_mark, compiled_since
 
+    t_start, mark = time.perf_counter(), compile_mark()
     T, B, I, H, L = 50, 8, 16, 32, 2
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
@@ -496,6 +752,8 @@ def selfcheck() -> int:
     m64 = nlstm.LSTM(I, H, num_layers=L, bidirectional=True, dtype=np.float64)
     m64.load_state_dict(m32.state_dict())
 
+    print(f"nlstm {nlstm.__version__}: {m32!r}, T={T} B={B}, {nlstm.get_num_threads()} threads",
+          flush=True)
     t0 = time.perf_counter()
     m32.forward(x, lengths=lengths)
     m32.backward(dy)
@@ -507,11 +765,17 @@ def selfcheck() -> int:
     warm = time.perf_counter() - t0
     y64, _ = m64.forward(x, lengths=lengths)
     dx64, _ = m64.backward(dy)
+    total, compiled = time.perf_counter() - t_start, compiled_since(mark)
 
-    print(f"nlstm {nlstm.__version__}: {m32!r}, T={T} B={B}, {nlstm.get_num_threads()} threads")
     print(f"  y {y.shape}  h_n {h.shape}  c_n {c.shape}  dx {dx.shape}  dh0 {dh0.shape}")
-    print(f"  forward+backward: first call {first * 1e3:.1f} ms (includes compile or cache load), "
-          f"then {warm * 1e3:.2f} ms")
+    print(f"  forward+backward: first call {first * 1e3:.1f} ms (includes compiling or loading its "
+          f"kernels), then {warm * 1e3:.2f} ms")
+    if compiled:
+        spent = sum(sec for _, _, sec in compiled)
+        print(f"  compiled {len(compiled)} kernels in {spent:.1f} s (float32 and the float64 "
+              f"reference; once per machine and nlstm version); the whole check took {total:.1f} s")
+    else:
+        print(f"  kernels loaded from the cache; the whole check took {total:.1f} s")
     worst = 0.0
     rows = [("y", y, y64), ("dx", dx, dx64)] + [(k, m32.grads[k], m64.grads[k]) for k in m32.grads]
     for name, a, b in rows:
@@ -532,14 +796,21 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=_positive_int, metavar="N",
                         help="threads for nlstm's kernels and BLAS (default: all cores)")
+    demo_common = argparse.ArgumentParser(add_help=False)
+    demo_common.add_argument("--threads", type=_positive_int, metavar="N",
+                             help="threads for nlstm's kernels and BLAS (default for the demo: 1, "
+                                  "the fastest at its size)")
     p = _Parser(prog="nlstm", description="Numba-accelerated LSTMs for CPUs.",
                 epilog="Run 'nlstm demo' to see an LSTM learn a long-range dependency.")
     p.add_argument("--version", action="version", version=f"nlstm {_version()}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error (accepted anywhere on the command line)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    d = sub.add_parser("demo", parents=[common], help="train an LSTM on the adding problem (no data needed)",
+    d = sub.add_parser("demo", parents=[demo_common], help="train an LSTM on the adding problem (no data needed)",
                        description="Train an LSTM (and a plain RNN beside it) on the adding problem "
-                                   "and report the test MSE. Needs no data and no flags. Runs on "
+                                   "and report the test MSE and the gradient reaching each input "
+                                   "step. Needs no data and no flags. Runs on "
                                    "one thread (fastest at this size) unless --threads is given.")
     d.add_argument("--quick", action="store_true",
                    help="a reduced budget for a fast check (T=20, 3000 sequences, at most 20 epochs)")
@@ -550,13 +821,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop the LSTM's training after this long (default 40; the RNN gets 3/8 of it)")
     d.add_argument("--stop-at", type=_positive_float, default=0.002, metavar="MSE",
                    help="stop when the validation MSE reaches this (default 0.002)")
-    d.add_argument("--hidden", type=_positive_int, help="hidden units (default 32)")
-    d.add_argument("--batch-size", type=_positive_int, default=32)
+    d.add_argument("--hidden", type=_positive_int, help="hidden units (default 32; 16 with --quick)")
+    d.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="sequences per batch")
     d.add_argument("--lr", type=_positive_float, default=0.01, help="Adam learning rate (default 0.01)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the batch order")
     d.add_argument("--out", default=".", metavar="DIR",
-                   help="directory for nlstm-demo.npz and nlstm-demo.png (default: current)")
-    d.add_argument("--no-plot", action="store_true", help="don't write the learning-curve PNG")
+                   help="directory for nlstm-demo.npz, nlstm-demo.png and nlstm-demo-gradients.png "
+                        "(default: current)")
+    d.add_argument("--no-plot", action="store_true", help="don't write the learning-curve and gradient PNGs")
     d.set_defaults(func=cmd_demo)
 
     cluster = _cluster_flags()
@@ -573,25 +845,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forecast the next K values (default 1)")
     t.add_argument("--val", type=_fraction, default=0.2, metavar="FRACTION",
                    help="the last FRACTION of rows is for validation (default 0.2)")
-    t.add_argument("--hidden", type=_positive_int, default=32)
-    t.add_argument("--layers", type=_positive_int, default=1)
+    t.add_argument("--hidden", type=_positive_int, default=32, metavar="H", help="hidden units of each LSTM layer")
+    t.add_argument("--layers", type=_positive_int, default=1, metavar="N", help="stacked LSTM layers")
     t.add_argument("--dropout", type=float, default=0.0, help="between stacked layers (default 0)")
-    t.add_argument("--epochs", type=_positive_int, default=50)
-    t.add_argument("--batch-size", type=_positive_int, default=32)
-    t.add_argument("--lr", type=_positive_float, default=3e-3)
-    t.add_argument("--patience", type=_positive_int, default=10,
+    t.add_argument("--epochs", type=_positive_int, default=50, metavar="N", help="at most this many epochs")
+    t.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="windows per batch")
+    t.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
+    t.add_argument("--patience", type=_positive_int, default=10, metavar="EPOCHS",
                    help="stop after this many epochs without a better validation loss")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--time-limit", type=_positive_float, metavar="SECONDS",
+                   help="stop after the epoch that passes this much training time (default: none)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch order")
     t.add_argument("--out", metavar="FILE", help="model file (default: <csv name>.nlstm.npz)")
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("predict", parents=[common, cluster], help="forecast with a model from 'nlstm train'",
                         description="Write a CSV with, for every window of the input CSV, the index "
                                     "of its last row (0-based, data rows) and the next K forecasts.")
-    pr.add_argument("--model", required=True, metavar="FILE")
-    pr.add_argument("--csv", required=True, metavar="FILE")
-    pr.add_argument("--out", required=True, metavar="FILE")
+    pr.add_argument("--model", required=True, metavar="FILE", help="a model file written by 'nlstm train'")
+    pr.add_argument("--csv", required=True, metavar="FILE",
+                    help="CSV with the model's feature columns and a header row, oldest row first")
+    pr.add_argument("--out", required=True, metavar="FILE",
+                    help="CSV to write the forecasts to (never one of the input files)")
     pr.set_defaults(func=cmd_predict)
+
+    ins = sub.add_parser("inspect", parents=[common], help="look inside a model from 'nlstm train'",
+                         description="Gates, cell state and the gradient of the forecast at every "
+                                     "step of one window: prints the summaries and draws them.")
+    ins.add_argument("--model", required=True, metavar="FILE", help="a model file written by 'nlstm train'")
+    ins.add_argument("--csv", required=True, metavar="FILE",
+                     help="CSV with the model's feature columns and a header row, oldest row first")
+    ins.add_argument("--row", type=int, metavar="N",
+                     help="the window that ends at data row N (0-based, as 'nlstm predict' "
+                          "numbers them; default: the last)")
+    ins.add_argument("--out", default="inspect.png", metavar="FILE",
+                     help="the figure, PNG (default: inspect.png)")
+    ins.set_defaults(func=cmd_inspect)
 
     i = sub.add_parser("info", help="versions, CPU features, threads, Numba cache")
     i.set_defaults(func=cmd_info)
@@ -601,7 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(torch, onnxruntime) is installed; otherwise time nlstm alone. "
                                    "Arguments after '--' go to bench.compare.")
     b.add_argument("--own", action="store_true", help="time nlstm alone")
-    b.add_argument("--repeat", type=_positive_int, default=20)
+    b.add_argument("--repeat", type=_positive_int, default=20, metavar="N",
+                   help="timed runs per case for --own (the median is shown)")
     b.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     b.set_defaults(func=cmd_bench)
 
@@ -618,26 +908,46 @@ def _version() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 check failed, 2 bad input)."""
-    parser = build_parser()
+    """Run the command line; returns the exit code (0 ok, 1 check failed, 2 any error,
+    130 interrupted). Every exception becomes one line on stderr (with ``--debug``, after
+    its traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]  # anywhere before "--", for every subcommand
+    argv = [a for i, a in enumerate(argv) if not (i < end and a == "--debug")]
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
         if getattr(args, "rest", None) and args.rest[0] == "--":
             args.rest = args.rest[1:]
         if args.command is None:
             return selfcheck()
         return args.func(args)
-    except UsageError as e:
-        print(f"nlstm: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ValueError, OSError) as e:
-        # Bad files and values surface here as ValueError (incl. nlstm.data.DataError and
-        # invalid model files) or OSError (missing, unreadable, unwritable files).
-        print(f"nlstm: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("nlstm: interrupted", file=sys.stderr)
         return 130
+    except SystemExit:
+        raise  # --help and --version
+    except BaseException as e:
+        if debug:
+            traceback.print_exc()
+        print(f"nlstm: error: {_message(e)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _message(e: BaseException) -> str:
+    """The one line main() prints for an exception."""
+    if isinstance(e, (UsageError, ValueError, OSError)):
+        # Bad arguments, files and values: UsageError, ValueError (incl. nlstm.data.DataError
+        # and invalid model files) or OSError (missing, unreadable, unwritable files).
+        return _one_line(e)
+    if isinstance(e, MemoryError):
+        return (f"out of memory ({_one_line(e)}); try a smaller --window, --hidden, --layers or "
+                f"--batch-size")
+    if isinstance(e, FloatingPointError):
+        return f"the computation overflowed: {_one_line(e)}"
+    return (f"unexpected {type(e).__name__}: {_one_line(e)}. This is a bug in nlstm: please report "
+            f"it with the command line and the output of 'nlstm info' (run again with --debug for "
+            f"the traceback)")
 
 
 def _one_line(e: BaseException) -> str:

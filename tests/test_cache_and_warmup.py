@@ -1,5 +1,6 @@
 """The kernel cache location, and warmup()."""
 import os
+import re
 import subprocess
 import sys
 
@@ -20,12 +21,49 @@ def test_cache_dir_is_user_level_and_versioned(monkeypatch, tmp_path):
 
 
 def test_kernels_cache_to_the_given_directory_in_a_fresh_process(tmp_path):
-    code = "import numpy as np, nlstm; nlstm.LSTM(2, 3)(np.zeros((2, 1, 2)))"
+    """...and a first run says on stderr, once, that it compiles and what; warmup() reports
+    what it compiled and how long it took; a later run loads from the cache and says nothing."""
+    code = ("import numpy as np, nlstm; from nlstm.kernels import blocks\n"
+            "r = nlstm.warmup(streaming=False)\n"
+            "print(repr(r)); print(r)\n"
+            "nlstm.LSTM(2, 3, dtype=np.float64)(np.zeros((2, 1, 2)))  # compiles again: no second notice\n")
     env = dict(os.environ, NLSTM_CACHE_DIR=str(tmp_path))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+    env.pop("NLSTM_COMPILE_NOTICE", None)
+    first = subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600,
+                           capture_output=True, text=True)
     cached = [f for _, _, files in os.walk(tmp_path) for f in files]
     assert any(f.startswith("lstm.lstm_forward") and f.endswith(".nbi") for f in cached), cached
     assert any(f.endswith(".nbc") for f in cached)
+    notices = [l for l in first.stderr.splitlines() if "compiling" in l]
+    assert len(notices) == 1, first.stderr
+    assert notices[0].startswith("nlstm: compiling kernels for this machine (starting with lstm.lstm_forward "
+                                 "for float32)") and "once per machine and nlstm version" in notices[0], notices
+    assert "compiled=[('lstm.lstm_forward', 'float32', " in first.stdout, first.stdout
+    assert re.search(r"warmup took [0-9.]+ s, [0-9.]+ s of it compiling \d+ kernels? .*lstm.lstm_forward "
+                     r"\(float32\)", first.stdout), first.stdout
+
+    again = subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600,
+                           capture_output=True, text=True)
+    assert "compiling" not in again.stderr, again.stderr
+    assert "compiled=[])" in again.stdout and "every kernel came from the cache" in again.stdout, again.stdout
+
+
+def test_the_compile_listener_is_off_the_hot_path(monkeypatch):
+    """Once a kernel is compiled (or loaded), calling it never reaches the listener."""
+    import numpy as np
+    from numba.core import event
+
+    layer = nlstm.LSTM(2, 3, seed=0)
+    x = np.zeros((4, 1, 2), np.float32)
+    layer(x)
+    listener = next(l for l in event._registered["numba:compile"] if type(l).__name__ == "_CompileListener")
+    calls = []
+    monkeypatch.setattr(listener, "on_start", lambda ev: calls.append(ev))
+    for _ in range(3):
+        layer(x)
+    assert calls == []
+    report = nlstm.warmup()
+    assert report.compiled == () and report.compile_seconds == 0 and "from the cache" in str(report)
 
 
 def test_warmup_runs_and_rejects_unknown_cells():

@@ -1,6 +1,7 @@
 """Saving and loading: exact round trips, atomic writes, and clear errors for bad files."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -180,3 +181,175 @@ def test_pickled_objects_are_never_loaded(tmp_path):
     with pytest.raises(ValueError, match="Python objects"):
         nlstm.load(path)
     assert not UNPICKLED
+
+
+# ---- sizes declared in a file are checked before they cost anything ----------------------
+def craft(path, header, shapes, dtype="<f4"):
+    """A small .npz whose members declare ``shapes`` (and whose zip declares the matching
+    uncompressed sizes) but hold only 8 bytes of data each: a file that lies about its size."""
+    import io
+    import struct
+    import zipfile
+
+    buf, sizes = io.BytesIO(), {}
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        b = io.BytesIO()
+        np.save(b, np.frombuffer(json.dumps(header).encode(), np.uint8))
+        zf.writestr(nlstm.io.CONFIG_KEY + ".npy", b.getvalue())
+        for name, shape in shapes.items():
+            b = io.BytesIO()
+            np.lib.format.write_array_header_1_0(b, {"descr": dtype, "fortran_order": False,
+                                                     "shape": tuple(shape)})
+            sizes[name + ".npy"] = b.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize
+            b.write(b"\0" * 8)
+            zf.writestr(name + ".npy", b.getvalue())
+    data = bytearray(buf.getvalue())
+    # (signature, offset of the uncompressed size, of the name length, of the name)
+    for sig, at_size, at_len, at_name in ((b"PK\x03\x04", 22, 26, 30), (b"PK\x01\x02", 24, 28, 46)):
+        i = data.find(sig)
+        while i >= 0:
+            n = struct.unpack_from("<H", data, i + at_len)[0]
+            name = data[i + at_name:i + at_name + n].decode()
+            if name in sizes:
+                struct.pack_into("<I", data, i + at_size, sizes[name])
+            i = data.find(sig, i + 4)
+    path.write_bytes(bytes(data))
+
+
+def _lstm_header(I, H):
+    config = nlstm.LSTM(1, 1).get_config()
+    config.update(input_size=I, hidden_size=H)
+    return {"format": "nlstm", "format_version": 1, "class": "LSTM", "config": config, "metadata": {}}
+
+
+def load_measured(path):
+    """(nlstm.load(path) or the ValueError it raised, the peak of memory allocated meanwhile,
+    numpy arrays included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        try:
+            got = nlstm.load(path)
+        except ValueError as e:
+            got = e
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return got, peak
+
+
+def _refused_cheaply(path, match, limit=5 << 20):
+    got, peak = load_measured(path)
+    assert isinstance(got, ValueError), got
+    assert re.search(match, str(got)), str(got)
+    assert peak < limit, f"load used {peak} bytes"
+
+
+def test_a_crafted_file_costs_no_more_memory_than_its_size(tmp_path):
+    """1.6 KB declaring LSTM(6000, 6000) weights drove load to 2.8 GB before it errored."""
+    H, path = 6000, tmp_path / "crafted.npz"
+    craft(path, _lstm_header(H, H), {"weight_ih_l0": (4 * H, H), "weight_hh_l0": (4 * H, H),
+                                     "bias_ih_l0": (4 * H,), "bias_hh_l0": (4 * H,)})
+    assert path.stat().st_size < 2000
+    _refused_cheaply(path, "not a valid nlstm model file: entry 'weight_ih_l0.npy' is stored but declares")
+
+
+def test_a_config_larger_than_its_weights_is_refused_before_a_layer_is_built(tmp_path):
+    """Honest arrays, a config asking for far more: every single size passes the old checks
+    (2000 <= the 2500 weights stored, 1 x 2000 too), but LSTM(1, 2000) needs 16 million."""
+    path = tmp_path / "m.npz"
+    arrays = {nlstm.io.CONFIG_KEY: np.frombuffer(json.dumps(_lstm_header(1, 2000)).encode(), np.uint8),
+              "weight_ih_l0": np.zeros((50, 50), np.float32)}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    _refused_cheaply(path, "config asks for at least 4002000 weights and the file stores 2500")
+
+
+def test_an_encrypted_zip_is_a_value_error(tmp_path):
+    path = tmp_path / "m.npz"
+    nlstm.save(nlstm.LSTM(2, 3, seed=0), path)
+    data = bytearray(path.read_bytes())
+    for sig, at_flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        i = data.find(sig)
+        while i >= 0:
+            data[i + at_flags] |= 1  # "encrypted"
+            i = data.find(sig, i + 4)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is encrypted"):
+        nlstm.load(path)
+
+
+# ---- save: what it refuses, where its temporary file lives, what it leaves -----------------
+def test_save_refuses_non_finite_weights_and_writes_nothing(tmp_path):
+    model = make_model()
+    model.params["0.weight_hh_l1"][0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"cannot save to .*m.npz: weight '0.weight_hh_l1' contains NaN or Inf"):
+        model.save(tmp_path / "m.npz")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_to_an_empty_path_writes_nothing_anywhere(tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(ValueError, match="path to write is empty"):
+        nlstm.save(nlstm.LSTM(2, 3), "")
+    assert os.listdir(tmp_path) == ["here"] and os.listdir(tmp_path / "here") == []
+
+
+def test_save_errors_name_the_users_path(tmp_path):
+    target = tmp_path / "no such dir" / "m.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        nlstm.save(nlstm.LSTM(2, 3), target)
+    assert info.value.filename == str(target) and ".tmp" not in str(info.value)
+    with pytest.raises(IsADirectoryError) as info:
+        nlstm.save(nlstm.LSTM(2, 3), tmp_path)
+    assert info.value.filename == str(tmp_path)
+
+
+@pytest.mark.parametrize("when", ["write", "fsync", "rename"])
+def test_an_interrupt_anywhere_in_save_leaves_no_temporary_file(tmp_path, monkeypatch, when):
+    path = tmp_path / "m.npz"
+    nlstm.save(nlstm.LSTM(2, 3, seed=0), path)
+    before = path.read_bytes()
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    target = {"write": (nlstm.io.np, "savez"), "fsync": (nlstm.io.os, "fsync"),
+              "rename": (nlstm.io.os, "replace")}[when]
+    monkeypatch.setattr(*target, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        nlstm.save(nlstm.LSTM(2, 3, seed=1), path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["m.npz"] and path.read_bytes() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="O_TMPFILE is Linux-only")
+def test_a_save_in_progress_has_no_name_a_kill_could_leave(tmp_path, monkeypatch):
+    """A process killed mid-write cannot clean up: on Linux the data goes to an anonymous
+    file that is only named once it is complete."""
+    seen = []
+    real = np.savez
+
+    def watching(f, **arrays):
+        real(f, **arrays)
+        seen.append(sorted(os.listdir(tmp_path)))
+
+    monkeypatch.setattr(nlstm.io.np, "savez", watching)
+    nlstm.save(nlstm.LSTM(2, 3), tmp_path / "m.npz")
+    assert seen == [[]], seen
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_new_files_follow_the_umask_and_replaced_ones_keep_their_mode(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        nlstm.save(nlstm.LSTM(2, 3), tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(tmp_path / "m.npz", 0o604)
+    nlstm.save(nlstm.LSTM(2, 3), tmp_path / "m.npz")
+    assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o604

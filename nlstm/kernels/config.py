@@ -9,11 +9,15 @@ The on-disk cache of these kernels lives in a user cache directory (``cache_dir(
 folder per nlstm, Numba and Python version, so a read-only install still caches and an
 upgrade never loads stale code. Each entry is keyed to a hash of every source file of this
 folder (Numba's own key, the function's file alone, misses edits to the helpers it inlines).
+
+When a kernel really compiles (not when it loads from that cache), nlstm says so once per
+process on stderr (``NLSTM_COMPILE_NOTICE=0`` silences it) and records it in ``compiled``.
 """
 import os
 import sys
 
 import numba
+import numba.core.event
 
 from .._version import __version__
 
@@ -92,3 +96,69 @@ def kernel(fn):
     """``numba.njit`` with nlstm's policy: cached, nogil, fastmath without nnan/ninf."""
     return numba.njit(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy",
                       boundscheck=False)(fn)
+
+
+# ---- telling the user when kernels compile ---------------------------------------------------
+# A first run compiles for 20-50 s; silence then looks like a hang. Numba broadcasts a
+# "numba:compile" event only when it really compiles (a cache load does not), and only on
+# that slow path: once a kernel is compiled or loaded, calls never reach this code.
+compiled: list = []  # (kernel, argument dtypes, seconds) compiled in this process, in order
+_notice_shown = False
+
+
+def _ours(dispatcher) -> bool:
+    return getattr(getattr(dispatcher, "py_func", None), "__module__", "").startswith(__package__ + ".")
+
+
+def _describe(dispatcher, args) -> tuple:
+    """("lstm.lstm_forward", "float32") for a kernel and its argument types."""
+    fn = dispatcher.py_func
+    name = f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
+    dtypes = sorted({str(a.dtype) for a in args if hasattr(a, "dtype") and hasattr(a, "ndim")
+                     and str(a.dtype).startswith("float")})
+    return name, "/".join(dtypes)
+
+
+def notices_enabled() -> bool:
+    """False when ``NLSTM_COMPILE_NOTICE=0`` asks for silence."""
+    return os.environ.get("NLSTM_COMPILE_NOTICE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class _CompileListener(numba.core.event.Listener):
+    """Records each nlstm kernel Numba compiles (the outermost one: the helpers a kernel
+    inlines compile inside it) and says so on stderr the first time in a process."""
+
+    def __init__(self):
+        self._open: list = []  # (dispatcher, start) of nlstm kernels being compiled, outermost first
+
+    def on_start(self, event):
+        global _notice_shown
+        d = event.data["dispatcher"]
+        if not _ours(d):
+            return
+        import time
+        self._open.append((d, time.perf_counter()))
+        if len(self._open) > 1 or _notice_shown or not notices_enabled():
+            return
+        _notice_shown = True
+        name, dtypes = _describe(d, event.data["args"])
+        if type(getattr(d, "_cache", None)).__name__ == "NullCache":
+            later = (f"the kernel cache {cache_dir()} is not writable, so every run compiles "
+                     f"(set NLSTM_CACHE_DIR to a writable directory)")
+        else:
+            later = "later runs load them from the cache"
+        print(f"nlstm: compiling kernels for this machine (starting with {name}"
+              f"{' for ' + dtypes if dtypes else ''}); this happens once per machine and nlstm "
+              f"version and can take a minute; {later}", file=sys.stderr, flush=True)
+
+    def on_end(self, event):
+        d = event.data["dispatcher"]
+        if not _ours(d) or not self._open or self._open[-1][0] is not d:
+            return
+        import time
+        _, start = self._open.pop()
+        if not self._open:  # (Numba 0.68's Event.is_failed reads inverted: not used)
+            compiled.append((*_describe(d, event.data["args"]), time.perf_counter() - start))
+
+
+numba.core.event.register("numba:compile", _CompileListener())
