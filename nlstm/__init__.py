@@ -2,6 +2,7 @@
 from ._threads import get_num_threads, set_num_threads
 from .gru import GRU
 from .lstm import LSTM
+from .lnlstm import LayerNormLSTM
 from .recurrent import RecurrentLayer
 from .rnn import RNN
 from .stream import Stream
@@ -18,7 +19,7 @@ from .inspect import inspect
 from ._version import __version__
 from ._warmup import warmup
 
-__all__ = ["LSTM", "GRU", "RNN", "RecurrentLayer", "Stream", "set_num_threads", "get_num_threads",
+__all__ = ["LSTM", "LayerNormLSTM", "GRU", "RNN", "RecurrentLayer", "Stream", "set_num_threads", "get_num_threads",
            "warmup", "__version__"]
 __all__ += ["Linear", "Dropout", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
             "AdamW", "StepLR", "CosineLR", "clip_grad_norm", "save", "load"]

@@ -96,13 +96,25 @@ def restore_blas() -> None:
     _set_blas_threads(_num_threads)
 
 
+# set_num_threads accepts up to this many threads per available CPU: a few more threads
+# than CPUs can be measured (and Numba's own default may exceed a container's CPU quota),
+# but every thread costs a worker and a scratch set in every workspace, and 10**6 of
+# them took 15 s and 2.1 GB on the next tiny forward.
+MAX_THREADS_PER_CPU = 4
+
+
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for nlstm's kernels and for NumPy's BLAS."""
+    """Use ``n`` threads for nlstm's kernels and for NumPy's BLAS: an int from 1 to
+    ``MAX_THREADS_PER_CPU`` (4) times the CPUs this process may run on."""
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    _num_threads = n
-    _set_blas_threads(n)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"n must be an int, got {type(n).__name__} {n!r}")
+    limit = MAX_THREADS_PER_CPU * cpus_available()
+    if not 1 <= n <= limit:
+        raise ValueError(f"n must be an int from 1 to {limit} ({MAX_THREADS_PER_CPU} per CPU "
+                         f"available to this process), got {n}")
+    _num_threads = int(n)
+    _set_blas_threads(_num_threads)
 
 
 def get_num_threads() -> int:
@@ -143,15 +155,19 @@ class _Worker:
 
 
 _workers: list = []
-_together_lock = threading.Lock()  # see run_together
+# One parallel call at a time uses the workers, from its first part queued to its last part
+# done. Calls from several Python threads then take turns instead of mixing their parts in
+# the workers' queues (a unit-split call's parts wait for each other at spin barriers, so
+# none may queue behind another call's) or growing the pool twice.
+_pool_lock = threading.Lock()
 
 
 def _forget_workers() -> None:
     """A forked child has none of the parent's threads: start fresh workers when needed
     (and a fresh lock, which a parent's thread may have held at the fork)."""
-    global _together_lock
+    global _pool_lock
     _workers.clear()
-    _together_lock = threading.Lock()
+    _pool_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -196,9 +212,10 @@ def run_rows(B: int, work: float, call: Callable[[int, int, int], None],
         if before[-1] > 0:  # each cut where the cost before it is nearest i/n of the total
             bounds[1:n] = [int(np.abs(before - before[-1] * i / n).argmin()) for i in range(1, n)]
     done = queue.SimpleQueue()
-    for i, worker in enumerate(_get_workers(n)):
-        worker.tasks.put((call, (bounds[i], bounds[i + 1], i), done))
-    _collect(done, n)
+    with _pool_lock:
+        for i, worker in enumerate(_get_workers(n)):
+            worker.tasks.put((call, (bounds[i], bounds[i + 1], i), done))
+        _collect(done, n)
 
 
 def cpus_available() -> int:
@@ -242,11 +259,7 @@ def run_together(n: int, call: Callable[[int], None]) -> None:
 
     _set_blas_threads(1)
     done = queue.SimpleQueue()
-    workers = _get_workers(n)
-    # Two calls from two Python threads (each with its own layer) must not interleave their
-    # parts in the workers' queues: worker 0 could then run A's part before B's while
-    # worker 1 runs B's before A's, and both wait at barriers for parts queued behind them.
-    with _together_lock:
-        for i, worker in enumerate(workers):
+    with _pool_lock:  # see _pool_lock
+        for i, worker in enumerate(_get_workers(n)):
             worker.tasks.put((call, (i,), done))
-    _collect(done, n)
+        _collect(done, n)

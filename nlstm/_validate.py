@@ -27,17 +27,48 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def real_array(name: str, value, check_finite: bool) -> np.ndarray:
-    """``value`` as an ndarray of a real numeric dtype (not yet converted)."""
+_SKIP_HINT = "pass check_finite=False to the layer to skip this check"
+_PARAM_HINT = "parameters must be finite"
+
+
+def real_array(name: str, value, check_finite: bool, dtype=None,
+               hint: str = _SKIP_HINT) -> np.ndarray:
+    """``value`` as an ndarray of a real numeric dtype (not yet converted).
+
+    With ``check_finite``, a ValueError if it holds NaN or Inf, or, given the ``dtype`` it
+    will be converted to, values finite as given but outside that dtype's range (float64
+    1e39 becomes Inf in float32): the same error, saying which.
+    """
     try:
         a = np.asarray(value)
     except Exception as e:  # ragged lists and the like
         raise TypeError(f"{name} must be array-like of real numbers: {e}") from e
     if a.dtype.kind not in "iuf":
         raise TypeError(f"{name} must have a real numeric dtype, got {a.dtype}")
-    if check_finite and a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise ValueError(f"{name} contains NaN or Inf (pass check_finite=False to the layer to skip this check)")
+    if check_finite and a.dtype.kind == "f":
+        check_in_range(name, a, dtype, hint)
     return a
+
+
+def check_in_range(name: str, a: np.ndarray, dtype=None, hint: str = _SKIP_HINT) -> None:
+    """A ValueError if the float array ``a`` holds NaN or Inf, or values that ``dtype``
+    (narrower than a's) cannot hold. One ``isfinite`` pass when nothing narrows; when
+    something does, a min and a max (NaN propagates through both), and ``isfinite`` only
+    to word the error."""
+    dt = a.dtype if dtype is None else np.dtype(dtype)
+    if dt.itemsize >= a.dtype.itemsize or a.size == 0:
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or Inf ({hint})")
+        return
+    top = np.finfo(dt).max
+    lo, hi = a.min(), a.max()
+    if lo >= -top and hi <= top:
+        return
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or Inf ({hint})")
+    worst = hi if hi > top else lo
+    raise ValueError(f"{name} has values outside {dt.name}'s range (±{float(top):.4g}), e.g. "
+                     f"{float(worst):.4g}: they would be Inf in {dt.name} ({hint})")
 
 
 def expect_shape(name: str, a: np.ndarray, shape: tuple) -> None:
@@ -61,10 +92,10 @@ def lengths_array(lengths, B: int, T: int) -> np.ndarray:
     return np.array(a, dtype=np.int64)
 
 
-def checked_state_dict(state_dict, shapes: Mapping) -> dict:
+def checked_state_dict(state_dict, shapes: Mapping, dtype=None) -> dict:
     """The arrays of ``state_dict`` for exactly the keys and shapes in ``shapes``, each
-    checked (real, finite, right shape), so that a load can copy them without failing
-    half-way. Raises TypeError/ValueError naming the keys."""
+    checked (real, finite in ``dtype``, the parameters' dtype, right shape), so that a load
+    can copy them without failing half-way. Raises TypeError/ValueError naming the keys."""
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
     missing = sorted(set(shapes) - set(state_dict))
@@ -73,7 +104,7 @@ def checked_state_dict(state_dict, shapes: Mapping) -> dict:
         raise ValueError(f"state_dict keys do not match: missing {missing}, unexpected {unexpected}")
     checked = {}
     for name, shape in shapes.items():
-        a = real_array(f"state_dict[{name!r}]", state_dict[name], check_finite=True)
+        a = real_array(f"state_dict[{name!r}]", state_dict[name], True, dtype, _PARAM_HINT)
         expect_shape(f"state_dict[{name!r}]", a, shape)
         checked[name] = a
     return checked

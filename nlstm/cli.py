@@ -80,6 +80,20 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return v
+
+
+# ``nlstm train --cell``: the recurrent layer class of each choice
+_CELLS = {"lstm": "LSTM", "layernorm-lstm": "LayerNormLSTM", "gru": "GRU"}
+
+
 def _threads(args) -> None:
     import nlstm
 
@@ -467,8 +481,9 @@ def cmd_train(args) -> int:
     print(f"{args.csv}: {N} rows; features {', '.join(features)}; target {args.target}")
     print(f"  windows of {W} steps -> next {K} value(s); {len(X_tr)} training windows "
           f"(rows 0-{split - 1}), {len(X_va)} validation windows (targets in rows {split}-{N - 1})")
-    rec = nlstm.LSTM(len(features), args.hidden, num_layers=args.layers, batch_first=True,
-                     seed=args.seed, dropout=args.dropout if args.layers > 1 else 0.0)
+    rec = getattr(nlstm, _CELLS[args.cell])(
+        len(features), args.hidden, num_layers=args.layers, batch_first=True, seed=args.seed,
+        dropout=args.dropout if args.layers > 1 else 0.0, zoneout=args.zoneout)
     model = nlstm.Sequential([rec, nlstm.Linear(args.hidden, K, seed=args.seed + 1)],
                              output="last", loss="mse")
     _compile_first(model, X_tr, Y_tr, args.batch_size, (X_va, Y_va))
@@ -848,6 +863,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=_positive_int, default=32, metavar="H", help="hidden units of each LSTM layer")
     t.add_argument("--layers", type=_positive_int, default=1, metavar="N", help="stacked LSTM layers")
     t.add_argument("--dropout", type=float, default=0.0, help="between stacked layers (default 0)")
+    t.add_argument("--cell", choices=list(_CELLS), default="lstm",
+                   help="the recurrent layer: nlstm.LSTM, LayerNormLSTM or GRU (default lstm)")
+    t.add_argument("--zoneout", type=_probability, default=0.0, metavar="P",
+                   help="zoneout probability of the recurrent layers (default 0)")
     t.add_argument("--epochs", type=_positive_int, default=50, metavar="N", help="at most this many epochs")
     t.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="windows per batch")
     t.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")

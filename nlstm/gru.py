@@ -21,6 +21,10 @@ class GRU(RecurrentLayer):
 
     ``linear_before_reset=False`` gives ONNX's default formula instead,
     n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn). The state is h, (L·D, B, H) or (L·D, H).
+
+    ``zoneout=p`` (Krueger et al., 2017): in training forwards each unit of h keeps its
+    previous value with probability p (masks from the layer's seeded stream, as dropout's),
+    h' ← m⊙h + (1 − m)⊙h'; inference uses the expectation (m = p).
     """
 
     _G = 3
@@ -30,17 +34,18 @@ class GRU(RecurrentLayer):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
                  seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0,
-                 linear_before_reset: bool = True):
+                 linear_before_reset: bool = True, zoneout: float = 0.0):
         self.linear_before_reset = bool(linear_before_reset)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          dtype, seed, check_finite, dropout)
+        self._set_zoneout(zoneout)
         self._init_params()
 
     def _config_extra(self) -> dict:
-        return dict(linear_before_reset=self.linear_before_reset)
+        return dict(linear_before_reset=self.linear_before_reset, zoneout=self.zoneout)
 
     def _config_defaults(self) -> dict:
-        return dict(linear_before_reset=True)
+        return dict(linear_before_reset=True, zoneout=0.0)
 
     def backward(self, dy, dh_n=None):
         """``dx, dh0 = gru.backward(dy, dh_n)``; see ``RecurrentLayer._backward``."""
@@ -48,7 +53,7 @@ class GRU(RecurrentLayer):
 
     def _extra_buffers(self, T, B, e) -> dict:
         H = self.hidden_size
-        return dict(aux=e(T, B, H), dgates_hh=e(T, B, 3 * H))
+        return dict(aux=e(T, B, H), dgates_hh=e(T, B, 3 * H), **self._zoneout_buffers(T, B, e))
 
     def _work_size(self) -> int:
         return 7 * self.hidden_size
@@ -58,7 +63,7 @@ class GRU(RecurrentLayer):
         return (np.empty(B, np.int64), np.empty(B, np.int64), e(B, H), e(B, H), e(B, H), e(B, 3 * H))
 
     def _split_units(self) -> bool:
-        return self.linear_before_reset  # see nlstm.kernels.gru_units
+        return self.linear_before_reset and not self.zoneout  # see nlstm.kernels.gru_units
 
     def _folded_bias(self, k, d) -> np.ndarray:
         """b_ih plus the hidden biases that can move into the input projection."""
@@ -80,7 +85,7 @@ class GRU(RecurrentLayer):
             args = (self._barrier_flags(parts), *args, *self._unit_scratch(parts, H, 3 * (j1 - j0)))
             _threads.run_together(parts, lambda part: KU.gru_forward_units(part, parts, *args))
             return
-        args = (*args, self.linear_before_reset)
+        args = (*args, self.linear_before_reset, ws.extra[k][d]["zoneout"][0])
         self._rows(ws, lambda b0, b1, t: K.gru_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
@@ -96,7 +101,7 @@ class GRU(RecurrentLayer):
             _threads.run_together(parts, lambda part: KU.gru_backward_units(part, parts, *args))
         else:
             w = self._carry_weights(ws, k, d) if self.linear_before_reset else self._no_carry
-            args = (*args, w, *tail, self.linear_before_reset)
+            args = (*args, w, *tail, self.linear_before_reset, ex["zoneout"][0])
             self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, *ws.scratch[t]))
         self._input_grads(ws, k, d, inp, gates, dx)
         hprev = self._hprev(h, d)
@@ -111,4 +116,5 @@ class GRU(RecurrentLayer):
 
     def _make_step_args(self, k: int) -> tuple:
         return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
-                self._p("bias_hh", k, 0), self.linear_before_reset, self._step_work)
+                self._p("bias_hh", k, 0), self.linear_before_reset,
+                self.dtype.type(self.zoneout), self._step_work)

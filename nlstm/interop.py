@@ -176,6 +176,9 @@ def to_torch(layer: Any) -> Any:
 
     if isinstance(layer, RecurrentLayer):
         name = layer._name
+        if name not in _RECURRENT or layer.zoneout:
+            what = f"{name}(zoneout=...)" if name in _RECURRENT else name
+            raise ValueError(f"{what} has no PyTorch equivalent")
         if name == "LSTM":
             bad = [n for n, on in (("peephole", layer.peephole), ("clip", layer.clip is not None),
                                    ("input_forget", layer.input_forget)) if on]

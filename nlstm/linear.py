@@ -41,7 +41,7 @@ class Linear:
 
     # ---- forward / backward ---------------------------------------------------------------
     def _check(self, name: str, a, features: int) -> np.ndarray:
-        a = real_array(name, a, self.check_finite)
+        a = real_array(name, a, self.check_finite, self.dtype)
         if a.ndim < 1:
             raise ValueError(f"{name} must have at least 1 dimension (..., {features}), got a scalar")
         if a.shape[-1] != features:
@@ -97,7 +97,7 @@ class Linear:
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Load ``weight`` (and ``bias``); checks every key and shape before changing anything."""
-        new = checked_state_dict(state_dict, self._shapes())
+        new = checked_state_dict(state_dict, self._shapes(), self.dtype)
         for name, a in new.items():
             np.copyto(self.params[name], a, casting="unsafe")
 

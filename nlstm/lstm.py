@@ -38,17 +38,23 @@ class LSTM(RecurrentLayer):
       are kept but unused).
     - ``forget_bias=v``: adds v to the forget gate's ``bias_ih`` at init (Keras's
       ``unit_forget_bias`` is v = 1 with zero biases).
+
+    ``zoneout=p`` (Krueger et al., 2017; not with the variants above): in training forwards
+    each unit of h and of c keeps its previous value with probability p (masks from the
+    layer's seeded stream, as dropout's), h = m_h⊙h_prev + (1 − m_h)⊙o⊙tanh(c̃), c = m_c⊙c_prev
+    + (1 − m_c)⊙c̃ with c̃ = f⊙c_prev + i⊙g; inference uses the expectation (m = p).
     """
 
     _G = 4
     _state_labels = ("h0", "c0")
     _name = "LSTM"
+    _layer_norm = False  # LayerNormLSTM's cell (see nlstm.lnlstm)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
                  seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0,
                  proj_size: int = 0, peephole: bool = False, clip: Optional[float] = None,
-                 input_forget: bool = False, forget_bias: float = 0.0):
+                 input_forget: bool = False, forget_bias: float = 0.0, zoneout: float = 0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          dtype, seed, check_finite, dropout)
         self.proj_size = positive_int("proj_size", proj_size, minimum=0)
@@ -67,6 +73,10 @@ class LSTM(RecurrentLayer):
         self.clip = None if clip is None else float(clip)
         self.input_forget = bool(input_forget)
         self.forget_bias = float(forget_bias)
+        self._set_zoneout(zoneout)
+        if self.zoneout and not self._plain():
+            raise ValueError("zoneout needs the plain cell: no proj_size, peephole, clip or "
+                             "input_forget")
         self._init_params()
         self._empty1 = np.zeros(0, self.dtype)
         self._empty2 = np.zeros((0, 0), self.dtype)
@@ -96,10 +106,12 @@ class LSTM(RecurrentLayer):
 
     def _config_extra(self) -> dict:
         return dict(proj_size=self.proj_size, peephole=self.peephole, clip=self.clip,
-                    input_forget=self.input_forget, forget_bias=self.forget_bias)
+                    input_forget=self.input_forget, forget_bias=self.forget_bias,
+                    zoneout=self.zoneout)
 
     def _config_defaults(self) -> dict:
-        return dict(proj_size=0, peephole=False, clip=None, input_forget=False, forget_bias=0.0)
+        return dict(proj_size=0, peephole=False, clip=None, input_forget=False, forget_bias=0.0,
+                    zoneout=0.0)
 
     def _options(self, k: int, d: int) -> K.Options:
         sfx = self._suffixes()[d]
@@ -113,7 +125,8 @@ class LSTM(RecurrentLayer):
         H, P, none = self.hidden_size, self._out_size, self._empty3
         return dict(pre=e(T, B, 4 * H) if self.clip is not None else none,
                     m=e(T, B, H) if self.proj_size else none,
-                    dh_all=e(T, B, P) if self.proj_size else none)
+                    dh_all=e(T, B, P) if self.proj_size else none,
+                    **self._zoneout_buffers(T, B, e))
 
     def __call__(self, x, state: Optional[State] = None, lengths=None):
         """Inference: ``y, (h_n, c_n) = lstm(x, state, lengths)``."""
@@ -124,6 +137,9 @@ class LSTM(RecurrentLayer):
         return self._backward(dy, [dh_n, dc_n])
 
     def _forward_dir(self, ws: Workspace, k: int, d: int, inp: np.ndarray) -> None:
+        if self._layer_norm or self.zoneout:
+            from . import lnlstm
+            return lnlstm.forward_dir(self, ws, k, d, inp)
         gates = self._project(ws, k, d, inp)  # the kernels add the biases
         bias = self._p("bias_ih", k, d) + self._p("bias_hh", k, d)
         i, ex = k * self.num_directions + d, ws.extra[k][d]
@@ -142,6 +158,9 @@ class LSTM(RecurrentLayer):
         self._rows(ws, lambda b0, b1, t: K.lstm_forward(b0, b1, *args, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
+        if self._layer_norm or self.zoneout:
+            from . import lnlstm
+            return lnlstm.backward_dir(self, ws, k, d, inp, dy, dx)
         i, H, ex = k * self.num_directions + d, self.hidden_size, ws.extra[k][d]
         gates = ws.gates[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
@@ -174,21 +193,27 @@ class LSTM(RecurrentLayer):
             dp[2 * H:] += np.einsum("tbj,tbj->j", gates[..., 3 * H:], c_new)
 
     def _split_units(self) -> bool:
-        return self._plain()
+        return self._plain() and not self.zoneout
 
     def _plain(self) -> bool:
         return not (self.peephole or self.clip is not None or self.input_forget or self.proj_size)
 
     def _step_kernel(self):
+        if self._layer_norm or self.zoneout:
+            from . import lnlstm
+            return lnlstm.step_kernel()
         return K.lstm_step if self._plain() else K.lstm_step_options
 
     def _make_step_args(self, k: int) -> tuple:
+        if self._layer_norm or self.zoneout:
+            from . import lnlstm
+            return lnlstm.step_args(self, k)
         options = () if self._plain() else tuple(self._options(k, 0))
         return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
                 self._p("bias_hh", k, 0), *options, self._step_work)
 
     def _work_size(self) -> int:
-        return 9 * self.hidden_size
+        return (11 if self.zoneout else 9) * self.hidden_size  # see lnlstm_step
 
     def _scratch(self, B: int, e) -> tuple:
         H, P = self.hidden_size, self._out_size

@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+import threading
 import time
 from typing import Callable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ._guard import GradBackup, Lockable, check_training_thread, locked
 from ._validate import lengths_array, positive_int, real_array
 from .linear import Dropout, Linear
 from .losses import CrossEntropyLoss, Loss, get_loss
@@ -23,7 +25,7 @@ from .recurrent import RecurrentLayer
 
 # The classes a saved config may name, looked up on the nlstm module so that cells added
 # later (GRU, RNN) load without changes here. Nothing else is ever constructed.
-LAYER_CLASSES = ("LSTM", "GRU", "RNN", "Linear", "Dropout")
+LAYER_CLASSES = ("LSTM", "LayerNormLSTM", "GRU", "RNN", "Linear", "Dropout")
 OUTPUTS = ("last", "sequence")
 
 
@@ -51,7 +53,7 @@ def layer_class(name: str):
     return cls
 
 
-class Sequential:
+class Sequential(Lockable):
     """Layers applied in order: recurrent layers (``nlstm.LSTM`` and its kin), optional
     ``Dropout`` and ``Linear`` layers between them, and a head of ``Linear``/``Dropout``
     layers after the last recurrent layer.
@@ -64,6 +66,8 @@ class Sequential:
 
     ``params``/``grads`` hold the live arrays of every layer under ``"{index}.{name}"``.
     """
+
+    _lock_type = staticmethod(threading.RLock)  # fit calls forward
 
     def __init__(self, layers: Sequence, output: str = "last", loss="mse"):
         if isinstance(layers, (str, bytes)) or not isinstance(layers, (list, tuple)):
@@ -102,8 +106,13 @@ class Sequential:
         self.grads = {f"{i}.{k}": v for i, layer in enumerate(layers) for k, v in layer.grads.items()}
         self.metadata: dict = {}  # JSON-compatible extras saved with the model (e.g. by the CLI)
         self._cache = None
+        # Calls from several threads take turns (fit calls forward: re-entrant); see README.
+        self._new_lock()
+        self._train_thread: Optional[int] = None  # the thread of the training forward
+        self._grad_backup = GradBackup()
 
     # ---- parameters -----------------------------------------------------------------------
+    @locked
     def zero_grad(self) -> None:
         """Set every accumulated parameter gradient to zero."""
         for layer in self.layers:
@@ -113,6 +122,7 @@ class Sequential:
         """Copies of every parameter, as ``"{layer index}.{name}"`` (e.g. ``"0.weight_ih_l0"``)."""
         return {k: v.copy() for k, v in self.params.items()}
 
+    @locked
     def load_state_dict(self, state_dict: Mapping) -> None:
         """Load every layer's parameters; checks every key, shape and value before changing any."""
         if not isinstance(state_dict, Mapping):
@@ -122,7 +132,7 @@ class Sequential:
         if missing or unexpected:
             raise ValueError(f"state_dict keys do not match: missing {missing}, unexpected {unexpected}")
         for k, p in self.params.items():
-            a = real_array(f"state_dict[{k!r}]", state_dict[k], check_finite=True)
+            a = real_array(f"state_dict[{k!r}]", state_dict[k], True, p.dtype, "parameters must be finite")
             if a.shape != p.shape:
                 raise ValueError(f"state_dict[{k!r}] must have shape {p.shape}, got {a.shape}")
         for i, layer in enumerate(self.layers):
@@ -163,7 +173,7 @@ class Sequential:
 
     # ---- forward / backward ---------------------------------------------------------------
     def _check_x(self, x, name: str = "X") -> np.ndarray:
-        x = real_array(name, x, check_finite=True)
+        x = real_array(name, x, True, self.dtype)
         if x.ndim != 3:
             raise ValueError(f"{name} must be 3-D (batch, time, features), got shape {x.shape}")
         if x.shape[0] == 0 or x.shape[1] == 0:
@@ -178,6 +188,7 @@ class Sequential:
             return np.full(B, T - 1)
         return np.maximum(np.asarray(lengths) - 1, 0)
 
+    @locked
     def forward(self, x, lengths=None, state: Optional[list] = None, train: bool = True):
         """x: (B, T, F) batch-first; lengths: optional (B,) in 0..T; state: optional list of
         one initial state per recurrent layer (as returned here).
@@ -213,6 +224,7 @@ class Sequential:
             h = layer.forward(h, train=train)
         if train:
             self._cache = (seq_shape, lengths, B, T)
+            self._train_thread = threading.get_ident()
         return h, new_states
 
     def _gather(self, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -239,29 +251,34 @@ class Sequential:
             dy[rows, idx] = g
         return dy
 
+    @locked
     def backward(self, dout) -> np.ndarray:
         """dout: gradient of the last training forward's out. Adds into every layer's grads
         and returns dx (B, T, F). Gradients of the initial states are not returned."""
         if self._cache is None:
             raise ValueError("backward() needs a forward(..., train=True) first, and each "
                              "training forward can be backpropagated once")
+        check_training_thread(self, self._train_thread)
         seq_shape, lengths, B, T = self._cache
-        g = real_array("dout", dout, check_finite=True)
+        g = real_array("dout", dout, True, self.dtype)
         want = (B, seq_shape[2]) if self.output == "last" else seq_shape
         want = (*want[:-1], self.output_size)
         if g.shape != want:
             raise ValueError(f"dout must have shape {want}, got {g.shape}")
         self._cache = None
-        for layer in reversed(self.layers[self._last + 1:]):
-            g = layer.backward(g)
-        if self.output == "last":
-            g = self._scatter(g, seq_shape, self._last_index(lengths, B, T))
-        for layer in reversed(self.layers[: self._last + 1]):
-            if _is_recurrent(layer):
-                dx = layer.backward(g if layer.batch_first else g.transpose(1, 0, 2))[0]
-                g = dx if layer.batch_first else dx.transpose(1, 0, 2)
-            else:
+        # A backward that stops early (an error, KeyboardInterrupt) leaves every layer's
+        # gradients as they were, not only the layer it stopped in.
+        with self._grad_backup.guard(self.grads):
+            for layer in reversed(self.layers[self._last + 1:]):
                 g = layer.backward(g)
+            if self.output == "last":
+                g = self._scatter(g, seq_shape, self._last_index(lengths, B, T))
+            for layer in reversed(self.layers[: self._last + 1]):
+                if _is_recurrent(layer):
+                    dx = layer.backward(g if layer.batch_first else g.transpose(1, 0, 2))[0]
+                    g = dx if layer.batch_first else dx.transpose(1, 0, 2)
+                else:
+                    g = layer.backward(g)
         return g
 
     def __call__(self, x, lengths=None):
@@ -318,6 +335,7 @@ class Sequential:
         return np.ascontiguousarray(X, dtype=self.dtype), Y, lengths
 
     # ---- inference ------------------------------------------------------------------------
+    @locked
     def predict(self, X, lengths=None, batch_size: int = 256) -> np.ndarray:
         """X: (N, T, F) -> predictions (N, O) for output="last", (N, T, O) for "sequence"
         (steps past a row's length are zero). Logits for cross_entropy."""
@@ -332,6 +350,7 @@ class Sequential:
             out *= (np.arange(X.shape[1])[None, :] < lengths[:, None])[..., None]
         return out
 
+    @locked
     def evaluate(self, X, Y, lengths=None, batch_size: int = 256) -> float:
         """The loss over (X, Y): its mean over every position that counts (padding never does)."""
         X, Y, lengths = self._prepare(X, Y, lengths)
@@ -363,6 +382,7 @@ class Sequential:
                              f"got {optimizer!r}")
         return kinds[optimizer.lower()](self, lr=lr, weight_decay=weight_decay)
 
+    @locked
     def fit(self, X, Y, lengths=None, epochs: int = 10, batch_size: int = 32,
             validation_data: Optional[tuple] = None, seed: Optional[int] = None,
             early_stopping: Optional[int] = None, verbose="auto", optimizer="adam",

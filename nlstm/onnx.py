@@ -25,6 +25,7 @@ Gate orders differ between the formats, and this module is the one place that ma
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -274,9 +275,12 @@ class _Recurrent:
                              f"{'Y, Y_h, Y_c' if op == 'LSTM' else 'Y, Y_h'}")
         self.n_states = 2 if op == "LSTM" else 1
 
-    def run(self, args: List[Optional[np.ndarray]], states: Optional[dict]) -> list:
+    def run(self, args: List[Optional[np.ndarray]], states: Optional[dict],
+            layer=None) -> list:
         """args: values of the node's inputs (None where absent); states: the stream's
-        carried states, updated in place (None outside a stream)."""
+        carried states, updated in place (None outside a stream); layer: the layer to run
+        (``self.layer`` or a sibling of it with its own workspace, see ``Model.run``)."""
+        layer = self.layer if layer is None else layer
         a = dict(zip(self.slots, args))
         x = np.asarray(a["X"])
         if x.ndim != 3 or x.shape[2] != self.I:
@@ -300,7 +304,7 @@ class _Recurrent:
                 init = []
                 for s, g in zip(("initial_h", "initial_c"), given):
                     if g is None:
-                        init.append(np.zeros(shape, self.layer.dtype))
+                        init.append(np.zeros(shape, layer.dtype))
                         continue
                     g = np.asarray(g)
                     g = g if self.layout == 0 else g.transpose(1, 0, 2)
@@ -312,7 +316,7 @@ class _Recurrent:
         if self.reverse:
             x = _flip_valid(x, lens)
         st = None if init is None else (init[0] if self.n_states == 1 else tuple(init))
-        y, final = self.layer(x, st, lens)
+        y, final = layer(x, st, lens)
         final = list(final) if isinstance(final, tuple) else [final]
         if states is not None:
             states[self.label] = final
@@ -567,8 +571,24 @@ class Model:
             run_options=None) -> List[np.ndarray]:
         """Compute ``output_names`` (None or empty: every graph output) from ``feeds``
         (input name -> array), as ``onnxruntime.InferenceSession.run``. Returns a list of
-        fresh arrays in the order asked."""
+        fresh arrays in the order asked.
+
+        Several threads may call ``run`` on one model at once, as on an ONNX Runtime
+        session: each concurrent call runs on its own workspaces, the weights shared."""
         return self._execute(output_names, feeds, None)
+
+    def _lane(self) -> Dict[str, Any]:
+        """Layers for one call, {node name: layer}, taken from the free ones: the model's
+        own ``layers`` first, then siblings of them (same weights, their own workspaces)
+        made when calls overlap and kept for later calls. Hand back with ``_free``."""
+        free = self.__dict__.setdefault("_free_lanes", [self.layers])
+        try:
+            return free.pop()  # atomic: two threads never get one lane
+        except IndexError:
+            return {label: layer._sibling() for label, layer in self.layers.items()}
+
+    def _free(self, lane: Dict[str, Any]) -> None:
+        self.__dict__["_free_lanes"].append(lane)
 
     def stream(self) -> "Stream":
         """A :class:`Stream` over this model: each ``run`` continues where the last one
@@ -639,16 +659,23 @@ class Model:
             if o not in env and o not in self._producer:
                 raise ValueError(f"invalid output name {o!r}; the model's outputs are "
                                  f"{[a.name for a in self._outputs]}")
-        for i in self._needed(output_names, states is not None):
-            step = self._steps[i]
-            args = [env[n] if n else None for n in step.inputs]
-            try:
-                outs = step.run(args, states)
-            except (ValueError, TypeError, IndexError) as e:
-                raise ValueError(f"{step.where}: {e}") from e
-            for n, v in zip(step.outputs, outs):
-                if n:
-                    env[n] = v
+        lane = self._lane()
+        try:
+            for i in self._needed(output_names, states is not None):
+                step = self._steps[i]
+                args = [env[n] if n else None for n in step.inputs]
+                try:
+                    if isinstance(step, _Recurrent):
+                        outs = step.run(args, states, lane[step.label])
+                    else:
+                        outs = step.run(args, states)
+                except (ValueError, TypeError, IndexError) as e:
+                    raise ValueError(f"{step.where}: {e}") from e
+                for n, v in zip(step.outputs, outs):
+                    if n:
+                        env[n] = v
+        finally:
+            self._free(lane)
         return [np.array(env[o], copy=True) for o in output_names]
 
 
@@ -670,12 +697,14 @@ class Stream:
                                  "whole sequences")
         self.model = model
         self.states: Dict[str, list] = {}
+        self._lock = threading.Lock()
 
     def run(self, output_names: Optional[Sequence[str]], feeds: Mapping[str, Any]) -> List[np.ndarray]:
-        states = {k: list(v) for k, v in self.states.items()}
-        out = self.model._execute(output_names, feeds, states)
-        self.states = states  # only a call that succeeded advances the stream
-        return out
+        with self._lock:  # one stream is one sequence: calls from several threads take turns
+            states = {k: list(v) for k, v in self.states.items()}
+            out = self.model._execute(output_names, feeds, states)
+            self.states = states  # only a call that succeeded advances the stream
+            return out
 
     def reset(self) -> None:
         """Forget the carried state: the next call starts new sequences."""
@@ -746,6 +775,9 @@ def _export_recurrent(b: _Builder, layer, x: str, lens: str, init: Optional[List
         raise TypeError(f"cannot export {type(layer).__name__}")
     if getattr(layer, "proj_size", 0):
         raise ValueError("LSTM(proj_size=...) has no ONNX equivalent (ONNX's LSTM has no projection)")
+    if layer.zoneout:
+        raise ValueError(f"{op}(zoneout=...) has no ONNX equivalent (its inference mixes in the "
+                         "previous state)")
     H, D = layer.hidden_size, layer.num_directions
     n_states = 2 if op == "LSTM" else 1
     finals = []

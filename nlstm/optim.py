@@ -3,7 +3,8 @@
 Optimizers update the parameter arrays in place, as ``torch.optim`` does, from the
 gradient arrays beside them. Every buffer (moments, momentum, scratch) is allocated
 when the optimizer is made, so a ``step()`` allocates no arrays: each update is a chain
-of ufuncs writing into those buffers (``out=`` or in-place operators).
+of ufuncs writing into those buffers (``out=`` or in-place operators). A step writes its
+new values to scratch, checks them, and only then commits (see ``Optimizer``).
 """
 from __future__ import annotations
 
@@ -56,12 +57,23 @@ def _pairs(params, grads) -> Tuple[dict, dict]:
     return dict(params), dict(grads)
 
 
+def _finite(a: np.ndarray) -> bool:
+    """Whether every element is finite, without a temporary array (NaN propagates through
+    min and max): a step allocates nothing."""
+    return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+
+
 class Optimizer:
     """Base class. ``params`` is a layer or model (its ``.params``/``.grads``), or a mapping
-    of names to parameter arrays with the matching gradient mapping as ``grads=``."""
+    of names to parameter arrays with the matching gradient mapping as ``grads=``.
+
+    A step computes every new value (parameters and buffers) into scratch first and
+    commits only when all are finite in the parameters' dtype: a step that would overflow
+    (a huge gradient or learning rate) raises FloatingPointError and changes nothing.
+    """
 
     _buffers: Tuple[str, ...] = ()   # per-parameter state saved by state_dict
-    _scratch = 2                     # per-parameter scratch arrays
+    _scratch = 3                     # per-parameter scratch arrays
 
     def __init__(self, params, lr: float, grads: Optional[Mapping] = None):
         self.params, self.grads = _pairs(params, grads)
@@ -76,12 +88,41 @@ class Optimizer:
             g.fill(0)
 
     def step(self) -> None:
-        """Update every parameter in place from its gradient."""
+        """Update every parameter in place from its gradient; FloatingPointError, with
+        nothing changed, if a new value would not be finite."""
         self.steps += 1
+        at_p, at_state = self._where()
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow: the error below
+                for k, p in self.params.items():
+                    tmp = self._tmp[k]
+                    self._update(p, self.grads[k], self.state[k], *tmp)
+                    for what, i in (("parameter", at_p), *at_state.items()):
+                        if not _finite(tmp[i]):
+                            raise FloatingPointError(
+                                f"{type(self).__name__} step {self.steps}: the new {what} of "
+                                f"{k!r} is not finite in {p.dtype} (the gradient, lr={self.lr} "
+                                "or the update overflowed); nothing was changed: lower lr, clip "
+                                "the gradients (clip_grad_norm) or check the data")
+        except BaseException:
+            self.steps -= 1
+            raise
+        # Every value is finite: commit (each parameter has its own scratch, so every
+        # result is still there).
         for k, p in self.params.items():
-            self._update(p, self.grads[k], self.state[k], *self._tmp[k])
+            tmp, state = self._tmp[k], self.state[k]
+            np.copyto(p, tmp[at_p])
+            for b, i in at_state.items():  # buffers swap with their scratch (no copy)
+                tmp[i], state[b] = state[b], tmp[i]
 
-    def _update(self, p, g, state, t1, t2) -> None:
+    def _where(self) -> Tuple[int, dict]:
+        """Which scratch array ``_update`` writes the new parameter to, and each buffer it
+        updates: (index, {buffer name: index})."""
+        raise NotImplementedError
+
+    def _update(self, p, g, state, *tmp) -> None:
+        """Write the new value of p and of its buffers into the scratch arrays ``tmp`` (at
+        ``_where()``), leaving p, g and state unchanged."""
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -132,28 +173,31 @@ class SGD(Optimizer):
             raise ValueError("nesterov needs momentum > 0 and dampening = 0")
         super().__init__(params, lr, grads)
 
-    def _update(self, p, g, state, t1, t2) -> None:
+    def _where(self):
+        return 2, ({"momentum_buffer": 1} if self.momentum else {})
+
+    def _update(self, p, g, state, t1, t2, t3):
         d = g
         if self.weight_decay:
             np.multiply(p, self.weight_decay, out=t1)
             t1 += g
             d = t1
         if self.momentum:
-            buf = state["momentum_buffer"]
+            buf = t2
             if self.steps == 1:
                 np.copyto(buf, d)
             else:
-                buf *= self.momentum
-                np.multiply(d, 1.0 - self.dampening, out=t2)
-                buf += t2
+                np.multiply(state["momentum_buffer"], self.momentum, out=buf)
+                np.multiply(d, 1.0 - self.dampening, out=t3)
+                buf += t3
             if self.nesterov:
-                np.multiply(buf, self.momentum, out=t2)
-                t2 += d
-                d = t2
+                np.multiply(buf, self.momentum, out=t3)
+                t3 += d
+                d = t3
             else:
                 d = buf
-        np.multiply(d, self.lr, out=t1)
-        p -= t1
+        np.multiply(d, self.lr, out=t3)
+        np.subtract(p, t3, out=t3)
 
 
 class Adam(Optimizer):
@@ -161,6 +205,7 @@ class Adam(Optimizer):
     the gradient. Bias-corrected: p −= lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + eps)."""
 
     _buffers = ("exp_avg", "exp_avg_sq")
+    _scratch = 4
     _decoupled = False  # AdamW: weight decay scales p instead of adding to g
 
     def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
@@ -172,30 +217,35 @@ class Adam(Optimizer):
         self.weight_decay = _number("weight_decay", weight_decay)
         super().__init__(params, lr, grads)
 
-    def _update(self, p, g, state, t1, t2) -> None:
+    def _where(self):
+        return 2, {"exp_avg": 0, "exp_avg_sq": 1}
+
+    def _update(self, p, g, state, t1, t2, t3, t4):
         b1, b2 = self.betas
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        base = p                           # what the step is subtracted from
         if self.weight_decay and self._decoupled:
-            p *= 1.0 - self.lr * self.weight_decay
+            np.multiply(p, 1.0 - self.lr * self.weight_decay, out=t4)
+            base = t4
         elif self.weight_decay:
-            np.multiply(p, self.weight_decay, out=t2)
-            t2 += g
-            g = t2
-        np.subtract(g, m, out=t1)          # m += (1 − β1)(g − m)
+            np.multiply(p, self.weight_decay, out=t3)
+            t3 += g
+            g = t3
+        np.subtract(g, m, out=t1)          # m' = m + (1 − β1)(g − m)
         t1 *= 1.0 - b1
-        m += t1
-        np.multiply(g, g, out=t1)          # v = β2·v + (1 − β2)·g²
-        t1 *= 1.0 - b2
-        v *= b2
-        v += t1
+        t1 += m
+        np.multiply(v, b2, out=t2)         # v' = β2·v + (1 − β2)·g²
+        np.multiply(g, g, out=t3)          # (g is no longer needed after this)
+        t3 *= 1.0 - b2
+        t2 += t3
         bc1 = 1.0 - b1 ** self.steps
         bc2_sqrt = math.sqrt(1.0 - b2 ** self.steps)
-        np.sqrt(v, out=t1)
-        t1 /= bc2_sqrt
-        t1 += self.eps
-        np.divide(m, t1, out=t1)
-        t1 *= self.lr / bc1
-        p -= t1
+        np.sqrt(t2, out=t3)
+        t3 /= bc2_sqrt
+        t3 += self.eps
+        np.divide(t1, t3, out=t3)
+        t3 *= self.lr / bc1
+        np.subtract(base, t3, out=t3)
 
 
 class AdamW(Adam):

@@ -8,7 +8,9 @@ streaming step of one layer.
 """
 from __future__ import annotations
 
+import copy
 import math
+import threading
 from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -16,6 +18,7 @@ import numpy as np
 from . import _threads
 from .kernels import blocks
 from .kernels.sync import STRIDE
+from ._guard import GradBackup, Lockable, check_training_thread
 from .stream import Stream
 from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
                         real_array)
@@ -114,7 +117,7 @@ class Workspace:
             self.scratch.append(layer._scratch(B, e))
 
 
-class RecurrentLayer:
+class RecurrentLayer(Lockable):
     """Base of the recurrent layers. Shapes follow PyTorch: x is (T, B, I), (B, T, I) with
     ``batch_first``, or unbatched (T, I); states are (L·D, B, ·), or (L·D, ·) unbatched."""
 
@@ -138,6 +141,16 @@ class RecurrentLayer:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
         self.seed = seed
+        self.zoneout = 0.0  # see _set_zoneout (LSTM, LayerNormLSTM, GRU)
+
+    def _set_zoneout(self, zoneout: float) -> None:
+        """Zoneout (Krueger et al., 2017): in training forwards each unit of every state
+        keeps its previous value with probability ``zoneout``; inference takes the
+        expectation, state = p·previous + (1 − p)·new."""
+        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) \
+                or not 0 <= zoneout < 1:
+            raise ValueError(f"zoneout must be a number in [0, 1), got {zoneout!r}")
+        self.zoneout = float(zoneout)
 
     def _init_params(self) -> None:
         """Uniform init over ±1/√H from ``seed``, as PyTorch; then the cell's adjustments.
@@ -165,16 +178,33 @@ class RecurrentLayer:
         self._adjust_init()
         self._zero_bias = np.zeros(self._G * self.hidden_size, self.dtype)
         self._dropout_rng = rng  # continues the init stream: one seed fixes both
+        self._step_sizes = self._state_sizes()
+        self._no_carry = np.zeros((0, 0), self.dtype)
+        self._new_workspace_state()
+
+    def _new_workspace_state(self) -> None:
+        """Everything a call writes besides the parameters and gradients, empty."""
         self._ws: Optional[Workspace] = None
         self._trained = False  # the workspace holds a training forward that backward may use
         self._unbatched = False
         self._step_work = aligned_empty(self._work_size(), self.dtype)
         self._plan: Optional[tuple] = None  # see _step_plan
-        self._step_sizes = self._state_sizes()
         self._flags = np.zeros(0, np.int64)  # see _barrier_flags
         self._unit_bufs: dict = {}
         self._carry_bufs: dict = {}  # see _carry_weights
-        self._no_carry = np.zeros((0, 0), self.dtype)
+        # One call at a time uses the workspace and the step scratch above: forward,
+        # backward, step and the layer's streams each hold this lock (see the README).
+        self._new_lock()
+        self._train_thread: Optional[int] = None  # the thread of the training forward
+        self._grad_backup = GradBackup()
+
+    def _sibling(self) -> "RecurrentLayer":
+        """A layer that shares this one's parameters and gradients (the same arrays, so
+        in-place updates reach both) but has its own workspace and lock: a concurrent call
+        runs on a sibling instead of waiting (``nlstm.onnx.Model.run``)."""
+        twin = copy.copy(self)
+        twin._new_workspace_state()
+        return twin
 
     # ---- what a cell provides -----------------------------------------------------------
     @property
@@ -199,6 +229,25 @@ class RecurrentLayer:
     def _extra_buffers(self, T: int, B: int, e) -> dict:
         """Cell-specific saved buffers; ``e(*shape)`` allocates one in the layer's dtype."""
         return {}
+
+    def _zoneout_buffers(self, T: int, B: int, e) -> dict:
+        """``zoneout``: one (T, B, n) mask per state (empty (0, 0, 0) arrays without
+        zoneout), filled by ``_zoneout_masks``."""
+        if not self.zoneout:
+            return dict(zoneout=[e(0, 0, 0) for _ in self._state_sizes()])
+        return dict(zoneout=[e(T, B, n) for n in self._state_sizes()])
+
+    def _zoneout_masks(self, ws: "Workspace", k: int, d: int, train: bool) -> None:
+        """Fill layer k, direction d's zoneout masks: 1 (keep the previous value) with
+        probability p, else 0, from the layer's seeded stream (as dropout's masks) in
+        training; p everywhere in inference, which makes the step the expectation."""
+        p = self.zoneout
+        for mask in ws.extra[k][d]["zoneout"]:
+            if train:
+                self._dropout_rng.random(dtype=self.dtype, out=mask)
+                np.less(mask, p, out=mask)
+            else:
+                mask.fill(p)
 
     def _work_size(self) -> int:
         """Scratch elements of one streaming step."""
@@ -288,14 +337,16 @@ class RecurrentLayer:
 
         Checks every key and shape before changing anything.
         """
-        new = checked_state_dict(state_dict, self._param_shapes())
-        for name, a in new.items():
-            np.copyto(self.params[name], a, casting="unsafe")
+        new = checked_state_dict(state_dict, self._param_shapes(), self.dtype)
+        with self._lock:  # not half-way through another thread's call
+            for name, a in new.items():
+                np.copyto(self.params[name], a, casting="unsafe")
 
     def zero_grad(self) -> None:
         """Set every accumulated parameter gradient to zero."""
-        for g in self.grads.values():
-            g.fill(0)
+        with self._lock:
+            for g in self.grads.values():
+                g.fill(0)
 
     # ---- state in and out ---------------------------------------------------------------
     def _pack_state(self, arrays: Sequence[np.ndarray]):
@@ -319,7 +370,7 @@ class RecurrentLayer:
             arrays = list(state)
         out = []
         for label, a, shape in zip(labels, arrays, self._state_shapes(B, unbatched)):
-            a = real_array(f"{what} {label}", a, self.check_finite)
+            a = real_array(f"{what} {label}", a, self.check_finite, self.dtype)
             expect_shape(f"{what} {label}", a, shape)
             out.append(a)
         return out
@@ -327,7 +378,7 @@ class RecurrentLayer:
     # ---- input checks and layouts -------------------------------------------------------
     def _check_input(self, x) -> Tuple[np.ndarray, bool]:
         """x as given (checked), and whether it is unbatched."""
-        x = real_array("input", x, self.check_finite)
+        x = real_array("input", x, self.check_finite, self.dtype)
         if x.ndim not in (2, 3):
             raise ValueError(f"input must be 2-D (T, I) unbatched or 3-D batched, got {x.ndim}-D "
                              f"with shape {x.shape}")
@@ -388,44 +439,48 @@ class RecurrentLayer:
                 raise ValueError("lengths is only for batched input; unbatched input is one "
                                  "sequence of length T")
             lens = lengths_array(lengths, B, T)
-        # Everything is checked: from here on the workspace may change.
-        self._trained = False
-        ws = self._workspace(T, B)
-        if train or xt.dtype != self.dtype or not xt.flags.c_contiguous:
-            np.copyto(ws.x, xt, casting="unsafe")  # backward reads it after the call returns
-            xt = ws.x
-        # else inference reads the caller's x during the call only (the projection, no kernel)
-        if lengths is None:
-            ws.lengths.fill(T)
-        else:
-            ws.lengths[:] = lens
-        for s, buf in enumerate(ws.init):
-            if state is None:
-                buf.fill(0)
+        with self._lock:  # the workspace is the layer's: one call at a time (see README)
+            # Everything is checked: from here on the workspace may change.
+            self._trained = False
+            ws = self._workspace(T, B)
+            if train or xt.dtype != self.dtype or not xt.flags.c_contiguous:
+                np.copyto(ws.x, xt, casting="unsafe")  # backward reads it after the call returns
+                xt = ws.x
+            # else inference reads the caller's x during the call only (the projection, no kernel)
+            if lengths is None:
+                ws.lengths.fill(T)
             else:
-                np.copyto(buf, state[s].reshape(buf.shape), casting="unsafe")
-        if not self.batch_first or unbatched:
-            # The last layer writes a fresh array that is handed over as y, not copied (no
-            # later call reads it: backward reads the states, and y[k] only for k < L-1).
-            ws.y[-1] = _output_buffer(ws.y[-1].shape, self.dtype)
-        # Likewise the final states (no call reads them after the one that wrote them).
-        ws.final = [_output_buffer(f.shape, self.dtype) for f in ws.final]
-        ws.valid = T * B if lengths is None else int(lens.sum())
-        try:
-            self._run_forward(ws, train, xt)
-        finally:
-            _threads.restore_blas()
-        self._unbatched = unbatched
-        self._trained = bool(train)
-        y = self._user_layout(ws.y[-1], unbatched, copy=False)  # a fresh array already
-        return y, self._pack_state([f.reshape(s) for f, s in
-                                    zip(ws.final, self._state_shapes(B, unbatched))])
+                ws.lengths[:] = lens
+            for s, buf in enumerate(ws.init):
+                if state is None:
+                    buf.fill(0)
+                else:
+                    np.copyto(buf, state[s].reshape(buf.shape), casting="unsafe")
+            if not self.batch_first or unbatched:
+                # The last layer writes a fresh array that is handed over as y, not copied (no
+                # later call reads it: backward reads the states, and y[k] only for k < L-1).
+                ws.y[-1] = _output_buffer(ws.y[-1].shape, self.dtype)
+            # Likewise the final states (no call reads them after the one that wrote them).
+            ws.final = [_output_buffer(f.shape, self.dtype) for f in ws.final]
+            ws.valid = T * B if lengths is None else int(lens.sum())
+            try:
+                self._run_forward(ws, train, xt)
+            finally:
+                _threads.restore_blas()
+            self._unbatched = unbatched
+            self._trained = bool(train)
+            self._train_thread = threading.get_ident()
+            y = self._user_layout(ws.y[-1], unbatched, copy=False)  # a fresh array already
+            return y, self._pack_state([f.reshape(s) for f, s in
+                                        zip(ws.final, self._state_shapes(B, unbatched))])
 
     def _run_forward(self, ws: Workspace, train: bool, x: np.ndarray) -> None:
         """Every layer forward; x: the input (T, B, I) in the layer's dtype, C-contiguous."""
         inp = x
         for k in range(self.num_layers):
             for d in range(self.num_directions):
+                if self.zoneout:
+                    self._zoneout_masks(ws, k, d, train)
                 self._forward_dir(ws, k, d, inp)
             y = ws.y[k]
             if train and self.dropout and k < self.num_layers - 1:
@@ -543,20 +598,25 @@ class RecurrentLayer:
         None. Returns dx (shape of x) and the gradient of the initial state (shaped as the
         state), and adds every parameter gradient into ``self.grads``.
         """
+        with self._lock:  # as forward
+            return self._backward_locked(dy, dstate)
+
+    def _backward_locked(self, dy, dstate: list):
         if not self._trained:
             raise ValueError("backward() needs a forward(..., train=True) first, and each "
                              "training forward can be backpropagated once")
+        check_training_thread(self, self._train_thread)
         ws = self._ws
         T, B = ws.key
         unbatched = self._unbatched
-        dy = real_array("dy", dy, self.check_finite)
+        dy = real_array("dy", dy, self.check_finite, self.dtype)
         expect_shape("dy", dy, self._y_shape(T, B, unbatched))
         shapes = self._state_shapes(B, unbatched)
         checked = []
         for label, g, shape in zip(self._state_labels, dstate, shapes):
             name = "d" + label[:-1] + "_n"
             if g is not None:
-                g = real_array(name, g, self.check_finite)
+                g = real_array(name, g, self.check_finite, self.dtype)
                 expect_shape(name, g, shape)
             checked.append(g)
         # Everything is checked.
@@ -576,37 +636,41 @@ class RecurrentLayer:
         # The gradient of each lower layer's output goes to dy_a, dy_b, dy_a, ... in turn, so
         # no layer writes the buffer it reads (the top one reads the caller's dy or dy_b).
         ping_pong = (ws.dy_a, ws.dy_b)
+        # A backward that stops early (an error, KeyboardInterrupt) puts the gradients back.
         try:
-            for n, k in enumerate(reversed(range(self.num_layers))):
-                inp = ws.x if k == 0 else ws.y[k - 1]
-                dx = ws.dx if k == 0 else ping_pong[n % 2]
-                for d in range(self.num_directions):
-                    self._backward_dir(ws, k, d, inp, dy, dx)
-                if k > 0 and self.dropout:
-                    dx *= ws.masks[k - 1]
-                dy = dx
+            with self._grad_backup.guard(self.grads):
+                for n, k in enumerate(reversed(range(self.num_layers))):
+                    inp = ws.x if k == 0 else ws.y[k - 1]
+                    dx = ws.dx if k == 0 else ping_pong[n % 2]
+                    for d in range(self.num_directions):
+                        self._backward_dir(ws, k, d, inp, dy, dx)
+                    if k > 0 and self.dropout:
+                        dx *= ws.masks[k - 1]
+                    dy = dx
         finally:
             _threads.restore_blas()
         return (self._user_layout(ws.dx, unbatched),
                 self._pack_state([g.reshape(s).copy() for g, s in zip(ws.dinit, shapes)]))
 
     def _input_grads(self, ws: Workspace, k: int, d: int, inp: np.ndarray, dgates: np.ndarray,
-                     dx: np.ndarray) -> Optional[np.ndarray]:
+                     dx: np.ndarray, db: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """Whole-sequence products for the input side, after the sequential pass.
 
         dgates: (T, B, G·H) gradients of the input-side gate pre-activations; inp: the
         layer's input (T, B, I). Adds into W_ih's and b_ih's gradients; writes dx (d == 0)
         or adds to it. Returns b_ih's gradient, Σ dgates over (T, B) (None without bias),
-        for ``_hidden_grads`` to reuse where b_hh's is the same.
+        for ``_hidden_grads`` to reuse where b_hh's is the same; or, if given, adds and
+        returns ``db`` instead (where b_ih does not enter the pre-activations directly).
         """
         T, B = ws.key
         dg, x2, dx2 = dgates.reshape(T * B, -1), inp.reshape(T * B, -1), dx.reshape(T * B, -1)
         macs = T * B * x2.shape[1] * dg.shape[1]
         self._weight_grads(dg, x2, self._g("weight_ih", k, d), macs)
-        db = None
         gb = self._g("bias_ih", k, d)
-        if gb is not None:
-            db = self._row_sum(dg)
+        if gb is None:
+            db = None
+        else:
+            db = self._row_sum(dg) if db is None else db
             gb += db
         w = self._p("weight_ih", k, d)
 
@@ -617,6 +681,7 @@ class RecurrentLayer:
                 dx2[r0:r1] += dg[r0:r1] @ w
 
         self._gemm_split(T * B, macs, rows)
+        return db
 
     def _weight_grads(self, dg: np.ndarray, a: np.ndarray, gw: np.ndarray, macs: float) -> None:
         """gw += dgᵀ·a; dg: (N, G'), a: (N, K), gw: (G', K). Split by gate columns, so the
@@ -722,16 +787,17 @@ class RecurrentLayer:
         L, B, dt = self.num_layers, x.shape[0], self.dtype
         new = [np.empty((L, B, n), dt) for n in self._step_sizes]
         kernel, layers = self._step_plan()
-        for k, args in enumerate(layers):
-            if not kernel(k, check, x, *old, *new, *args):
-                return None
+        with self._lock:  # the kernels share the layer's step scratch
+            for k, args in enumerate(layers):
+                if not kernel(k, check, x, *old, *new, *args):
+                    return None
         y = new[0][L - 1].copy()
         if unbatched:
             return y[0], self._pack_state([n[:, 0] for n in new])
         return y, self._pack_state(new)
 
     def _step_checked_inputs(self, x_t, state):
-        x = real_array("x_t", x_t, self.check_finite)
+        x = real_array("x_t", x_t, self.check_finite, self.dtype)
         if x.ndim not in (1, 2):
             raise ValueError(f"x_t must be 1-D (I,) or 2-D (B, I), got shape {x.shape}")
         if x.shape[-1] != self.input_size:

@@ -30,7 +30,8 @@ class Stream:
     ``forward``'s final state: (L, B, ·), or (L, ·) without a batch).
 
     The stream reads the layer's parameters live (optimizers update them in place). It
-    shares the layer's scratch with ``layer.step``: use a layer from one thread at a time.
+    shares the layer's scratch with ``layer.step``, and the layer's lock: calls from
+    several threads take turns.
     """
 
     def __init__(self, layer, batch_size: Optional[int] = None, state=None):
@@ -61,19 +62,22 @@ class Stream:
         """Start again from ``state`` (checked before anything changes), or from zeros."""
         layer, B = self.layer, self.batch_size or 1
         arrays = layer._check_state(state, B, self._unbatched)
-        cur = self._bufs[self._cur]
-        if arrays is None:
-            for a in cur:
-                a.fill(0)
-            return
-        for a, given in zip(cur, arrays):
-            np.copyto(a, given.reshape(a.shape), casting="unsafe")
+        with layer._lock:
+            cur = self._bufs[self._cur]
+            if arrays is None:
+                for a in cur:
+                    a.fill(0)
+                return
+            for a, given in zip(cur, arrays):
+                np.copyto(a, given.reshape(a.shape), casting="unsafe")
 
     @property
     def state(self):
         """A copy of the current state, in ``forward``'s form: (h, c) for an LSTM, else h;
         each (L, B, ·), or (L, ·) without a batch."""
-        arrays = [a[:, 0].copy() if self._unbatched else a.copy() for a in self._bufs[self._cur]]
+        with self.layer._lock:
+            arrays = [a[:, 0].copy() if self._unbatched else a.copy()
+                      for a in self._bufs[self._cur]]
         return self.layer._pack_state(arrays)
 
     def __call__(self, x_t, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -90,24 +94,29 @@ class Stream:
             x = x[None]
         if out is not None:
             self._check_out(out)
-        p, check = self._cur, self.layer.check_finite
-        kernel = self._entry or self._kernel
-        for k, rest in self._calls[p]:
-            if not kernel(k, check, x, *rest):
-                self._raise_not_finite(x)
-        if self._entry is None:  # the first call: from now on, the compiled function
-            every = [(k, check, x, *r) for calls in self._calls for k, r in calls]
-            self._entry = _entry_point(self._kernel, every) or self._kernel
-        self._cur = p = 1 - p
-        if out is None:
-            return self._y[p].copy()
-        np.copyto(out, self._y[p])
-        return out
+        # The layer's lock: a call reads and flips this stream's state and writes the
+        # layer's step scratch, which every stream of the layer and its step() share.
+        with self.layer._lock:
+            p, check = self._cur, self.layer.check_finite
+            kernel = self._entry or self._kernel
+            for k, rest in self._calls[p]:
+                if not kernel(k, check, x, *rest):
+                    self._raise_not_finite(x)
+            if self._entry is None:  # the first call: from now on, the compiled function
+                every = [(k, check, x, *r) for calls in self._calls for k, r in calls]
+                self._entry = _entry_point(self._kernel, every) or self._kernel
+            self._cur = p = 1 - p
+            if out is None:
+                return self._y[p].copy()
+            np.copyto(out, self._y[p])
+            return out
 
     step = __call__
 
     def _checked_x(self, x_t) -> np.ndarray:
-        x = real_array("x_t", x_t, False)  # finiteness: the kernel checks it
+        # Finite in the layer's dtype too: the kernel checks the converted x again, but a
+        # finite value that overflows on conversion is named as such here.
+        x = real_array("x_t", x_t, self.layer.check_finite, self._dtype)
         if x.shape != self._x_shape:
             raise ValueError(f"x_t must have shape {self._x_shape} (this stream's "
                              f"{'(I,)' if self._unbatched else '(batch_size, I)'}), got {x.shape}")

@@ -142,6 +142,71 @@ class RNNCell:
         return w["weight_ih"].T @ dpre, (w["weight_hh"].T @ dpre,), dw
 
 
+def layer_norm(a, eps=1e-5):
+    """(a − mean a)/√(var a + eps) and its 1/√(var a + eps)."""
+    rstd = 1.0 / np.sqrt(a.var() + eps)
+    return (a - a.mean()) * rstd, rstd
+
+
+def layer_norm_back(dn, n, rstd):
+    """The gradient of a from that of n = layer_norm(a)."""
+    return rstd * (dn - dn.mean() - n * (dn * n).mean())
+
+
+class LayerNormLSTMCell:
+    """z = γ_ih⊙LN(W_ih x) + b_ih + γ_hh⊙LN(W_hh h) + b_hh; i, f, g, o from z as the LSTM;
+    c' = f⊙c + i⊙g; h' = o⊙tanh(γ_c⊙LN(c') + β_c). γ: ``ln_weight_ih``, ``ln_weight_hh``,
+    ``ln_weight_c``; β_c: ``ln_bias_c`` (zero when absent)."""
+    G, n_states = 4, 2
+
+    def step(self, w, x, state):
+        h, c = state
+        H = c.shape[0]
+        xn, rx = layer_norm(w["weight_ih"] @ x)
+        hn, rh = layer_norm(w["weight_hh"] @ h)
+        z = w["ln_weight_ih"] * xn + w["bias_ih"] + w["ln_weight_hh"] * hn + w["bias_hh"]
+        i, f, g, o = sigmoid(z[:H]), sigmoid(z[H:2 * H]), np.tanh(z[2 * H:3 * H]), sigmoid(z[3 * H:])
+        c_new = f * c + i * g
+        cn, rc = layer_norm(c_new)
+        u = np.tanh(w["ln_weight_c"] * cn + w.get("ln_bias_c", 0))
+        return (o * u, c_new), (x, h, c, i, f, g, o, xn, rx, hn, rh, cn, rc, u)
+
+    def step_back(self, w, saved, dstate):
+        x, h, c, i, f, g, o, xn, rx, hn, rh, cn, rc, u = saved
+        dh, dc = dstate
+        do = dh * u
+        du = dh * o * (1 - u ** 2)
+        dc = dc + layer_norm_back(du * w["ln_weight_c"], cn, rc)
+        dz = np.concatenate([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g ** 2),
+                             do * o * (1 - o)])
+        dxw = layer_norm_back(dz * w["ln_weight_ih"], xn, rx)
+        dhw = layer_norm_back(dz * w["ln_weight_hh"], hn, rh)
+        dw = dict(weight_ih=np.outer(dxw, x), weight_hh=np.outer(dhw, h), bias_ih=dz, bias_hh=dz,
+                  ln_weight_ih=dz * xn, ln_weight_hh=dz * hn, ln_weight_c=du * cn, ln_bias_c=du)
+        return w["weight_ih"].T @ dxw, (w["weight_hh"].T @ dhw, dc * f), dw
+
+
+class Zoneout:
+    """Zoneout around any cell (Krueger et al., 2017): each state s' = m⊙s + (1 − m)⊙s̃,
+    s̃ the cell's new state. ``masks[(k, d, b, t)]``: one (n,) mask per state, 0/1 in
+    training or p everywhere for inference; the driver says where it is in ``where``."""
+
+    def __init__(self, cell, masks):
+        self.cell, self.masks = cell, masks
+        self.G, self.n_states = cell.G, cell.n_states
+
+    def step(self, w, x, state):
+        new, saved = self.cell.step(w, x, state)
+        m = self.masks[self.where]
+        zoned = tuple(mi * s + (1 - mi) * n for mi, s, n in zip(m, state, new))
+        return zoned, (m, saved)
+
+    def step_back(self, w, saved, dstate):
+        m, inner = saved
+        dx, dprev, dw = self.cell.step_back(w, inner, tuple((1 - mi) * g for mi, g in zip(m, dstate)))
+        return dx, tuple(dp + mi * g for dp, mi, g in zip(dprev, m, dstate)), dw
+
+
 # ---- driver -----------------------------------------------------------------------------
 def _order(L, reverse):
     return range(L - 1, -1, -1) if reverse else range(L)
@@ -175,6 +240,7 @@ def forward(cell, params, x, init, lengths, num_layers, bidirectional):
             for b in range(B):
                 state = tuple(np.array(s[k * D + d, b], np.float64) for s in init)
                 for t in _order(lengths[b], d == 1):
+                    cell.where = (k, d, b, t)  # for cells that need it (Zoneout's masks)
                     state, saved = cell.step(w, inp[t, b], state)
                     cache["saved"][(k, d, b, t)] = saved
                     y[t, b, d * H:(d + 1) * H] = state[0]

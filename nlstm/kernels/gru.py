@@ -3,13 +3,14 @@
 - ``lbr`` (PyTorch; ONNX ``linear_before_reset=1``): n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
 - not ``lbr`` (ONNX's default): n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)
 
-then h' = (1 − z) ⊙ n + z ⊙ h. The layer folds b_ih, b_hr, b_hz (and b_hn when not
+then h' = (1 − z) ⊙ n + z ⊙ h; with zoneout (a mask zm, (T, B, H), else empty) each unit
+keeps its previous value with the mask's weight, h' ← zm ⊙ h + (1 − zm) ⊙ h'. The layer folds b_ih, b_hr, b_hz (and b_hn when not
 ``lbr``) into the input projection. ``aux`` saves what backward needs of the n gate:
 W_hn h + b_hn with ``lbr``, r ⊙ h without. Slots as in :mod:`nlstm.kernels.slots`,
 per-step block products as in :mod:`nlstm.kernels.blocks` (without ``lbr`` the n block's
 product waits for r, so it runs as a second product over W_hhᵀ's last H columns).
 """
-from .activations import sigmoid, tanh
+from .activations import cast_like, sigmoid, tanh
 from .blocks import active_rows, matmul_carry, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
@@ -17,7 +18,7 @@ from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, 
 
 
 @kernel
-def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, s):
+def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, s):
     """``gru_forward``'s recurrence for the single batch row b, ``lbr`` form: no
     active-row bookkeeping or copy of h, and the gate loops over sliced blocks so that each
     runs from 0 (see blocks.py). s: (3H,) scratch for the product."""
@@ -47,10 +48,21 @@ def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, s):
             v = nn + gz[j] * (hp[j] - nn)
             hn[j] = v
             dst[j] = v
+        if zm.shape[0] > 0:
+            _zone_out(hn, hp, zm[t, b], dst)
 
 
 @kernel
-def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr,
+def _zone_out(hn, hp, m, dst):
+    """hn ← m ⊙ hp + (1 − m) ⊙ hn, also into dst (the output row); all (H,)."""
+    for j in range(hn.shape[0]):
+        v = hn[j] + m[j] * (hp[j] - hn[j])
+        hn[j] = v
+        dst[j] = v
+
+
+@kernel
+def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr, zm,
                 rows, times, sp1, sp2, sp3, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
@@ -59,6 +71,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     gates: (T, B, 3H) in: input projection with folded biases; out: r, z, n
     aux: (T, B, H) out (see module docstring); w_hh_t: (H, 3H) = W_hhᵀ; b_hh: (3H,)
     h0: (B, H); lengths: (B,) int64; reverse, lbr: bool; col: int
+    zm: (T, B, H) zoneout mask, or empty
     rows, times: (B,) int64 scratch; sp1, sp2, sp3: (B, H), sg: (B, 3H) scratch
     """
     T = gates.shape[0]
@@ -67,7 +80,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     zero_padding(b0, b1, y, lengths, col, H)
     zero_rows_past(b0, b1, aux, lengths)  # W_hn's gradient product reads every row of aux
     if b1 - b0 == 1 and lbr:
-        _forward_row(b0, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, sg[0])
+        _forward_row(b0, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, sg[0])
         T = 0  # done
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
@@ -110,24 +123,29 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
                 v = nn + g[H + j] * (sp1[i, j] - nn)
                 h[o, b, j] = v
                 y[t, b, col + j] = v
+            if zm.shape[0] > 0:
+                _zone_out(h[o, b], sp1[i], zm[t, b], y[t, b, col:col + H])
     end_rows(b0, b1, h_n, h, lengths, reverse)
 
 
 @kernel
 def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths,
-                 reverse, col, lbr, rows, times, sp1, sp2, sp3, sg):
+                 reverse, col, lbr, zm, rows, times, sp1, sp2, sp3, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 3H) out: gradients of the input-side pre-activations (may alias gates)
     dgates_hh: (T, B, 3H) out: gradients of the hidden-side pre-activations: the same as
                dgates for r and z; for n, d(W_hn h + b_hn) with ``lbr``, else d(W_hn (r⊙h))
     dh0: (B, H) out, also the running carry; dy: (T, B, Y) (columns col:col+H); dh_n: (B, H)
-    gates, aux, h, w_hh_t, lengths, reverse, col, lbr: as in ``gru_forward``; scratch as there
+    gates, aux, h, w_hh_t, lengths, reverse, col, lbr, zm: as in ``gru_forward``; scratch
+    as there
     w_hh: (3H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``); used
     with ``lbr`` only
     """
     T = gates.shape[0]
     H = gates.shape[2] // 3
+    zo = zm.shape[0] > 0
+    zero = cast_like(gates, 0)
     copy_rows(b0, b1, dh0, dh_n)
     zero_rows_past(b0, b1, dgates, lengths)
     zero_rows_past(b0, b1, dgates_hh, lengths)
@@ -146,13 +164,15 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
             ax = aux[t, b]
             for j in range(H):
                 dh = dy[t, b, col + j] + dh0[b, j]
+                keep = zm[t, b, j] * dh if zo else zero  # zoneout's direct path to h_{t-1}
+                dh -= keep
                 r = g[j]
                 z = g[H + j]
                 nn = g[2 * H + j]
                 dn = dh - dh * z
                 dn_pre = dn - dn * nn * nn
                 dz_pre = dh * (hp[j] - nn) * (z - z * z)
-                sp3[i, j] = dh * z  # the direct path to h_{t-1}
+                sp3[i, j] = dh * z + keep  # the direct paths to h_{t-1}
                 dg[H + j] = dz_pre
                 dgh[H + j] = dz_pre
                 dg[2 * H + j] = dn_pre
@@ -194,10 +214,10 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
 
 
 @kernel
-def gru_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, work):
+def gru_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, work):
     """One time step of layer k. x: (B, I) the input of layer 0 (layer k > 0 reads
     h_out[k-1]); h, h_out: (L, B, H), read / written at [k]; w_ih_t: (I, 3H); w_hh_t: (H, 3H);
-    work: (7H,) scratch. With ``check``, returns False having written nothing if the inputs
+    p: zoneout's probability (its expectation: h' ← p·h + (1 − p)·h'); work: (7H,) scratch. With ``check``, returns False having written nothing if the inputs
     are not finite; else True."""
     if check and not step_inputs_finite(k, x, h, h):
         return False
@@ -224,5 +244,6 @@ def gru_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, work):
                 g[2 * H + j] = tanh(g[2 * H + j] + b_ih[2 * H + j] + b_hh[2 * H + j] + s[2 * H + j])
         for j in range(H):
             nn = g[2 * H + j]
-            hn[b, j] = nn + g[H + j] * (hb[j] - nn)
+            v = nn + g[H + j] * (hb[j] - nn)
+            hn[b, j] = v + p * (hb[j] - v)
     return True

@@ -1,0 +1,365 @@
+"""Kernels of the LayerNorm LSTM (Ba, Kiros and Hinton, 2016, in haste's form) and of the
+LSTM with zoneout (Krueger et al., 2017): the sequential part of their passes.
+
+With layer normalisation (``ln``), per batch row and step, LN(a) = (a − mean a)/√(var a + ε):
+
+    z  = γ_ih ⊙ LN(W_ih x) + b_ih + γ_hh ⊙ LN(W_hh h) + b_hh        (each over the 4H gates)
+    i, f, g, o = σ(z_i), σ(z_f), tanh(z_g), σ(z_o)
+    c̃ = f ⊙ c + i ⊙ g,    h̃ = o ⊙ tanh(γ_c ⊙ LN(c̃) + β_c)
+
+without it, z = W_ih x + b_ih + W_hh h + b_hh and h̃ = o ⊙ tanh(c̃) (the plain LSTM). Zoneout
+(masks ``zh``, ``zc``, (T, B, H), or empty for none) keeps each unit's previous value with
+the mask's weight: h = zh ⊙ h_prev + (1 − zh) ⊙ h̃, c = zc ⊙ c_prev + (1 − zc) ⊙ c̃. Training
+masks are 0 or 1; inference fills them with the probability p, which gives the expectation.
+As in the paper, h̃ reads c̃, not the zoned-out c.
+
+The layer does the whole-sequence products and the input side's normalisation outside the
+recurrence (``normalize_input`` after the one big product, ``normalize_input_back`` before the
+dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`, per-step block products as in
+:mod:`nlstm.kernels.blocks`; gate order i, f, g, o.
+"""
+import numpy as np
+
+from .activations import cast_like, sigmoid, tanh
+from .blocks import active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_nn
+from .config import kernel
+from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
+                    step_time, zero_padding, zero_rows_past)
+
+EPS = 1e-5  # the ε of every normalisation (PyTorch's LayerNorm default)
+
+
+@kernel
+def normalize(a, out, eps):
+    """out = (a − mean a)·rstd, rstd = 1/√(var a + eps), over the vector a (n,); returns rstd.
+    out may be a itself. Two passes: the mean first, then the spread around it."""
+    n = a.shape[0]
+    s = cast_like(a, 0)
+    for j in range(n):
+        s += a[j]
+    inv_n = cast_like(a, 1.0 / n)  # float32 stays float32 (a division by n would not)
+    mean = s * inv_n
+    v = cast_like(a, 0)
+    for j in range(n):
+        dv = a[j] - mean
+        v += dv * dv
+    rstd = cast_like(a, 1) / np.sqrt(v * inv_n + cast_like(a, eps))
+    for j in range(n):
+        out[j] = (a[j] - mean) * rstd
+    return rstd
+
+
+@kernel
+def normalize_back(dn, xhat, rstd, out):
+    """The gradient of a from that of LN(a) (dn, (n,)), given xhat = LN(a) and its rstd:
+    out = rstd·(dn − mean dn − xhat·mean(dn⊙xhat)). out may be dn itself.
+
+    dn is read from memory in both passes, never recomputed: a product recomputed in the
+    second pass can be contracted into an FMA that skips the rounding the first pass's sum
+    saw, and rstd (1/√ε ≈ 316 for a row of equal values) multiplies the mismatch (measured:
+    1e-3 relative error in float32 gradients where every row was constant). Callers that
+    scale dn first store the scaled values."""
+    n = dn.shape[0]
+    s1 = cast_like(dn, 0)
+    s2 = cast_like(dn, 0)
+    for j in range(n):
+        s1 += dn[j]
+        s2 += dn[j] * xhat[j]
+    inv_n = cast_like(dn, 1.0 / n)
+    s1 *= inv_n
+    s2 *= inv_n
+    for j in range(n):
+        out[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
+
+
+@kernel
+def normalize_input(b0, b1, gates, xhat, rstd, gamma, beta, lengths):
+    """The input side, for batch rows b0:b1: xhat = LN(W_ih x) and gates = γ_ih ⊙ xhat + b_ih
+    at every valid step (zeros past each row's length, which the projection leaves unwritten).
+    gates: (T, B, 4H) in: W_ih x; xhat: (T, B, 4H) out; rstd: (T, B, 3) out at [..., 0];
+    gamma, beta: (4H,)."""
+    T = gates.shape[0]
+    zero = cast_like(gates, 0)
+    for b in range(b0, b1):
+        for t in range(T):
+            g = gates[t, b]
+            xh = xhat[t, b]
+            if t >= lengths[b]:
+                for j in range(g.shape[0]):
+                    g[j] = zero
+                    xh[j] = zero
+                rstd[t, b, 0] = zero
+                continue
+            rstd[t, b, 0] = normalize(g, xh, EPS)
+            for j in range(g.shape[0]):
+                g[j] = gamma[j] * xh[j] + beta[j]
+
+
+@kernel
+def normalize_input_back(b0, b1, dgates, xhat, rstd, gamma, lengths):
+    """xhat = the gradient of W_ih x (in place, for the dW_ih and dx products) from the gate
+    gradients dgates (T, B, 4H), for batch rows b0:b1 (zero past each length: dgates is).
+    dgates is overwritten by dgates⊙γ_ih (see ``normalize_back``)."""
+    T = dgates.shape[0]
+    for b in range(b0, b1):
+        for t in range(min(T, lengths[b])):
+            dg = dgates[t, b]
+            for j in range(dg.shape[0]):
+                dg[j] *= gamma[j]
+            normalize_back(dg, xhat[t, b], rstd[t, b, 0], xhat[t, b])
+
+
+@kernel
+def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
+    """The pointwise step of one row: gates, cell, the cell's normalisation, zoneout.
+
+    g: (4H,) pre-activations in, post-activation gates i, f, g, o out; cp, hp: (H,) the state
+    before; cn, hn: (H,) out, the state after; ct: (H,) out: c̃; chat: (H,) out with ``ln``:
+    LN(c̃); g_c, b_c: (H,) γ_c, β_c; zh, zc: (H,) zoneout masks, or empty. Returns LN(c̃)'s
+    rstd (0 without ``ln``)."""
+    H = cp.shape[0]
+    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
+    for j in range(H):
+        gi[j] = sigmoid(gi[j])
+        gf[j] = sigmoid(gf[j])
+        gg[j] = tanh(gg[j])
+        go[j] = sigmoid(go[j])
+    for j in range(H):
+        ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
+    rs = cast_like(g, 0)
+    zo = zh.shape[0] > 0
+    if ln:
+        rs = normalize(ct, chat, EPS)
+        for j in range(H):
+            hn[j] = go[j] * tanh(g_c[j] * chat[j] + b_c[j])
+    else:
+        for j in range(H):
+            hn[j] = go[j] * tanh(ct[j])
+    if zo:
+        for j in range(H):
+            hn[j] += zh[j] * (hp[j] - hn[j])
+            cn[j] = ct[j] + zc[j] * (cp[j] - ct[j])
+    else:
+        for j in range(H):
+            cn[j] = ct[j]
+    return rs
+
+
+@kernel
+def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
+    """The pointwise backward of one row and step.
+
+    g: (4H,) post-activation gates; dg: (4H,) out: the pre-activation gradients dz (may
+    alias g: each index of g is read before that index of dg is written); dht: (H,) the
+    gradient of h̃ (with ``ln`` overwritten: that of LN(c̃)); dc: (H,) in: the gradient of the cell state after the step, out: before
+    it; cp: (H,) the cell state before; chat, rs: LN(c̃) and its rstd (``ln``); du: (H,) out
+    with ``ln``: the gradient of γ_c ⊙ LN(c̃) + β_c; zc: (H,) the cell's zoneout mask, or empty.
+    """
+    H = cp.shape[0]
+    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
+    di, df, dgg, do = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:4 * H]
+    zo = zc.shape[0] > 0
+    one = cast_like(g, 1)
+    s1 = cast_like(g, 0)
+    s2 = cast_like(g, 0)
+    if ln:
+        for j in range(H):
+            og = go[j]
+            tu = tanh(g_c[j] * chat[j] + b_c[j])
+            u = dht[j] * (og - og * tu * tu)
+            du[j] = u
+            do[j] = dht[j] * tu * (og - og * og)  # o is not read again
+            v = u * g_c[j]
+            dht[j] = v  # kept: see normalize_back
+            s1 += v
+            s2 += v * chat[j]
+        inv_h = cast_like(g, 1.0 / H)
+        s1 *= inv_h
+        s2 *= inv_h
+    for j in range(H):
+        ig = gi[j]
+        fg = gf[j]
+        gv = gg[j]
+        keep = zc[j] if zo else cast_like(g, 0)
+        d = dc[j] * (one - keep)  # the gradient of c̃
+        if ln:
+            d += rs * (dht[j] - s1 - chat[j] * s2)
+        else:
+            og = go[j]
+            tc = tanh(gf[j] * cp[j] + ig * gv)  # c̃, recomputed
+            d += dht[j] * (og - og * tc * tc)
+            do[j] = dht[j] * tc * (og - og * og)
+        di[j] = d * gv * (ig - ig * ig)
+        df[j] = d * cp[j] * (fg - fg * fg)
+        dgg[j] = d * (ig - ig * gv * gv)
+        dc[j] = d * fg + dc[j] * keep
+
+
+@kernel
+def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
+                   ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc, rows, times, sp1, sp2, sg, sh):
+    """One direction of one layer over the whole sequence, for batch rows b0:b1.
+
+    y: (T, B, Y) layer output; this direction writes columns col:col+H
+    h, c: (T+1, B, H) state slots; h_n, c_n: (B, H) final states; h0, c0: (B, H)
+    gates: (T, B, 4H) in: the input side (with ``ln``: γ_ih ⊙ LN(W_ih x) + b_ih, from
+    ``normalize_input``; else W_ih x); out: post-activation gates i, f, g, o
+    w_hh_t: (H, 4H) = W_hhᵀ; bias: (4H,) b_hh with ``ln``, else b_ih + b_hh
+    lengths: (B,) int64; reverse, ln: bool; col: int
+    g_hh: (4H,) γ_hh; g_c, b_c: (H,) γ_c, β_c (empty without ``ln``)
+    rhat: (T, B, 4H) out: LN(W_hh h); chat: (T, B, H) out: LN(c̃); rstd: (T, B, 3) out at
+    [..., 1] and [..., 2]: their rstd (all three empty without ``ln``)
+    zh, zc: (T, B, H) zoneout masks of h and c, or empty
+    rows, times: (B,) int64 scratch; sp1, sp2: (B, H), sg: (B, 4H), sh: (B, H) scratch
+    """
+    T = gates.shape[0]
+    H = h.shape[2]
+    G = 4 * H
+    begin_rows(b0, b1, h, h0, lengths, reverse)
+    begin_rows(b0, b1, c, c0, lengths, reverse)
+    zero_padding(b0, b1, y, lengths, col, H)
+    zo = zh.shape[0] > 0
+    none = sh[0, :0]
+    if ln:  # the gradient products read every row of these
+        zero_rows_past(b0, b1, rhat, lengths)
+        zero_rows_past(b0, b1, chat, lengths)
+    for step in range(T):
+        n = active_rows(step, b0, b1, lengths, reverse, rows, times)
+        if n == 0:
+            break  # lengths only shrink the active set as steps go on
+        if ln:
+            for i in range(n):
+                p, o = slots(times[i], reverse)
+                hp = h[p, rows[i]]
+                for k in range(H):
+                    sp1[i, k] = hp[k]
+            matmul_nn(sg, sp1, w_hh_t, n, 0, G)
+            for i in range(n):
+                b = rows[i]
+                t = times[i]
+                rh = rhat[t, b]
+                rstd[t, b, 1] = normalize(sg[i], rh, EPS)
+                g = gates[t, b]
+                for j in range(G):
+                    g[j] += g_hh[j] * rh[j] + bias[j]
+        else:
+            add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
+        for i in range(n):
+            b = rows[i]
+            t = times[i]
+            p, o = slots(t, reverse)
+            rs = _cell(gates[t, b], c[p, b], h[p, b], c[o, b], h[o, b], sh[i], ln, g_c, b_c,
+                       chat[t, b] if ln else none, zh[t, b] if zo else none,
+                       zc[t, b] if zo else none)
+            if ln:
+                rstd[t, b, 2] = rs
+        copy_out(y, h, rows, times, n, reverse, col)
+    end_rows(b0, b1, h_n, h, lengths, reverse)
+    end_rows(b0, b1, c_n, c, lengths, reverse)
+
+
+@kernel
+def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
+                    reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc,
+                    rows, times, sp1, sp2, sg, sh):
+    """Backward through time for one direction of one layer, for batch rows b0:b1.
+
+    dgates: (T, B, 4H) out: the gradients dz of the gate pre-activations (zero past each
+    length); may be the same array as ``gates``
+    dh0, dc0: (B, H) out: gradients of the initial state, also the running carry
+    dy: (T, B, Y) (columns col:col+H); dh_n, dc_n: (B, H) gradients of the final state
+    w_hh: (4H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``)
+    dr: (T, B, 4H) out with ``ln``: the gradient of W_hh h; du: (T, B, H) out with ``ln``:
+    that of γ_c ⊙ LN(c̃) + β_c (both empty without ``ln``)
+    the rest as given to ``lnlstm_forward``
+    """
+    T = gates.shape[0]
+    H = h.shape[2]
+    G = 4 * H
+    zo = zh.shape[0] > 0
+    none = sh[0, :0]
+    copy_rows(b0, b1, dh0, dh_n)
+    copy_rows(b0, b1, dc0, dc_n)
+    zero_rows_past(b0, b1, dgates, lengths)
+    if ln:
+        zero_rows_past(b0, b1, dr, lengths)
+        zero_rows_past(b0, b1, du, lengths)
+    for step in range(T - 1, -1, -1):
+        n = active_rows(step, b0, b1, lengths, reverse, rows, times)
+        if n == 0:
+            continue
+        for i in range(n):
+            b = rows[i]
+            t = times[i]
+            p, o = slots(t, reverse)
+            dyt = dy[t, b, col:col + H]  # sliced: loops from 0 (see blocks.py)
+            dht = sh[i]
+            keep = sp2[i]  # the gradient that reaches h_prev directly (zoneout)
+            if zo:
+                m = zh[t, b]
+                for j in range(H):
+                    v = dyt[j] + dh0[b, j]
+                    keep[j] = m[j] * v
+                    dht[j] = v - keep[j]
+            else:
+                for j in range(H):
+                    dht[j] = dyt[j] + dh0[b, j]
+            dg = dgates[t, b]
+            _cell_back(gates[t, b], dg, dht, dc0[b], c[p, b], ln, g_c, b_c,
+                       chat[t, b] if ln else none, rstd[t, b, 2] if ln else cast_like(dg, 0),
+                       du[t, b] if ln else none, zc[t, b] if zo else none)
+            src = sg[i]
+            if ln:
+                d = dr[t, b]
+                for j in range(G):
+                    d[j] = dg[j] * g_hh[j]
+                normalize_back(d, rhat[t, b], rstd[t, b, 1], d)
+                for j in range(G):
+                    src[j] = d[j]
+            else:
+                for j in range(G):
+                    src[j] = dg[j]
+        matmul_carry(sp1, sg, w_hh_t, w_hh, n)  # the carry: dz · W_hh for every active row
+        for i in range(n):
+            dst = dh0[rows[i]]
+            for k in range(H):
+                dst[k] = sp1[i, k] + sp2[i, k] if zo else sp1[i, k]
+
+
+@kernel
+def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln, g_ih, g_hh,
+                g_c, b_c, p, work):
+    """One time step of layer k, for streaming (inference: zoneout as its expectation).
+
+    x: (B, I) the input of layer 0 (layer k > 0 reads h_out[k-1]); h, c: (L, B, H) the state
+    before, read at [k]; h_out, c_out: the new state, written at [k]; w_ih_t: (I, 4H);
+    w_hh_t: (H, 4H); b_ih, b_hh, g_ih, g_hh: (4H,); g_c, b_c: (H,) (the γ, β empty without
+    ``ln``); p: the zoneout probability (0: none); work: (11H,) scratch. With ``check``,
+    returns False having written nothing if the inputs are not finite; else True."""
+    if check and not step_inputs_finite(k, x, h, c):
+        return False
+    inp, hk, hn = step_layer_rows(k, x, h, h_out)
+    ck, cn = c[k], c_out[k]
+    G = w_hh_t.shape[1]
+    H = G // 4
+    g = work[:G]
+    r = work[G:2 * G]
+    ct = work[2 * G:2 * G + H]
+    chat = work[2 * G + H:2 * G + 2 * H]
+    zm = work[2 * G + 2 * H:2 * G + 3 * H]
+    zm_or_none = zm if p > 0 else zm[:0]
+    for j in range(H):
+        zm[j] = p
+    for b in range(inp.shape[0]):
+        row_nn(g, inp[b], w_ih_t, 0, G)
+        row_nn(r, hk[b], w_hh_t, 0, G)
+        if ln:
+            normalize(g, g, EPS)
+            normalize(r, r, EPS)
+            for j in range(G):
+                g[j] = g_ih[j] * g[j] + b_ih[j] + g_hh[j] * r[j] + b_hh[j]
+        else:
+            for j in range(G):
+                g[j] += b_ih[j] + b_hh[j] + r[j]
+        _cell(g, ck[b], hk[b], cn[b], hn[b], ct, ln, g_c, b_c, chat, zm_or_none, zm_or_none)
+    return True

@@ -1,0 +1,165 @@
+"""``nlstm.LayerNormLSTM``, and the whole-sequence passes it shares with ``LSTM(zoneout=p)``
+(both run the kernels of :mod:`nlstm.kernels.lnlstm`)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .kernels import lnlstm as K
+from .lstm import LSTM
+
+
+class LayerNormLSTM(LSTM):
+    """LSTM with layer normalisation inside the cell (Ba, Kiros and Hinton, 2016), in haste's
+    form: W·x and R·h are normalised separately, each with its own gain and bias, and the cell
+    state before its tanh. Per row and step, LN(a) = (a − mean a)/√(var a + 1e-5):
+
+    z = γ_ih ⊙ LN(W_ih x) + b_ih + γ_hh ⊙ LN(W_hh h) + b_hh   (over the 4H gates i, f, g, o)
+    c' = σ(z_f)⊙c + σ(z_i)⊙tanh(z_g),  h' = σ(z_o) ⊙ tanh(γ_c ⊙ LN(c') + β_c)
+
+    Parameters: PyTorch's ``weight_ih_l{k}`` (4H, I_k), ``weight_hh_l{k}`` (4H, H),
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H; the biases of the two normalisations), and
+    ``ln_weight_ih_l{k}``, ``ln_weight_hh_l{k}`` (4H: γ_ih, γ_hh), ``ln_weight_c_l{k}``,
+    ``ln_bias_c_l{k}`` (H: γ_c, β_c); ``_reverse`` for the backward direction. The gains
+    start at 1 and β_c at 0; with ``bias=False`` there are no biases, β_c included.
+
+    Everything else is as ``nlstm.LSTM``: state (h, c), calls, streaming, lengths, stacking,
+    directions, dtypes, ``dropout`` between layers, ``forget_bias``, and ``zoneout``. The
+    ONNX variants (``proj_size``, ``peephole``, ``clip``, ``input_forget``) are not offered.
+    """
+
+    _name = "LayerNormLSTM"
+    _layer_norm = True
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
+                 seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0,
+                 forget_bias: float = 0.0, zoneout: float = 0.0):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                         dtype, seed, check_finite, dropout, forget_bias=forget_bias,
+                         zoneout=zoneout)
+
+    def _extra_param_shapes(self, k: int, sfx: str) -> dict:
+        G, H = 4 * self.hidden_size, self.hidden_size
+        shapes = {f"ln_weight_ih_l{k}{sfx}": (G,), f"ln_weight_hh_l{k}{sfx}": (G,),
+                  f"ln_weight_c_l{k}{sfx}": (H,)}
+        if self.bias:
+            shapes[f"ln_bias_c_l{k}{sfx}"] = (H,)
+        return shapes
+
+    def _adjust_init(self) -> None:
+        for name, p in self.params.items():
+            if name.startswith("ln_weight"):
+                p.fill(1)
+            elif name.startswith("ln_bias"):
+                p.fill(0)
+        super()._adjust_init()
+
+    def _config_extra(self) -> dict:
+        return dict(forget_bias=self.forget_bias, zoneout=self.zoneout)
+
+    def _config_defaults(self) -> dict:
+        return dict(forget_bias=0.0, zoneout=0.0)
+
+    def _extra_buffers(self, T, B, e) -> dict:
+        H = self.hidden_size
+        return dict(super()._extra_buffers(T, B, e), xhat=e(T, B, 4 * H), rhat=e(T, B, 4 * H),
+                    dr=e(T, B, 4 * H), chat=e(T, B, H), du=e(T, B, H), rstd=e(T, B, 3))
+
+    def _split_units(self) -> bool:
+        return False
+
+    def _work_size(self) -> int:
+        return 11 * self.hidden_size
+
+
+def _norm_params(layer, k: int, d: int) -> tuple:
+    """γ_hh, γ_c, β_c of layer k, direction d (empty arrays for the plain cell)."""
+    if not layer._layer_norm:
+        none = layer._empty1
+        return none, none, none
+    sfx = layer._suffixes()[d]
+    H = layer.hidden_size
+    b_c = layer.params.get(f"ln_bias_c_l{k}{sfx}")
+    return (layer.params[f"ln_weight_hh_l{k}{sfx}"], layer.params[f"ln_weight_c_l{k}{sfx}"],
+            layer._zero_bias[:H] if b_c is None else b_c)
+
+
+def _saved(layer, ex: dict) -> tuple:
+    """rhat, chat, rstd, dr, du of a direction's extra buffers (empty for the plain cell)."""
+    if not layer._layer_norm:
+        return (layer._empty3,) * 5
+    return ex["rhat"], ex["chat"], ex["rstd"], ex["dr"], ex["du"]
+
+
+def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
+    """``_forward_dir`` of LayerNormLSTM and of LSTM with zoneout."""
+    ln, ex = layer._layer_norm, ws.extra[k][d]
+    gates = layer._project(ws, k, d, inp)
+    if ln:
+        sfx = layer._suffixes()[d]
+        args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"],
+                layer._p("bias_ih", k, d), ws.lengths)
+        layer._rows(ws, lambda b0, b1, t: K.normalize_input(b0, b1, *args))
+        bias = layer._p("bias_hh", k, d)
+    else:
+        bias = layer._p("bias_ih", k, d) + layer._p("bias_hh", k, d)
+    i = k * layer.num_directions + d
+    zh, zc = ex["zoneout"]
+    rhat, chat, rstd, _, _ = _saved(layer, ex)
+    args = (ws.y[k], ws.states[0][k][d], ws.states[1][k][d], ws.final[0][i], ws.final[1][i], gates,
+            layer._w("weight_hh", k, d), bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1,
+            d * layer.hidden_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc)
+    layer._rows(ws, lambda b0, b1, t: K.lnlstm_forward(b0, b1, *args, *ws.scratch[t]))
+
+
+def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
+    """``_backward_dir`` of LayerNormLSTM and of LSTM with zoneout."""
+    ln, ex = layer._layer_norm, ws.extra[k][d]
+    i = k * layer.num_directions + d
+    gates, h, c = ws.gates[k][d], ws.states[0][k][d], ws.states[1][k][d]
+    zh, zc = ex["zoneout"]
+    rhat, chat, rstd, dr, du = _saved(layer, ex)
+    args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i], gates, h,
+            c, layer._w("weight_hh", k, d), layer._carry_weights(ws, k, d), ws.lengths, d == 1,
+            d * layer.hidden_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc)
+    layer._rows(ws, lambda b0, b1, t: K.lnlstm_backward(b0, b1, *args, *ws.scratch[t]))
+    # gates now holds dz, the gradients of the gate pre-activations
+    hprev = layer._hprev(h, d)
+    if not ln:
+        db = layer._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too
+        layer._hidden_grads(ws, k, d, gates, hprev, db=db)
+        return
+    T, B = ws.key
+    sfx = layer._suffixes()[d]
+    G = 4 * layer.hidden_size
+    dz = gates.reshape(T * B, G)
+    gr = layer.grads
+    gr[f"ln_weight_ih_l{k}{sfx}"] += np.einsum("nj,nj->j", dz, ex["xhat"].reshape(T * B, G))
+    gr[f"ln_weight_hh_l{k}{sfx}"] += np.einsum("nj,nj->j", dz, rhat.reshape(T * B, G))
+    du2, H = du.reshape(T * B, -1), layer.hidden_size
+    gr[f"ln_weight_c_l{k}{sfx}"] += np.einsum("nj,nj->j", du2, chat.reshape(T * B, H))
+    if layer.bias:
+        gr[f"ln_bias_c_l{k}{sfx}"] += layer._row_sum(du2)
+    db = layer._row_sum(dz) if layer.bias else None  # b_ih's and b_hh's: both add to z
+    # xhat becomes the gradient of W_ih x (xhat is not needed after the sum above), gates
+    # dz⊙γ_ih (dz is not needed after the sums above either)
+    args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"], ws.lengths)
+    layer._rows(ws, lambda b0, b1, t: K.normalize_input_back(b0, b1, *args))
+    layer._input_grads(ws, k, d, inp, ex["xhat"], dx, db=db)
+    layer._hidden_grads(ws, k, d, dr, hprev, db=db)
+
+
+def step_kernel():
+    return K.lnlstm_step
+
+
+def step_args(layer, k: int) -> tuple:
+    """Layer k's weight and option arguments of ``lnlstm_step``."""
+    ln = layer._layer_norm
+    g_hh, g_c, b_c = _norm_params(layer, k, 0)
+    g_ih = layer.params[f"ln_weight_ih_l{k}"] if ln else layer._empty1
+    return (layer._w("weight_ih", k, 0), layer._w("weight_hh", k, 0), layer._p("bias_ih", k, 0),
+            layer._p("bias_hh", k, 0), ln, g_ih, g_hh, g_c, b_c,
+            layer.dtype.type(layer.zoneout), layer._step_work)

@@ -1,0 +1,283 @@
+"""LayerNormLSTM and zoneout (LSTM, LayerNormLSTM, GRU): zoneout against the float64 oracle
+with the same masks (training) and with the expectation (inference), every gradient by
+finite differences, streaming, the seeded masks, saving and the bad arguments. The plain
+LayerNormLSTM runs the whole reference suite through tests/cases.py."""
+import numpy as np
+import pytest
+
+import nlstm
+import reference as R
+from gradcheck import sampled_numeric_grad
+
+ZONEOUT_KINDS = {
+    "lstm": (nlstm.LSTM, R.LSTMCell),
+    "lnlstm": (nlstm.LayerNormLSTM, R.LayerNormLSTMCell),
+    "gru": (nlstm.GRU, lambda: R.GRUCell(True)),
+    "gru_lbr0": (lambda *a, **k: nlstm.GRU(*a, linear_before_reset=False, **k),
+                 lambda: R.GRUCell(False)),
+}
+
+
+def _model(kind, p, seed=0, dtype=np.float64, I=3, H=4, **kw):
+    cls, _ = ZONEOUT_KINDS[kind]
+    m = cls(I, H, num_layers=2, bidirectional=True, dtype=dtype, seed=seed, zoneout=p, **kw)
+    rng = np.random.default_rng(seed + 100)
+    for name, a in m.params.items():
+        if name.startswith("ln_"):  # away from the init's 1 and 0
+            a[...] = rng.uniform(0.5, 1.5, a.shape) if "weight" in name else rng.uniform(-.5, .5, a.shape)
+    return m
+
+
+def _data(m, T=5, B=3, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, B, m.input_size))
+    LD = m.num_layers * m.num_directions
+    init = [rng.standard_normal((LD, B, n)) for n in m._state_sizes()]
+    lengths = np.array([T, 2, 0][:B] + [T] * max(0, B - 3))
+    return x, init, lengths
+
+
+def _masks(m, T, B, fill=None):
+    """The workspace's zoneout masks as the oracle's {(k, d, b, t): [mask per state]}, or
+    every mask ``fill``."""
+    out = {}
+    for k in range(m.num_layers):
+        for d in range(m.num_directions):
+            bufs = m._ws.extra[k][d]["zoneout"] if fill is None else None
+            for b in range(B):
+                for t in range(T):
+                    if fill is None:
+                        out[(k, d, b, t)] = [np.array(z[t, b], np.float64) for z in bufs]
+                    else:
+                        out[(k, d, b, t)] = [np.full(n, fill) for n in m._state_sizes()]
+    return out
+
+
+def _state(init):
+    return init[0] if len(init) == 1 else tuple(init)
+
+
+def _list(s):
+    return list(s) if isinstance(s, tuple) else [s]
+
+
+@pytest.mark.parametrize("kind", list(ZONEOUT_KINDS))
+def test_zoneout_inference_is_the_expectation(kind):
+    m = _model(kind, 0.3)
+    x, init, lengths = _data(m)
+    y, final = m(x, _state(init), lengths)
+    cell = R.Zoneout(ZONEOUT_KINDS[kind][1](), _masks(m, *x.shape[:2], fill=0.3))
+    ry, rfinal, _ = R.forward(cell, m.params, x, init, lengths, 2, True)
+    np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")
+    for g, w in zip(_list(final), rfinal):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12, err_msg="final")
+    # and not the plain cell's output
+    plain, _, _ = R.forward(ZONEOUT_KINDS[kind][1](), m.params, x, init, lengths, 2, True)
+    assert np.abs(y - plain).max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", list(ZONEOUT_KINDS))
+def test_zoneout_training_matches_reference_with_same_masks(kind, dtype):
+    m = _model(kind, 0.4, dtype=dtype)
+    x, init, lengths = _data(m)
+    rng = np.random.default_rng(5)
+    y, final = m.forward(x.astype(dtype), _state([a.astype(dtype) for a in init]), lengths)
+    masks = _masks(m, *x.shape[:2])
+    vals = np.concatenate([np.concatenate(v) for v in masks.values()])
+    assert set(np.unique(vals)) == {0.0, 1.0}  # the masks really are sampled
+    dy = rng.standard_normal(y.shape)
+    dfinal = [rng.standard_normal(a.shape) for a in init]
+    m.zero_grad()
+    dx, dinit = m.backward(dy.astype(dtype), *[a.astype(dtype) for a in dfinal])
+    cell = R.Zoneout(ZONEOUT_KINDS[kind][1](), masks)
+    ry, rfinal, cache = R.forward(cell, m.params, x, init, lengths, 2, True)
+    rdx, rdinit, rgrads = R.backward(cache, dy, dfinal)
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(y, ry, err_msg="y", **tol)
+    np.testing.assert_allclose(dx, rdx, err_msg="dx", **tol)
+    for i, (g, w) in enumerate(zip(_list(final), rfinal)):
+        np.testing.assert_allclose(g, w, err_msg=f"final[{i}]", **tol)
+    for i, (g, w) in enumerate(zip(_list(dinit), rdinit)):
+        np.testing.assert_allclose(g, w, err_msg=f"dinit[{i}]", **tol)
+    assert set(rgrads) == set(m.grads)
+    for k, g in rgrads.items():
+        np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.35])
+@pytest.mark.parametrize("kind", list(ZONEOUT_KINDS))
+def test_every_gradient_by_finite_differences(kind, p):
+    """float64; with zoneout, every forward draws the same masks (the stream reset)."""
+    m = _model(kind, p, seed=3)
+    x, init, lengths = _data(m, seed=4)
+    rng = np.random.default_rng(7)
+    y, _ = m.forward(x, _state(init), lengths)
+    dy = rng.standard_normal(y.shape)
+    dfinal = [rng.standard_normal(a.shape) for a in init]
+
+    def loss():
+        m._dropout_rng = np.random.default_rng(11)
+        y, final = m.forward(x, _state(init), lengths)
+        return float((y * dy).sum() + sum((f * g).sum() for f, g in zip(_list(final), dfinal)))
+
+    loss()
+    m.zero_grad()
+    dx, dinit = m.backward(dy, *dfinal)
+    grads = {k: v.copy() for k, v in m.grads.items()}
+    checks = [("x", x, dx)] + [(f"init[{i}]", a, g) for i, (a, g) in enumerate(zip(init, _list(dinit)))]
+    checks += [(k, m.params[k], grads[k]) for k in m.params]
+    for name, a, g in checks:
+        for index, num in sampled_numeric_grad(loss, a, rng, n=6).items():
+            assert abs(g[index] - num) <= 1e-6 + 1e-5 * abs(num), (name, index, g[index], num)
+
+
+@pytest.mark.parametrize("kind", list(ZONEOUT_KINDS))
+def test_stream_matches_inference(kind):
+    cls, _ = ZONEOUT_KINDS[kind]
+    m = cls(3, 5, num_layers=2, dtype=np.float64, seed=2, zoneout=0.25)
+    x, init, _ = _data(m, T=6, B=2)
+    init = [a[:2] for a in init]
+    y, final = m(x, _state(init))
+    state = _state(init)
+    for t in range(x.shape[0]):
+        yt, state = m.step(x[t], state)
+        np.testing.assert_allclose(yt, y[t], rtol=1e-12, atol=1e-13, err_msg=f"y[{t}]")
+    for g, w in zip(_list(state), _list(final)):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
+    m32 = cls(3, 5, num_layers=2, seed=2, zoneout=0.25)
+    s = m32.stream()
+    y32, _ = m32(x[:, :1].astype(np.float32))
+    for t in range(x.shape[0]):
+        np.testing.assert_allclose(s(x[t, 0].astype(np.float32)), y32[t, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_layernorm_lstm_stream_without_zoneout():
+    m = nlstm.LayerNormLSTM(3, 4, dtype=np.float64, seed=1)
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    y, _ = m(x)
+    s = m.stream()
+    np.testing.assert_allclose(np.stack([s(v) for v in x]), y, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", list(ZONEOUT_KINDS))
+def test_masks_come_from_the_seed(kind):
+    x = np.random.default_rng(0).standard_normal((30, 8, 3))
+    a, b, c = (_model(kind, 0.5, seed=s) for s in (1, 1, 2))
+    ya, _ = a.forward(x)
+    yb, _ = b.forward(x)
+    np.testing.assert_array_equal(ya, yb)
+    fraction = np.mean(a._ws.extra[0][0]["zoneout"][0])
+    assert 0.4 < fraction < 0.6, fraction
+    ya2, _ = a.forward(x)  # the stream goes on: new masks
+    assert np.abs(ya2 - ya).max() > 0
+    c.load_state_dict(a.state_dict())
+    yc, _ = c.forward(x)
+    assert np.abs(yc - ya).max() > 0
+
+
+def test_zoneout_zero_is_the_plain_cell():
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    for cls in (nlstm.LSTM, nlstm.GRU):
+        y0, _ = cls(3, 4, seed=1)(x)
+        y1, _ = cls(3, 4, seed=1, zoneout=0.0)(x)
+        np.testing.assert_array_equal(y0, y1)
+
+
+def test_layernorm_lstm_parameters():
+    m = nlstm.LayerNormLSTM(3, 4, num_layers=2, bidirectional=True, forget_bias=1.0)
+    sd = m.state_dict()
+    for sfx in ("", "_reverse"):
+        for k in range(2):
+            assert sd[f"ln_weight_ih_l{k}{sfx}"].shape == (16,)
+            assert sd[f"ln_weight_hh_l{k}{sfx}"].shape == (16,)
+            np.testing.assert_array_equal(sd[f"ln_weight_c_l{k}{sfx}"], np.ones(4))
+            np.testing.assert_array_equal(sd[f"ln_bias_c_l{k}{sfx}"], np.zeros(4))
+    assert "ln_bias_c_l0" not in nlstm.LayerNormLSTM(3, 4, bias=False).state_dict()
+    assert repr(nlstm.LayerNormLSTM(3, 4, zoneout=0.1)) == \
+        "LayerNormLSTM(3, 4, zoneout=0.1, dtype=float32)"
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, True, "0.1", None])
+@pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.LayerNormLSTM, nlstm.GRU])
+def test_bad_zoneout(cls, bad):
+    with pytest.raises(ValueError, match="zoneout"):
+        cls(3, 4, zoneout=bad)
+
+
+@pytest.mark.parametrize("variant", [dict(proj_size=2), dict(peephole=True), dict(clip=1.0),
+                                     dict(input_forget=True)])
+def test_zoneout_needs_the_plain_lstm(variant):
+    with pytest.raises(ValueError, match="zoneout"):
+        nlstm.LSTM(3, 4, zoneout=0.1, **variant)
+    with pytest.raises(TypeError):
+        nlstm.LayerNormLSTM(3, 4, **variant)
+
+
+@pytest.mark.parametrize("cls", [nlstm.LayerNormLSTM, nlstm.LSTM, nlstm.GRU])
+def test_save_load_round_trip(cls, tmp_path):
+    m = cls(3, 4, num_layers=2, bidirectional=True, seed=3, zoneout=0.2)
+    for a in m.params.values():
+        a += np.random.default_rng(1).uniform(-0.1, 0.1, a.shape).astype(a.dtype)
+    path = nlstm.save(m, tmp_path / "m.npz")
+    m2 = nlstm.load(path)
+    assert type(m2) is cls and m2.get_config() == m.get_config() and m2.zoneout == 0.2
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(m(x)[0], m2(x)[0])
+
+
+def test_sequential_fit_and_save(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 10, 2)).astype(np.float32)
+    Y = X[:, -3:, :1].sum(axis=1)
+    model = nlstm.Sequential([nlstm.LayerNormLSTM(2, 16, batch_first=True, seed=0, zoneout=0.1),
+                              nlstm.Linear(16, 1, seed=1)], output="last", loss="mse")
+    before = float(np.mean((model.predict(X) - Y) ** 2))
+    model.fit(X, Y, epochs=15, batch_size=16, seed=0, lr=0.01, verbose=0)
+    after = float(np.mean((model.predict(X) - Y) ** 2))
+    assert after < 0.7 * before, (before, after)
+    path = model.save(tmp_path / "seq.npz")
+    np.testing.assert_array_equal(nlstm.load(path).predict(X), model.predict(X))
+
+
+@pytest.mark.parametrize("cell,cls", [("layernorm-lstm", "LayerNormLSTM"), ("gru", "GRU")])
+def test_cli_train_cell_and_zoneout(tmp_path, cell, cls):
+    from test_cli import assert_ok, run
+    rng = np.random.default_rng(0)
+    v = np.sin(np.arange(120) / 4) + 0.1 * rng.standard_normal(120)
+    (tmp_path / "s.csv").write_text("v\n" + "\n".join(f"{a:.4f}" for a in v) + "\n")
+    p = run(["train", "--csv", "s.csv", "--target", "v", "--window", 8, "--epochs", 2,
+             "--hidden", 6, "--cell", cell, "--zoneout", 0.1, "--out", "m.npz"], tmp_path)
+    assert_ok(p)
+    rec = nlstm.load(tmp_path / "m.npz").layers[0]
+    assert type(rec).__name__ == cls and rec.zoneout == 0.1
+    p = run(["inspect", "--model", "m.npz", "--csv", "s.csv", "--out", "i.png"], tmp_path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("nlstm: error:") \
+        and "zoneout" in lines[0], p.stderr
+    for bad in (["--zoneout", "1"], ["--zoneout", "x"], ["--cell", "rnn2"]):
+        p = run(["train", "--csv", "s.csv", "--target", "v", "--window", 8, *bad], tmp_path)
+        assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("nlstm: error"), p.stderr
+
+
+def test_no_torch_or_onnx_export(tmp_path):
+    for layer in (nlstm.LayerNormLSTM(3, 4), nlstm.LSTM(3, 4, zoneout=0.1), nlstm.GRU(3, 4, zoneout=0.1)):
+        pytest.importorskip("torch")
+        with pytest.raises(ValueError, match="no PyTorch equivalent"):
+            nlstm.to_torch(layer)
+    for layer in (nlstm.LSTM(3, 4, zoneout=0.1), nlstm.GRU(3, 4, zoneout=0.1)):
+        pytest.importorskip("onnx")
+        with pytest.raises(ValueError, match="zoneout"):
+            nlstm.onnx.save(layer, tmp_path / "m.onnx")
+    with pytest.raises(TypeError):
+        pytest.importorskip("onnx")
+        nlstm.onnx.save(nlstm.LayerNormLSTM(3, 4), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_inspect_refuses_what_it_cannot_read():
+    x = np.zeros((3, 2, 3), np.float32)
+    with pytest.raises(ValueError, match="LayerNormLSTM"):
+        nlstm.inspect(nlstm.LayerNormLSTM(3, 4), x, dy=np.ones((3, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="zoneout"):
+        nlstm.inspect(nlstm.LSTM(3, 4, zoneout=0.1), x, dy=np.ones((3, 2, 4), np.float32))
