@@ -590,40 +590,42 @@ def fit(client, model: Sequential, X, Y, lengths=None, epochs: int = 10, batch_s
         raise TypeError(f"stats must be a dict to fill, got {type(stats).__name__}")
     if isinstance(validation_data, (tuple, list)):
         validation_data = tuple(v.compute() if isinstance(v, da.Array) else v for v in validation_data)
-    before = model.state_dict()
-    run = model._fit_setup(X.shape[0], epochs=epochs, batch_size=batch_size,
-                           validation_data=validation_data, seed=seed,
-                           early_stopping=early_stopping, verbose=verbose, optimizer=optimizer,
-                           lr=lr, weight_decay=weight_decay, clip_norm=clip_norm,
-                           schedule=schedule, tbptt=tbptt, shuffle=shuffle, callback=callback)
-    if resume is not None:
-        _read_checkpoint(resume, model, run)
-    try:
-        trainer = _Trainer(client, model, run, X, Y, L, float(worker_timeout), workers)
-    except _Stopped as e:
-        model.load_state_dict(before)  # a checkpoint may have been loaded: undo it
-        raise RuntimeError(f"nlstm.dask.fit: {e} while the training rows were being placed; "
-                           f"nothing was trained") from None
-    except BaseException:
-        model.load_state_dict(before)
-        raise
-    after_epoch = None
-    if checkpoint is not None:
-        def after_epoch():
-            _write_checkpoint(checkpoint, model, run)
-    try:
-        history = model._fit_loop(run, trainer.train_batch, after_epoch)
-    except _Stopped as e:
-        path = checkpoint
-        if path is None:
-            fd, path = tempfile.mkstemp(prefix="nlstm-dask-checkpoint-", suffix=".npz")
-            os.close(fd)
-        _write_checkpoint(path, model, run)
-        raise RuntimeError(f"nlstm.dask.fit: {e}; the run stopped at epoch {run.epoch}, step "
-                           f"{run.step}. A checkpoint is at {path}: continue with "
-                           f"nlstm.dask.fit(..., resume={path!r})") from None
-    finally:
-        trainer.close()
-    if stats is not None:
-        stats.update(trainer.stats())
-    return history
+    # Hold the model's lock as Sequential.fit does: other threads' calls on it wait.
+    with model._lock:
+        before = model.state_dict()
+        run = model._fit_setup(X.shape[0], epochs=epochs, batch_size=batch_size,
+                               validation_data=validation_data, seed=seed,
+                               early_stopping=early_stopping, verbose=verbose, optimizer=optimizer,
+                               lr=lr, weight_decay=weight_decay, clip_norm=clip_norm,
+                               schedule=schedule, tbptt=tbptt, shuffle=shuffle, callback=callback)
+        if resume is not None:
+            _read_checkpoint(resume, model, run)
+        try:
+            trainer = _Trainer(client, model, run, X, Y, L, float(worker_timeout), workers)
+        except _Stopped as e:
+            model.load_state_dict(before)  # a checkpoint may have been loaded: undo it
+            raise RuntimeError(f"nlstm.dask.fit: {e} while the training rows were being placed; "
+                               f"nothing was trained") from None
+        except BaseException:
+            model.load_state_dict(before)
+            raise
+        after_epoch = None
+        if checkpoint is not None:
+            def after_epoch():
+                _write_checkpoint(checkpoint, model, run)
+        try:
+            history = model._fit_loop(run, trainer.train_batch, after_epoch)
+        except _Stopped as e:
+            path = checkpoint
+            if path is None:
+                fd, path = tempfile.mkstemp(prefix="nlstm-dask-checkpoint-", suffix=".npz")
+                os.close(fd)
+            _write_checkpoint(path, model, run)
+            raise RuntimeError(f"nlstm.dask.fit: {e}; the run stopped at epoch {run.epoch}, step "
+                               f"{run.step}. A checkpoint is at {path}: continue with "
+                               f"nlstm.dask.fit(..., resume={path!r})") from None
+        finally:
+            trainer.close()
+        if stats is not None:
+            stats.update(trainer.stats())
+        return history
