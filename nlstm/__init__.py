@@ -28,8 +28,8 @@ __all__ += ["from_torch", "to_torch", "from_keras", "inspect"]
 
 def __getattr__(name):
     # ``nlstm.onnx`` works without ``import nlstm.onnx``; the onnx package itself is only
-    # imported when one of its functions runs.
-    if name == "onnx":
+    # imported when one of its functions runs. ``nlstm.dask`` imports dask when first used.
+    if name in ("onnx", "dask"):
         import importlib
 
         return importlib.import_module(".onnx", __name__)

@@ -129,6 +129,51 @@ def _out_path(path: str, what: str, inputs=()) -> str:
     return path
 
 
+# ---- a Dask cluster for train / predict (--scheduler, --workers) ---------------------------
+def _cluster_flags() -> argparse.ArgumentParser:
+    c = argparse.ArgumentParser(add_help=False)
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run on this Dask cluster (needs the 'dask' extra)")
+    g.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="run on a local Dask cluster of N worker processes, started for the run")
+    return c
+
+
+class _Cluster:
+    """``with _Cluster(args) as client``: a dask Client for --scheduler/--workers, else None."""
+
+    def __init__(self, args):
+        self.args, self.closing = args, []
+
+    def __enter__(self):
+        address, n = getattr(self.args, "scheduler", None), getattr(self.args, "workers", None)
+        if address is None and n is None:
+            return None
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise UsageError('--scheduler and --workers need Dask: pip install "nlstm[dask]"') from None
+        try:
+            if address is not None:
+                client = Client(address, timeout="20s")
+            else:
+                cluster = LocalCluster(n_workers=n, processes=True, threads_per_worker=1,
+                                       dashboard_address=None)
+                self.closing.append(cluster)
+                client = Client(cluster)
+        except (OSError, TimeoutError) as e:
+            self.__exit__()
+            raise UsageError(f"cannot connect to the Dask scheduler {address}: {_one_line(e)}") from None
+        self.closing.insert(0, client)
+        return client
+
+    def __exit__(self, *exc):
+        for c in self.closing:
+            c.close()
+        self.closing = []
+
+
 def _same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -450,11 +495,19 @@ def cmd_train(args) -> int:
         return bool(timed_out)
 
     try:
-        with np.errstate(over="ignore", invalid="ignore"):  # a divergence is reported below, once
-            hist = model.fit(X_tr, Y_tr, epochs=args.epochs, batch_size=args.batch_size,
-                             validation_data=(X_va, Y_va), seed=args.seed, lr=args.lr,
-                             clip_norm=1.0, early_stopping=args.patience, verbose=_verbose(),
-                             callback=out_of_time)
+        # a divergence is reported below, once
+        with _Cluster(args) as client, np.errstate(over="ignore", invalid="ignore"):
+            fit = model.fit
+            if client is not None:  # --scheduler / --workers: the same fit on a Dask cluster
+                import functools
+
+                import nlstm.dask
+
+                fit = functools.partial(nlstm.dask.fit, client, model)
+            hist = fit(X_tr, Y_tr, epochs=args.epochs, batch_size=args.batch_size,
+                       validation_data=(X_va, Y_va), seed=args.seed, lr=args.lr,
+                       clip_norm=1.0, early_stopping=args.patience, verbose=_verbose(),
+                       callback=out_of_time)
     except FloatingPointError as e:
         raise _diverged(e, args.lr) from None
     n = len(hist["epoch"])
@@ -516,7 +569,14 @@ def cmd_predict(args) -> int:
     _threads(args)
     _out_path(args.out, "predictions", [("--csv", args.csv), ("--model", args.model)])
     model, features, target, W, K, y_mean, y_std, X = _forecaster(args.model, args.csv)
-    pred = model.predict(X) * y_std + y_mean
+    with _Cluster(args) as client:
+        if client is None:
+            pred = model.predict(X)
+        else:
+            import nlstm.dask
+
+            pred = client.compute(nlstm.dask.predict(client, model, X)).result()
+    pred = pred * y_std + y_mean
     header = ["row"] + [f"{target}+{k}" for k in range(1, K + 1)]
 
     # Each row of output: the index (0-based, data rows) of a window's last row, then the
@@ -786,7 +846,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-plot", action="store_true", help="don't write the learning-curve and gradient PNGs")
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", parents=[common], help="train a forecaster on a CSV time series",
+    cluster = _cluster_flags()
+    t = sub.add_parser("train", parents=[common, cluster], help="train a forecaster on a CSV time series",
                        description="Train an LSTM to forecast the next HORIZON values of a column "
                                    "from windows of WINDOW rows. The split is chronological; "
                                    "standardization uses the training part only and is saved "
@@ -817,7 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="FILE", help="model file (default: <csv name>.nlstm.npz)")
     t.set_defaults(func=cmd_train)
 
-    pr = sub.add_parser("predict", parents=[common], help="forecast with a model from 'nlstm train'",
+    pr = sub.add_parser("predict", parents=[common, cluster], help="forecast with a model from 'nlstm train'",
                         description="Write a CSV with, for every window of the input CSV, the index "
                                     "of its last row (0-based, data rows) and the next K forecasts.")
     pr.add_argument("--model", required=True, metavar="FILE", help="a model file written by 'nlstm train'")

@@ -412,6 +412,24 @@ class Sequential(Lockable):
         "lr": [...], "time": [...] (seconds since the start)}, one entry per epoch.
         """
         X, Y, lengths = self._prepare(X, Y, lengths)
+        run = self._fit_setup(len(X), epochs=epochs, batch_size=batch_size,
+                              validation_data=validation_data, seed=seed,
+                              early_stopping=early_stopping, verbose=verbose, optimizer=optimizer,
+                              lr=lr, weight_decay=weight_decay, clip_norm=clip_norm,
+                              schedule=schedule, tbptt=tbptt, shuffle=shuffle, callback=callback)
+
+        def train_batch(idx: np.ndarray):
+            lb = None if lengths is None else lengths[idx]
+            return self._train_batch(X[idx], Y[idx], lb, run.opt, run.clip_norm, run.tbptt)
+
+        return self._fit_loop(run, train_batch)
+
+    def _fit_setup(self, n_rows: int, *, epochs, batch_size, validation_data, seed,
+                   early_stopping, verbose, optimizer, lr, weight_decay, clip_norm, schedule,
+                   tbptt, shuffle, callback) -> "FitRun":
+        """Check ``fit``'s arguments (all but the training data) and make its optimizer,
+        schedule and random streams. Changes the model only after every check has passed
+        (it reseeds Dropout layers when ``seed`` is given). Shared by ``nlstm.dask.fit``."""
         epochs = positive_int("epochs", epochs)
         batch_size = positive_int("batch_size", batch_size)
         val = None
@@ -455,32 +473,48 @@ class Sequential(Lockable):
             for layer, s in zip(self.layers, mask_seeds):
                 if isinstance(layer, Dropout):
                     layer.reseed(s)
+        return FitRun(n_rows=n_rows, epochs=epochs, batch_size=batch_size, val=val,
+                      early_stopping=early_stopping, tbptt=tbptt, clip_norm=clip_norm, mode=mode,
+                      opt=opt, sched=sched, rng=rng, shuffle=shuffle, callback=callback,
+                      history={"epoch": [], "loss": [], "lr": [], "time": [],
+                               **({"val_loss": []} if val is not None else {})})
 
-        N = len(X)
+    def _fit_loop(self, run: "FitRun", train_batch: Callable[[np.ndarray], tuple],
+                  after_epoch: Optional[Callable[[], None]] = None) -> dict:
+        """fit's epochs: batch order, progress, history, validation, schedule, callback and
+        early stopping. ``train_batch(idx)`` trains on the rows ``idx`` of the training data
+        and returns (loss·count, count). Starts at ``run``'s position (epoch 1, step 0 for
+        a new run) and keeps it there, so a caller can checkpoint and resume a run;
+        ``after_epoch()`` is called when an epoch is over and the position is the next's."""
+        N, batch_size, mode = run.n_rows, run.batch_size, run.mode
         steps = math.ceil(N / batch_size)
-        history = {"epoch": [], "loss": [], "lr": [], "time": []}
-        if val is not None:
-            history["val_loss"] = []
-        bar = _progress(mode, epochs * steps)
-        best, best_state, since_best = math.inf, None, 0
-        t_start = time.perf_counter()
+        history, val = run.history, run.val
+        bar = _progress(mode, run.epochs * steps)
+        if bar is not None and (run.epoch > 1 or run.step):
+            bar.update((run.epoch - 1) * steps + run.step)  # a resumed run
+        t_start = time.perf_counter() - run.elapsed
+        stop = False
         try:
-            for epoch in range(1, epochs + 1):
-                order = rng.permutation(N) if shuffle else np.arange(N)
-                total, count = 0.0, 0
+            while run.epoch <= run.epochs and not stop:
+                epoch = run.epoch
+                if run.order is None:
+                    run.order = run.rng.permutation(N) if run.shuffle else np.arange(N)
                 if bar is not None:
-                    bar.set_description(f"epoch {epoch}/{epochs}")
-                for s in range(steps):
-                    idx = order[s * batch_size:(s + 1) * batch_size]
-                    lb = None if lengths is None else lengths[idx]
-                    t, c = self._train_batch(X[idx], Y[idx], lb, opt, clip_norm, tbptt)
-                    total += t
-                    count += c
+                    bar.set_description(f"epoch {epoch}/{run.epochs}")
+                while run.step < steps:
+                    idx = run.order[run.step * batch_size:(run.step + 1) * batch_size]
+                    t, c = train_batch(idx)
+                    run.total += t
+                    run.count += c
+                    run.step += 1
+                    run.elapsed = time.perf_counter() - t_start
                     if bar is not None:
                         bar.update(1)
-                        if count:
-                            bar.set_postfix_str(self._postfix(total / count, history), refresh=False)
-                logs = {"epoch": epoch, "loss": total / count if count else 0.0, "lr": opt.lr}
+                        if run.count:
+                            bar.set_postfix_str(self._postfix(run.total / run.count, history),
+                                                refresh=False)
+                logs = {"epoch": epoch, "loss": run.total / run.count if run.count else 0.0,
+                        "lr": run.opt.lr}
                 if val is not None:
                     logs["val_loss"] = self._evaluate(*val, max(batch_size, 256))
                 logs["time"] = time.perf_counter() - t_start
@@ -490,25 +524,26 @@ class Sequential(Lockable):
                     bar.set_postfix_str(self._postfix(logs["loss"], history), refresh=True)
                 elif mode == 2:
                     extra = f", val_loss {logs['val_loss']:.5f}" if val is not None else ""
-                    print(f"epoch {epoch}/{epochs}: loss {logs['loss']:.5f}{extra} "
+                    print(f"epoch {epoch}/{run.epochs}: loss {logs['loss']:.5f}{extra} "
                           f"({logs['time']:.1f} s)", flush=True)
-                if sched is not None:
-                    sched.step()
-                stop = bool(callback(epoch, dict(logs))) if callback is not None else False
-                if early_stopping is not None:
+                if run.sched is not None:
+                    run.sched.step()
+                stop = bool(run.callback(epoch, dict(logs))) if run.callback is not None else False
+                if run.early_stopping is not None:
                     monitored = logs.get("val_loss", logs["loss"])
-                    if monitored < best:
-                        best, best_state, since_best = monitored, self.state_dict(), 0
+                    if monitored < run.best:
+                        run.best, run.best_state, run.since_best = monitored, self.state_dict(), 0
                     else:
-                        since_best += 1
-                        stop = stop or since_best >= early_stopping
-                if stop:
-                    break
+                        run.since_best += 1
+                        stop = stop or run.since_best >= run.early_stopping
+                run.next_epoch()
+                if after_epoch is not None:
+                    after_epoch()
         finally:
             if bar is not None:
                 bar.close()
-        if best_state is not None:
-            self.load_state_dict(best_state)
+        if run.best_state is not None:
+            self.load_state_dict(run.best_state)
         return history
 
     @staticmethod
@@ -520,39 +555,83 @@ class Sequential(Lockable):
 
     def _train_batch(self, xb, yb, lb, opt: Optimizer, clip_norm, tbptt):
         """One optimizer step per batch (per chunk with tbptt). Returns (loss·count, count)."""
-        T = xb.shape[1]
-        k = tbptt or T
         total, count = 0.0, 0
         state = None
-        for t0 in range(0, T, k):
-            t1 = min(T, t0 + k)
-            if k == T:
-                xc, yc, lc = xb, yb, lb
-            else:
-                xc = xb[:, t0:t1]
-                lc = np.full(len(xb), t1 - t0) if lb is None else np.clip(lb - t0, 0, t1 - t0)
-                if self.output == "sequence":
-                    yc, loss_len = yb[:, t0:t1], lc
-                else:
-                    # A row's target belongs to the chunk that holds its last valid step.
-                    end = (np.full(len(xb), T) if lb is None else lb) - 1
-                    yc, loss_len = yb, ((end >= t0) & (end < t1)).astype(np.int64)
-            self.zero_grad()
-            out, state = self.forward(xc, lc, state=state, train=True)
-            value = self.loss.forward(out, yc, lc if k == T else loss_len)
-            n = self.loss.count
-            if not math.isfinite(value):
-                raise FloatingPointError("the training loss is not finite: lower lr or set clip_norm")
+        for t0, t1 in _chunk_bounds(xb.shape[1], tbptt):
+            value, n, state = self._chunk_grad(*self._chunk(xb, yb, lb, t0, t1), state)
             if n == 0:
-                self._cache = None
                 continue
             total += value * n
             count += n
-            self.backward(self.loss.backward())
-            if clip_norm is not None:
-                clip_grad_norm(self.grads, clip_norm)
-            opt.step()
+            self._apply_update(opt, clip_norm)
         return total, count
+
+    def _chunk(self, xb, yb, lb, t0: int, t1: int):
+        """The steps t0..t1-1 of a batch as (x, y, lengths, loss lengths) for ``_chunk_grad``."""
+        T = xb.shape[1]
+        if t0 == 0 and t1 == T:
+            return xb, yb, lb, lb
+        xc = xb[:, t0:t1]
+        lc = np.full(len(xb), t1 - t0) if lb is None else np.clip(lb - t0, 0, t1 - t0)
+        if self.output == "sequence":
+            return xc, yb[:, t0:t1], lc, lc
+        # A row's target belongs to the chunk that holds its last valid step.
+        end = (np.full(len(xb), T) if lb is None else lb) - 1
+        return xc, yb, lc, ((end >= t0) & (end < t1)).astype(np.int64)
+
+    def _chunk_grad(self, xc, yc, lc, loss_len, state, scale: Optional[float] = None):
+        """Zero the gradients, then forward and backward over one chunk from ``state``.
+        Returns (mean loss, count of positions, final state); with no position counting,
+        no gradient is computed. ``scale`` multiplies the loss gradient by count·scale
+        (``nlstm.dask`` passes 1 to get the gradient of the sum instead of the mean)."""
+        self.zero_grad()
+        out, state = self.forward(xc, lc, state=state, train=True)
+        value = self.loss.forward(out, yc, loss_len)
+        n = self.loss.count
+        if not math.isfinite(value):
+            raise FloatingPointError("the training loss is not finite: lower lr or set clip_norm")
+        if n == 0:
+            self._cache = None
+            self.loss._grad = None
+            return value, n, state
+        dout = self.loss.backward()
+        if scale is not None:
+            dout *= dout.dtype.type(n * scale)
+        self.backward(dout)
+        return value, n, state
+
+    def _apply_update(self, opt: Optimizer, clip_norm) -> None:
+        """One optimizer step from the gradients in ``self.grads``, clipped first if asked."""
+        if clip_norm is not None:
+            clip_grad_norm(self.grads, clip_norm)
+        opt.step()
+
+
+def _chunk_bounds(T: int, tbptt: Optional[int]):
+    """(t0, t1) of each tbptt chunk of T steps; one chunk (0, T) without tbptt."""
+    k = tbptt or T
+    return [(t0, min(T, t0 + k)) for t0 in range(0, T, k)]
+
+
+class FitRun:
+    """Where a ``fit`` stands: its checked settings, optimizer, schedule and batch-order
+    stream, the position (epoch, step within it, the epoch's order, loss so far) and the
+    history. ``Sequential._fit_loop`` advances it; ``nlstm.dask`` checkpoints it."""
+
+    def __init__(self, *, n_rows, epochs, batch_size, val, early_stopping, tbptt, clip_norm,
+                 mode, opt, sched, rng, shuffle, callback, history):
+        self.n_rows, self.epochs, self.batch_size, self.val = n_rows, epochs, batch_size, val
+        self.early_stopping, self.tbptt, self.clip_norm, self.mode = early_stopping, tbptt, clip_norm, mode
+        self.opt, self.sched, self.rng, self.shuffle, self.callback = opt, sched, rng, shuffle, callback
+        self.history = history
+        self.epoch, self.step, self.order = 1, 0, None
+        self.total, self.count = 0.0, 0
+        self.best, self.best_state, self.since_best = math.inf, None, 0
+        self.elapsed = 0.0  # seconds of training before this call (for "time" when resumed)
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.step, self.order, self.total, self.count = 0, None, 0.0, 0
 
 
 def _progress(mode: int, total: int):
