@@ -807,6 +807,13 @@ def cmd_selfcheck(args) -> int:
 
 
 # ---- entry point -------------------------------------------------------------------------
+def _forecaster_args(p: argparse.ArgumentParser) -> None:
+    """--model and --csv, as read by ``_forecaster`` (predict and inspect)."""
+    p.add_argument("--model", required=True, metavar="FILE", help="a model file written by 'nlstm train'")
+    p.add_argument("--csv", required=True, metavar="FILE",
+                   help="CSV with the model's feature columns and a header row, oldest row first")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=_positive_int, metavar="N",
@@ -881,9 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", parents=[common, cluster], help="forecast with a model from 'nlstm train'",
                         description="Write a CSV with, for every window of the input CSV, the index "
                                     "of its last row (0-based, data rows) and the next K forecasts.")
-    pr.add_argument("--model", required=True, metavar="FILE", help="a model file written by 'nlstm train'")
-    pr.add_argument("--csv", required=True, metavar="FILE",
-                    help="CSV with the model's feature columns and a header row, oldest row first")
+    _forecaster_args(pr)
     pr.add_argument("--out", required=True, metavar="FILE",
                     help="CSV to write the forecasts to (never one of the input files)")
     pr.set_defaults(func=cmd_predict)
@@ -891,9 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", parents=[common], help="look inside a model from 'nlstm train'",
                          description="Gates, cell state and the gradient of the forecast at every "
                                      "step of one window: prints the summaries and draws them.")
-    ins.add_argument("--model", required=True, metavar="FILE", help="a model file written by 'nlstm train'")
-    ins.add_argument("--csv", required=True, metavar="FILE",
-                     help="CSV with the model's feature columns and a header row, oldest row first")
+    _forecaster_args(ins)
     ins.add_argument("--row", type=int, metavar="N",
                      help="the window that ends at data row N (0-based, as 'nlstm predict' "
                           "numbers them; default: the last)")

@@ -449,15 +449,22 @@ def _dh(layer, cell: str, k: int, d: int, dy: np.ndarray, gates: dict) -> np.nda
 
 
 def _dc(layer, k: int, d: int, dh: np.ndarray, saved: dict) -> np.ndarray:
-    """dL/dc_t: from h_t = o_t⊙tanh(c_t) (through W_hr with a projection, and o's peephole),
+    """dL/dc_t: from h_t = o_t⊙h(c_t), h = tanh by default (through W_hr with a projection, and o's peephole),
     plus f_{t+1}⊙dL/dc_{t+1} from the next step (and its i and f peepholes): the path of the
     seeds' lesson, through '+' and element-wise '×' nodes only."""
     H = layer.hidden_size
     g, c = saved["gates"], saved["c"]
     dz = layer._ws.gates[k][d]  # the gate pre-activation gradients (clipped units are zero)
     dm = dh @ layer._p("weight_hr", k, d) if layer.proj_size else dh
-    tc = np.tanh(c)
-    local = dm * g["o"] * (1 - tc * tc)
+    if layer._act_spec is None:
+        tc = np.tanh(c)
+        dhc = 1 - tc * tc
+    else:  # ONNX's activations: h's function is the third of the direction's rows
+        from .kernels.activations import dact_into
+
+        dhc = np.empty_like(c)
+        dact_into(layer._acts(d)[2], np.ascontiguousarray(c), dhc)
+    local = dm * g["o"] * dhc
     back = g["f"].copy()  # multiplies dL/dc_t to give step t's share of dL/dc_{t-1}
     peep = layer.peephole
     if peep:

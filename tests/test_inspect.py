@@ -47,34 +47,33 @@ def ref_outputs(m, cell, x, lengths, bump=None):
         y = np.zeros((T, B, D * O))
         for d in range(D):
             w, _ = R._weights(p, k, d)
+            cd = cell.direction(d)  # ONNX activations may differ per direction
             for b in range(B):
                 state = tuple(np.zeros(n) for n in m._state_sizes())
                 for t in R._order(lengths[b], d == 1):
                     h_prev = state[0]
-                    state, _ = cell.step(w, inp[t, b], state)
+                    state, _ = cd.step(w, inp[t, b], state)
                     if bump is not None and bump[:4] == (k, d, b, t):
                         s, j, eps = bump[4:]
                         e = eps * (np.arange(state[s].size) == j)
                         if s == 0:
                             state = (state[0] + e,) + state[1:]
                         else:
-                            state = _lstm_bumped_c(cell, w, inp[t, b], h_prev, state[1] + e)
+                            state = _lstm_bumped_c(cd, w, inp[t, b], h_prev, state[1] + e)
                     y[t, b, d * O:(d + 1) * O] = state[0]
         inp = y
     return y
 
 
 def _lstm_bumped_c(cell, w, x, h, c):
-    """The oracle LSTM's (h_t, c_t) for a bumped c_t: h_t = o⊙tanh(c_t), where o reads c_t
+    """The oracle LSTM's (h_t, c_t) for a bumped c_t: h_t = o⊙h(c_t), where o reads c_t
     through its peephole, so the bump reaches everything that depends on c_t."""
     H = c.shape[0]
     zo = w["weight_ih"][3 * H:] @ x + w["bias_ih"][3 * H:] + w["weight_hh"][3 * H:] @ h \
         + w["bias_hh"][3 * H:]
     if cell.peephole:
         zo = zo + w["peephole"][2 * H:] * c
-    if cell.clip:
-        zo = np.clip(zo, -cell.clip, cell.clip)
-    m = R.sigmoid(zo) * np.tanh(c)
+    m = cell.fa(zo) * cell.hact(c)  # fa clamps to ±clip; h(c) is not clipped
     return (w["weight_hr"] @ m if cell.proj else m), c
 
 

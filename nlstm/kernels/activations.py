@@ -175,3 +175,13 @@ def gates_inplace(v, pre, spec, clip):
         x = v[j]
         pre[j] = x
         v[j] = gate(spec, x, clip)
+
+
+@numba.njit(fastmath=set(FASTMATH), cache=True)
+def dact_into(spec, x, out):
+    """out = the derivative of ``act`` of the row ``spec`` (code, alpha, beta) at x,
+    element-wise over arrays of any shape (unclipped: for the LSTM's h(c))."""
+    k, a, b = int(spec[0]), spec[1], spec[2]
+    xf, of = x.ravel(), out.ravel()
+    for j in range(xf.shape[0]):
+        of[j] = dact(k, xf[j], act(k, xf[j], a, b), a, b)
