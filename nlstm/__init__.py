@@ -19,8 +19,8 @@ from .inspect import inspect
 from ._version import __version__
 from ._warmup import warmup
 
-__all__ = ["LSTM", "LayerNormLSTM", "GRU", "RNN", "RecurrentLayer", "Stream", "set_num_threads", "get_num_threads",
-           "warmup", "__version__"]
+__all__ = ["LSTM", "LayerNormLSTM", "GRU", "RNN", "RecurrentLayer", "Stream", "set_num_threads",
+           "get_num_threads", "warmup", "__version__"]
 __all__ += ["Linear", "Dropout", "Sequential", "MSELoss", "CrossEntropyLoss", "SGD", "Adam",
             "AdamW", "StepLR", "CosineLR", "clip_grad_norm", "save", "load"]
 __all__ += ["from_torch", "to_torch", "from_keras", "inspect"]
@@ -32,5 +32,5 @@ def __getattr__(name):
     if name in ("onnx", "dask"):
         import importlib
 
-        return importlib.import_module(".onnx", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'nlstm' has no attribute {name!r}")

@@ -279,3 +279,14 @@ def test_cli_train_and_predict_on_the_cluster(cluster, client, tmp_path, capsys)
     assert main(["predict", "--model", str(tmp_path / "local.npz"), "--csv", str(csv_path),
                  "--out", str(tmp_path / "c.csv"), "--workers", "1", "--scheduler", "tcp://x:1"]) == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_attribute_without_import():
+    """``nlstm.dask`` without ``import nlstm.dask`` is this module (it was once nlstm.onnx)."""
+    import subprocess
+    import sys
+
+    code = "import nlstm; print(nlstm.dask.__name__, nlstm.onnx.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["nlstm.dask", "nlstm.onnx"]
