@@ -390,10 +390,12 @@ class _Recurrent:
         """args: values of the node's inputs (None where absent); states: the stream's
         carried states, updated in place (None outside a stream); layer: the layer to run
         (``self.layer`` or a sibling of it with its own workspace, see ``Model.run``)."""
-        layer = self.layer if layer is None else layer
         a = dict(zip(self.slots, args))
         x = np.asarray(a["X"])
-        layer = self.layer_for(a)
+        if self.fed or layer is None:
+            # Fed weights: the layer converted from them (shared by the calls that feed the
+            # same arrays; its lock makes them take turns).
+            layer = self.layer_for(a)
         I = layer.input_size
         if x.ndim != 3 or x.shape[2] != I:
             raise ValueError(f"X must be 3-D ({'T, B' if self.layout == 0 else 'B, T'}, {I}), "
@@ -706,7 +708,10 @@ class Model:
         try:
             return free.pop()  # atomic: two threads never get one lane
         except IndexError:
-            return {label: layer._sibling() for label, layer in self.layers.items()}
+            # A node with fed weights has no fixed layer to copy (None before its first run);
+            # its calls use the layer of their weights (see _Recurrent.run).
+            return {label: None if step.fed else step.layer._sibling()
+                    for label, step in self._rec.items()}
 
     def _free(self, lane: Dict[str, Any]) -> None:
         self.__dict__["_free_lanes"].append(lane)

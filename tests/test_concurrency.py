@@ -177,6 +177,23 @@ def test_onnx_model_runs_concurrently_with_right_answers(rng, two_threads):
         np.testing.assert_array_equal(after[i][0], model.run(None, {"input": xs[i]})[0])
 
 
+def test_onnx_model_run_uses_the_calls_own_layers(rng):
+    """Model.run hands each call a lane of layers; a call that overlaps another gets
+    siblings (own workspaces) and must run on them, not on the model's shared layers."""
+    pytest.importorskip("onnx")
+    import nlstm.onnx as nonnx
+
+    path = nonnx.save(nlstm.GRU(3, 8, seed=1), Path(_tmp()) / "g.onnx", lengths=False)
+    model = nonnx.load(path)
+    (label, own), = model.layers.items()
+    twin = own._sibling()
+    model.__dict__["_free_lanes"] = [{label: twin}]  # as if another call held the own lane
+    x = _data(rng, 5, 2, 3)
+    y = model.run(None, {"input": x})[0]
+    assert twin._ws is not None and own._ws is None
+    np.testing.assert_array_equal(y, own(x)[0])
+
+
 def _tmp():
     import tempfile
 
