@@ -1,221 +1,96 @@
-"""nlstm's threads: its own workers for the recurrent kernels, and the BLAS pools.
+"""nlstm's threads: Numba's, through ``prange``, and the BLAS pools left as found.
 
-The recurrent kernels release the GIL, and the rows of a batch are independent, so each
-worker runs the whole sequence for its own range of rows (Numba's parallel pool is not
-used: its parfors allocate on every call). ``set_num_threads`` sets how many, and the
-BLAS thread count nlstm hands back to the user's own NumPy code.
+**Threads.** The rows of a batch are independent, so a recurrent kernel runs each part of
+the batch's rows on its own thread, the whole time loop inside (``kernels/parallel.py``:
+``@njit(parallel=True)`` drivers over the row-range kernels). How many threads is Numba's
+count: ``nlstm.set_num_threads`` sets ``numba.set_num_threads`` (after nlstm's checks),
+``nlstm.get_num_threads`` is ``numba.get_num_threads``, and ``NUMBA_NUM_THREADS`` sets the
+default and the ceiling. Numba keeps that count per calling thread: a count set in one
+Python thread does not reach another, which starts at the default. Below
+``_MIN_PARALLEL_WORK`` a call runs on the calling thread alone, as a plain compiled call.
 
-The whole-sequence products (input projection, weight gradients, dx) run between kernel
-calls, split the same way, by rows or gate columns over the workers (only when large
-enough to gain from it), each calling NumPy's BLAS single-threaded.
-They are not handed to a multi-threaded BLAS: OpenBLAS's idle threads spin for about
-0.1 s after each threaded call, and on two cores that spinning took a core from the
-recurrence that followed (L inference: 39-50 ms median against 28 ms with the spin cut
-short by OPENBLAS_THREAD_TIMEOUT=4). Inside the kernels, per-step block products may call
-BLAS too (Numba routes ``np.dot`` to SciPy's OpenBLAS). So every OpenBLAS in the process
-runs single-threaded while nlstm works; every public call ends by giving BLAS back
-nlstm's thread count, for the user's own NumPy code.
+**Threading layer.** Numba chooses it, as its docs say, unless the user did
+(``NUMBA_THREADING_LAYER`` or ``numba.config.THREADING_LAYER``); nlstm never changes that
+process-wide choice. Numba's default order is tbb, then omp, then workqueue. The decision:
+
+- tbb and omp are safe when several Python threads call at once: nlstm runs on them freely.
+  Numba's tbb layer needs ``libtbb.so.12`` on the loader's path: a pip-installed ``tbb``
+  in a virtual environment puts it in ``<venv>/lib``, where Numba does not find it, so
+  nlstm does not depend on tbb; omp (GNU libgomp, bundled with Numba's wheels) is the
+  layer on such machines, this one included.
+- workqueue aborts the process when two threads launch parallel regions at once, so
+  nlstm's parallel regions take turns under one process-wide lock there (never an
+  abort, never a hang; a user's own concurrent ``prange`` code is beyond nlstm's reach).
+- GNU OpenMP is not fork-safe: Numba terminates a forked child that launches a parallel
+  region after its parent started the omp layer. So in a child forked after the layer
+  started, nlstm runs every call on the calling thread (multiprocessing pools keep working).
+
+**The unit split** (one batch row's hidden units over several threads, meeting at spin
+barriers) must have every part running at once or it deadlocks. Numba's omp layer runs a
+region as ``#pragma omp parallel num_threads(n)`` + ``omp for`` (static schedule) over the
+scheduler's n chunks, and with fewer iterations than threads each chunk holds one iteration:
+every part gets its own team thread, and every Python thread its own team. The workqueue
+layer queues chunk i to worker i (and nlstm's lock keeps regions apart). tbb promises
+neither (a task arena may run every chunk on the calling thread when its workers are busy
+with other arenas), so under tbb a one-row batch runs on one thread. (``OMP_DYNAMIC=true``
+or an ``OMP_THREAD_LIMIT`` below nlstm's count would shrink omp's team: the split is off
+then too.)
+
+**BLAS.** The process's BLAS thread counts, as threadpoolctl reports them, are the same
+after every nlstm call as before it, errors included: while any nlstm call runs, every
+BLAS library loaded in the process runs single-threaded (Numba's ``np.dot`` inside the
+kernels calls SciPy's OpenBLAS, and threaded BLAS inside parallel regions oversubscribes
+the cores); the first call in saves the counts, the last call out puts them back. The
+whole-sequence products (input projection, weight gradients, dx) run between kernel calls
+as one NumPy product on the calling thread; ``PRODUCTS_ON_BLAS_THREADS`` chooses whether
+BLAS may use nlstm's thread count for them (only above ``SMALL_GEMM``) or stays at one.
+OpenBLAS's idle threads spin for about 0.1 s after a threaded call, and on two cores that
+spinning took a core from the recurrence that followed (L inference: 39-50 ms median
+against 28 ms), so this is the switch to measure.
+
+nlstm pins no thread to a CPU.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import sys
 import threading
-from typing import Callable, Optional
+from contextlib import nullcontext
+from typing import Optional
 
 import numba
 import numpy as np
 
-_num_threads = max(1, numba.config.NUMBA_NUM_THREADS)
-_blas_setters: list | None = None
-
 # Below this much recurrent work (multiply-adds) a second thread costs more than it saves.
 _MIN_PARALLEL_WORK = 1_000_000
 
-
-def _find_blas_setters() -> list:
-    """The ``*_set_num_threads`` functions of the OpenBLAS libraries loaded in this process.
-
-    Read from /proc/self/maps, as threadpoolctl does; nlstm keeps its runtime dependencies
-    to NumPy and Numba (and SciPy's BLAS, through Numba).
-    """
-    names = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-             "openblas_set_num_threads64_", "openblas_set_num_threads")
-    setters, seen = [], set()
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line.lower()}
-    except OSError:  # not Linux: leave BLAS to its own defaults
-        return setters
-    for path in sorted(paths):
-        if path in seen or not os.path.exists(path):
-            continue
-        seen.add(path)
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in names:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.argtypes = [ctypes.c_int]
-                setters.append(fn)
-                break
-    return setters
-
-
-_scanned_with_scipy = False
-_blas_now = 0  # the thread count nlstm last gave the BLAS libraries (0: not set yet)
-
-# Below this many multiply-adds a whole-sequence product runs on the calling thread alone:
-# handing half to a worker costs more than it saves (a 100×32 @ 32×256 projection took
-# 0.4 ms threaded next to a busy core, 24 µs on one).
+# Below this many multiply-adds a whole-sequence product runs with single-threaded BLAS.
 SMALL_GEMM = 8_000_000
 
+# Whether the whole-sequence products may use nlstm's thread count in BLAS (True) or run
+# single-threaded (False); NLSTM_PRODUCT_THREADS=1 chooses False, for measuring both.
+PRODUCTS_ON_BLAS_THREADS = os.environ.get("NLSTM_PRODUCT_THREADS", "blas") != "1"
 
-def _set_blas_threads(n: int) -> None:
-    global _blas_setters, _scanned_with_scipy, _blas_now
-    if n == _blas_now and _scanned_with_scipy:  # the common case: nothing to do
-        return
-    # SciPy's OpenBLAS is loaded late (when Numba first links np.dot): look again once then.
-    scipy_loaded = "scipy.linalg.cython_blas" in sys.modules
-    if _blas_setters is None or (scipy_loaded and not _scanned_with_scipy):
-        _blas_setters = _find_blas_setters()
-        _scanned_with_scipy = scipy_loaded
-        _blas_now = 0
-    if n != _blas_now:
-        for setter in _blas_setters:
-            setter(n)
-        _blas_now = n
-
-
-def restore_blas() -> None:
-    """Give BLAS back nlstm's thread count; every public call ends with this."""
-    _set_blas_threads(_num_threads)
-
-
-# set_num_threads accepts up to this many threads per available CPU: a few more threads
-# than CPUs can be measured (and Numba's own default may exceed a container's CPU quota),
-# but every thread costs a worker and a scratch set in every workspace, and 10**6 of
-# them took 15 s and 2.1 GB on the next tiny forward.
+# set_num_threads accepts up to this many threads per available CPU (within Numba's own
+# ceiling, NUMBA_NUM_THREADS): every thread costs a scratch set in every workspace.
 MAX_THREADS_PER_CPU = 4
+
+get_num_threads = numba.get_num_threads
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for nlstm's kernels and for NumPy's BLAS: an int from 1 to
+    """Use ``n`` threads for nlstm's kernels in the calling thread: Numba's thread count
+    (``numba.set_num_threads``), an int from 1 to the smaller of ``NUMBA_NUM_THREADS`` and
     ``MAX_THREADS_PER_CPU`` (4) times the CPUs this process may run on."""
-    global _num_threads
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise ValueError(f"n must be an int, got {type(n).__name__} {n!r}")
-    limit = MAX_THREADS_PER_CPU * cpus_available()
+    limit = min(MAX_THREADS_PER_CPU * cpus_available(), numba.config.NUMBA_NUM_THREADS)
     if not 1 <= n <= limit:
-        raise ValueError(f"n must be an int from 1 to {limit} ({MAX_THREADS_PER_CPU} per CPU "
-                         f"available to this process), got {n}")
-    _num_threads = int(n)
-    _set_blas_threads(_num_threads)
-
-
-def get_num_threads() -> int:
-    """The number of threads nlstm uses."""
-    return _num_threads
-
-
-class _Worker:
-    """A daemon thread with its own task queue, pinned to one CPU where the OS allows it.
-
-    Each row range goes to its own worker, so two ranges never queue behind each other;
-    pinning keeps the scheduler from waking a worker on a CPU that is already running the
-    other range (measured: 2 threads took 5.6 ms median unpinned, 3.3 ms pinned, for a
-    range pair that takes 6.1 ms on one thread).
-    """
-
-    def __init__(self, cpu):
-        import queue
-        import threading
-
-        self.tasks = queue.SimpleQueue()
-        self.cpu = cpu
-        threading.Thread(target=self._loop, name="nlstm-worker", daemon=True).start()
-
-    def _loop(self):
-        if self.cpu is not None:
-            try:
-                os.sched_setaffinity(0, {self.cpu})  # this thread only
-            except (AttributeError, OSError):
-                pass
-        while True:
-            call, args, done = self.tasks.get()
-            try:
-                call(*args)
-                done.put(None)
-            except BaseException as e:  # handed to the caller, which re-raises it
-                done.put(e)
-
-
-_workers: list = []
-# One parallel call at a time uses the workers, from its first part queued to its last part
-# done. Calls from several Python threads then take turns instead of mixing their parts in
-# the workers' queues (a unit-split call's parts wait for each other at spin barriers, so
-# none may queue behind another call's) or growing the pool twice.
-_pool_lock = threading.Lock()
-
-
-def _forget_workers() -> None:
-    """A forked child has none of the parent's threads: start fresh workers when needed
-    (and a fresh lock, which a parent's thread may have held at the fork)."""
-    global _pool_lock
-    _workers.clear()
-    _pool_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_workers)
-
-
-def _get_workers(n: int) -> list:
-    if len(_workers) < n:
-        try:
-            cpus = sorted(os.sched_getaffinity(0))
-        except AttributeError:
-            cpus = []
-        pin = os.environ.get("NLSTM_PIN_THREADS", "1") != "0" and len(cpus) >= n
-        while len(_workers) < n:
-            i = len(_workers)
-            _workers.append(_Worker(cpus[i] if pin else None))
-    return _workers[:n]
-
-
-def run_rows(B: int, work: float, call: Callable[[int, int, int], None],
-             min_work: Optional[float] = None, row_cost=None) -> None:
-    """Run ``call(b0, b1, i)`` over disjoint row ranges of B rows, in parallel, with every
-    BLAS single-threaded.
-
-    ``work`` is the multiply-adds of the whole call; below ``min_work`` (default: the
-    recurrence's ``_MIN_PARALLEL_WORK``) it stays serial, on the calling thread. Parallel
-    ranges run on nlstm's workers while the caller waits. ``row_cost`` (B,), e.g. the
-    rows' lengths, balances the ranges by cost instead of by count.
-    """
-    import queue
-
-    n = min(_num_threads, B)
-    if n <= 1 or work < (_MIN_PARALLEL_WORK if min_work is None else min_work):
-        n = 1
-    _set_blas_threads(1)
-    if n == 1:
-        call(0, B, 0)
-        return
-    bounds = [i * B // n for i in range(n + 1)]
-    if row_cost is not None:
-        before = np.concatenate(([0], np.cumsum(row_cost)))  # cost of rows [0, j)
-        if before[-1] > 0:  # each cut where the cost before it is nearest i/n of the total
-            bounds[1:n] = [int(np.abs(before - before[-1] * i / n).argmin()) for i in range(1, n)]
-    done = queue.SimpleQueue()
-    with _pool_lock:
-        for i, worker in enumerate(_get_workers(n)):
-            worker.tasks.put((call, (bounds[i], bounds[i + 1], i), done))
-        _collect(done, n)
+        raise ValueError(f"n must be an int from 1 to {limit} (NUMBA_NUM_THREADS is "
+                         f"{numba.config.NUMBA_NUM_THREADS}; at most {MAX_THREADS_PER_CPU} per "
+                         f"CPU available to this process), got {n}")
+    numba.set_num_threads(int(n))
 
 
 def cpus_available() -> int:
@@ -231,35 +106,186 @@ def cpus_available() -> int:
 UNIT_SPLIT = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
 
 
-def _collect(done, n: int) -> None:
-    """Wait for all n parts of a call, even through a KeyboardInterrupt (the parts keep
-    writing the layer's buffers until they finish; returning early would let the next call
-    race with them), then raise the interrupt or the first part's error."""
-    errors, interrupt = [], None
-    while n:
-        try:
-            e = done.get()
-        except BaseException as exc:  # noqa: B036 - re-raised below, once every part is done
-            interrupt = exc
-            continue
-        n -= 1
-        if e is not None:
-            errors.append(e)
-    if interrupt is not None:
-        raise interrupt
-    if errors:
-        raise errors[0]
+# ---- the threading layer -----------------------------------------------------------------
+
+_layer: Optional[str] = None  # Numba's threading layer once started
+_region_lock = nullcontext()  # a process-wide lock on the workqueue layer (see the doc)
+_serial_only = False  # a child forked from a process running GNU OpenMP
 
 
-def run_together(n: int, call: Callable[[int], None]) -> None:
-    """Run ``call(part)`` for every part of n at the same time, each on its own worker (the
-    parts of a unit-split kernel meet at spin barriers, so none may queue behind another),
-    with every BLAS single-threaded."""
-    import queue
+def _start_layer() -> str:
+    """Start Numba's threading layer (as its first parallel call would) and note which."""
+    global _layer, _region_lock
+    if _layer is None:
+        from numba.np.ufunc import parallel
+        parallel._launch_threads()
+        _layer = numba.threading_layer()
+        if _layer == "workqueue":
+            _region_lock = threading.Lock()
+    return _layer
 
-    _set_blas_threads(1)
-    done = queue.SimpleQueue()
-    with _pool_lock:  # see _pool_lock
-        for i, worker in enumerate(_get_workers(n)):
-            worker.tasks.put((call, (i,), done))
-        _collect(done, n)
+
+def _gnu_omp() -> bool:
+    try:
+        from numba.np.ufunc import omppool
+        return omppool.openmp_vendor == "GNU"
+    except (ImportError, AttributeError):
+        return True  # unknown: treat as not fork-safe
+
+
+def _after_fork_in_child() -> None:
+    global _serial_only, _region_lock
+    if _layer == "omp" and _gnu_omp():
+        _serial_only = True
+    if _layer == "workqueue":  # a parent's thread may have held it at the fork
+        _region_lock = threading.Lock()
+    global _blas_lock, _blas_users, _blas_saved
+    _blas_lock, _blas_users, _blas_saved = threading.Lock(), 0, []
+
+
+def _omp_team_is_full() -> bool:
+    """Whether an omp team gets every thread asked for (see the module doc)."""
+    if os.environ.get("OMP_DYNAMIC", "").strip().lower() in ("true", "1", "yes"):
+        return False
+    limit = os.environ.get("OMP_THREAD_LIMIT", "").strip()
+    return not limit.isdigit() or int(limit) >= numba.config.NUMBA_NUM_THREADS
+
+
+def unit_split_allowed() -> bool:
+    """Whether one row's hidden units may split over threads that meet at spin barriers:
+    only where every part is sure to get its own thread at once (see the module doc)."""
+    if not UNIT_SPLIT or _serial_only:
+        return False
+    layer = _start_layer()
+    return layer == "workqueue" or (layer == "omp" and _omp_team_is_full())
+
+
+def parts_for(B: int, work: float, min_work: Optional[float] = None) -> int:
+    """How many threads share B rows of ``work`` multiply-adds: 1 (the calling thread
+    alone) below ``min_work``, in a forked GNU OpenMP child, or with one thread."""
+    n = min(numba.get_num_threads(), B)
+    if n <= 1 or work < (_MIN_PARALLEL_WORK if min_work is None else min_work) or _serial_only:
+        return 1
+    _start_layer()
+    return n
+
+
+def row_bounds(B: int, n: int, row_cost=None) -> np.ndarray:
+    """n + 1 cuts of B rows into n ranges: by count, or with ``row_cost`` (B,), e.g. the
+    rows' lengths, each cut where the cost before it is nearest i/n of the total."""
+    bounds = np.arange(n + 1, dtype=np.int64) * B // n
+    if row_cost is not None:
+        before = np.concatenate(([0], np.cumsum(row_cost)))  # cost of rows [0, j)
+        if before[-1] > 0:
+            for i in range(1, n):
+                bounds[i] = np.abs(before - before[-1] * i / n).argmin()
+    return bounds
+
+
+def run_rows(B: int, work: float, split, args: tuple, parts: list, stacked: tuple,
+             row_cost=None) -> None:
+    """Run the batched kernel ``split`` (a ``kernels.parallel.Split``) over B rows: on the
+    calling thread below ``_MIN_PARALLEL_WORK`` multiply-adds of ``work``, else over
+    Numba's threads, rows balanced by ``row_cost``. ``parts[i]``: part i's scratch tuple,
+    views of ``stacked`` (a tuple of (parts, ...) arrays, as many parts as threads)."""
+    n = parts_for(B, work)
+    if n == 1:
+        split.serial(0, B, *args, *parts[0])
+        return
+    bounds = row_bounds(B, n, row_cost)
+    with _region_lock:
+        split.parallel(bounds, args, stacked)
+
+
+def run_units(n: int, split, args: tuple) -> None:
+    """Run every part of a unit-split kernel ``split`` at once, n parts, one per thread
+    (callers check ``unit_split_allowed`` and n <= the thread count first)."""
+    with _region_lock:
+        split.parallel(n, args)
+
+
+# ---- BLAS --------------------------------------------------------------------------------
+
+_blas_lock = threading.Lock()
+_blas_users = 0  # nlstm calls in progress, in any thread
+_blas_saved: list = []  # [(controller, its thread count before the first call)]
+_blas_libs: Optional[list] = None  # threadpoolctl's controllers of the BLAS libraries
+_scanned_with_scipy = False
+
+
+def _controllers() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded in this process. SciPy's
+    OpenBLAS is loaded late (when Numba first links np.dot): scanned once more then."""
+    global _blas_libs, _scanned_with_scipy
+    scipy_loaded = "scipy.linalg.cython_blas" in sys.modules
+    if _blas_libs is None or (scipy_loaded and not _scanned_with_scipy):
+        from threadpoolctl import ThreadpoolController
+        if not scipy_loaded:
+            try:  # Numba loads it at the first kernel that calls np.dot: now, so it is seen
+                import scipy.linalg.cython_blas  # noqa: F401
+                scipy_loaded = True
+            except ImportError:
+                pass
+        _blas_libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+        _scanned_with_scipy = scipy_loaded
+    return _blas_libs
+
+
+class _SingleThreadedBlas:
+    """While any nlstm call is inside, every BLAS library runs one thread; the last call
+    out restores what the first call in found. Reentrant and thread-safe."""
+
+    def __enter__(self):
+        global _blas_users, _blas_saved
+        with _blas_lock:
+            _blas_users += 1
+            if _blas_users == 1:
+                saved = []
+                for c in _controllers():
+                    n = c.get_num_threads()
+                    if n is not None and n != 1:
+                        c.set_num_threads(1)
+                        saved.append((c, n))
+                _blas_saved = saved
+
+    def __exit__(self, *exc):
+        global _blas_users, _blas_saved
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for c, n in _blas_saved:
+                    c.set_num_threads(n)
+                _blas_saved = []
+        return False
+
+
+single_threaded_blas = _SingleThreadedBlas()
+
+
+def product_threads(macs: float):
+    """Inside a call: a context in which one whole-sequence product of ``macs``
+    multiply-adds runs, with BLAS at nlstm's thread count if ``PRODUCTS_ON_BLAS_THREADS``
+    and the product is large enough, else single-threaded."""
+    n = parts_for(2 ** 31, macs, SMALL_GEMM) if PRODUCTS_ON_BLAS_THREADS else 1
+    return _BlasAt(n) if n > 1 and _blas_saved else nullcontext()
+
+
+class _BlasAt:
+    """BLAS at n threads, then back to one: only the libraries ``single_threaded_blas``
+    set to one (a library the user keeps at one stays there)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        for c, before in _blas_saved:
+            c.set_num_threads(min(self.n, before))
+
+    def __exit__(self, *exc):
+        for c, _ in _blas_saved:
+            c.set_num_threads(1)
+        return False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

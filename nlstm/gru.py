@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _threads
 from .kernels import gru as K
-from .kernels import gru_units as KU
+from .kernels import parallel as P
 from .kernels import units
 from .recurrent import RecurrentLayer
 
@@ -109,11 +109,11 @@ class GRU(RecurrentLayer):
         if parts:  # a one-row batch: its hidden units split over the threads
             j0, j1 = units.unit_range(0, parts, H)  # part 0's is the widest
             args = (self._barrier_flags(parts), *args, *self._unit_scratch(parts, H, 3 * (j1 - j0)))
-            _threads.run_together(parts, lambda part: KU.gru_forward_units(part, parts, *args))
+            _threads.run_units(parts, P.gru_forward_units, args)
             return
         args = (*args, self.linear_before_reset, ws.extra[k][d]["zoneout"][0], *self._gen(d),
                 ws.extra[k][d]["pre"])
-        self._rows(ws, lambda b0, b1, t: K.gru_forward(b0, b1, *args, *ws.scratch[t]))
+        self._rows(ws, P.gru_forward, args)
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
@@ -125,12 +125,12 @@ class GRU(RecurrentLayer):
         if parts:  # as in _forward_dir
             ws.ensure_scratch(self, 1)
             args = (self._barrier_flags(parts), *args, *tail, ws.scratch[0][4][0])
-            _threads.run_together(parts, lambda part: KU.gru_backward_units(part, parts, *args))
+            _threads.run_units(parts, P.gru_backward_units, args)
         else:
             w = self._carry_weights(ws, k, d) if self.linear_before_reset else self._no_carry
             args = (*args, w, *tail, self.linear_before_reset, ex["zoneout"][0], *self._gen(d),
                     ex["pre"])
-            self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, *ws.scratch[t]))
+            self._rows(ws, P.gru_backward, args)
         self._input_grads(ws, k, d, inp, gates, dx)
         hprev = self._hprev(h, d)
         if self.linear_before_reset:

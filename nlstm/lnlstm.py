@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from .kernels import lnlstm as K
+from .kernels import parallel as P
 from .lstm import LSTM
 
 
@@ -101,7 +102,7 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
         sfx = layer._suffixes()[d]
         args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"],
                 layer._p("bias_ih", k, d), ws.lengths)
-        layer._rows(ws, lambda b0, b1, t: K.normalize_input(b0, b1, *args))
+        layer._rows(ws, P.normalize_input, args, scratch=False)
         bias = layer._p("bias_hh", k, d)
     else:
         bias = layer._p("bias_ih", k, d) + layer._p("bias_hh", k, d)
@@ -111,7 +112,7 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
     args = (ws.y[k], ws.states[0][k][d], ws.states[1][k][d], ws.final[0][i], ws.final[1][i], gates,
             layer._w("weight_hh", k, d), bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1,
             d * layer.hidden_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc)
-    layer._rows(ws, lambda b0, b1, t: K.lnlstm_forward(b0, b1, *args, *ws.scratch[t]))
+    layer._rows(ws, P.lnlstm_forward, args)
 
 
 def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> None:
@@ -124,7 +125,7 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i], gates, h,
             c, layer._w("weight_hh", k, d), layer._carry_weights(ws, k, d), ws.lengths, d == 1,
             d * layer.hidden_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc)
-    layer._rows(ws, lambda b0, b1, t: K.lnlstm_backward(b0, b1, *args, *ws.scratch[t]))
+    layer._rows(ws, P.lnlstm_backward, args)
     # gates now holds dz, the gradients of the gate pre-activations
     hprev = layer._hprev(h, d)
     if not ln:
@@ -146,7 +147,7 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     # xhat becomes the gradient of W_ih x (xhat is not needed after the sum above), gates
     # dz⊙γ_ih (dz is not needed after the sums above either)
     args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"], ws.lengths)
-    layer._rows(ws, lambda b0, b1, t: K.normalize_input_back(b0, b1, *args))
+    layer._rows(ws, P.normalize_input_back, args, scratch=False)
     layer._input_grads(ws, k, d, inp, ex["xhat"], dx, db=db)
     layer._hidden_grads(ws, k, d, dr, hprev, db=db)
 

@@ -82,7 +82,8 @@ class Workspace:
     dy); dx: (T, B, I)
     masks[k]: (T, B, D·O) dropout masks for k < L-1
     extra[k][d]: dict of cell-specific saved buffers
-    scratch[thread]: the block kernels' per-thread scratch (see the cell's ``_scratch``)
+    stacked: the block kernels' scratch, one (threads, ...) array per kind (see the cell's
+    ``_scratch``), for the parallel drivers; scratch[thread]: that thread's views of them
     """
 
     def __init__(self, layer: "RecurrentLayer", T: int, B: int):
@@ -105,16 +106,18 @@ class Workspace:
         self.dx = e(T, B, layer.input_size)
         self.masks = [e(T, B, D * O) for _ in range(L - 1)] if layer.dropout else []
         self.extra = [[layer._extra_buffers(T, B, e) for _ in range(D)] for _ in range(L)]
-        self.scratch = [layer._scratch(B, e) for _ in range(_threads.get_num_threads())]
+        self.stacked, self.scratch = (), []
+        self.ensure_scratch(layer, _threads.get_num_threads())
         self.lengths = np.empty(B, np.int64)
         self.valid = T * B  # steps summed over the rows: lengths.sum(), set by each forward
 
     def ensure_scratch(self, layer: "RecurrentLayer", n: int) -> None:
         """One scratch set per thread; threads may have been added since allocation."""
-        B = self.key[1]
-        e = lambda *s: _new_buffer(s, layer.dtype)
-        while len(self.scratch) < n:
-            self.scratch.append(layer._scratch(B, e))
+        if len(self.scratch) >= n:
+            return
+        one = layer._scratch(self.key[1], lambda *s: _new_buffer(s, layer.dtype))
+        self.stacked = tuple(aligned_empty((n, *a.shape), a.dtype) for a in one)
+        self.scratch = [tuple(a[t] for a in self.stacked) for t in range(n)]
 
 
 class RecurrentLayer(Lockable):
@@ -501,10 +504,8 @@ class RecurrentLayer(Lockable):
             # Likewise the final states (no call reads them after the one that wrote them).
             ws.final = [_output_buffer(f.shape, self.dtype) for f in ws.final]
             ws.valid = T * B if lengths is None else int(lens.sum())
-            try:
+            with _threads.single_threaded_blas:
                 self._run_forward(ws, train, xt)
-            finally:
-                _threads.restore_blas()
             self._unbatched = unbatched
             self._trained = bool(train)
             self._train_thread = threading.get_ident()
@@ -567,17 +568,22 @@ class RecurrentLayer(Lockable):
 
     @staticmethod
     def _gemm_split(n: int, macs: float, call, row_cost=None) -> None:
-        """Run ``call(r0, r1, thread)`` over disjoint ranges of a whole-sequence product's
-        n rows (or gate columns) on nlstm's threads, each with single-threaded BLAS; serial
-        when the product is small. ``row_cost``: see ``_threads.run_rows``."""
-        _threads.run_rows(n, macs, call, _threads.SMALL_GEMM, row_cost)
+        """Run ``call(0, n, 0)``, a whole-sequence product over n rows (or gate columns),
+        as one NumPy product on the calling thread, with BLAS's threads as
+        ``_threads.product_threads`` says. (``row_cost`` is for a split of the rows.)"""
+        with _threads.product_threads(macs):
+            call(0, n, 0)
 
-    def _rows(self, ws: Workspace, call) -> None:
-        """Run ``call(b0, b1, thread)`` over the batch on nlstm's threads."""
+    def _rows(self, ws: Workspace, split, args: tuple, scratch: bool = True) -> None:
+        """Run the batched kernel ``split`` (``kernels.parallel.Split``) over the batch on
+        nlstm's threads, with each thread's scratch after ``args`` (if ``scratch``)."""
         T, B = ws.key
-        ws.ensure_scratch(self, _threads.get_num_threads())
+        n = _threads.get_num_threads()
+        ws.ensure_scratch(self, n)
         work = float(T) * B * self._G * self.hidden_size * self._out_size
-        _threads.run_rows(B, work, call, row_cost=ws.lengths)  # ragged rows cost their lengths
+        stacked, parts = (ws.stacked, ws.scratch) if scratch else ((), [()])
+        # ragged rows cost their lengths
+        _threads.run_rows(B, work, split, args, parts, stacked, row_cost=ws.lengths)
 
     def _split_units(self) -> bool:
         """Whether the cell has kernels that split one row's hidden units over threads."""
@@ -588,12 +594,14 @@ class RecurrentLayer(Lockable):
         row runs on one thread, see ``_rows``)."""
         per_step = self._G * self.hidden_size * self._out_size
         if ws.key[1] != 1 or per_step < _UNITS_MIN_STEP or not self._split_units() \
-                or per_step * float(ws.lengths[0]) < _UNITS_MIN_WORK or not _threads.UNIT_SPLIT:
+                or per_step * float(ws.lengths[0]) < _UNITS_MIN_WORK:
             return 0
-        # at most one part per 16 units (units.unit_range's alignment); a system call last
-        n = min(_threads.get_num_threads(), (self.hidden_size + 15) // 16,
-                _threads.cpus_available())
-        return n if n >= 2 else 0
+        # at most one part per 16 units (units.unit_range's alignment); system calls last
+        n = min(_threads.get_num_threads(), (self.hidden_size + 15) // 16)
+        if n < 2:
+            return 0
+        n = min(n, _threads.cpus_available())
+        return n if n >= 2 and _threads.unit_split_allowed() else 0
 
     def _barrier_flags(self, n: int) -> np.ndarray:
         """The unit-split kernels' barrier counters for n parts, zeroed for a new call."""
@@ -675,7 +683,7 @@ class RecurrentLayer(Lockable):
         # no layer writes the buffer it reads (the top one reads the caller's dy or dy_b).
         ping_pong = (ws.dy_a, ws.dy_b)
         # A backward that stops early (an error, KeyboardInterrupt) puts the gradients back.
-        try:
+        with _threads.single_threaded_blas:
             with self._grad_backup.guard(self.grads):
                 for n, k in enumerate(reversed(range(self.num_layers))):
                     inp = ws.x if k == 0 else ws.y[k - 1]
@@ -685,8 +693,6 @@ class RecurrentLayer(Lockable):
                     if k > 0 and self.dropout:
                         dx *= ws.masks[k - 1]
                     dy = dx
-        finally:
-            _threads.restore_blas()
         return (self._user_layout(ws.dx, unbatched),
                 self._pack_state([g.reshape(s).copy() for g, s in zip(ws.dinit, shapes)]))
 

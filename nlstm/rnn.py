@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .kernels import parallel as P
 from .kernels import rnn as K
 from .recurrent import RecurrentLayer
 
@@ -75,7 +76,7 @@ class RNN(RecurrentLayer):
         args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], pre, self._w("weight_hh", k, d),
                 self._p("bias_ih", k, d) + self._p("bias_hh", k, d), ws.init[0][i], ws.lengths,
                 d == 1, d * H, self._relu, self._acts(d), self._clip)
-        self._rows(ws, lambda b0, b1, t: K.rnn_forward(b0, b1, *args, *ws.scratch[t]))
+        self._rows(ws, P.rnn_forward, args)
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
@@ -83,7 +84,7 @@ class RNN(RecurrentLayer):
         args = (dpre, ws.dinit[0][i], dy, ws.dfinal[0][i], h, self._w("weight_hh", k, d),
                 self._carry_weights(ws, k, d), ws.lengths, d == 1, d * H, self._relu,
                 self._acts(d), self._clip)
-        self._rows(ws, lambda b0, b1, t: K.rnn_backward(b0, b1, *args, *ws.scratch[t]))
+        self._rows(ws, P.rnn_backward, args)
         db = self._input_grads(ws, k, d, inp, dpre, dx)  # b_ih's gradient is b_hh's too
         self._hidden_grads(ws, k, d, dpre, self._hprev(h, d), db=db)
 

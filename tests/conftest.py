@@ -1,6 +1,17 @@
-import numpy as np
-import pytest
-from numba.core.runtime import _nrt_python
+import os
+
+# The tests run nlstm's two- and three-thread paths even on one CPU (or under taskset):
+# Numba's thread ceiling is fixed when it is imported, from the CPUs available unless this
+# says otherwise. The main thread runs two (Numba's count is per thread; threads a test
+# starts begin at the ceiling).
+os.environ.setdefault("NUMBA_NUM_THREADS", "3")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from numba.core.runtime import _nrt_python  # noqa: E402
+
+numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
 
 # The zero-allocation test reads Numba's runtime allocation counters.
 _nrt_python.memsys_enable_stats()

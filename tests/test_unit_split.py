@@ -8,7 +8,7 @@ import nlstm
 import reference as R
 from cases import TOL
 from nlstm import _threads, recurrent
-from nlstm.kernels import gru_units, lstm_units, units
+from nlstm.kernels import parallel, units
 
 
 @pytest.fixture
@@ -16,18 +16,21 @@ def split_calls(monkeypatch):
     """Split every one-row LSTM, however small, and count the unit-split kernel calls."""
     monkeypatch.setattr(recurrent, "_UNITS_MIN_STEP", 0)
     monkeypatch.setattr(recurrent, "_UNITS_MIN_WORK", 0)
+    cpus = max(2, _threads.cpus_available())  # the split needs two CPUs, or this many
+    monkeypatch.setattr(_threads, "cpus_available", lambda: cpus)
     calls = {"forward": 0, "backward": 0}
 
-    def counting(name, kernel):
-        def call(*args):
-            calls[name] += 1
-            return kernel(*args)
+    def counting(name, driver):
+        def call(parts, args):
+            calls[name] += parts  # one per part, each on its own thread
+            return driver(parts, args)
         return call
 
-    for module, cell in ((lstm_units, "lstm"), (gru_units, "gru")):
+    for cell in ("lstm", "gru"):
         for name in ("forward", "backward"):
-            kernel = f"{cell}_{name}_units"
-            monkeypatch.setattr(module, kernel, counting(name, getattr(module, kernel)))
+            split = getattr(parallel, f"{cell}_{name}_units")
+            monkeypatch.setattr(parallel, f"{cell}_{name}_units",
+                                parallel.Split(split.serial, counting(name, split.parallel)))
     before = nlstm.get_num_threads()
     nlstm.set_num_threads(2)
     yield calls
@@ -148,26 +151,21 @@ def test_no_split_below_two_parts_of_units_or_off_x86_linux(split_calls, monkeyp
     assert split_calls["forward"] == 2
 
 
-def test_interrupted_wait_lets_every_part_finish():
-    """A KeyboardInterrupt while waiting is raised only once every part has reported (they
-    write the layer's buffers until then), and a part's error still comes through."""
-    class Done:
-        def __init__(self, items):
-            self.items = list(items)
-
-        def get(self):
-            item = self.items.pop(0)
-            if isinstance(item, BaseException) and not isinstance(item, ValueError):
-                raise item
-            return item
-
-    done = Done([None, KeyboardInterrupt(), None])
-    with pytest.raises(KeyboardInterrupt):
-        _threads._collect(done, 2)
-    assert done.items == []
-    error = ValueError("part 1")
-    with pytest.raises(ValueError, match="part 1"):
-        _threads._collect(Done([None, error]), 2)
+def test_no_split_where_the_threading_layer_may_run_parts_one_after_another(split_calls,
+                                                                           monkeypatch):
+    """tbb may run every part of a region on one thread: a split there would wait at its
+    first barrier forever, so one-row batches run on one thread (omp is split's layer)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1, 3)).astype(np.float32)
+    want = nlstm.LSTM(3, 32, seed=0)(x)[0]
+    assert split_calls["forward"] == 2
+    monkeypatch.setattr(_threads, "_layer", "tbb")
+    np.testing.assert_allclose(nlstm.LSTM(3, 32, seed=0)(x)[0], want, rtol=1e-5, atol=1e-6)
+    assert split_calls["forward"] == 2
+    monkeypatch.setattr(_threads, "_layer", "omp")
+    monkeypatch.setenv("OMP_DYNAMIC", "true")  # omp may then give a smaller team
+    nlstm.LSTM(3, 32, seed=0)(x)
+    assert split_calls["forward"] == 2
 
 
 def test_unit_ranges_cover_every_unit_once():
@@ -179,22 +177,6 @@ def test_unit_ranges_cover_every_unit_once():
                 assert a1 == b0 and a0 <= a1
             assert all(j0 % 16 == 0 or j0 == H for j0, _ in ranges)
 
-
-
-class _SlowQueue:
-    """A worker's task queue whose put() dawdles afterwards, widening the window between a
-    call's first and second part."""
-
-    def __init__(self, queue):
-        self.queue = queue
-
-    def put(self, item):
-        import time
-        self.queue.put(item)
-        time.sleep(0.02)
-
-    def get(self):
-        return self.queue.get()
 
 
 def _concurrent_layers_finish(calls: int, timeout: float) -> bool:
@@ -217,11 +199,8 @@ def _concurrent_layers_finish(calls: int, timeout: float) -> bool:
     return len(done) == 2
 
 
-def test_layers_in_two_python_threads_do_not_deadlock(split_calls, monkeypatch):
-    """The parts of two calls from two Python threads reach the workers in the same order:
-    interleaved, each worker could wait at a barrier for a part queued behind it. (With
-    the first worker's queue slowed down, interleaving is certain without the lock.)"""
-    worker = _threads._get_workers(2)[0]
-    monkeypatch.setattr(worker, "tasks", _SlowQueue(worker.tasks))
+def test_layers_in_two_python_threads_do_not_deadlock(split_calls):
+    """Two Python threads' split calls at once: each gets its own threads for its parts
+    (Numba's omp layer gives each calling thread its own team)."""
     assert _concurrent_layers_finish(calls=10, timeout=60), "deadlocked"
     assert split_calls["forward"] == 2 * 2 * 10

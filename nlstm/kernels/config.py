@@ -98,6 +98,13 @@ def kernel(fn):
                       boundscheck=False)(fn)
 
 
+def parallel_kernel(fn):
+    """``kernel``'s policy with ``parallel=True``: a driver whose ``prange`` loop Numba runs
+    on its threading layer (see nlstm._threads)."""
+    return numba.njit(parallel=True, cache=True, nogil=True, fastmath=set(FASTMATH),
+                      error_model="numpy", boundscheck=False)(fn)
+
+
 # ---- telling the user when kernels compile ---------------------------------------------------
 # A first run compiles for 20-50 s; silence then looks like a hang. Numba broadcasts a
 # "numba:compile" event only when it really compiles (a cache load does not), and only on
