@@ -211,8 +211,8 @@ _HANG_SCRIPT = textwrap.dedent("""
     _threads.cpus_available = lambda: 2
     nlstm.set_num_threads(2)
     split = []
-    run_together = _threads.run_together
-    _threads.run_together = lambda n, call: (split.append(n), run_together(n, call))[1]
+    run_units = _threads.run_units
+    _threads.run_units = lambda n, kernel, args: (split.append(n), run_units(n, kernel, args))[1]
     layer = nlstm.LSTM(8, 128, seed=0)
     x = np.random.default_rng(0).standard_normal((1500, 1, 8)).astype(np.float32)
     want = layer(x)[0]
@@ -243,7 +243,7 @@ def test_shared_layer_with_unit_split_does_not_hang():
         which = "onnx"
     except ImportError:
         which = "layer"
-    env = {"PYTHONPATH": str(ROOT), "NLSTM_PIN_THREADS": "0", "PATH": "/usr/bin:/bin"}
+    env = _child_env()
     try:
         out = subprocess.run([sys.executable, "-c", _HANG_SCRIPT, which], capture_output=True,
                              text=True, timeout=240, env=env, cwd=ROOT)
@@ -253,6 +253,16 @@ def test_shared_layer_with_unit_split_does_not_hang():
     assert "layer wrong 0" in out.stdout, out.stdout
     if which == "onnx":
         assert "onnx wrong 0" in out.stdout, out.stdout
+
+
+def _child_env(**extra) -> dict:
+    """A small environment for a child Python: this tree, two Numba threads even on one
+    CPU, the kernel cache in use."""
+    import os
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "NUMBA_NUM_THREADS": "2", **extra}
+    if "NLSTM_CACHE_DIR" in os.environ:
+        env["NLSTM_CACHE_DIR"] = os.environ["NLSTM_CACHE_DIR"]
+    return env
 
 
 def _call_in_child(layer, model, x, q):
