@@ -33,16 +33,21 @@ def configure_threads(n: int) -> None:
     """
     global _threads
     _threads = int(n)
-    # nlstm has no Numba-parallel kernels, but set_num_threads starts Numba's thread pool,
-    # and its default OpenMP layer (the system libgomp) next to torch's own libgomp made
-    # torch.nn.LSTM 10-100x slower in the same process (ragged: 20 ms -> 1.5 s). The
-    # workqueue layer has no such pool, so the peers are timed as they run on their own.
+    # nlstm's kernels run on Numba's threading layer, and its default OpenMP layer (the
+    # system libgomp) next to torch's own libgomp made torch.nn.LSTM 10-100x slower in the
+    # same process (ragged: 20 ms -> 1.5 s; measured when nlstm only started Numba's pool).
+    # The workqueue layer has no such pool, so the peers are timed as they run on their
+    # own; nlstm runs on it too (one caller: its process-wide lock costs nothing here).
+    # NUMBA_THREADING_LAYER=omp in the environment times nlstm on omp instead.
     os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
     flags = os.environ.get("XLA_FLAGS", "")
     if n == 1 and "xla_cpu_multi_thread_eigen" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
     import nlstm
-    nlstm.set_num_threads(n)  # nlstm's kernels and NumPy's BLAS (the numpy peer and sgemm)
+    nlstm.set_num_threads(n)  # Numba's threads: nlstm's kernels
+    import scipy.linalg  # noqa: F401 - SciPy's OpenBLAS (Numba's np.dot) loaded, then set too
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=n, user_api="blas")  # the numpy peer and the sgemm floor
 
 
 def num_threads() -> int:

@@ -325,9 +325,8 @@ def _trainmem_rss() -> Dict:
 class KernelClock:
     """Time spent in nlstm's recurrence while active, measured from the calling thread.
 
-    Wraps ``nlstm._threads.run_rows`` (the threaded recurrence: its wall time; its calls
-    with ``min_work``, the whole-sequence products split over the workers, are left out),
-    ``run_together`` (a one-row batch's recurrence split by hidden units) and every
+    Wraps ``nlstm._threads.run_rows`` (the recurrence over the rows: its wall time),
+    ``run_units`` (a one-row batch's recurrence split by hidden units) and every
     Numba dispatcher in ``nlstm.kernels.*`` (kernel calls made outside run_rows, e.g. by
     ``step``). Diagnostic only: relies on those internals and reports ``ok=False`` when
     they are not there. Kernels must already be compiled when it is entered.
@@ -360,18 +359,8 @@ class KernelClock:
                         local.inside = False
                 return wrapper
 
-            recurrence = timed(thr.run_rows)
-            plain_run_rows = thr.run_rows
-
-            def run_rows(B, work, call, min_work=None, row_cost=None):
-                # the whole-sequence products run on the workers too (with min_work given):
-                # they are the GEMMs column, not the recurrence
-                if min_work is not None:
-                    return plain_run_rows(B, work, call, min_work, row_cost)
-                return recurrence(B, work, call, row_cost=row_cost)
-
-            self._patch(thr, "run_rows", run_rows)
-            self._patch(thr, "run_together", timed(thr.run_together))  # one-row unit split
+            self._patch(thr, "run_rows", timed(thr.run_rows))
+            self._patch(thr, "run_units", timed(thr.run_units))  # one-row unit split
             for name, mod in list(sys.modules.items()):
                 if not name.startswith("nlstm.kernels") or mod is None:
                     continue
@@ -396,8 +385,7 @@ class KernelClock:
 
 def _gemm_runner(shapes):
     """A call doing the whole-sequence products the layer needs, standalone, the way nlstm
-    runs them: rows split over its workers, each with single-threaded BLAS (a threaded
-    BLAS here would leave spinning threads that slow the next timed call)."""
+    runs them: one product each, with BLAS's threads as ``_threads.product_threads`` says."""
     from nlstm import _threads
     rng = np.random.default_rng(0)
     mats = [(rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32))
@@ -405,12 +393,10 @@ def _gemm_runner(shapes):
     outs = [np.empty((a.shape[0], b.shape[1]), np.float32) for a, b in mats]
 
     def run():
-        for (a, b), o in zip(mats, outs):
-            def rows(r0, r1, _, a=a, b=b, o=o):
-                np.matmul(a[r0:r1], b, out=o[r0:r1])
-            _threads.run_rows(a.shape[0], a.shape[0] * a.shape[1] * b.shape[1], rows,
-                              _threads.SMALL_GEMM)
-        _threads.restore_blas()
+        with _threads.single_threaded_blas:
+            for (a, b), o in zip(mats, outs):
+                with _threads.product_threads(a.shape[0] * a.shape[1] * b.shape[1]):
+                    np.matmul(a, b, out=o)
     return run
 
 

@@ -160,11 +160,27 @@ def unit_split_allowed() -> bool:
     return layer == "workqueue" or (layer == "omp" and _omp_team_is_full())
 
 
+_local = threading.local()  # .any_size: run_rows splits even small calls (warmup)
+
+
+class split_any_size:
+    """Within: this thread's ``run_rows`` calls split however small (``nlstm.warmup``
+    compiles the parallel drivers on a tiny input)."""
+
+    def __enter__(self):
+        _local.any_size = True
+
+    def __exit__(self, *exc):
+        _local.any_size = False
+        return False
+
+
 def parts_for(B: int, work: float, min_work: Optional[float] = None) -> int:
     """How many threads share B rows of ``work`` multiply-adds: 1 (the calling thread
     alone) below ``min_work``, in a forked GNU OpenMP child, or with one thread."""
     n = min(numba.get_num_threads(), B)
-    if n <= 1 or work < (_MIN_PARALLEL_WORK if min_work is None else min_work) or _serial_only:
+    if n <= 1 or _serial_only or (work < (_MIN_PARALLEL_WORK if min_work is None else min_work)
+                                  and not getattr(_local, "any_size", False)):
         return 1
     _start_layer()
     return n

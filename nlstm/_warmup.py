@@ -67,6 +67,7 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
     whose str() says so in a sentence.
     """
     import nlstm
+    from . import _threads
 
     start, mark = time.perf_counter(), compile_mark()
     for name in cells:
@@ -79,6 +80,11 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
             layer.forward(x, train=training)
             if training:
                 layer.backward(np.zeros((2, 1, 2), layer.dtype))
+            if nlstm.get_num_threads() > 1:  # the drivers that split a batch over threads
+                with _threads.split_any_size():
+                    layer.forward(np.zeros((2, 2, 2), layer.dtype), train=training)
+                    if training:
+                        layer.backward(np.zeros((2, 2, 2), layer.dtype))
             if streaming:
                 layer.step(x[0])
     return WarmupReport(time.perf_counter() - start, compiled_since(mark))

@@ -693,7 +693,7 @@ def cmd_info(args) -> int:
     try:
         layer = numba.threading_layer()
     except ValueError:
-        layer = "not started (nlstm's kernels run on its own thread pool)"
+        layer = "not started yet"
     print(f"numba threading layer: {layer} (requested: {numba.config.THREADING_LAYER})")
     print(f"kernel cache: {_cache_dir()}")
     return 0

@@ -91,3 +91,14 @@ def test_an_edit_to_any_kernel_file_changes_every_kernels_cache_stamp(monkeypatc
     locator = next(c for c in caching.CacheImpl._locator_classes
                    if c.__name__ == "NlstmCacheLocator")
     assert locator.get_source_stamp(None) == config._kernels_stamp()
+
+
+def test_warmup_compiles_the_drivers_that_split_a_batch_over_threads():
+    from nlstm.kernels import parallel
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(2)
+    try:
+        nlstm.warmup(("RNN",), dtypes=("float64",), training=True, streaming=False)
+    finally:
+        nlstm.set_num_threads(before)
+    assert parallel._rnn_forward.signatures and parallel._rnn_backward.signatures

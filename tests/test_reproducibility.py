@@ -74,6 +74,7 @@ def test_fit_is_bitwise_identical_run_to_run(monkeypatch):
     code = _FIT + "import nlstm._threads as t; t.cpus_available = lambda: 2\n" \
                   "print(fit_digest(1), fit_digest(2))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                         timeout=300, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                                     "NUMBA_NUM_THREADS": "2"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [here[1], here[2]]
