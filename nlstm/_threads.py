@@ -225,6 +225,7 @@ def run_units(n: int, split, args: tuple) -> None:
 _blas_lock = threading.Lock()
 _blas_users = 0  # nlstm calls in progress, in any thread
 _blas_saved: list = []  # [(controller, its thread count before the first call)]
+_blas_took_control: list = []  # controller classes this thread took control of (see below)
 _blas_libs: Optional[list] = None  # threadpoolctl's controllers of the BLAS libraries
 _scanned_with_scipy = False
 
@@ -260,6 +261,7 @@ class _SingleThreadedBlas:
                 for c in _controllers():
                     n = c.get_num_threads()
                     if n is not None and n != 1:
+                        _note_control(c)
                         c.set_num_threads(1)
                         saved.append((c, n))
                 _blas_saved = saved
@@ -272,7 +274,29 @@ class _SingleThreadedBlas:
                 for c, n in _blas_saved:
                     c.set_num_threads(n)
                 _blas_saved = []
+                _release_control()
         return False
+
+
+# threadpoolctl (3.8) lets one Python thread at a time, the first to set a count, control
+# a pthreads OpenBLAS: other threads' settings do nothing while it lives. nlstm gives that
+# control back when it took it, so a user's later threadpool_limits in another thread works.
+
+def _shared_state(c):
+    return getattr(type(c), "_SHARED_STATE", None)
+
+
+def _note_control(c) -> None:
+    state = _shared_state(c)
+    if state is not None and getattr(state, "controlling_thread", 1) is None \
+            and type(c) not in _blas_took_control:
+        _blas_took_control.append(type(c))
+
+
+def _release_control() -> None:
+    for cls in _blas_took_control:
+        cls.clear_controlling_thread()  # only if this thread holds it
+    _blas_took_control.clear()
 
 
 single_threaded_blas = _SingleThreadedBlas()

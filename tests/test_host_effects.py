@@ -11,7 +11,7 @@ import numba
 import numpy as np
 import pytest
 import scipy.linalg  # noqa: F401 - the BLAS Numba's np.dot calls, loaded before counting
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_info, threadpool_limits
 
 import nlstm
 
@@ -56,6 +56,7 @@ def _sequence_calls(rng):
 
 
 def test_blas_thread_counts_are_the_same_after_every_call(blas_set, rng):
+    import threading
     before = nlstm.get_num_threads()
     nlstm.set_num_threads(2)
     try:
@@ -64,6 +65,28 @@ def test_blas_thread_counts_are_the_same_after_every_call(blas_set, rng):
             assert _blas_counts() == blas_set, f"after {name}"
     finally:
         nlstm.set_num_threads(before)
+    # From another Python thread that lives on: threadpoolctl lets one living thread at a
+    # time set a pthreads OpenBLAS's count, so nlstm must give back the control it took.
+    for c in ThreadpoolController().lib_controllers:
+        if hasattr(type(c), "clear_controlling_thread"):
+            type(c).clear_controlling_thread(force=True)
+    called, finish = threading.Event(), threading.Event()
+
+    def call_and_live_on():
+        _sequence_calls(rng)[0][1]()
+        called.set()
+        finish.wait(60)
+
+    other = threading.Thread(target=call_and_live_on)
+    other.start()
+    try:
+        assert called.wait(120)
+        assert _blas_counts() == blas_set
+        with threadpool_limits(limits=1, user_api="blas"):
+            assert all(n == 1 for _, n in _blas_counts()), "nlstm kept control of BLAS"
+    finally:
+        finish.set()
+        other.join()
 
 
 def test_blas_thread_counts_are_the_same_after_an_onnx_run(blas_set, rng, tmp_path):
