@@ -16,8 +16,8 @@ process-wide choice. Numba's default order is tbb, then omp, then workqueue. The
 - tbb and omp are safe when several Python threads call at once: nlstm runs on them freely.
   Numba's tbb layer needs ``libtbb.so.12`` on the loader's path: a pip-installed ``tbb``
   in a virtual environment puts it in ``<venv>/lib``, where Numba does not find it, so
-  nlstm does not depend on tbb; omp (GNU libgomp, bundled with Numba's wheels) is the
-  layer on such machines, this one included.
+  nlstm does not depend on tbb; omp (Numba's wheels link the system's GNU libgomp) is the
+  layer on such machines, this one included; without libgomp Numba falls back to workqueue.
 - workqueue aborts the process when two threads launch parallel regions at once, so
   nlstm's parallel regions take turns under one process-wide lock there (never an
   abort, never a hang; a user's own concurrent ``prange`` code is beyond nlstm's reach).
