@@ -224,14 +224,31 @@ def run_units(n: int, split, args: tuple) -> None:
 
 _blas_lock = threading.Lock()
 _blas_users = 0  # nlstm calls in progress, in any thread
-_blas_saved: list = []  # [(controller, its thread count before the first call)]
-_blas_took_control: list = []  # controller classes this thread took control of (see below)
-_blas_libs: Optional[list] = None  # threadpoolctl's controllers of the BLAS libraries
+_blas_saved: list = []  # [(library, its thread count before the first call)]
+_blas_libs: Optional[list] = None  # the BLAS libraries loaded (_Blas)
 _scanned_with_scipy = False
 
 
-def _controllers() -> list:
-    """threadpoolctl's controllers of the BLAS libraries loaded in this process. SciPy's
+class _Blas:
+    """One BLAS library's thread-count getter and setter, from threadpoolctl's controller.
+
+    For a pthreads OpenBLAS they are its own C functions: threadpoolctl's setter there
+    (3.8) obeys only the first Python thread that set a count while it lives, so an nlstm
+    call from a worker thread would silence the user's later ``threadpool_limits`` in
+    another (and it costs a few µs of Python per call). Elsewhere, threadpoolctl's."""
+
+    def __init__(self, c):
+        self.get, self.set = c.get_num_threads, c.set_num_threads
+        symbol = getattr(c, "_get_symbol", None)
+        if symbol is not None and c.internal_api == "openblas" \
+                and getattr(c, "threading_layer", None) == "pthreads":
+            get, set_ = symbol("openblas_get_num_threads"), symbol("openblas_set_num_threads")
+            if get is not None and set_ is not None:
+                self.get, self.set = get, set_
+
+
+def _libraries() -> list:
+    """The BLAS libraries loaded in this process, as threadpoolctl finds them. SciPy's
     OpenBLAS is loaded late (when Numba first links np.dot): scanned once more then."""
     global _blas_libs, _scanned_with_scipy
     scipy_loaded = "scipy.linalg.cython_blas" in sys.modules
@@ -243,7 +260,8 @@ def _controllers() -> list:
                 scipy_loaded = True
             except ImportError:
                 pass
-        _blas_libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+        _blas_libs = [_Blas(c) for c in ThreadpoolController().lib_controllers
+                      if c.user_api == "blas"]
         _scanned_with_scipy = scipy_loaded
     return _blas_libs
 
@@ -258,12 +276,11 @@ class _SingleThreadedBlas:
             _blas_users += 1
             if _blas_users == 1:
                 saved = []
-                for c in _controllers():
-                    n = c.get_num_threads()
+                for lib in _libraries():
+                    n = lib.get()
                     if n is not None and n != 1:
-                        _note_control(c)
-                        c.set_num_threads(1)
-                        saved.append((c, n))
+                        lib.set(1)
+                        saved.append((lib, n))
                 _blas_saved = saved
 
     def __exit__(self, *exc):
@@ -271,32 +288,10 @@ class _SingleThreadedBlas:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                for c, n in _blas_saved:
-                    c.set_num_threads(n)
+                for lib, n in _blas_saved:
+                    lib.set(n)
                 _blas_saved = []
-                _release_control()
         return False
-
-
-# threadpoolctl (3.8) lets one Python thread at a time, the first to set a count, control
-# a pthreads OpenBLAS: other threads' settings do nothing while it lives. nlstm gives that
-# control back when it took it, so a user's later threadpool_limits in another thread works.
-
-def _shared_state(c):
-    return getattr(type(c), "_SHARED_STATE", None)
-
-
-def _note_control(c) -> None:
-    state = _shared_state(c)
-    if state is not None and getattr(state, "controlling_thread", 1) is None \
-            and type(c) not in _blas_took_control:
-        _blas_took_control.append(type(c))
-
-
-def _release_control() -> None:
-    for cls in _blas_took_control:
-        cls.clear_controlling_thread()  # only if this thread holds it
-    _blas_took_control.clear()
 
 
 single_threaded_blas = _SingleThreadedBlas()
@@ -318,12 +313,12 @@ class _BlasAt:
         self.n = n
 
     def __enter__(self):
-        for c, before in _blas_saved:
-            c.set_num_threads(min(self.n, before))
+        for lib, before in _blas_saved:
+            lib.set(min(self.n, before))
 
     def __exit__(self, *exc):
-        for c, _ in _blas_saved:
-            c.set_num_threads(1)
+        for lib, _ in _blas_saved:
+            lib.set(1)
         return False
 
 
