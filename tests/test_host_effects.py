@@ -169,8 +169,12 @@ _CONCURRENT_SCRIPT = textwrap.dedent("""
     import threading
     import numpy as np, numba
     import nlstm
-    from nlstm import recurrent
+    from nlstm import _threads, recurrent
     recurrent._UNITS_MIN_WORK = 0
+    _threads.cpus_available = lambda: 2  # the unit split even on one CPU
+    split = []
+    run_units = _threads.run_units
+    _threads.run_units = lambda n, kernel, args: (split.append(n), run_units(n, kernel, args))[1]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((30, 48, 8)).astype(np.float32)
     row = rng.standard_normal((200, 1, 8)).astype(np.float32)
@@ -193,6 +197,7 @@ _CONCURRENT_SCRIPT = textwrap.dedent("""
     ts = [threading.Thread(target=go, args=(i,)) for i in range(3)]
     [t.start() for t in ts]
     [t.join() for t in ts]
+    assert split, "the one-row unit split was not taken"
     print("layer", numba.threading_layer(), "bad", bad, flush=True)
 """)
 
