@@ -113,15 +113,21 @@ _region_lock = nullcontext()  # a process-wide lock on the workqueue layer (see 
 _serial_only = False  # a child forked from a process running GNU OpenMP
 
 
+_start_lock = threading.Lock()
+
+
 def _start_layer() -> str:
     """Start Numba's threading layer (as its first parallel call would) and note which."""
     global _layer, _region_lock
     if _layer is None:
-        from numba.np.ufunc import parallel
-        parallel._launch_threads()
-        _layer = numba.threading_layer()
-        if _layer == "workqueue":
-            _region_lock = threading.Lock()
+        with _start_lock:  # two first calls at once must not make two region locks
+            if _layer is None:
+                from numba.np.ufunc import parallel
+                parallel._launch_threads()
+                layer = numba.threading_layer()
+                if layer == "workqueue":
+                    _region_lock = threading.Lock()
+                _layer = layer
     return _layer
 
 
