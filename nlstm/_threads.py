@@ -140,10 +140,17 @@ def _gnu_omp() -> bool:
 
 
 def _after_fork_in_child() -> None:
-    global _serial_only, _region_lock
-    if _layer == "omp" and _gnu_omp():
-        _serial_only = True
-    if _layer == "workqueue":  # a parent's thread may have held it at the fork
+    """Fresh locks (a parent's thread may have held one at the fork); no omp regions in a
+    child of a process that started GNU OpenMP (see the module doc)."""
+    global _serial_only, _region_lock, _start_lock
+    _start_lock = threading.Lock()
+    try:  # started by nlstm, or by anything else (numba.get_num_threads starts it)
+        layer = numba.threading_layer()
+    except ValueError:
+        layer = None
+    if layer == "omp" and _gnu_omp():
+        _serial_only = True  # and in this child's own children
+    if _layer == "workqueue":
         _region_lock = threading.Lock()
     global _blas_lock, _blas_users, _blas_saved
     _blas_lock, _blas_users, _blas_saved = threading.Lock(), 0, []
