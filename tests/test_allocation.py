@@ -13,7 +13,7 @@ import pytest
 from numba.core.runtime import rtsys
 
 import nlstm
-from nlstm.kernels import blocks, gru, gru_units, lstm, lstm_units, rnn
+from nlstm.kernels import blocks, gru, gru_units, lstm, lstm_units, rnn, tiles
 
 
 @pytest.fixture
@@ -39,6 +39,8 @@ def counted_kernels(monkeypatch):
         for name in (f"{cell}_forward_units", f"{cell}_backward_units"):
             monkeypatch.setattr(module, name, counting(getattr(module, name)))
     monkeypatch.setattr(blocks, "transpose_into", counting(blocks.transpose_into))
+    for name in ("pack_gates", "pack_cols"):
+        monkeypatch.setattr(tiles, name, counting(getattr(tiles, name)))
     return count
 
 

@@ -1,0 +1,284 @@
+"""Register-blocked micro-kernels for the per-step recurrent product, nlstm's own.
+
+Each step adds h_{t-1} · W_hhᵀ into the gate rows of the active batch rows. Here that
+product runs in tiles of 4 rows × one block of W hidden units of all 4 gates (W: the
+vector width, ``simd.width``): 16 vector accumulators that stay in registers for the whole
+sum over the K inputs, each k costing 4 vector loads of weights, 4 broadcasts of h and
+16 fused multiply-adds. The epilogue (the cell's gate math for those rows and units) runs
+right after each tile, while its gate values are still in L1.
+
+The weights are packed once per call (``pack_gates``) so that the tile reads them as one
+contiguous stream: for unit block u, input k, gate q, the W weights of units u·W..u·W+W.
+The tiles need H to be a multiple of W; other sizes take the loops of ``blocks``.
+
+Every array here is flat (1-D, C order) with element offsets, so a tile can address rows
+of the state and gate buffers wherever they are (ragged batches gather no rows).
+"""
+from .config import kernel
+from .simd import vadd, vfma, vload, vsplat, vstore, vwidth, width
+
+
+def packable(w_t, blocks: int) -> bool:
+    """Whether w_t (K, blocks·H) suits the tiles: H a multiple of the vector width. (Plain
+    Python: the layers ask before every call.)"""
+    H = w_t.shape[1] // blocks
+    return H > 0 and H % width(w_t.dtype) == 0
+
+
+@kernel
+def pack_gates(wp, w_t, blocks):
+    """wp = w_t (K, blocks·H) in tile order: wp[((u·K + k)·blocks + q)·W + v] =
+    w_t[k, q·H + u·W + v]. wp: flat, K·blocks·H; H a multiple of W (see ``packable``)."""
+    K = w_t.shape[0]
+    H = w_t.shape[1] // blocks
+    W = vwidth(wp)
+    i = 0
+    for u in range(H // W):
+        for k in range(K):
+            row = w_t[k]
+            for q in range(blocks):
+                src = row[q * H + u * W:q * H + u * W + W]
+                dst = wp[i:i + W]
+                for v in range(W):
+                    dst[v] = src[v]
+                i += W
+
+
+@kernel
+def gates4_rows4(g, o0, o1, o2, o3, H, bias, bo, hf, h0, h1, h2, h3, wp, wo, K):
+    """For 4 rows r: g[o_r + q·H : +W] += bias[bo + q·H : +W] + hf[h_r : h_r+K] · (the
+    packed weights of one unit block, starting at wp[wo]), for the 4 gates q.
+    g, bias, hf, wp: flat arrays; o_r, h_r: element offsets of each row's gate block and
+    state."""
+    W = vwidth(g)
+    b0 = vload(bias, bo)
+    b1 = vload(bias, bo + H)
+    b2 = vload(bias, bo + 2 * H)
+    b3 = vload(bias, bo + 3 * H)
+    a00 = vadd(vload(g, o0), b0)
+    a01 = vadd(vload(g, o0 + H), b1)
+    a02 = vadd(vload(g, o0 + 2 * H), b2)
+    a03 = vadd(vload(g, o0 + 3 * H), b3)
+    a10 = vadd(vload(g, o1), b0)
+    a11 = vadd(vload(g, o1 + H), b1)
+    a12 = vadd(vload(g, o1 + 2 * H), b2)
+    a13 = vadd(vload(g, o1 + 3 * H), b3)
+    a20 = vadd(vload(g, o2), b0)
+    a21 = vadd(vload(g, o2 + H), b1)
+    a22 = vadd(vload(g, o2 + 2 * H), b2)
+    a23 = vadd(vload(g, o2 + 3 * H), b3)
+    a30 = vadd(vload(g, o3), b0)
+    a31 = vadd(vload(g, o3 + H), b1)
+    a32 = vadd(vload(g, o3 + 2 * H), b2)
+    a33 = vadd(vload(g, o3 + 3 * H), b3)
+    for k in range(K):
+        w = wo + 4 * W * k
+        w0 = vload(wp, w)
+        w1 = vload(wp, w + W)
+        w2 = vload(wp, w + 2 * W)
+        w3 = vload(wp, w + 3 * W)
+        x = vsplat(g, hf[h0 + k])
+        a00 = vfma(x, w0, a00)
+        a01 = vfma(x, w1, a01)
+        a02 = vfma(x, w2, a02)
+        a03 = vfma(x, w3, a03)
+        x = vsplat(g, hf[h1 + k])
+        a10 = vfma(x, w0, a10)
+        a11 = vfma(x, w1, a11)
+        a12 = vfma(x, w2, a12)
+        a13 = vfma(x, w3, a13)
+        x = vsplat(g, hf[h2 + k])
+        a20 = vfma(x, w0, a20)
+        a21 = vfma(x, w1, a21)
+        a22 = vfma(x, w2, a22)
+        a23 = vfma(x, w3, a23)
+        x = vsplat(g, hf[h3 + k])
+        a30 = vfma(x, w0, a30)
+        a31 = vfma(x, w1, a31)
+        a32 = vfma(x, w2, a32)
+        a33 = vfma(x, w3, a33)
+    vstore(g, o0, a00)
+    vstore(g, o0 + H, a01)
+    vstore(g, o0 + 2 * H, a02)
+    vstore(g, o0 + 3 * H, a03)
+    vstore(g, o1, a10)
+    vstore(g, o1 + H, a11)
+    vstore(g, o1 + 2 * H, a12)
+    vstore(g, o1 + 3 * H, a13)
+    vstore(g, o2, a20)
+    vstore(g, o2 + H, a21)
+    vstore(g, o2 + 2 * H, a22)
+    vstore(g, o2 + 3 * H, a23)
+    vstore(g, o3, a30)
+    vstore(g, o3 + H, a31)
+    vstore(g, o3 + 2 * H, a32)
+    vstore(g, o3 + 3 * H, a33)
+
+
+@kernel
+def gates4_row(g, o, H, bias, bo, hf, h, wp, wo, K):
+    """``gates4_rows4`` for one row. The sum over k runs as two interleaved halves (even and
+    odd k), so that 8 independent accumulators hide the latency of the multiply-adds."""
+    W = vwidth(g)
+    a0 = vadd(vload(g, o), vload(bias, bo))
+    a1 = vadd(vload(g, o + H), vload(bias, bo + H))
+    a2 = vadd(vload(g, o + 2 * H), vload(bias, bo + 2 * H))
+    a3 = vadd(vload(g, o + 3 * H), vload(bias, bo + 3 * H))
+    z = vsplat(g, 0)
+    e0 = z
+    e1 = z
+    e2 = z
+    e3 = z
+    k = 0
+    while k + 2 <= K:
+        w = wo + 4 * W * k
+        x = vsplat(g, hf[h + k])
+        a0 = vfma(x, vload(wp, w), a0)
+        a1 = vfma(x, vload(wp, w + W), a1)
+        a2 = vfma(x, vload(wp, w + 2 * W), a2)
+        a3 = vfma(x, vload(wp, w + 3 * W), a3)
+        x = vsplat(g, hf[h + k + 1])
+        e0 = vfma(x, vload(wp, w + 4 * W), e0)
+        e1 = vfma(x, vload(wp, w + 5 * W), e1)
+        e2 = vfma(x, vload(wp, w + 6 * W), e2)
+        e3 = vfma(x, vload(wp, w + 7 * W), e3)
+        k += 2
+    if k < K:
+        w = wo + 4 * W * k
+        x = vsplat(g, hf[h + k])
+        a0 = vfma(x, vload(wp, w), a0)
+        a1 = vfma(x, vload(wp, w + W), a1)
+        a2 = vfma(x, vload(wp, w + 2 * W), a2)
+        a3 = vfma(x, vload(wp, w + 3 * W), a3)
+    vstore(g, o, vadd(a0, e0))
+    vstore(g, o + H, vadd(a1, e1))
+    vstore(g, o + 2 * H, vadd(a2, e2))
+    vstore(g, o + 3 * H, vadd(a3, e3))
+
+
+def packable_cols(w_t) -> bool:
+    """Whether the carry (a product with w_t (K, G) transposed) suits the tiles: K a
+    multiple of 4 vector widths."""
+    return w_t.shape[0] > 0 and w_t.shape[0] % (4 * width(w_t.dtype)) == 0
+
+
+@kernel
+def pack_cols(wp, w_t):
+    """wp = w_t (K, G) transposed, in panels of 4W of its K rows: wp[(u·G + g)·4W + v] =
+    w_t[u·4W + v, g], for products a (n, G) @ w_tᵀ (see ``rows4_carry``)."""
+    K, G = w_t.shape
+    S = 4 * vwidth(wp)
+    for u in range(K // S):
+        for g in range(G):
+            dst = wp[(u * G + g) * S:(u * G + g + 1) * S]
+            for v in range(S):
+                dst[v] = w_t[u * S + v, g]
+
+
+@kernel
+def rows4_carry(out, o0, o1, o2, o3, a, a0, a1, a2, a3, wp, wo, G):
+    """For 4 rows r: out[o_r : o_r + 4W] = a[a_r : a_r + G] · (one panel of the packed
+    weights, from wp[wo]; see ``pack_cols``). All arrays flat; offsets in elements."""
+    W = vwidth(out)
+    z = vsplat(out, 0)
+    c00, c01, c02, c03 = z, z, z, z
+    c10, c11, c12, c13 = z, z, z, z
+    c20, c21, c22, c23 = z, z, z, z
+    c30, c31, c32, c33 = z, z, z, z
+    for k in range(G):
+        w = wo + 4 * W * k
+        w0 = vload(wp, w)
+        w1 = vload(wp, w + W)
+        w2 = vload(wp, w + 2 * W)
+        w3 = vload(wp, w + 3 * W)
+        x = vsplat(out, a[a0 + k])
+        c00 = vfma(x, w0, c00)
+        c01 = vfma(x, w1, c01)
+        c02 = vfma(x, w2, c02)
+        c03 = vfma(x, w3, c03)
+        x = vsplat(out, a[a1 + k])
+        c10 = vfma(x, w0, c10)
+        c11 = vfma(x, w1, c11)
+        c12 = vfma(x, w2, c12)
+        c13 = vfma(x, w3, c13)
+        x = vsplat(out, a[a2 + k])
+        c20 = vfma(x, w0, c20)
+        c21 = vfma(x, w1, c21)
+        c22 = vfma(x, w2, c22)
+        c23 = vfma(x, w3, c23)
+        x = vsplat(out, a[a3 + k])
+        c30 = vfma(x, w0, c30)
+        c31 = vfma(x, w1, c31)
+        c32 = vfma(x, w2, c32)
+        c33 = vfma(x, w3, c33)
+    vstore(out, o0, c00)
+    vstore(out, o0 + W, c01)
+    vstore(out, o0 + 2 * W, c02)
+    vstore(out, o0 + 3 * W, c03)
+    vstore(out, o1, c10)
+    vstore(out, o1 + W, c11)
+    vstore(out, o1 + 2 * W, c12)
+    vstore(out, o1 + 3 * W, c13)
+    vstore(out, o2, c20)
+    vstore(out, o2 + W, c21)
+    vstore(out, o2 + 2 * W, c22)
+    vstore(out, o2 + 3 * W, c23)
+    vstore(out, o3, c30)
+    vstore(out, o3 + W, c31)
+    vstore(out, o3 + 2 * W, c32)
+    vstore(out, o3 + 3 * W, c33)
+
+
+@kernel
+def row_carry(out, o, a, a0, wp, wo, G):
+    """``rows4_carry`` for one row, the sum split into even and odd k (as ``gates4_row``)."""
+    W = vwidth(out)
+    z = vsplat(out, 0)
+    c0, c1, c2, c3 = z, z, z, z
+    e0, e1, e2, e3 = z, z, z, z
+    k = 0
+    while k + 2 <= G:
+        w = wo + 4 * W * k
+        x = vsplat(out, a[a0 + k])
+        c0 = vfma(x, vload(wp, w), c0)
+        c1 = vfma(x, vload(wp, w + W), c1)
+        c2 = vfma(x, vload(wp, w + 2 * W), c2)
+        c3 = vfma(x, vload(wp, w + 3 * W), c3)
+        x = vsplat(out, a[a0 + k + 1])
+        e0 = vfma(x, vload(wp, w + 4 * W), e0)
+        e1 = vfma(x, vload(wp, w + 5 * W), e1)
+        e2 = vfma(x, vload(wp, w + 6 * W), e2)
+        e3 = vfma(x, vload(wp, w + 7 * W), e3)
+        k += 2
+    if k < G:
+        w = wo + 4 * W * k
+        x = vsplat(out, a[a0 + k])
+        c0 = vfma(x, vload(wp, w), c0)
+        c1 = vfma(x, vload(wp, w + W), c1)
+        c2 = vfma(x, vload(wp, w + 2 * W), c2)
+        c3 = vfma(x, vload(wp, w + 3 * W), c3)
+    vstore(out, o, vadd(c0, e0))
+    vstore(out, o + W, vadd(c1, e1))
+    vstore(out, o + 2 * W, vadd(c2, e2))
+    vstore(out, o + 3 * W, vadd(c3, e3))
+
+
+@kernel
+def carry_rows(out, a, rows, n, wp):
+    """out[rows[i]] = a[i] @ w_tᵀ for i < n, through the packed weights (``pack_cols``).
+    out: (B, K); a: (≥n, G), C-contiguous."""
+    K = out.shape[1]
+    G = a.shape[1]
+    S = 4 * vwidth(out)
+    of = out.reshape(out.size)
+    af = a.reshape(a.size)
+    for u in range(K // S):
+        wo = u * G * S
+        i = 0
+        while i + 4 <= n:
+            rows4_carry(of, rows[i] * K + u * S, rows[i + 1] * K + u * S, rows[i + 2] * K + u * S,
+                        rows[i + 3] * K + u * S, af, i * G, (i + 1) * G, (i + 2) * G,
+                        (i + 3) * G, wp, wo, G)
+            i += 4
+        for r in range(i, n):
+            row_carry(of, rows[r] * K + u * S, af, r * G, wp, wo, G)
