@@ -20,6 +20,7 @@ import numpy as np
 from .activations import cast_like, dgate, gates_inplace, sigmoid, tanh
 from .blocks import active_rows, matmul_carry, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
+from .simd import wide
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 
@@ -29,6 +30,7 @@ def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, s
     """``gru_forward``'s recurrence for the single batch row b, ``lbr`` form: no
     active-row bookkeeping or copy of h, and the gate loops over sliced blocks so that each
     runs from 0 (see blocks.py). s: (3H,) scratch for the product."""
+    wide()
     L = lengths[b]
     H = h.shape[2]
     sr, sz, sn, bn = s[:H], s[H:2 * H], s[2 * H:], b_hh[2 * H:]
@@ -62,6 +64,7 @@ def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, s
 @kernel
 def _zone_out(hn, hp, m, dst):
     """hn ← m ⊙ hp + (1 − m) ⊙ hn, also into dst (the output row); all (H,)."""
+    wide()
     for j in range(hn.shape[0]):
         v = hn[j] + m[j] * (hp[j] - hn[j])
         hn[j] = v
@@ -82,6 +85,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     acts: (2, 3) or (0, 3); clip: scalar; pre: (T, B, 3H) out with acts, else empty
     rows, times: (B,) int64 scratch; sp1, sp2, sp3: (B, H), sg: (B, 3H) scratch
     """
+    wide()
     T = gates.shape[0]
     H = gates.shape[2] // 3
     begin_rows(b0, b1, h, h0, lengths, reverse)
@@ -164,6 +168,7 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
     w_hh: (3H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``); used
     with ``lbr`` only; acts, clip, pre: as given to ``gru_forward``
     """
+    wide()
     T = gates.shape[0]
     H = gates.shape[2] // 3
     gen = acts.shape[0] > 0
@@ -269,6 +274,7 @@ def gru_step_options(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, 
 
 @kernel
 def _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, acts, clip, work):
+    wide()
     if check and not step_inputs_finite(k, x, h, h):
         return False
     inp, hk, hn = step_layer_rows(k, x, h, h_out)

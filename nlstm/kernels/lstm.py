@@ -78,6 +78,7 @@ def _pointwise(g, c_prev, c_new, m, opt, pre):
     m: (H,) out: o⊙h(c_new) (the new h unless projected); pre: (4H,) out: the
     pre-activations before clipping (only with clip or activations).
     """
+    wide()
     H = c_prev.shape[0]
     peep = opt.peep.shape[0] > 0
     if not (peep or opt.clip < np.inf or opt.input_forget or opt.acts.shape[0] > 0):
@@ -265,6 +266,7 @@ def _cell_back(g, dg, dm, dc, c_prev, c_new, j0, j1):
     block is read before it is written); dm: (H,) gradient of o⊙tanh(c_t); dc: (H,) in: the
     carried gradient of c_t, out: that of c_{t-1}; c_prev, c_new: (H,). Sliced to j0:j1
     first, so the loop runs from 0 (see nlstm.kernels.blocks)."""
+    wide()
     H = dm.shape[0]
     gi, gf, gg, go = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1]
     di, df, dgg, do = (dg[j0:j1], dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1],
@@ -290,6 +292,7 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
     gate gradients written straight into dgates and the carry straight into dh[b] (no
     gathering of active rows, no copies). dm: (H,) scratch; wc: W_hh packed for the carry
     tiles (``tiles.pack_cols``), or empty."""
+    wide()
     L = lengths[b]
     T, B, G = gates.shape
     H = G // 4
@@ -332,6 +335,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     rows, times, sp1, sp2, sg, sh: scratch as for ``lstm_forward``
     wc: W_hh packed for the carry tiles (``tiles.pack_cols``), plain cell only, or empty
     """
+    wide()
     opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
     T = gates.shape[0]
     G = gates.shape[2]
@@ -476,6 +480,7 @@ def lstm_step_options(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_h
 
 @kernel
 def _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
+    wide()
     if check and not step_inputs_finite(k, x, h, c):
         return False
     inp, hk, hn = step_layer_rows(k, x, h, h_out)

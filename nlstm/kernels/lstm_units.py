@@ -18,6 +18,7 @@ slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
 from .activations import sigmoid, tanh
 from .blocks import row_dots, row_nn_add
 from .config import kernel
+from .simd import wide
 from .lstm import _cell_back
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
@@ -28,6 +29,7 @@ def _cell(a, c_prev, c_new, h_new):
     """The plain cell for n units: a (4n,) their pre-activations i, f, g, o in, post-activations
     out; c_prev, c_new, h_new: (n,). Separate loops, as in ``lstm._pointwise``, so that each
     one vectorises."""
+    wide()
     n = c_prev.shape[0]
     gi, gf, gg, go = a[:n], a[n:2 * n], a[2 * n:3 * n], a[3 * n:4 * n]
     for j in range(n):
@@ -88,6 +90,7 @@ def lstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, ga
     backward needs no h); dm: (H,) scratch shared by the parts; flags as for
     ``lstm_forward_units``.
     """
+    wide()
     G = gates.shape[2]
     H = G // 4
     j0, j1 = unit_range(part, parts, H)

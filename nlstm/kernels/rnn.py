@@ -13,6 +13,7 @@ from .activations import cast_like, dgate, gate, tanh
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, row_nn_add, row_out,
                      scatter_rows)
 from .config import kernel
+from .simd import wide
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 
@@ -22,6 +23,7 @@ def _activate_default(pre, h_new, relu):
     """h_new = tanh(pre) or relu(pre); pre, h_new: (H,). The callers branch to this or to
     ``_activate_general`` themselves: through one function holding both, the B = 8 forward
     ran 1.7x slower (it was no longer inlined)."""
+    wide()
     H = pre.shape[0]
     if relu:
         for j in range(H):
@@ -35,6 +37,7 @@ def _activate_default(pre, h_new, relu):
 def _activate_general(pre, h_new, acts, clip):
     """h_new = the activation acts[0] of pre clamped to ±clip (the general path, kept out of
     ``_activate`` so that the tanh and relu loops stay as small as they were)."""
+    wide()
     for j in range(pre.shape[0]):
         h_new[j] = gate(acts[0], pre[j], clip)
 
@@ -44,6 +47,7 @@ def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, 
     """``rnn_forward``'s recurrence for the single batch row b: each step's product goes
     straight into its pre-activations, without the active-row bookkeeping (as the LSTM's
     ``_forward_row``)."""
+    wide()
     L = lengths[b]
     gen = acts.shape[0] > 0
     for step in range(L):
@@ -108,6 +112,7 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse,
     h, w_hh_t, lengths, reverse, col, relu, acts, clip: as in ``rnn_forward``; scratch as there
     w_hh: (H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``)
     """
+    wide()
     T = dpre.shape[0]
     H = dpre.shape[2]
     gen = acts.shape[0] > 0
