@@ -157,7 +157,8 @@ class LSTM(RecurrentLayer):
             j0, j1 = units.unit_range(0, parts, self.hidden_size)  # part 0's is the widest
             args = (self._barrier_flags(parts), ws.y[k], h, c, ws.final[0][i], ws.final[1][i],
                     gates, w, bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, col,
-                    *self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0)))
+                    *self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0)),
+                    self._packed_gates(k, d))
             _threads.run_together(parts, lambda part: KU.lstm_forward_units(part, parts, *args))
             return
         wp = self._packed_gates(k, d) if self._plain() else self._no_pack
