@@ -148,20 +148,19 @@ class LSTM(RecurrentLayer):
             from . import lnlstm
             return lnlstm.forward_dir(self, ws, k, d, inp)
         gates = self._project(ws, k, d, inp)  # the kernels add the biases
+        parts = self._unit_parts(ws)
+        wp = self._packed_gates(k, d) if self._plain() else self._no_pack
         bias = self._p("bias_ih", k, d) + self._p("bias_hh", k, d)
         i, ex = k * self.num_directions + d, ws.extra[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
         w, col = self._w("weight_hh", k, d), d * self._out_size
-        parts = self._unit_parts(ws)
         if parts:  # a one-row batch: its hidden units split over the threads
             j0, j1 = units.unit_range(0, parts, self.hidden_size)  # part 0's is the widest
             args = (self._barrier_flags(parts), ws.y[k], h, c, ws.final[0][i], ws.final[1][i],
                     gates, w, bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, col,
-                    *self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0)),
-                    self._packed_gates(k, d))
+                    *self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0)), wp)
             _threads.run_together(parts, lambda part: KU.lstm_forward_units(part, parts, *args))
             return
-        wp = self._packed_gates(k, d) if self._plain() else self._no_pack
         args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, w, bias, ws.init[0][i],
                 ws.init[1][i], ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"])
         self._rows(ws, lambda b0, b1, t: K.lstm_forward(b0, b1, *args, *ws.scratch[t], wp))

@@ -33,7 +33,8 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
-from .tiles import carry_rows, gates4_row, gates4_rows4, row_carry
+from .tiles import (FROM_GATES, FROM_GATES_AND_BIAS, carry_rows, depth_chunk, gates4_row,
+                    gates4_rows4, row_carry)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty; acts: (3, 3) rows (code, alpha, beta) of f, g, h, or
@@ -156,12 +157,13 @@ def _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pr
 def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows, times):
     """``lstm_forward``'s recurrence for the plain cell with packed weights (see
     nlstm.kernels.tiles): each step, for each block of W hidden units, the product of the
-    active rows in tiles of 4 (then single rows), each tile followed by the cell's math
-    for its rows and units."""
+    active rows in tiles of 4 (then single rows), over depth chunks; then the cell's math
+    for every active row."""
     T, B, G = gates.shape
     H = G // 4
     K = h.shape[2]
     W = vwidth(gates)
+    kc = depth_chunk(gates)
     gf = gates.reshape(gates.size)
     hf = h.reshape(h.size)
     for step in range(T):
@@ -170,25 +172,31 @@ def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows
             break  # lengths only shrink the active set as steps go on
         for u in range(H // W):
             u0 = u * W
-            wo = u * K * 4 * W
-            i = 0
-            while i + 4 <= n:
-                r0, r1, r2, r3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
-                t0, t1, t2, t3 = times[i], times[i + 1], times[i + 2], times[i + 3]
-                p0 = slots(t0, reverse)[0]
-                p1 = slots(t1, reverse)[0]
-                p2 = slots(t2, reverse)[0]
-                p3 = slots(t3, reverse)[0]
-                gates4_rows4(gf, (t0 * B + r0) * G + u0, (t1 * B + r1) * G + u0,
-                             (t2 * B + r2) * G + u0, (t3 * B + r3) * G + u0, H, bias, u0, hf,
-                             (p0 * B + r0) * K, (p1 * B + r1) * K, (p2 * B + r2) * K,
-                             (p3 * B + r3) * K, wp, wo, K)
-                i += 4
-            for r in range(i, n):
-                b = rows[r]
-                t = times[r]
-                p, o = slots(t, reverse)
-                gates4_row(gf, (t * B + b) * G + u0, H, bias, u0, hf, (p * B + b) * K, wp, wo, K)
+            # depth chunks only when 4-row tiles share the weights (see tiles.PANEL_BYTES)
+            step_k = kc if n >= 4 else K
+            for k0 in range(0, K, step_k):
+                m = min(step_k, K - k0)
+                wo = (u * K + k0) * 4 * W
+                start = FROM_GATES_AND_BIAS if k0 == 0 else FROM_GATES
+                i = 0
+                while i + 4 <= n:
+                    r0, r1, r2, r3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
+                    t0, t1, t2, t3 = times[i], times[i + 1], times[i + 2], times[i + 3]
+                    p0 = slots(t0, reverse)[0]
+                    p1 = slots(t1, reverse)[0]
+                    p2 = slots(t2, reverse)[0]
+                    p3 = slots(t3, reverse)[0]
+                    gates4_rows4(gf, (t0 * B + r0) * G + u0, (t1 * B + r1) * G + u0,
+                                 (t2 * B + r2) * G + u0, (t3 * B + r3) * G + u0, H, bias, u0, hf,
+                                 (p0 * B + r0) * K + k0, (p1 * B + r1) * K + k0,
+                                 (p2 * B + r2) * K + k0, (p3 * B + r3) * K + k0, wp, wo, m, start)
+                    i += 4
+                for r in range(i, n):
+                    b = rows[r]
+                    t = times[r]
+                    p = slots(t, reverse)[0]
+                    gates4_row(gf, (t * B + b) * G + u0, H, bias, u0, hf, (p * B + b) * K + k0,
+                               wp, wo, m, start)
         for r in range(n):
             b = rows[r]
             p, o = slots(times[r], reverse)
@@ -298,6 +306,7 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
     H = G // 4
     P = dh.shape[1]
     S = 4 * vwidth(dm)
+    kc = depth_chunk(dm)
     dhb, dcb = dh[b], dc[b]
     dhf = dh.reshape(dh.size)
     dgf = dgates.reshape(dgates.size)
@@ -311,7 +320,9 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
         _cell_back(gates[t, b], dg, dm, dcb, c[p, b], c[o, b], 0, H)
         if wc.shape[0] > 0:  # the carry: dz · W_hh
             for u in range(P // S):
-                row_carry(dhf, b * P + u * S, dgf, (t * B + b) * G, wc, u * G * S, G)
+                for k0 in range(0, G, kc):
+                    row_carry(dhf, b * P + u * S, dgf, (t * B + b) * G + k0, wc,
+                              (u * G + k0) * S, min(kc, G - k0), k0 > 0)
         else:
             row_dots(dhb, w_hh_t, dg, 0, G, 0, dhb.shape[0])
 

@@ -187,3 +187,21 @@ def wide(typingctx):
         _widen(builder)
         return context.get_dummy_value()
     return types.void(), codegen
+
+
+@intrinsic
+def vbroadcast(typingctx, a, i):
+    """A vector with every element a's flat element i (one load, no index wraparound)."""
+    if not (_float_array(a) and isinstance(i, types.Integer)):
+        return None
+    vt = _vec_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        p = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        s = builder.load(p, align=a.dtype.bitwidth // 8)
+        llvt = context.get_value_type(vt)
+        undef = ir.Constant(llvt, ir.Undefined)
+        v = builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.count), [0] * vt.count)
+        return builder.shuffle_vector(v, undef, mask)
+    return vt(a, i), codegen
