@@ -646,14 +646,23 @@ class RecurrentLayer(Lockable):
 
     def _packed_carry(self, k: int, d: int) -> np.ndarray:
         """W_hh of layer k, direction d, packed now for the backward carry's micro-kernels
-        (``kernels.tiles.pack_cols``), or an empty array where they do not apply."""
-        w_t = self._w("weight_hh", k, d)
-        if not tiles.packable_cols(w_t):
+        (``kernels.tiles.pack_panels`` of W_hh), or an empty array where they do not apply."""
+        return self._packed_panels(k, d, self._w("weight_hh", k, d).T, "carry")
+
+    def _panels_fit(self) -> bool:
+        """Whether every per-step product of the cell suits the panel tiles: H a multiple of
+        their width (each gate block then is a whole number of panels)."""
+        return self.hidden_size % tiles.panel_width(self.dtype) == 0
+
+    def _packed_panels(self, k: int, d: int, w: np.ndarray, use: str) -> np.ndarray:
+        """w (D, N) packed now for ``kernels.tiles.panel_rows`` into the layer's buffer for
+        ``use`` of layer k, direction d, or an empty array where the tiles do not apply."""
+        if not tiles.packable_panels(w):
             return self._no_pack
-        buf = self._pack_bufs.get((k, d, "carry"))
+        buf = self._pack_bufs.get((k, d, use))
         if buf is None:
-            buf = self._pack_bufs[(k, d, "carry")] = aligned_empty(w_t.size, self.dtype)
-        tiles.pack_cols(buf, w_t)
+            buf = self._pack_bufs[(k, d, use)] = aligned_empty(w.size, self.dtype)
+        tiles.pack_panels(buf, w)
         return buf
 
     # ---- backward -------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def counted_kernels(monkeypatch):
         for name in (f"{cell}_forward_units", f"{cell}_backward_units"):
             monkeypatch.setattr(module, name, counting(getattr(module, name)))
     monkeypatch.setattr(blocks, "transpose_into", counting(blocks.transpose_into))
-    for name in ("pack_gates", "pack_cols"):
+    for name in ("pack_gates", "pack_panels"):
         monkeypatch.setattr(tiles, name, counting(getattr(tiles, name)))
     return count
 

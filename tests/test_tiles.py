@@ -36,90 +36,109 @@ def test_pack_gates_layout(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_pack_cols_layout(dtype):
+def test_pack_panels_layout(dtype):
     S = 4 * simd.width(dtype)
-    K, G = 2 * S, 7
-    w_t = np.arange(K * G, dtype=dtype).reshape(K, G)
-    wp = np.full(w_t.size, np.nan, dtype)
-    assert tiles.packable_cols(w_t) and not tiles.packable_cols(w_t[:S - 1])
-    tiles.pack_cols(wp, w_t)
-    want = w_t.reshape(K // S, S, G).transpose(0, 2, 1).ravel()
-    np.testing.assert_array_equal(wp, want)
+    D, N = 7, 2 * S
+    w = np.arange(D * N, dtype=dtype).reshape(D, N)
+    wp = np.full(w.size, np.nan, dtype)
+    assert tiles.packable_panels(w) and not tiles.packable_panels(w[:, :S - 1])
+    tiles.pack_panels(wp, w)
+    np.testing.assert_array_equal(wp, w.reshape(D, N // S, S).transpose(1, 0, 2).ravel())
+    tiles.pack_panels(wp, np.ascontiguousarray(w.T).T)  # any view
+    np.testing.assert_array_equal(wp, w.reshape(D, N // S, S).transpose(1, 0, 2).ravel())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 9])
-@pytest.mark.parametrize("K", [1, 6, 7])  # odd K: the one-row tile's last, unpaired k
-def test_carry_rows_matches_numpy(dtype, n, K):
-    rng = np.random.default_rng(n * 10 + K)
+@pytest.mark.parametrize("D", [1, 6, 7, 301])  # odd: the one-row tile's unpaired k; 301: chunks
+@pytest.mark.parametrize("scatter", [False, True])
+def test_panel_rows_matches_numpy(dtype, n, D, scatter):
+    rng = np.random.default_rng(n * 10 + D)
     S = 4 * simd.width(dtype)
-    B, P, G = 12, 2 * S, 4 * K
-    w_t = rng.standard_normal((P, G)).astype(dtype)
-    a = rng.standard_normal((n, G)).astype(dtype)
-    rows = rng.permutation(B)[:n].astype(np.int64)
-    out = rng.standard_normal((B, P)).astype(dtype)
+    B, N = 12, 3 * S
+    w = rng.standard_normal((D, N)).astype(dtype)
+    a = rng.standard_normal((n, D)).astype(dtype)
+    rows = np.concatenate([rng.permutation(B)[:n], np.zeros(B - n, np.int64)]).astype(np.int64)
+    out = rng.standard_normal((B, N)).astype(dtype)
     want = out.copy()
-    want[rows] = a.astype(np.float64) @ w_t.T.astype(np.float64)
-    wp = np.empty(w_t.size, dtype)
-    tiles.pack_cols(wp, w_t)
-    tiles.carry_rows(out, a, np.concatenate([rows, np.zeros(B - n, np.int64)]), n, wp)
+    d0, d1, c0, c1 = D // 3, D, S, 3 * S  # a depth range and a column range of panels
+    dst = rows[:n] if scatter else np.arange(n)
+    want[dst, c0:c1] = a[:, d0:d1].astype(np.float64) @ w[d0:d1, c0:c1].astype(np.float64)
+    wp = np.empty(w.size, dtype)
+    tiles.pack_panels(wp, w)
+    tiles.panel_rows(out, a, rows, n, wp, c0, c1, d0, d1, scatter)
     np.testing.assert_allclose(out, want, **_tol(dtype))
 
 
-def _layer(dtype, H, bi=False, layers=2, I=24, seed=0):
-    return nlstm.LSTM(I, H, num_layers=layers, bidirectional=bi, dtype=dtype, seed=seed)
+CELLS = {
+    "lstm": (nlstm.LSTM, {}, lambda: reference.LSTMCell()),
+    "gru": (nlstm.GRU, {}, lambda: reference.GRUCell(True)),
+    "gru_lbr0": (nlstm.GRU, dict(linear_before_reset=False), lambda: reference.GRUCell(False)),
+    "rnn_relu": (nlstm.RNN, dict(nonlinearity="relu"), lambda: reference.RNNCell("relu")),
+    "gru_clip": (nlstm.GRU, dict(clip=0.7), lambda: reference.GRUCell(True, clip=0.7)),
+}
+
+
+def _layer(kind, dtype, H, bi=False, layers=2, I=24, seed=0):
+    cls, extra, _ = CELLS[kind]
+    return cls(I, H, num_layers=layers, bidirectional=bi, dtype=dtype, seed=seed, **extra)
 
 
 def _use_tiles(monkeypatch, on):
     """Switch the micro-kernels on (as shipped) or off (the loops and BLAS of blocks.py)."""
     if not on:
         monkeypatch.setattr(R.RecurrentLayer, "_packed_gates", lambda self, *a: self._no_pack)
-        monkeypatch.setattr(R.RecurrentLayer, "_packed_carry", lambda self, k, d: self._no_pack)
+        monkeypatch.setattr(R.RecurrentLayer, "_panels_fit", lambda self: False)
 
 
 def _run(m, x, lengths, dy, threads):
     before = nlstm.get_num_threads()
     nlstm.set_num_threads(threads)
     try:
-        y, (h, c) = m.forward(x, lengths=lengths, train=True)
+        y, state = m.forward(x, lengths=lengths, train=True)
         m.zero_grad()
-        dx, (dh0, dc0) = m.backward(dy)
+        dx, dstate = m.backward(dy)
     finally:
         nlstm.set_num_threads(before)
-    return [y, h, c, dx, dh0, dc0] + [m.grads[k].copy() for k in sorted(m.grads)]
+    as_list = lambda s: list(s) if isinstance(s, tuple) else [s]
+    return [y, *as_list(state), dx, *as_list(dstate)] + [m.grads[k].copy() for k in sorted(m.grads)]
 
 
+@pytest.mark.parametrize("kind", sorted(CELLS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("H,B,bi", [(64, 1, False), (64, 9, True), (32, 6, False), (48, 5, True)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_lstm_with_tiles_matches_the_oracle(dtype, H, B, bi, threads):
+def test_cells_with_tiles_match_the_oracle(kind, dtype, H, B, bi, threads):
     """Forward and every gradient against the float64 oracle, ragged (tails of 1-3 rows
-    as rows run out), on 1 and 2 threads; H = 48 (float32) packs the gates but not the
-    carry, H = 32 takes the carry tiles only in float64."""
+    as rows run out), on 1 and 2 threads. Which tiles run depends on H and the vector
+    width W: the LSTM's gate tiles when W divides H, the panel tiles (the carry, and every
+    product of the GRU and RNN) when 4W does; H = 48 and 32 leave some products to the
+    loops and BLAS in float32 but not in float64."""
     rng = np.random.default_rng(H + B)
     T, I, L = 11, 24, 2
-    W = simd.width(dtype)
-    m = _layer(dtype, H, bi, L, I)
-    assert tiles.packable(m._w("weight_hh", 0, 0), 4) == (H % W == 0)
+    m = _layer(kind, dtype, H, bi, L, I)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     lengths = rng.integers(1, T + 1, B)
     lengths[0] = T
     D = 2 if bi else 1
     dy = rng.standard_normal((T, B, D * H)).astype(dtype)
     got = _run(m, x, lengths, dy, threads)
-    zeros = np.zeros((L * D, B, H))
+    S = len(m._state_sizes())
+    init = [np.zeros((L * D, B, H)) for _ in range(S)]
     params = {k: np.asarray(v, np.float64) for k, v in m.params.items()}
-    y, h, c, cache = reference.lstm_forward(params, x.astype(np.float64), zeros, zeros, lengths,
-                                            L, bi)
-    dx, dh0, dc0, grads = reference.lstm_backward(cache, dy.astype(np.float64), zeros, zeros)
-    want = [y, h, c, dx, dh0, dc0] + [grads[k] for k in sorted(m.grads)]
+    y, final, cache = reference.forward(CELLS[kind][2](), params, x, init, lengths, L, bi)
+    dx, dinit, grads = reference.backward(cache, dy.astype(np.float64), init)
+    want = [y, *final, dx, *dinit] + [grads[k] for k in sorted(m.grads)]
+    names = ["y"] + [f"final{i}" for i in range(S)] + ["dx"] + [f"dinit{i}" for i in range(S)] \
+        + sorted(m.grads)
     tol = dict(rtol=2e-3, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-11)
-    for name, a, b in zip(["y", "h", "c", "dx", "dh0", "dc0"] + sorted(m.grads), got, want):
+    for name, a, b in zip(names, got, want):
         np.testing.assert_allclose(a, b, err_msg=name, **tol)
 
 
+@pytest.mark.parametrize("kind", sorted(CELLS))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_tiles_agree_with_the_loops(monkeypatch, dtype):
+def test_tiles_agree_with_the_loops(monkeypatch, kind, dtype):
     """The same layer with and without the micro-kernels: equal to float rounding."""
     rng = np.random.default_rng(5)
     T, B, I, H = 9, 7, 16, 64
@@ -127,13 +146,13 @@ def test_tiles_agree_with_the_loops(monkeypatch, dtype):
     lengths = np.array([9, 3, 9, 1, 5, 8, 2])
     dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
     used = []
-    real = R.RecurrentLayer._packed_gates
-    monkeypatch.setattr(R.RecurrentLayer, "_packed_gates",
-                        lambda self, *a: used.append(1) or real(self, *a))
-    with_tiles = _run(_layer(dtype, H, True, 1, I), x, lengths, dy, 1)
-    assert used, "the micro-kernels did not run"
+    real = tiles.panel_rows
+    monkeypatch.setattr(tiles, "pack_panels",
+                        lambda *a, _real=tiles.pack_panels: used.append(1) or _real(*a))
+    with_tiles = _run(_layer(kind, dtype, H, True, 1, I), x, lengths, dy, 1)
+    assert used and real is tiles.panel_rows, "the micro-kernels did not run"
     _use_tiles(monkeypatch, False)
-    without = _run(_layer(dtype, H, True, 1, I), x, lengths, dy, 1)
+    without = _run(_layer(kind, dtype, H, True, 1, I), x, lengths, dy, 1)
     for a, b in zip(with_tiles, without):
         np.testing.assert_allclose(a, b, **_tol(dtype))
 

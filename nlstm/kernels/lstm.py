@@ -33,8 +33,8 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
-from .tiles import (FROM_GATES, FROM_GATES_AND_BIAS, carry_rows, depth_chunk, gates4_row,
-                    gates4_rows4, row_carry)
+from .tiles import (FROM_GATES, FROM_GATES_AND_BIAS, depth_chunk, gates4_row, gates4_rows4,
+                    panel_rows, row_carry)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty; acts: (3, 3) rows (code, alpha, beta) of f, g, h, or
@@ -299,7 +299,7 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
     """``lstm_backward``'s pass for the single batch row b of the plain cell: each step's
     gate gradients written straight into dgates and the carry straight into dh[b] (no
     gathering of active rows, no copies). dm: (H,) scratch; wc: W_hh packed for the carry
-    tiles (``tiles.pack_cols``), or empty."""
+    tiles (``tiles.pack_panels``), or empty."""
     wide()
     L = lengths[b]
     T, B, G = gates.shape
@@ -344,7 +344,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     (0, 0) (see ``blocks.matmul_carry``)
     dh_all: (T, B, P) out with projection, else empty: the gradient of each step's h
     rows, times, sp1, sp2, sg, sh: scratch as for ``lstm_forward``
-    wc: W_hh packed for the carry tiles (``tiles.pack_cols``), plain cell only, or empty
+    wc: W_hh packed for the carry tiles (``tiles.pack_panels``), plain cell only, or empty
     """
     wide()
     opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
@@ -456,7 +456,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
                 sg[i, j] = dg[j]
         # the carry: dz · W_hh for every active row at once
         if wc.shape[0] > 0:
-            carry_rows(dh0, sg, rows, n, wc)
+            panel_rows(dh0, sg, rows, n, wc, 0, P, 0, G, True)
         else:
             matmul_carry(sp1, sg, w_hh_t, w_hh, n)
             scatter_rows(dh0, sp1, rows, n)

@@ -201,29 +201,36 @@ def gates4_row(g, o, H, bias, bo, hf, h, wp, wo, K, start):
     vstore(g, o + 3 * H, vadd(a3, e3))
 
 
-def packable_cols(w_t) -> bool:
-    """Whether the carry (a product with w_t (K, G) transposed) suits the tiles: K a
-    multiple of 4 vector widths."""
-    return w_t.shape[0] > 0 and w_t.shape[0] % (4 * width(w_t.dtype)) == 0
+def panel_width(dtype) -> int:
+    """Columns per panel of ``pack_panels``: 4 vectors."""
+    return 4 * width(dtype)
+
+
+def packable_panels(w) -> bool:
+    """Whether products with w (D, N) suit the panel tiles: N a multiple of 4 vector
+    widths."""
+    return w.shape[1] > 0 and w.shape[1] % (4 * width(w.dtype)) == 0
 
 
 @kernel
-def pack_cols(wp, w_t):
-    """wp = w_t (K, G) transposed, in panels of 4W of its K rows: wp[(u·G + g)·4W + v] =
-    w_t[u·4W + v, g], for products a (n, G) @ w_tᵀ (see ``rows4_carry``)."""
-    K, G = w_t.shape
+def pack_panels(wp, w):
+    """wp = w (D, N) in panels of S = 4W of its columns: wp[(u·D + k)·S + v] = w[k, u·S + v],
+    for products a (n, D) @ w (see ``panel_rows``). w may be any view (the backward carry
+    packs W_hh as the transpose of W_hhᵀ)."""
+    D, N = w.shape
     S = 4 * vwidth(wp)
-    for u in range(K // S):
-        for g in range(G):
-            dst = wp[(u * G + g) * S:(u * G + g + 1) * S]
+    for u in range(N // S):
+        for k in range(D):
+            dst = wp[(u * D + k) * S:(u * D + k + 1) * S]
+            src = w[k, u * S:u * S + S]
             for v in range(S):
-                dst[v] = w_t[u * S + v, g]
+                dst[v] = src[v]
 
 
 @kernel
 def rows4_carry(out, o0, o1, o2, o3, a, a0, a1, a2, a3, wp, wo, G, add):
     """For 4 rows r: out[o_r : o_r + 4W] = a[a_r : a_r + G] · (one panel of the packed
-    weights, from wp[wo]; see ``pack_cols``), added to out's values if ``add``. All arrays
+    weights, from wp[wo]; see ``pack_panels``), added to out's values if ``add``. All arrays
     flat; offsets in elements."""
     W = vwidth(out)
     z = vsplat(out, 0)
@@ -321,25 +328,30 @@ def row_carry(out, o, a, a0, wp, wo, G, add):
 
 
 @kernel
-def carry_rows(out, a, rows, n, wp):
-    """out[rows[i]] = a[i] @ w_tᵀ for i < n, through the packed weights (``pack_cols``).
-    out: (B, K); a: (≥n, G), C-contiguous."""
-    K = out.shape[1]
-    G = a.shape[1]
+def panel_rows(out, a, rows, n, wp, c0, c1, d0, d1, scatter):
+    """out[o_i, c0:c1] = a[i, d0:d1] @ w[d0:d1, c0:c1] for i < n, where o_i = rows[i] if
+    ``scatter`` else i, through w (D, N) packed by ``pack_panels``. out: (≥, N) and a: (≥n,
+    D), C-contiguous; c0, c1: multiples of 4 vector widths."""
+    N = out.shape[1]
+    D = a.shape[1]
     S = 4 * vwidth(out)
     of = out.reshape(out.size)
     af = a.reshape(a.size)
     kc = depth_chunk(out)
-    for u in range(K // S):
-        for k0 in range(0, G, kc):
-            m = min(kc, G - k0)
-            wo = (u * G + k0) * S
+    for u in range(c0 // S, c1 // S):
+        for k0 in range(d0, d1, kc):
+            m = min(kc, d1 - k0)
+            wo = (u * D + k0) * S
+            add = k0 > d0
             i = 0
             while i + 4 <= n:
-                rows4_carry(of, rows[i] * K + u * S, rows[i + 1] * K + u * S,
-                            rows[i + 2] * K + u * S, rows[i + 3] * K + u * S, af, i * G + k0,
-                            (i + 1) * G + k0, (i + 2) * G + k0, (i + 3) * G + k0, wp, wo, m,
-                            k0 > 0)
+                o0, o1, o2, o3 = i, i + 1, i + 2, i + 3
+                if scatter:
+                    o0, o1, o2, o3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
+                rows4_carry(of, o0 * N + u * S, o1 * N + u * S, o2 * N + u * S, o3 * N + u * S,
+                            af, i * D + k0, (i + 1) * D + k0, (i + 2) * D + k0,
+                            (i + 3) * D + k0, wp, wo, m, add)
                 i += 4
             for r in range(i, n):
-                row_carry(of, rows[r] * K + u * S, af, r * G + k0, wp, wo, m, k0 > 0)
+                o = rows[r] if scatter else r
+                row_carry(of, o * N + u * S, af, r * D + k0, wp, wo, m, add)
