@@ -114,7 +114,7 @@ class GRU(RecurrentLayer):
         args = (*args, self.linear_before_reset, ws.extra[k][d]["zoneout"][0], *self._gen(d),
                 ws.extra[k][d]["pre"])
         wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
-        self._rows(ws, lambda b0, b1, t: K.gru_forward(b0, b1, *args, *ws.scratch[t], wf))
+        self._rows(ws, lambda b0, b1, t: K.gru_forward(b0, b1, *args, wf, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
@@ -134,7 +134,7 @@ class GRU(RecurrentLayer):
                  else self._no_carry)
             args = (*args, w, *tail, self.linear_before_reset, ex["zoneout"][0], *self._gen(d),
                     ex["pre"])
-            self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, *ws.scratch[t], wc))
+            self._rows(ws, lambda b0, b1, t: K.gru_backward(b0, b1, *args, wc, *ws.scratch[t]))
         self._input_grads(ws, k, d, inp, gates, dx)
         hprev = self._hprev(h, d)
         if self.linear_before_reset:

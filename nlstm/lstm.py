@@ -163,7 +163,7 @@ class LSTM(RecurrentLayer):
             return
         args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, w, bias, ws.init[0][i],
                 ws.init[1][i], ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"])
-        self._rows(ws, lambda b0, b1, t: K.lstm_forward(b0, b1, *args, *ws.scratch[t], wp))
+        self._rows(ws, lambda b0, b1, t: K.lstm_forward(b0, b1, *args, wp, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         if self._layer_norm or self.zoneout:
@@ -186,7 +186,7 @@ class LSTM(RecurrentLayer):
             args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],
                     gates, h, c, w, self._no_carry if wc.size else self._carry_weights(ws, k, d),
                     ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"], ex["dh_all"])
-            self._rows(ws, lambda b0, b1, t: K.lstm_backward(b0, b1, *args, *ws.scratch[t], wc))
+            self._rows(ws, lambda b0, b1, t: K.lstm_backward(b0, b1, *args, wc, *ws.scratch[t]))
         # The gates buffer now holds the gate gradients.
         db = self._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too
         self._hidden_grads(ws, k, d, gates, self._hprev(h, d), db=db)

@@ -77,7 +77,7 @@ class RNN(RecurrentLayer):
                 d == 1, d * H, self._relu, self._acts(d), self._clip)
         w = self._w("weight_hh", k, d)
         wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
-        self._rows(ws, lambda b0, b1, t: K.rnn_forward(b0, b1, *args, *ws.scratch[t], wf))
+        self._rows(ws, lambda b0, b1, t: K.rnn_forward(b0, b1, *args, wf, *ws.scratch[t]))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
@@ -87,7 +87,7 @@ class RNN(RecurrentLayer):
         args = (dpre, ws.dinit[0][i], dy, ws.dfinal[0][i], h, w,
                 self._no_carry if wc.size else self._carry_weights(ws, k, d), ws.lengths, d == 1,
                 d * H, self._relu, self._acts(d), self._clip)
-        self._rows(ws, lambda b0, b1, t: K.rnn_backward(b0, b1, *args, *ws.scratch[t], wc))
+        self._rows(ws, lambda b0, b1, t: K.rnn_backward(b0, b1, *args, wc, *ws.scratch[t]))
         db = self._input_grads(ws, k, d, inp, dpre, dx)  # b_ih's gradient is b_hh's too
         self._hidden_grads(ws, k, d, dpre, self._hprev(h, d), db=db)
 

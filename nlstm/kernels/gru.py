@@ -74,7 +74,7 @@ def _zone_out(hn, hp, m, dst):
 
 @kernel
 def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr, zm,
-                acts, clip, pre, rows, times, sp1, sp2, sp3, sg, wf):
+                acts, clip, pre, wf, rows, times, sp1, sp2, sp3, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -165,7 +165,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
 
 @kernel
 def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths,
-                 reverse, col, lbr, zm, acts, clip, pre, rows, times, sp1, sp2, sp3, sg, wc):
+                 reverse, col, lbr, zm, acts, clip, pre, wc, rows, times, sp1, sp2, sp3, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 3H) out: gradients of the input-side pre-activations (may alias gates)

@@ -206,8 +206,8 @@ def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows
 
 @kernel
 def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
-                 peep, clip, input_forget, proj, w_hr_t, acts, pre, m, rows, times, sp1, sp2, sg,
-                 sh, wp):
+                 peep, clip, input_forget, proj, w_hr_t, acts, pre, m, wp, rows, times, sp1, sp2,
+                 sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+P (P = H unprojected)
@@ -329,8 +329,8 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
 
 @kernel
 def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
-                  reverse, col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all,
-                  rows, times, sp1, sp2, sg, sh, wc):
+                  reverse, col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all, wc,
+                  rows, times, sp1, sp2, sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 4H) out: gradients of the gate pre-activations (zero past each

@@ -69,7 +69,7 @@ def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, 
 
 @kernel
 def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu, acts,
-                clip, rows, times, sp1, sg, wf):
+                clip, wf, rows, times, sp1, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -116,7 +116,7 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
 
 @kernel
 def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu,
-                 acts, clip, rows, times, sp1, sg, wc):
+                 acts, clip, wc, rows, times, sp1, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dpre: (T, B, H) in: the forward's pre-activations (read with acts); out: their gradients
