@@ -113,7 +113,8 @@ class GRU(RecurrentLayer):
             return
         args = (*args, self.linear_before_reset, ws.extra[k][d]["zoneout"][0], *self._gen(d),
                 ws.extra[k][d]["pre"])
-        self._rows(ws, P.gru_forward, args)
+        wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
+        self._rows(ws, P.gru_forward, (*args, wf))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
@@ -127,10 +128,13 @@ class GRU(RecurrentLayer):
             args = (self._barrier_flags(parts), *args, *tail, ws.scratch[0][4][0])
             _threads.run_units(parts, P.gru_backward_units, args)
         else:
-            w = self._carry_weights(ws, k, d) if self.linear_before_reset else self._no_carry
+            wc = (self._packed_panels(k, d, self._w("weight_hh", k, d).T, "carry")
+                  if self._panels_fit() else self._no_pack)
+            w = (self._carry_weights(ws, k, d) if self.linear_before_reset and not wc.size
+                 else self._no_carry)
             args = (*args, w, *tail, self.linear_before_reset, ex["zoneout"][0], *self._gen(d),
                     ex["pre"])
-            self._rows(ws, P.gru_backward, args)
+            self._rows(ws, P.gru_backward, (*args, wc))
         self._input_grads(ws, k, d, inp, gates, dx)
         hprev = self._hprev(h, d)
         if self.linear_before_reset:

@@ -148,20 +148,22 @@ class LSTM(RecurrentLayer):
             from . import lnlstm
             return lnlstm.forward_dir(self, ws, k, d, inp)
         gates = self._project(ws, k, d, inp)  # the kernels add the biases
+        parts = self._unit_parts(ws)
+        wp = self._packed_gates(k, d) if self._plain() else self._no_pack
         bias = self._p("bias_ih", k, d) + self._p("bias_hh", k, d)
         i, ex = k * self.num_directions + d, ws.extra[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
         w, col = self._w("weight_hh", k, d), d * self._out_size
-        parts = self._unit_parts(ws)
         if parts:  # a one-row batch: its hidden units split over the threads
             j0, j1 = units.unit_range(0, parts, self.hidden_size)  # part 0's is the widest
             args = (self._barrier_flags(parts), ws.y[k], h, c, ws.final[0][i], ws.final[1][i],
                     gates, w, bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, col,
-                    *self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0)))
+                    *self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0)), wp)
             _threads.run_units(parts, P.lstm_forward_units, args)
             return
         args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, w, bias, ws.init[0][i],
-                ws.init[1][i], ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"])
+                ws.init[1][i], ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"],
+                wp)
         self._rows(ws, P.lstm_forward, args)
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
@@ -181,9 +183,11 @@ class LSTM(RecurrentLayer):
                     ws.scratch[0][5][0])
             _threads.run_units(parts, P.lstm_backward_units, args)
         else:
+            wc = self._packed_carry(k, d) if self._plain() else self._no_pack
             args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],
-                    gates, h, c, w, self._carry_weights(ws, k, d), ws.lengths, d == 1, col,
-                    *self._options(k, d), ex["pre"], ex["m"], ex["dh_all"])
+                    gates, h, c, w, self._no_carry if wc.size else self._carry_weights(ws, k, d),
+                    ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"], ex["dh_all"],
+                    wc)
             self._rows(ws, P.lstm_backward, args)
         # The gates buffer now holds the gate gradients.
         db = self._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too

@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _threads
-from .kernels import blocks
+from .kernels import blocks, tiles
 from .kernels.sync import STRIDE
 from ._guard import GradBackup, Lockable, check_training_thread
 from .stream import Stream
@@ -184,6 +184,7 @@ class RecurrentLayer(Lockable):
         self._dropout_rng = rng  # continues the init stream: one seed fixes both
         self._step_sizes = self._state_sizes()
         self._no_carry = np.zeros((0, 0), self.dtype)
+        self._no_pack = np.zeros(0, self.dtype)
         self._no_acts = np.zeros((0, 3), self.dtype)
         self._acts_cache: dict = {}  # see _acts
         self._new_workspace_state()
@@ -198,6 +199,7 @@ class RecurrentLayer(Lockable):
         self._flags = np.zeros(0, np.int64)  # see _barrier_flags
         self._unit_bufs: dict = {}
         self._carry_bufs: dict = {}  # see _carry_weights
+        self._pack_bufs: dict = {}  # see _packed_gates
         # One call at a time uses the workspace and the step scratch above: forward,
         # backward, step and the layer's streams each hold this lock (see the README).
         self._new_lock()
@@ -634,6 +636,41 @@ class RecurrentLayer(Lockable):
         if buf is None:
             buf = self._carry_bufs[(k, d)] = aligned_empty(w_t.shape[::-1], self.dtype)
         blocks.transpose_into(buf, w_t)
+        return buf
+
+    def _packed_gates(self, k: int, d: int) -> np.ndarray:
+        """W_hhᵀ of layer k, direction d, packed now for the micro-kernels
+        (``kernels.tiles.pack_gates``: the parameters may have changed since the last call),
+        or an empty array where the tiles do not apply (H not a multiple of the vector
+        width)."""
+        w_t = self._w("weight_hh", k, d)
+        if not tiles.packable(w_t, self._G):
+            return self._no_pack
+        buf = self._pack_bufs.get((k, d))
+        if buf is None:
+            buf = self._pack_bufs[(k, d)] = aligned_empty(w_t.size, self.dtype)
+        tiles.pack_gates(buf, w_t, self._G)
+        return buf
+
+    def _packed_carry(self, k: int, d: int) -> np.ndarray:
+        """W_hh of layer k, direction d, packed now for the backward carry's micro-kernels
+        (``kernels.tiles.pack_panels`` of W_hh), or an empty array where they do not apply."""
+        return self._packed_panels(k, d, self._w("weight_hh", k, d).T, "carry")
+
+    def _panels_fit(self) -> bool:
+        """Whether every per-step product of the cell suits the panel tiles: H a multiple of
+        their width (each gate block then is a whole number of panels)."""
+        return self.hidden_size % tiles.panel_width(self.dtype) == 0
+
+    def _packed_panels(self, k: int, d: int, w: np.ndarray, use: str) -> np.ndarray:
+        """w (D, N) packed now for ``kernels.tiles.panel_rows`` into the layer's buffer for
+        ``use`` of layer k, direction d, or an empty array where the tiles do not apply."""
+        if not tiles.packable_panels(w):
+            return self._no_pack
+        buf = self._pack_bufs.get((k, d, use))
+        if buf is None:
+            buf = self._pack_bufs[(k, d, use)] = aligned_empty(w.size, self.dtype)
+        tiles.pack_panels(buf, w)
         return buf
 
     # ---- backward -------------------------------------------------------------------------

@@ -76,14 +76,18 @@ class RNN(RecurrentLayer):
         args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], pre, self._w("weight_hh", k, d),
                 self._p("bias_ih", k, d) + self._p("bias_hh", k, d), ws.init[0][i], ws.lengths,
                 d == 1, d * H, self._relu, self._acts(d), self._clip)
-        self._rows(ws, P.rnn_forward, args)
+        w = self._w("weight_hh", k, d)
+        wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
+        self._rows(ws, P.rnn_forward, (*args, wf))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
         dpre, h = ws.gates[k][d], ws.states[0][k][d]
-        args = (dpre, ws.dinit[0][i], dy, ws.dfinal[0][i], h, self._w("weight_hh", k, d),
-                self._carry_weights(ws, k, d), ws.lengths, d == 1, d * H, self._relu,
-                self._acts(d), self._clip)
+        w = self._w("weight_hh", k, d)
+        wc = self._packed_panels(k, d, w.T, "carry") if self._panels_fit() else self._no_pack
+        args = (dpre, ws.dinit[0][i], dy, ws.dfinal[0][i], h, w,
+                self._no_carry if wc.size else self._carry_weights(ws, k, d), ws.lengths, d == 1,
+                d * H, self._relu, self._acts(d), self._clip, wc)
         self._rows(ws, P.rnn_backward, args)
         db = self._input_grads(ws, k, d, inp, dpre, dx)  # b_ih's gradient is b_hh's too
         self._hidden_grads(ws, k, d, dpre, self._hprev(h, d), db=db)

@@ -13,7 +13,7 @@ import pytest
 from numba.core.runtime import rtsys
 
 import nlstm
-from nlstm.kernels import blocks, gru, lstm, parallel, rnn
+from nlstm.kernels import blocks, gru, lstm, parallel, rnn, tiles
 
 
 @pytest.fixture
@@ -49,6 +49,8 @@ def counted_kernels(monkeypatch):
         monkeypatch.setattr(parallel, name, parallel.Split(counting(split.serial),
                                                            counting_region(split.parallel)))
     monkeypatch.setattr(blocks, "transpose_into", counting(blocks.transpose_into))
+    for name in ("pack_gates", "pack_panels"):
+        monkeypatch.setattr(tiles, name, counting(getattr(tiles, name)))
     return count
 
 

@@ -46,7 +46,7 @@ def _states(a):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("H,length", [(17, 7), (20, 4), (40, 7), (37, 0)])
+@pytest.mark.parametrize("H,length", [(17, 7), (20, 4), (40, 7), (37, 0), (64, 6)])
 def test_split_matches_reference(split_calls, monkeypatch, cell, dtype, H, length):
     """Two layers, both directions, an initial state, a row shorter than T (and one of
     length 0); H = 17, 20 and 37 split unevenly (parts start at multiples of 16)."""

@@ -15,6 +15,7 @@ from numba import types
 from numba.extending import overload
 
 from .config import FASTMATH
+from .simd import wide
 
 _CLAMP = np.float32(7.90531110763549805)
 _P1, _P3, _P5, _P7 = (np.float32(1.0), np.float32(0.13124315440654755),
@@ -171,6 +172,7 @@ def dgate(spec, x, y, clip):
 @numba.njit(inline="always", fastmath=set(FASTMATH), cache=True)
 def gates_inplace(v, pre, spec, clip):
     """v[j] = gate(spec, v[j], clip), keeping each v[j] in pre[j] (both (n,))."""
+    wide()
     for j in range(v.shape[0]):
         x = v[j]
         pre[j] = x
@@ -181,6 +183,7 @@ def gates_inplace(v, pre, spec, clip):
 def dact_into(spec, x, out):
     """out = the derivative of ``act`` of the row ``spec`` (code, alpha, beta) at x,
     element-wise over arrays of any shape (unclipped: for the LSTM's h(c))."""
+    wide()
     k, a, b = int(spec[0]), spec[1], spec[2]
     xf, of = x.ravel(), out.ravel()
     for j in range(xf.shape[0]):

@@ -20,6 +20,7 @@ import numpy as np
 
 from .activations import cast_like
 from .config import kernel
+from .simd import wide
 from .gemm import gemm_tiles
 from .slots import slots, step_time
 
@@ -129,6 +130,7 @@ def row_nn_add(o, a, b, c0, c1):
     """o[c0:c1] += a @ b[:, c0:c1] for one row; o (G,), a (K,), b (K, G). Four rows of b
     per pass over o, so o is loaded and stored a quarter as often (3x the dot-product form
     at B = 1)."""
+    wide()
     K = b.shape[0]
     oc = o[c0:c1]  # loops from 0 (see the module doc)
     k = 0
@@ -182,6 +184,7 @@ def add_recurrent(gates, h, w_t, bias, rows, times, n, reverse, sp1, sg):
     ``blas_block``) gather the states for sgemm calls; the others add straight into each
     row's gates (no gather).
     """
+    wide()
     chunk = blas_block(n, w_t, False)
     if chunk:
         for i in range(n):
@@ -221,6 +224,7 @@ def add_recurrent(gates, h, w_t, bias, rows, times, n, reverse, sp1, sg):
 def _rows4_nn_add(g0, g1, g2, g3, a0, a1, a2, a3, b):
     """g_r += a_r @ b for four rows at once: each pass loads four rows of b once for all
     four outputs. g_r: (G,); a_r: (K,); b: (K, G)."""
+    wide()
     K, G = b.shape
     k = 0
     while k + 4 <= K:
@@ -280,6 +284,7 @@ def scatter_rows(dst, src, rows, n):
 @kernel
 def matmul_nt(out, a, w, n, c0, c1):
     """out[:n] = a[:n, c0:c1] @ w[:, c0:c1]ᵀ. out: (≥n, K); a: (≥n, G); w: (K, G)."""
+    wide()
     chunk = blas_block(n, w, True)
     if chunk and c0 == 0 and c1 == w.shape[1]:
         dot_rows(out, a, w, n, chunk, True)
@@ -354,6 +359,7 @@ def row_dots(o, w, a, c0, c1, k0, k1):
     """o[k] = w[k, c0:c1] · a[c0:c1] for k in k0:k1; o (K,), w (K, G), a (G,). Four rows of
     w per pass over a, as four independent sums (25% faster than one row at a time at
     64×256 and 128×512: a is loaded once for four, and the sums do not wait on each other)."""
+    wide()
     zero = cast_like(o, 0)
     ac = a[c0:c1]
     k = k0

@@ -92,10 +92,14 @@ _install_cache_locator()
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 
+def options() -> dict:
+    """The compile options of every kernel but the on-disk cache."""
+    return dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy", boundscheck=False)
+
+
 def kernel(fn):
     """``numba.njit`` with nlstm's policy: cached, nogil, fastmath without nnan/ninf."""
-    return numba.njit(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy",
-                      boundscheck=False)(fn)
+    return numba.njit(cache=True, **options())(fn)
 
 
 def parallel_kernel(fn):

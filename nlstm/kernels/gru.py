@@ -20,6 +20,8 @@ import numpy as np
 from .activations import cast_like, dgate, gates_inplace, sigmoid, tanh
 from .blocks import active_rows, matmul_carry, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
+from .simd import wide
+from .tiles import panel_rows
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 
@@ -29,6 +31,7 @@ def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, s
     """``gru_forward``'s recurrence for the single batch row b, ``lbr`` form: no
     active-row bookkeeping or copy of h, and the gate loops over sliced blocks so that each
     runs from 0 (see blocks.py). s: (3H,) scratch for the product."""
+    wide()
     L = lengths[b]
     H = h.shape[2]
     sr, sz, sn, bn = s[:H], s[H:2 * H], s[2 * H:], b_hh[2 * H:]
@@ -62,6 +65,7 @@ def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, s
 @kernel
 def _zone_out(hn, hp, m, dst):
     """hn ← m ⊙ hp + (1 − m) ⊙ hn, also into dst (the output row); all (H,)."""
+    wide()
     for j in range(hn.shape[0]):
         v = hn[j] + m[j] * (hp[j] - hn[j])
         hn[j] = v
@@ -70,7 +74,7 @@ def _zone_out(hn, hp, m, dst):
 
 @kernel
 def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr, zm,
-                acts, clip, pre, rows, times, sp1, sp2, sp3, sg):
+                acts, clip, pre, wf, rows, times, sp1, sp2, sp3, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -81,7 +85,10 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     zm: (T, B, H) zoneout mask, or empty
     acts: (2, 3) or (0, 3); clip: scalar; pre: (T, B, 3H) out with acts, else empty
     rows, times: (B,) int64 scratch; sp1, sp2, sp3: (B, H), sg: (B, 3H) scratch
+    wf: W_hhᵀ packed by ``tiles.pack_panels`` for the per-step products (H a multiple of the
+    panel width), or empty (the products of nlstm.kernels.blocks)
     """
+    wide()
     T = gates.shape[0]
     H = gates.shape[2] // 3
     begin_rows(b0, b1, h, h0, lengths, reverse)
@@ -99,7 +106,10 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
             p, o = slots(times[i], reverse)
             for k in range(H):
                 sp1[i, k] = h[p, rows[i], k]
-        matmul_nn(sg, sp1, w_hh_t, n, 0, 3 * H if lbr else 2 * H)
+        if wf.shape[0] > 0:
+            panel_rows(sg, sp1, rows, n, wf, 0, 3 * H if lbr else 2 * H, 0, H, False)
+        else:
+            matmul_nn(sg, sp1, w_hh_t, n, 0, 3 * H if lbr else 2 * H)
         for i in range(n):
             b = rows[i]
             t = times[i]
@@ -125,7 +135,10 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
                     aux[t, b, j] = a
                     sp2[i, j] = a
         if not lbr:
-            matmul_nn(sg, sp2, w_hh_t, n, 2 * H, 3 * H)
+            if wf.shape[0] > 0:
+                panel_rows(sg, sp2, rows, n, wf, 2 * H, 3 * H, 0, H, False)
+            else:
+                matmul_nn(sg, sp2, w_hh_t, n, 2 * H, 3 * H)
             for i in range(n):
                 g = gates[times[i], rows[i]]
                 if gen:
@@ -152,7 +165,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
 
 @kernel
 def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths,
-                 reverse, col, lbr, zm, acts, clip, pre, rows, times, sp1, sp2, sp3, sg):
+                 reverse, col, lbr, zm, acts, clip, pre, wc, rows, times, sp1, sp2, sp3, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 3H) out: gradients of the input-side pre-activations (may alias gates)
@@ -163,7 +176,9 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
     as there
     w_hh: (3H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``); used
     with ``lbr`` only; acts, clip, pre: as given to ``gru_forward``
+    wc: W_hh packed by ``tiles.pack_panels`` for the carry products, or empty
     """
+    wide()
     T = gates.shape[0]
     H = gates.shape[2] // 3
     gen = acts.shape[0] > 0
@@ -221,7 +236,10 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
                 sg[i, j] = dgh[j]
         if not lbr:
             # d(r⊙h) = W_hnᵀ dn_pre, then split into r's and h's parts.
-            matmul_nt(sp1, sg, w_hh_t, n, 2 * H, 3 * H)
+            if wc.shape[0] > 0:
+                panel_rows(sp1, sg, rows, n, wc, 0, H, 2 * H, 3 * H, False)
+            else:
+                matmul_nt(sp1, sg, w_hh_t, n, 2 * H, 3 * H)
             for i in range(n):
                 b = rows[i]
                 t = times[i]
@@ -238,7 +256,9 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
                     dgh[j] = dr_pre
                     sg[i, j] = dr_pre
                     sp3[i, j] += drh * r
-        if lbr:
+        if wc.shape[0] > 0:
+            panel_rows(sp2, sg, rows, n, wc, 0, H, 0, 3 * H if lbr else 2 * H, False)
+        elif lbr:
             matmul_carry(sp2, sg, w_hh_t, w_hh, n)
         else:
             matmul_nt(sp2, sg, w_hh_t, n, 0, 2 * H)
@@ -269,6 +289,7 @@ def gru_step_options(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, 
 
 @kernel
 def _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, acts, clip, work):
+    wide()
     if check and not step_inputs_finite(k, x, h, h):
         return False
     inp, hk, hn = step_layer_rows(k, x, h, h_out)

@@ -11,6 +11,7 @@ keeps the one-thread kernels. Arithmetic per element as in ``gru_forward``/``gru
 from .activations import sigmoid, tanh
 from .blocks import row_dots, row_nn
 from .config import kernel
+from .simd import wide
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
 from .units import copy, gather_blocks, unit_range
@@ -24,6 +25,7 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
     Arrays as for ``gru_forward`` (B = 1); flags, w_own (parts, K, ≥3n), acc (parts, ≥3n):
     as for ``lstm_units.lstm_forward_units``.
     """
+    wide()
     H = gates.shape[2] // 3
     K = w_hh_t.shape[0]
     j0, j1 = unit_range(part, parts, H)
@@ -67,6 +69,7 @@ def gru_backward_units(part, parts, flags, dgates, dgates_hh, dh0, dy, dh_n, gat
     Arrays as for ``gru_backward`` (B = 1; dgates may be ``gates``); direct: (H,) scratch
     shared by the parts (z ⊙ dh, the direct path to h_{t-1}); flags as for the forward.
     """
+    wide()
     G = gates.shape[2]
     H = G // 3
     j0, j1 = unit_range(part, parts, H)

@@ -23,6 +23,7 @@ import numpy as np
 from .activations import cast_like, sigmoid, tanh
 from .blocks import active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_nn
 from .config import kernel
+from .simd import wide
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 
@@ -33,6 +34,7 @@ EPS = 1e-5  # the ε of every normalisation (PyTorch's LayerNorm default)
 def normalize(a, out, eps):
     """out = (a − mean a)·rstd, rstd = 1/√(var a + eps), over the vector a (n,); returns rstd.
     out may be a itself. Two passes: the mean first, then the spread around it."""
+    wide()
     n = a.shape[0]
     s = cast_like(a, 0)
     for j in range(n):
@@ -59,6 +61,7 @@ def normalize_back(dn, xhat, rstd, out):
     saw, and rstd (1/√ε ≈ 316 for a row of equal values) multiplies the mismatch (measured:
     1e-3 relative error in float32 gradients where every row was constant). Callers that
     scale dn first store the scaled values."""
+    wide()
     n = dn.shape[0]
     s1 = cast_like(dn, 0)
     s2 = cast_like(dn, 0)
@@ -78,6 +81,7 @@ def normalize_input(b0, b1, gates, xhat, rstd, gamma, beta, lengths):
     at every valid step (zeros past each row's length, which the projection leaves unwritten).
     gates: (T, B, 4H) in: W_ih x; xhat: (T, B, 4H) out; rstd: (T, B, 3) out at [..., 0];
     gamma, beta: (4H,)."""
+    wide()
     T = gates.shape[0]
     zero = cast_like(gates, 0)
     for b in range(b0, b1):
@@ -100,6 +104,7 @@ def normalize_input_back(b0, b1, dgates, xhat, rstd, gamma, lengths):
     """xhat = the gradient of W_ih x (in place, for the dW_ih and dx products) from the gate
     gradients dgates (T, B, 4H), for batch rows b0:b1 (zero past each length: dgates is).
     dgates is overwritten by dgates⊙γ_ih (see ``normalize_back``)."""
+    wide()
     T = dgates.shape[0]
     for b in range(b0, b1):
         for t in range(min(T, lengths[b])):
@@ -117,6 +122,7 @@ def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     before; cn, hn: (H,) out, the state after; ct: (H,) out: c̃; chat: (H,) out with ``ln``:
     LN(c̃); g_c, b_c: (H,) γ_c, β_c; zh, zc: (H,) zoneout masks, or empty. Returns LN(c̃)'s
     rstd (0 without ``ln``)."""
+    wide()
     H = cp.shape[0]
     gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
     for j in range(H):
@@ -155,6 +161,7 @@ def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
     it; cp: (H,) the cell state before; chat, rs: LN(c̃) and its rstd (``ln``); du: (H,) out
     with ``ln``: the gradient of γ_c ⊙ LN(c̃) + β_c; zc: (H,) the cell's zoneout mask, or empty.
     """
+    wide()
     H = cp.shape[0]
     gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
     di, df, dgg, do = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:4 * H]

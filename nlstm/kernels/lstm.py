@@ -32,6 +32,9 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_
                      row_dots, row_nn, row_nn_add, row_out, scatter_rows)
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
+from .simd import vwidth, wide
+from .tiles import (FROM_GATES, FROM_GATES_AND_BIAS, depth_chunk, gates4_row, gates4_rows4,
+                    panel_rows, row_carry)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty; acts: (3, 3) rows (code, alpha, beta) of f, g, h, or
@@ -46,6 +49,29 @@ def _clamp(g, lo, hi):
 
 
 @kernel
+def _cell_units(g, c_prev, c_new, m, j0, j1):
+    """The plain cell (σ, tanh, tanh; no variant options) for hidden units j0:j1 of one row:
+    g: (4H,) pre-activations in, post-activation gates i, f, g, o out; c_prev, c_new,
+    m: (H,); m: o⊙tanh(c_new) out. Sliced to j0:j1 first, so the loop runs from 0."""
+    wide()
+    H = c_prev.shape[0]
+    gi, gf, gg, go = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1]
+    cp, cn, mu = c_prev[j0:j1], c_new[j0:j1], m[j0:j1]
+    for j in range(j1 - j0):
+        i = sigmoid(gi[j])
+        f = sigmoid(gf[j])
+        z = tanh(gg[j])
+        o = sigmoid(go[j])
+        cv = f * cp[j] + i * z
+        gi[j] = i
+        gf[j] = f
+        gg[j] = z
+        go[j] = o
+        cn[j] = cv
+        mu[j] = o * tanh(cv)
+
+
+@kernel
 def _pointwise(g, c_prev, c_new, m, opt, pre):
     """Gate nonlinearities and the cell update for one row.
 
@@ -53,11 +79,15 @@ def _pointwise(g, c_prev, c_new, m, opt, pre):
     m: (H,) out: o⊙h(c_new) (the new h unless projected); pre: (4H,) out: the
     pre-activations before clipping (only with clip or activations).
     """
+    wide()
     H = c_prev.shape[0]
+    peep = opt.peep.shape[0] > 0
+    if not (peep or opt.clip < np.inf or opt.input_forget or opt.acts.shape[0] > 0):
+        _cell_units(g, c_prev, c_new, m, 0, H)
+        return
     # The gate blocks as views: an index such as H + j keeps Numba's negative-index
     # wraparound on every access, which kept LLVM from vectorising (see blocks.py).
     gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
-    peep = opt.peep.shape[0] > 0
     p_i, p_f, p_o = opt.peep[:H], opt.peep[H:2 * H], opt.peep[2 * H:3 * H]  # empty unless peep
     if peep:
         for j in range(H):
@@ -124,9 +154,60 @@ def _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pr
 
 
 @kernel
+def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows, times):
+    """``lstm_forward``'s recurrence for the plain cell with packed weights (see
+    nlstm.kernels.tiles): each step, for each block of W hidden units, the product of the
+    active rows in tiles of 4 (then single rows), over depth chunks; then the cell's math
+    for every active row."""
+    T, B, G = gates.shape
+    H = G // 4
+    K = h.shape[2]
+    W = vwidth(gates)
+    kc = depth_chunk(gates)
+    gf = gates.reshape(gates.size)
+    hf = h.reshape(h.size)
+    for step in range(T):
+        n = active_rows(step, b0, b1, lengths, reverse, rows, times)
+        if n == 0:
+            break  # lengths only shrink the active set as steps go on
+        for u in range(H // W):
+            u0 = u * W
+            # depth chunks only when 4-row tiles share the weights (see tiles.PANEL_BYTES)
+            step_k = kc if n >= 4 else K
+            for k0 in range(0, K, step_k):
+                m = min(step_k, K - k0)
+                wo = (u * K + k0) * 4 * W
+                start = FROM_GATES_AND_BIAS if k0 == 0 else FROM_GATES
+                i = 0
+                while i + 4 <= n:
+                    r0, r1, r2, r3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
+                    t0, t1, t2, t3 = times[i], times[i + 1], times[i + 2], times[i + 3]
+                    p0 = slots(t0, reverse)[0]
+                    p1 = slots(t1, reverse)[0]
+                    p2 = slots(t2, reverse)[0]
+                    p3 = slots(t3, reverse)[0]
+                    gates4_rows4(gf, (t0 * B + r0) * G + u0, (t1 * B + r1) * G + u0,
+                                 (t2 * B + r2) * G + u0, (t3 * B + r3) * G + u0, H, bias, u0, hf,
+                                 (p0 * B + r0) * K + k0, (p1 * B + r1) * K + k0,
+                                 (p2 * B + r2) * K + k0, (p3 * B + r3) * K + k0, wp, wo, m, start)
+                    i += 4
+                for r in range(i, n):
+                    b = rows[r]
+                    t = times[r]
+                    p = slots(t, reverse)[0]
+                    gates4_row(gf, (t * B + b) * G + u0, H, bias, u0, hf, (p * B + b) * K + k0,
+                               wp, wo, m, start)
+        for r in range(n):
+            b = rows[r]
+            p, o = slots(times[r], reverse)
+            _cell_units(gates[times[r], b], c[p, b], c[o, b], h[o, b], 0, H)
+        copy_out(y, h, rows, times, n, reverse, col)
+
+
+@kernel
 def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
-                 peep, clip, input_forget, proj, w_hr_t, acts, pre, m, rows, times, sp1, sp2, sg,
-                 sh):
+                 peep, clip, input_forget, proj, w_hr_t, acts, pre, m, wp, rows, times, sp1, sp2,
+                 sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+P (P = H unprojected)
@@ -140,6 +221,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
     m: (T, B, H) out with projection, else empty: o⊙tanh(c) of every step
     rows, times: (B,) int64 scratch; sp1, sp2: (B, P), sg: (B, 4H), sh: (B, H) scratch
     (one set per concurrent call; see nlstm.kernels.blocks)
+    wp: W_hhᵀ packed for the tiles (``tiles.pack_gates``), plain cell only, or empty
     """
     opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
     T = gates.shape[0]
@@ -150,7 +232,10 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
     if opt.proj:
         zero_rows_past(b0, b1, m, lengths)
     save = opt.clip < np.inf or opt.acts.shape[0] > 0
-    if b1 - b0 == 1 and not opt.proj:
+    if wp.shape[0] > 0:
+        _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows, times)
+        T = 0  # done
+    elif b1 - b0 == 1 and not opt.proj:
         _forward_row(b0, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pre)
         T = 0  # done
     for step in range(T):
@@ -189,6 +274,7 @@ def _cell_back(g, dg, dm, dc, c_prev, c_new, j0, j1):
     block is read before it is written); dm: (H,) gradient of o⊙tanh(c_t); dc: (H,) in: the
     carried gradient of c_t, out: that of c_{t-1}; c_prev, c_new: (H,). Sliced to j0:j1
     first, so the loop runs from 0 (see nlstm.kernels.blocks)."""
+    wide()
     H = dm.shape[0]
     gi, gf, gg, go = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1]
     di, df, dgg, do = (dg[j0:j1], dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1],
@@ -209,14 +295,21 @@ def _cell_back(g, dg, dm, dc, c_prev, c_new, j0, j1):
 
 
 @kernel
-def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col, dm):
+def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col, dm, wc):
     """``lstm_backward``'s pass for the single batch row b of the plain cell: each step's
     gate gradients written straight into dgates and the carry straight into dh[b] (no
-    gathering of active rows, no copies). dm: (H,) scratch."""
+    gathering of active rows, no copies). dm: (H,) scratch; wc: W_hh packed for the carry
+    tiles (``tiles.pack_panels``), or empty."""
+    wide()
     L = lengths[b]
-    G = gates.shape[2]
+    T, B, G = gates.shape
     H = G // 4
+    P = dh.shape[1]
+    S = 4 * vwidth(dm)
+    kc = depth_chunk(dm)
     dhb, dcb = dh[b], dc[b]
+    dhf = dh.reshape(dh.size)
+    dgf = dgates.reshape(dgates.size)
     for step in range(L - 1, -1, -1):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
@@ -225,12 +318,18 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
             dm[j] = dyt[j] + dhb[j]
         dg = dgates[t, b]  # may alias gates[t, b] (see _cell_back)
         _cell_back(gates[t, b], dg, dm, dcb, c[p, b], c[o, b], 0, H)
-        row_dots(dhb, w_hh_t, dg, 0, G, 0, dhb.shape[0])  # the carry: dz · W_hh
+        if wc.shape[0] > 0:  # the carry: dz · W_hh
+            for u in range(P // S):
+                for k0 in range(0, G, kc):
+                    row_carry(dhf, b * P + u * S, dgf, (t * B + b) * G + k0, wc,
+                              (u * G + k0) * S, min(kc, G - k0), k0 > 0)
+        else:
+            row_dots(dhb, w_hh_t, dg, 0, G, 0, dhb.shape[0])
 
 
 @kernel
 def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
-                  reverse, col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all,
+                  reverse, col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all, wc,
                   rows, times, sp1, sp2, sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
@@ -245,7 +344,9 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     (0, 0) (see ``blocks.matmul_carry``)
     dh_all: (T, B, P) out with projection, else empty: the gradient of each step's h
     rows, times, sp1, sp2, sg, sh: scratch as for ``lstm_forward``
+    wc: W_hh packed for the carry tiles (``tiles.pack_panels``), plain cell only, or empty
     """
+    wide()
     opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
     T = gates.shape[0]
     G = gates.shape[2]
@@ -263,7 +364,8 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     if opt.proj:
         zero_rows_past(b0, b1, dh_all, lengths)
     if b1 - b0 == 1 and plain and not opt.proj:
-        _backward_row(b0, dgates, dh0, dc0, dy, gates, c, w_hh_t, lengths, reverse, col, sh[0])
+        _backward_row(b0, dgates, dh0, dc0, dy, gates, c, w_hh_t, lengths, reverse, col, sh[0],
+                      wc)
         T = 0  # done
     for step in range(T - 1, -1, -1):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
@@ -352,8 +454,12 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
                 dc0[b, j] = dcp
             for j in range(G):
                 sg[i, j] = dg[j]
-        matmul_carry(sp1, sg, w_hh_t, w_hh, n)  # the carry: dz · W_hh for every active row at once
-        scatter_rows(dh0, sp1, rows, n)
+        # the carry: dz · W_hh for every active row at once
+        if wc.shape[0] > 0:
+            panel_rows(dh0, sg, rows, n, wc, 0, P, 0, G, True)
+        else:
+            matmul_carry(sp1, sg, w_hh_t, w_hh, n)
+            scatter_rows(dh0, sp1, rows, n)
 
 
 @kernel
@@ -385,6 +491,7 @@ def lstm_step_options(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_h
 
 @kernel
 def _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
+    wide()
     if check and not step_inputs_finite(k, x, h, c):
         return False
     inp, hk, hn = step_layer_rows(k, x, h, h_out)

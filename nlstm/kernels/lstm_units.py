@@ -18,7 +18,10 @@ slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
 from .activations import sigmoid, tanh
 from .blocks import row_dots, row_nn_add
 from .config import kernel
-from .lstm import _cell_back
+from .simd import wide
+from .lstm import _cell_back, _cell_units
+from .simd import vwidth
+from .tiles import FROM_GATES_AND_BIAS, gates4_row
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
 from .units import copy, gather_blocks, gather_blocks_add, scatter_blocks, unit_range
@@ -28,6 +31,7 @@ def _cell(a, c_prev, c_new, h_new):
     """The plain cell for n units: a (4n,) their pre-activations i, f, g, o in, post-activations
     out; c_prev, c_new, h_new: (n,). Separate loops, as in ``lstm._pointwise``, so that each
     one vectorises."""
+    wide()
     n = c_prev.shape[0]
     gi, gf, gg, go = a[:n], a[n:2 * n], a[2 * n:3 * n], a[3 * n:4 * n]
     for j in range(n):
@@ -43,7 +47,7 @@ def _cell(a, c_prev, c_new, h_new):
 
 @kernel
 def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0,
-                       lengths, reverse, col, w_own, acc):
+                       lengths, reverse, col, w_own, acc, wp):
     """``lstm_forward`` of the plain cell for B = 1, the units j0:j1 of this ``part``.
 
     Every part is called at once, each on its own thread, with the same arrays (shapes as
@@ -53,19 +57,39 @@ def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bia
     so that each step is one product over a contiguous range (four products over the
     separate gate blocks ran no faster on two threads than on one: the short loops' setup
     dominated), then the cell math reads them from acc[part].
+    wp: W_hhᵀ packed for the tiles (``tiles.pack_gates``), or empty: with it each part runs
+    the one-row tile over its own unit blocks (a contiguous range of wp: no gathering) and
+    w_own and acc go unused.
     """
     H = gates.shape[2] // 4
     K = w_hh_t.shape[0]
     j0, j1 = unit_range(part, parts, H)
     n4 = 4 * (j1 - j0)
     w, a = w_own[part], acc[part, :n4]
-    for k in range(K):
-        gather_blocks(w[k], w_hh_t[k], 4, H, j0, j1)
+    W = vwidth(gates)
+    tiled = wp.shape[0] > 0
+    if not tiled:
+        for k in range(K):
+            gather_blocks(w[k], w_hh_t[k], 4, H, j0, j1)
     begin_rows(0, 1, h[:, :, j0:j1], h0[:, j0:j1], lengths, reverse)
     begin_rows(0, 1, c[:, :, j0:j1], c0[:, j0:j1], lengths, reverse)
     zero_padding(0, 1, y, lengths, col + j0, j1 - j0)
     L = lengths[0]
     barrier(flags, part, parts, 1)
+    if tiled:
+        gf = gates.reshape(gates.size)
+        hf = h.reshape(h.size)
+        G = 4 * H
+        for step in range(L):
+            t = step_time(step, L, reverse)
+            p, o = slots(t, reverse)
+            for u in range(j0 // W, j1 // W):
+                gates4_row(gf, t * G + u * W, H, bias, u * W, hf, p * K, wp, u * K * 4 * W, K,
+                           FROM_GATES_AND_BIAS)
+            _cell_units(gates[t, 0], c[p, 0], c[o, 0], h[o, 0], j0, j1)
+            copy(y[t, 0, col + j0:col + j1], h[o, 0, j0:j1])
+            barrier(flags, part, parts, step + 2)  # the next step reads every unit of h
+        L = 0  # done
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
@@ -88,6 +112,7 @@ def lstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, ga
     backward needs no h); dm: (H,) scratch shared by the parts; flags as for
     ``lstm_forward_units``.
     """
+    wide()
     G = gates.shape[2]
     H = G // 4
     j0, j1 = unit_range(part, parts, H)

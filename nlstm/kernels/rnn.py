@@ -13,6 +13,9 @@ from .activations import cast_like, dgate, gate, tanh
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, row_nn_add, row_out,
                      scatter_rows)
 from .config import kernel
+from .simd import wide
+from .tiles import panel_rows
+from .units import copy
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 
@@ -22,6 +25,7 @@ def _activate_default(pre, h_new, relu):
     """h_new = tanh(pre) or relu(pre); pre, h_new: (H,). The callers branch to this or to
     ``_activate_general`` themselves: through one function holding both, the B = 8 forward
     ran 1.7x slower (it was no longer inlined)."""
+    wide()
     H = pre.shape[0]
     if relu:
         for j in range(H):
@@ -35,6 +39,7 @@ def _activate_default(pre, h_new, relu):
 def _activate_general(pre, h_new, acts, clip):
     """h_new = the activation acts[0] of pre clamped to ±clip (the general path, kept out of
     ``_activate`` so that the tanh and relu loops stay as small as they were)."""
+    wide()
     for j in range(pre.shape[0]):
         h_new[j] = gate(acts[0], pre[j], clip)
 
@@ -44,6 +49,7 @@ def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, 
     """``rnn_forward``'s recurrence for the single batch row b: each step's product goes
     straight into its pre-activations, without the active-row bookkeeping (as the LSTM's
     ``_forward_row``)."""
+    wide()
     L = lengths[b]
     gen = acts.shape[0] > 0
     for step in range(L):
@@ -63,7 +69,7 @@ def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, 
 
 @kernel
 def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu, acts,
-                clip, rows, times, sp1, sg):
+                clip, wf, rows, times, sp1, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -72,6 +78,8 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
     w_hh_t: (H, H) = W_hhᵀ; bias: (H,) b_ih + b_hh; h0: (B, H); lengths: (B,) int64;
     reverse, relu: bool; col: int; acts: (1, 3) or (0, 3); clip: scalar (inf when off)
     rows, times: (B,) int64 scratch; sp1, sg: (B, H) scratch
+    wf: W_hhᵀ packed by ``tiles.pack_panels`` for the per-step product, or empty (the
+    products of nlstm.kernels.blocks)
     """
     T = pre.shape[0]
     H = pre.shape[2]
@@ -85,7 +93,17 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break
-        add_recurrent(pre, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
+        if wf.shape[0] > 0:
+            for i in range(n):
+                copy(sp1[i], h[slots(times[i], reverse)[0], rows[i]])
+            panel_rows(sg, sp1, rows, n, wf, 0, H, 0, H, False)
+            for i in range(n):
+                d = pre[times[i], rows[i]]
+                si = sg[i]
+                for j in range(H):
+                    d[j] += si[j] + bias[j]
+        else:
+            add_recurrent(pre, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
         for i in range(n):
             p, o = slots(times[i], reverse)
             if gen:
@@ -98,7 +116,7 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
 
 @kernel
 def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu,
-                 acts, clip, rows, times, sp1, sg):
+                 acts, clip, wc, rows, times, sp1, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dpre: (T, B, H) in: the forward's pre-activations (read with acts); out: their gradients
@@ -107,7 +125,9 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse,
     dy: (T, B, Y) gradient of the layer output (columns col:col+H); dh_n: (B, H)
     h, w_hh_t, lengths, reverse, col, relu, acts, clip: as in ``rnn_forward``; scratch as there
     w_hh: (H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``)
+    wc: W_hh packed by ``tiles.pack_panels`` for the carry, or empty
     """
+    wide()
     T = dpre.shape[0]
     H = dpre.shape[2]
     gen = acts.shape[0] > 0
@@ -136,8 +156,11 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse,
                 else:
                     d[j] = dh - dh * ho[j] * ho[j]
                 sgi[j] = d[j]
-        matmul_carry(sp1, sg, w_hh_t, w_hh, n)
-        scatter_rows(dh0, sp1, rows, n)
+        if wc.shape[0] > 0:
+            panel_rows(dh0, sg, rows, n, wc, 0, H, 0, H, True)
+        else:
+            matmul_carry(sp1, sg, w_hh_t, w_hh, n)
+            scatter_rows(dh0, sp1, rows, n)
 
 
 @kernel

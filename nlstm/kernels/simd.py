@@ -1,0 +1,207 @@
+"""Explicit SIMD vectors for the register-blocked micro-kernels (``nlstm.kernels.tiles``).
+
+A ``Vec`` is an LLVM vector value (``<W x float>``): kept in a local variable it lives in
+a register, so a tile of accumulators stays in registers for a whole dot-product loop,
+which plain loops over arrays cannot promise (LLVM reloads and stores them through memory
+when it cannot prove the output does not alias the inputs).
+
+The width W is the number of elements of the target's widest vector registers, read from
+the features Numba compiles for (not from the CPU's name): 512 bits with AVX-512, else 256
+(AVX2 and others; on narrower targets LLVM splits each vector into several registers).
+Functions that use these vectors also get LLVM's ``min-legal-vector-width`` and
+``prefer-vector-width`` raised to that width: LLVM's tuning for several Intel CPUs
+otherwise prefers 256-bit vectors and would split every 512-bit one in two.
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+_TARGET_BITS = None
+
+
+def target_vector_bits() -> int:
+    """512 if the target Numba compiles for has AVX-512, else 256."""
+    global _TARGET_BITS
+    if _TARGET_BITS is None:
+        from numba.core.registry import cpu_target
+        features = getattr(cpu_target.target_context.codegen(), "_tm_features", "") or ""
+        _TARGET_BITS = 512 if "+avx512f" in features.split(",") else 256
+    return _TARGET_BITS
+
+
+def width(dtype) -> int:
+    """Elements of ``dtype`` (float32 or float64) per vector register."""
+    import numpy as np
+    return target_vector_bits() // (8 * np.dtype(dtype).itemsize)
+
+
+class Vec(types.Type):
+    """A SIMD vector of ``count`` elements of ``dtype``."""
+
+    def __init__(self, dtype, count):
+        self.dtype, self.count = dtype, count
+        super().__init__(name=f"Vec({dtype} x {count})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        elem = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(elem, fe_type.count))
+
+
+def _vec_of(dtype):
+    return Vec(dtype, target_vector_bits() // dtype.bitwidth)
+
+
+def _widen(builder):
+    """Let LLVM use the full vector width in the function being built."""
+    bits = str(target_vector_bits())
+    attrs = builder.function.attributes
+    # llvmlite only accepts its list of attribute names; these two are LLVM string
+    # attributes, written out as they are.
+    set.add(attrs, f'"min-legal-vector-width"="{bits}"')
+    set.add(attrs, f'"prefer-vector-width"="{bits}"')
+
+
+def _element_pointer(context, builder, aty, ary, ity, i):
+    a = context.make_array(aty)(context, builder, ary)
+    return builder.gep(a.data, [context.cast(builder, i, ity, types.intp)])
+
+
+def _float_array(a):
+    return isinstance(a, types.Array) and isinstance(a.dtype, types.Float)
+
+
+@intrinsic
+def vload(typingctx, a, i):
+    """The vector at flat element i of the C-contiguous array a (any alignment)."""
+    if not (_float_array(a) and isinstance(i, types.Integer)):
+        return None
+    vt = _vec_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        _widen(builder)
+        p = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        vp = builder.bitcast(p, context.get_value_type(vt).as_pointer())
+        return builder.load(vp, align=a.dtype.bitwidth // 8)
+    return vt(a, i), codegen
+
+
+@intrinsic
+def vstore(typingctx, a, i, v):
+    """Store the vector v at flat element i of the C-contiguous array a."""
+    if not (_float_array(a) and isinstance(i, types.Integer) and isinstance(v, Vec)
+            and v.dtype == a.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        vp = builder.bitcast(p, context.get_value_type(sig.args[2]).as_pointer())
+        builder.store(args[2], vp, align=a.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.void(a, i, v), codegen
+
+
+@intrinsic
+def vsplat(typingctx, a, x):
+    """A vector of a's dtype with every element x."""
+    if not (_float_array(a) and isinstance(x, (types.Float, types.Integer))):
+        return None
+    vt = _vec_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        llvt = context.get_value_type(vt)
+        s = context.cast(builder, args[1], sig.args[1], vt.dtype)
+        undef = ir.Constant(llvt, ir.Undefined)
+        v = builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.count), [0] * vt.count)
+        return builder.shuffle_vector(v, undef, mask)
+    return vt(a, x), codegen
+
+
+@intrinsic
+def vfma(typingctx, x, y, acc):
+    """x * y + acc, element by element, as one fused multiply-add."""
+    if not (isinstance(x, Vec) and x == y == acc):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vt = context.get_value_type(sig.return_type)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vt, [vt, vt, vt]),
+            f"llvm.fma.v{x.count}f{x.dtype.bitwidth}")
+        return builder.call(fn, list(args))
+    return x(x, y, acc), codegen
+
+
+@intrinsic
+def vadd(typingctx, x, y):
+    """x + y, element by element."""
+    if not (isinstance(x, Vec) and x == y):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return x(x, y), codegen
+
+
+@intrinsic
+def vwidth(typingctx, a):
+    """The number of elements of a's dtype per vector (a constant)."""
+    if not _float_array(a):
+        return None
+    n = _vec_of(a.dtype).count
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, n)
+    return types.intp(a), codegen
+
+
+
+@intrinsic
+def prefetch(typingctx, a, i):
+    """Ask for the cache line of flat element i of a (into every cache level; no fault if
+    the address is past the array: a prefetch is only a hint)."""
+    if not (isinstance(a, types.Array) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(p, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(a, i), codegen
+
+
+@intrinsic
+def wide(typingctx):
+    """Let LLVM vectorise the calling function at the target's full vector width (see the
+    module docstring); a no-op at run time."""
+    def codegen(context, builder, sig, args):
+        _widen(builder)
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def vbroadcast(typingctx, a, i):
+    """A vector with every element a's flat element i (one load, no index wraparound)."""
+    if not (_float_array(a) and isinstance(i, types.Integer)):
+        return None
+    vt = _vec_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        p = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        s = builder.load(p, align=a.dtype.bitwidth // 8)
+        llvt = context.get_value_type(vt)
+        undef = ir.Constant(llvt, ir.Undefined)
+        v = builder.insert_element(undef, s, ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.count), [0] * vt.count)
+        return builder.shuffle_vector(v, undef, mask)
+    return vt(a, i), codegen

@@ -1,0 +1,177 @@
+"""nlstm's own micro-kernels (nlstm.kernels.tiles) and the LSTM paths that use them.
+
+The random configurations of the reference suite have a handful of hidden units, below
+the vector width, so they never reach the tiles; these tests use hidden sizes that do,
+with ragged batches whose active rows leave every tail (n mod 4) of the tiles.
+"""
+import re
+
+import numba
+import numpy as np
+import pytest
+
+import nlstm
+import nlstm.recurrent as R
+from nlstm.kernels import config, simd, tiles
+
+import reference
+
+DTYPES = [np.float32, np.float64]
+
+
+def _tol(dtype):
+    return dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pack_gates_layout(dtype):
+    W = simd.width(dtype)
+    K, H, G = 5, 2 * W, 4
+    w_t = np.arange(K * G * H, dtype=dtype).reshape(K, G * H)
+    wp = np.full(w_t.size, np.nan, dtype)
+    assert tiles.packable(w_t, G) and not tiles.packable(w_t[:, :G * (H - 1)], G)
+    tiles.pack_gates(wp, w_t, G)
+    want = w_t.reshape(K, G, H // W, W).transpose(2, 0, 1, 3).ravel()
+    np.testing.assert_array_equal(wp, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pack_panels_layout(dtype):
+    S = 4 * simd.width(dtype)
+    D, N = 7, 2 * S
+    w = np.arange(D * N, dtype=dtype).reshape(D, N)
+    wp = np.full(w.size, np.nan, dtype)
+    assert tiles.packable_panels(w) and not tiles.packable_panels(w[:, :S - 1])
+    tiles.pack_panels(wp, w)
+    np.testing.assert_array_equal(wp, w.reshape(D, N // S, S).transpose(1, 0, 2).ravel())
+    tiles.pack_panels(wp, np.ascontiguousarray(w.T).T)  # any view
+    np.testing.assert_array_equal(wp, w.reshape(D, N // S, S).transpose(1, 0, 2).ravel())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 9])
+@pytest.mark.parametrize("D", [1, 6, 7, 301])  # odd: the one-row tile's unpaired k; 301: chunks
+@pytest.mark.parametrize("scatter", [False, True])
+def test_panel_rows_matches_numpy(dtype, n, D, scatter):
+    rng = np.random.default_rng(n * 10 + D)
+    S = 4 * simd.width(dtype)
+    B, N = 12, 3 * S
+    w = rng.standard_normal((D, N)).astype(dtype)
+    a = rng.standard_normal((n, D)).astype(dtype)
+    rows = np.concatenate([rng.permutation(B)[:n], np.zeros(B - n, np.int64)]).astype(np.int64)
+    out = rng.standard_normal((B, N)).astype(dtype)
+    want = out.copy()
+    d0, d1, c0, c1 = D // 3, D, S, 3 * S  # a depth range and a column range of panels
+    dst = rows[:n] if scatter else np.arange(n)
+    want[dst, c0:c1] = a[:, d0:d1].astype(np.float64) @ w[d0:d1, c0:c1].astype(np.float64)
+    wp = np.empty(w.size, dtype)
+    tiles.pack_panels(wp, w)
+    tiles.panel_rows(out, a, rows, n, wp, c0, c1, d0, d1, scatter)
+    np.testing.assert_allclose(out, want, **_tol(dtype))
+
+
+CELLS = {
+    "lstm": (nlstm.LSTM, {}, lambda: reference.LSTMCell()),
+    "gru": (nlstm.GRU, {}, lambda: reference.GRUCell(True)),
+    "gru_lbr0": (nlstm.GRU, dict(linear_before_reset=False), lambda: reference.GRUCell(False)),
+    "rnn_relu": (nlstm.RNN, dict(nonlinearity="relu"), lambda: reference.RNNCell("relu")),
+    "gru_clip": (nlstm.GRU, dict(clip=0.7), lambda: reference.GRUCell(True, clip=0.7)),
+}
+
+
+def _layer(kind, dtype, H, bi=False, layers=2, I=24, seed=0):
+    cls, extra, _ = CELLS[kind]
+    return cls(I, H, num_layers=layers, bidirectional=bi, dtype=dtype, seed=seed, **extra)
+
+
+def _use_tiles(monkeypatch, on):
+    """Switch the micro-kernels on (as shipped) or off (the loops and BLAS of blocks.py)."""
+    if not on:
+        monkeypatch.setattr(R.RecurrentLayer, "_packed_gates", lambda self, *a: self._no_pack)
+        monkeypatch.setattr(R.RecurrentLayer, "_panels_fit", lambda self: False)
+
+
+def _run(m, x, lengths, dy, threads):
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(threads)
+    try:
+        y, state = m.forward(x, lengths=lengths, train=True)
+        m.zero_grad()
+        dx, dstate = m.backward(dy)
+    finally:
+        nlstm.set_num_threads(before)
+    as_list = lambda s: list(s) if isinstance(s, tuple) else [s]
+    return [y, *as_list(state), dx, *as_list(dstate)] + [m.grads[k].copy() for k in sorted(m.grads)]
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("H,B,bi", [(64, 1, False), (64, 9, True), (32, 6, False), (48, 5, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cells_with_tiles_match_the_oracle(kind, dtype, H, B, bi, threads):
+    """Forward and every gradient against the float64 oracle, ragged (tails of 1-3 rows
+    as rows run out), on 1 and 2 threads. Which tiles run depends on H and the vector
+    width W: the LSTM's gate tiles when W divides H, the panel tiles (the carry, and every
+    product of the GRU and RNN) when 4W does; H = 48 and 32 leave some products to the
+    loops and BLAS in float32 but not in float64."""
+    rng = np.random.default_rng(H + B)
+    T, I, L = 11, 24, 2
+    m = _layer(kind, dtype, H, bi, L, I)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    D = 2 if bi else 1
+    dy = rng.standard_normal((T, B, D * H)).astype(dtype)
+    got = _run(m, x, lengths, dy, threads)
+    S = len(m._state_sizes())
+    init = [np.zeros((L * D, B, H)) for _ in range(S)]
+    params = {k: np.asarray(v, np.float64) for k, v in m.params.items()}
+    y, final, cache = reference.forward(CELLS[kind][2](), params, x, init, lengths, L, bi)
+    dx, dinit, grads = reference.backward(cache, dy.astype(np.float64), init)
+    want = [y, *final, dx, *dinit] + [grads[k] for k in sorted(m.grads)]
+    names = ["y"] + [f"final{i}" for i in range(S)] + ["dx"] + [f"dinit{i}" for i in range(S)] \
+        + sorted(m.grads)
+    tol = dict(rtol=2e-3, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-11)
+    for name, a, b in zip(names, got, want):
+        np.testing.assert_allclose(a, b, err_msg=name, **tol)
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiles_agree_with_the_loops(monkeypatch, kind, dtype):
+    """The same layer with and without the micro-kernels: equal to float rounding."""
+    rng = np.random.default_rng(5)
+    T, B, I, H = 9, 7, 16, 64
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    lengths = np.array([9, 3, 9, 1, 5, 8, 2])
+    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    used = []
+    real = tiles.panel_rows
+    monkeypatch.setattr(tiles, "pack_panels",
+                        lambda *a, _real=tiles.pack_panels: used.append(1) or _real(*a))
+    with_tiles = _run(_layer(kind, dtype, H, True, 1, I), x, lengths, dy, 1)
+    assert used and real is tiles.panel_rows, "the micro-kernels did not run"
+    _use_tiles(monkeypatch, False)
+    without = _run(_layer(kind, dtype, H, True, 1, I), x, lengths, dy, 1)
+    for a, b in zip(with_tiles, without):
+        np.testing.assert_allclose(a, b, **_tol(dtype))
+
+
+def test_vector_width_follows_the_target():
+    """512-bit vectors exactly when the target Numba compiles for has AVX-512, and the
+    vectorised loops of the kernels really use them: LLVM's tuning for several Intel CPUs
+    prefers 256-bit vectors unless a function asks otherwise (``simd.wide``)."""
+    from numba.core.registry import cpu_target
+    features = cpu_target.target_context.codegen()._tm_features.split(",")
+    bits = 512 if "+avx512f" in features else 256
+    assert simd.target_vector_bits() == bits
+    assert simd.width(np.float32) == bits // 32 and simd.width(np.float64) == bits // 64
+    if bits != 512:
+        pytest.skip("no AVX-512 on this target")
+    from nlstm.kernels import lstm as K
+    # compiled afresh (Numba cannot show the assembly of code loaded from its cache)
+    cell = numba.njit(**config.options())(K._cell_units.py_func)
+    g, c0, c1, m = np.zeros(4 * 64, np.float32), *(np.zeros(64, np.float32) for _ in range(3))
+    cell(g, c0, c1, m, 0, 64)
+    asm = cell.inspect_asm(cell.signatures[0])
+    assert re.search(r"vdivps[^\n]*%zmm", asm), "the gate loop is not vectorised at 512 bits"
