@@ -157,6 +157,23 @@ def test_tiles_agree_with_the_loops(monkeypatch, kind, dtype):
         np.testing.assert_allclose(a, b, **_tol(dtype))
 
 
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_rows_are_bitwise_the_same_in_any_tile(kind):
+    """A row gives the same bits in a tile of 4 rows and alone (how many rows a thread gets
+    decides which): rows 0-1 run alone and 2-5 as a tile of 4 in a batch of 6, the other
+    way round in batches of 2 and 4; forward and backward."""
+    rng = np.random.default_rng(7)
+    T, I, H = 6, 8, 64
+    x = rng.standard_normal((T, 6, I)).astype(np.float32)
+    dy = rng.standard_normal((T, 6, H)).astype(np.float32)
+    whole = _run(_layer(kind, np.float32, H, layers=1, I=I), x, None, dy, 1)
+    S = 2 if kind == "lstm" else 1  # state arrays
+    for rows in (slice(0, 2), slice(2, 6)):
+        part = _run(_layer(kind, np.float32, H, layers=1, I=I), x[:, rows], None, dy[:, rows], 1)
+        np.testing.assert_array_equal(part[0], whole[0][:, rows])  # y
+        np.testing.assert_array_equal(part[1 + S], whole[1 + S][:, rows])  # dx
+
+
 def test_vector_width_follows_the_target():
     """512-bit vectors exactly when the target Numba compiles for has AVX-512, and the
     vectorised loops of the kernels really use them: LLVM's tuning for several Intel CPUs

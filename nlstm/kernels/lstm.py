@@ -33,8 +33,8 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
-from .tiles import (FROM_GATES, FROM_GATES_AND_BIAS, depth_chunk, gates4_row, gates4_rows4,
-                    panel_rows, row_carry)
+from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, panel_rows, tile_row,
+                    tile_rows4)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty; acts: (3, 3) rows (code, alpha, beta) of f, g, h, or
@@ -177,7 +177,7 @@ def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows
             for k0 in range(0, K, step_k):
                 m = min(step_k, K - k0)
                 wo = (u * K + k0) * 4 * W
-                start = FROM_GATES_AND_BIAS if k0 == 0 else FROM_GATES
+                start = FROM_OUT_AND_BIAS if k0 == 0 else FROM_OUT
                 i = 0
                 while i + 4 <= n:
                     r0, r1, r2, r3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
@@ -186,7 +186,7 @@ def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows
                     p1 = slots(t1, reverse)[0]
                     p2 = slots(t2, reverse)[0]
                     p3 = slots(t3, reverse)[0]
-                    gates4_rows4(gf, (t0 * B + r0) * G + u0, (t1 * B + r1) * G + u0,
+                    tile_rows4(gf, (t0 * B + r0) * G + u0, (t1 * B + r1) * G + u0,
                                  (t2 * B + r2) * G + u0, (t3 * B + r3) * G + u0, H, bias, u0, hf,
                                  (p0 * B + r0) * K + k0, (p1 * B + r1) * K + k0,
                                  (p2 * B + r2) * K + k0, (p3 * B + r3) * K + k0, wp, wo, m, start)
@@ -195,7 +195,7 @@ def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows
                     b = rows[r]
                     t = times[r]
                     p = slots(t, reverse)[0]
-                    gates4_row(gf, (t * B + b) * G + u0, H, bias, u0, hf, (p * B + b) * K + k0,
+                    tile_row(gf, (t * B + b) * G + u0, H, bias, u0, hf, (p * B + b) * K + k0,
                                wp, wo, m, start)
         for r in range(n):
             b = rows[r]
@@ -321,8 +321,8 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
         if wc.shape[0] > 0:  # the carry: dz · W_hh
             for u in range(P // S):
                 for k0 in range(0, G, kc):
-                    row_carry(dhf, b * P + u * S, dgf, (t * B + b) * G + k0, wc,
-                              (u * G + k0) * S, min(kc, G - k0), k0 > 0)
+                    tile_row(dhf, b * P + u * S, S // 4, dhf, 0, dgf, (t * B + b) * G + k0, wc,
+                             (u * G + k0) * S, min(kc, G - k0), FROM_OUT if k0 > 0 else FROM_ZERO)
         else:
             row_dots(dhb, w_hh_t, dg, 0, G, 0, dhb.shape[0])
 
