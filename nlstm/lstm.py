@@ -79,9 +79,8 @@ class LSTM(RecurrentLayer):
         self.input_forget = bool(input_forget)
         self.forget_bias = float(forget_bias)
         self._set_zoneout(zoneout)
-        if self.zoneout and not self._plain():
-            raise ValueError("zoneout needs the plain cell: no proj_size, peephole, clip, "
-                             "input_forget or activations")
+        if self.zoneout and self.proj_size:
+            raise ValueError("zoneout does not work with proj_size yet")
         self._init_params()
         self._empty1 = np.zeros(0, self.dtype)
         self._empty2 = np.zeros((0, 0), self.dtype)
@@ -133,6 +132,7 @@ class LSTM(RecurrentLayer):
         return dict(pre=e(T, B, 4 * H) if save else none,
                     m=e(T, B, H) if self.proj_size else none,
                     dh_all=e(T, B, P) if self.proj_size else none,
+                    ctil=e(T, B, H) if self.peephole and self.zoneout else none,
                     **self._zoneout_buffers(T, B, e))
 
     def __call__(self, x, state: Optional[State] = None, lengths=None):
@@ -193,11 +193,17 @@ class LSTM(RecurrentLayer):
             gw_t = self.grads[f"weight_hr_l{k}{sfx}"].T  # the storage layout (see _weight_grads)
             gw_t += ex["m"].reshape(T * B, H).T @ ex["dh_all"].reshape(T * B, -1)
         if self.peephole:
-            c_prev, c_new = self._hprev(c, d), (c[:-1] if d == 1 else c[1:])
-            dp = self.grads[f"peephole_l{k}{sfx}"]
-            dp[:H] += np.einsum("tbj,tbj->j", gates[..., :H], c_prev)
-            dp[H:2 * H] += np.einsum("tbj,tbj->j", gates[..., H:2 * H], c_prev)
-            dp[2 * H:] += np.einsum("tbj,tbj->j", gates[..., 3 * H:], c_new)
+            self._peephole_grads(k, d, gates, self._hprev(c, d), c[:-1] if d == 1 else c[1:])
+
+    def _peephole_grads(self, k: int, d: int, dz: np.ndarray, c_prev: np.ndarray,
+                        c_new: np.ndarray) -> None:
+        """Add the peepholes' gradients: dz (T, B, 4H) the gate pre-activations' gradients,
+        c_prev, c_new (T, B, H) the cell state each step reads and the one o reads."""
+        H = self.hidden_size
+        dp = self.grads[f"peephole_l{k}{self._suffixes()[d]}"]
+        dp[:H] += np.einsum("tbj,tbj->j", dz[..., :H], c_prev)
+        dp[H:2 * H] += np.einsum("tbj,tbj->j", dz[..., H:2 * H], c_prev)
+        dp[2 * H:] += np.einsum("tbj,tbj->j", dz[..., 3 * H:], c_new)
 
     def _split_units(self) -> bool:
         return self._plain() and not self.zoneout
@@ -221,7 +227,7 @@ class LSTM(RecurrentLayer):
                 self._p("bias_hh", k, 0), *options, self._step_work)
 
     def _work_size(self) -> int:
-        return (11 if self.zoneout else 9) * self.hidden_size  # see lnlstm_step
+        return (15 if self.zoneout else 9) * self.hidden_size  # see lnlstm_step
 
     def _scratch(self, B: int, e) -> tuple:
         H, P = self.hidden_size, self._out_size

@@ -20,7 +20,7 @@ dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`, per-step block p
 """
 import numpy as np
 
-from .activations import cast_like, sigmoid, tanh
+from .activations import cast_like, dact, dgate, gate, gates_inplace, sigmoid, tanh
 from .blocks import active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_nn
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
@@ -110,28 +110,76 @@ def normalize_input_back(b0, b1, dgates, xhat, rstd, gamma, lengths):
 
 
 @kernel
-def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
-    """The pointwise step of one row: gates, cell, the cell's normalisation, zoneout.
+def _act_o(go, pre_o, acts, clip, gen):
+    """The output gate's activation (in place), after its peephole: acts[0] (``gen``), else
+    σ, clamped to ±clip (pre-activations kept in pre_o when clip or acts are on)."""
+    if gen:
+        gates_inplace(go, pre_o, acts[0], clip)
+        return
+    if clip < np.inf:
+        for j in range(go.shape[0]):
+            pre_o[j] = go[j]
+            go[j] = min(max(go[j], -clip), clip)
+    for j in range(go.shape[0]):
+        go[j] = sigmoid(go[j])
+
+
+@kernel
+def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc, peep, clip, input_forget, acts,
+          pre):
+    """The pointwise step of one row: variants, gates, cell, the cell's normalisation, zoneout.
 
     g: (4H,) pre-activations in, post-activation gates i, f, g, o out; cp, hp: (H,) the state
     before; cn, hn: (H,) out, the state after; ct: (H,) out: c̃; chat: (H,) out with ``ln``:
-    LN(c̃); g_c, b_c: (H,) γ_c, β_c; zh, zc: (H,) zoneout masks, or empty. Returns LN(c̃)'s
-    rstd (0 without ``ln``)."""
+    LN(c̃); g_c, b_c: (H,) γ_c, β_c; zh, zc: (H,) zoneout masks, or empty; peep: (3H,) or
+    empty; clip: inf when off; acts: (3, 3) rows of f, g, h, or (0, 3); pre: (4H,) out with
+    clip or acts: the pre-activations before the clamp. Returns LN(c̃)'s rstd (0 without
+    ``ln``)."""
     H = cp.shape[0]
     gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
-    for j in range(H):
-        gi[j] = sigmoid(gi[j])
-        gf[j] = sigmoid(gf[j])
-        gg[j] = tanh(gg[j])
-        go[j] = sigmoid(go[j])
+    has_peep = peep.shape[0] > 0
+    gen = acts.shape[0] > 0
+    if has_peep:
+        p_i, p_f = peep[:H], peep[H:2 * H]
+        for j in range(H):
+            gi[j] += p_i[j] * cp[j]
+            gf[j] += p_f[j] * cp[j]
+    if gen:
+        gates_inplace(g[:2 * H], pre[:2 * H], acts[0], clip)
+        gates_inplace(gg, pre[2 * H:3 * H], acts[1], clip)
+    else:
+        if clip < np.inf:
+            for j in range(3 * H):
+                pre[j] = g[j]
+                g[j] = min(max(g[j], -clip), clip)
+        for j in range(H):
+            gi[j] = sigmoid(gi[j])
+            gf[j] = sigmoid(gf[j])
+            gg[j] = tanh(gg[j])
+    if input_forget:
+        one = cast_like(g, 1)
+        for j in range(H):
+            gf[j] = one - gi[j]
     for j in range(H):
         ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
+    if has_peep:
+        p_o = peep[2 * H:3 * H]
+        for j in range(H):
+            go[j] += p_o[j] * ct[j]
+    _act_o(go, pre[3 * H:4 * H], acts, clip, gen)  # pre is empty unless clip or acts
     rs = cast_like(g, 0)
     zo = zh.shape[0] > 0
     if ln:
         rs = normalize(ct, chat, EPS)
+        if gen:
+            for j in range(H):
+                hn[j] = go[j] * gate(acts[2], g_c[j] * chat[j] + b_c[j], np.inf)
+        else:
+            for j in range(H):
+                hn[j] = go[j] * tanh(g_c[j] * chat[j] + b_c[j])
+    elif gen:
         for j in range(H):
-            hn[j] = go[j] * tanh(g_c[j] * chat[j] + b_c[j])
+            hn[j] = go[j] * gate(acts[2], ct[j], np.inf)
     else:
         for j in range(H):
             hn[j] = go[j] * tanh(ct[j])
@@ -146,58 +194,91 @@ def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
 
 
 @kernel
-def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
+def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc, peep, clip, input_forget,
+               acts, pre):
     """The pointwise backward of one row and step.
 
     g: (4H,) post-activation gates; dg: (4H,) out: the pre-activation gradients dz (may
     alias g: each index of g is read before that index of dg is written); dht: (H,) the
-    gradient of h̃ (with ``ln`` overwritten: that of LN(c̃)); dc: (H,) in: the gradient of the cell state after the step, out: before
-    it; cp: (H,) the cell state before; chat, rs: LN(c̃) and its rstd (``ln``); du: (H,) out
-    with ``ln``: the gradient of γ_c ⊙ LN(c̃) + β_c; zc: (H,) the cell's zoneout mask, or empty.
+    gradient of h̃ (overwritten: that of c̃ through h̃); dc:
+    (H,) in: the gradient of the cell state after the step, out: before it; cp: (H,) the
+    cell state before; chat, rs: LN(c̃) and its rstd (``ln``); du: (H,) out with ``ln``: the
+    gradient of a = γ_c ⊙ LN(c̃) + β_c; zc: (H,) the cell's zoneout mask, or empty; peep,
+    clip, input_forget, acts: as given to ``_cell``; pre: (4H,) its pre-activations (clip or
+    acts). σ and tanh derivatives come from the saved outputs, the general ones from pre.
     """
     H = cp.shape[0]
     gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
     di, df, dgg, do = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:4 * H]
     zo = zc.shape[0] > 0
+    has_peep = peep.shape[0] > 0
+    gen = acts.shape[0] > 0
+    clipped = clip < np.inf
+    zero = cast_like(g, 0)
     one = cast_like(g, 1)
-    s1 = cast_like(g, 0)
-    s2 = cast_like(g, 0)
-    if ln:
-        for j in range(H):
-            og = go[j]
-            tu = tanh(g_c[j] * chat[j] + b_c[j])
-            u = dht[j] * (og - og * tu * tu)
+    for j in range(H):
+        og = go[j]
+        a = g_c[j] * chat[j] + b_c[j] if ln else gf[j] * cp[j] + gi[j] * gg[j]  # c̃ recomputed
+        if gen:
+            ta = gate(acts[2], a, np.inf)
+            u = dht[j] * og * dact(int(acts[2, 0]), a, ta, acts[2, 1], acts[2, 2])
+            so = dgate(acts[0], pre[3 * H + j], og, clip)
+        else:
+            ta = tanh(a)
+            u = dht[j] * (og - og * ta * ta)
+            so = og - og * og
+            if clipped and abs(pre[3 * H + j]) > clip:
+                so = zero
+        do[j] = dht[j] * ta * so  # o is not read again
+        if ln:
             du[j] = u
-            do[j] = dht[j] * tu * (og - og * og)  # o is not read again
-            v = u * g_c[j]
-            dht[j] = v  # kept: see normalize_back
-            s1 += v
-            s2 += v * chat[j]
-        inv_h = cast_like(g, 1.0 / H)
-        s1 *= inv_h
-        s2 *= inv_h
+            dht[j] = u * g_c[j]  # stored before normalize_back reads it (see there)
+        else:
+            dht[j] = u
+    if ln:  # dht: the gradient of c̃ through h̃
+        normalize_back(dht, chat, rs, dht)
     for j in range(H):
         ig = gi[j]
         fg = gf[j]
         gv = gg[j]
-        keep = zc[j] if zo else cast_like(g, 0)
-        d = dc[j] * (one - keep)  # the gradient of c̃
-        if ln:
-            d += rs * (dht[j] - s1 - chat[j] * s2)
-        else:
-            og = go[j]
-            tc = tanh(gf[j] * cp[j] + ig * gv)  # c̃, recomputed
-            d += dht[j] * (og - og * tc * tc)
-            do[j] = dht[j] * tc * (og - og * og)
-        di[j] = d * gv * (ig - ig * ig)
-        df[j] = d * cp[j] * (fg - fg * fg)
-        dgg[j] = d * (ig - ig * gv * gv)
-        dc[j] = d * fg + dc[j] * keep
+        keep = zc[j] if zo else zero
+        d = dc[j] * (one - keep) + dht[j]  # the gradient of c̃
+        if has_peep:
+            d += do[j] * peep[2 * H + j]
+        if gen:
+            s_i = dgate(acts[0], pre[j], ig, clip)
+            s_f = dgate(acts[0], pre[H + j], fg, clip)
+            s_g = dgate(acts[1], pre[2 * H + j], gv, clip)
+        else:  # as the plain kernels write them (float32 rounds each form differently)
+            s_i = ig - ig * ig
+            s_f = fg - fg * fg
+            s_g = one - gv * gv
+            if clipped:
+                if abs(pre[j]) > clip:
+                    s_i = zero
+                if abs(pre[H + j]) > clip:
+                    s_f = zero
+                if abs(pre[2 * H + j]) > clip:
+                    s_g = zero
+        dzi = d * gv
+        dzf = d * cp[j] * s_f
+        if input_forget:  # f = 1 − i
+            dzi -= d * cp[j]
+            dzf = zero
+        dzi *= s_i
+        di[j] = dzi
+        df[j] = dzf
+        dgg[j] = d * ig * s_g if gen or clipped else d * (ig - ig * gv * gv)
+        dcp = d * fg + dc[j] * keep
+        if has_peep:
+            dcp += dzi * peep[j] + dzf * peep[H + j]
+        dc[j] = dcp
 
 
 @kernel
 def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
-                   ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc, rows, times, sp1, sp2, sg, sh):
+                   ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc, peep, clip, input_forget, acts,
+                   pre, ctil, rows, times, sp1, sp2, sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -210,9 +291,15 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
     rhat: (T, B, 4H) out: LN(W_hh h); chat: (T, B, H) out: LN(c̃); rstd: (T, B, 3) out at
     [..., 1] and [..., 2]: their rstd (all three empty without ``ln``)
     zh, zc: (T, B, H) zoneout masks of h and c, or empty
+    peep: (3H,) or empty; clip: inf when off; input_forget: bool; acts: (3, 3) or (0, 3)
+    (as in :mod:`nlstm.kernels.lstm`); pre: (T, B, 4H) out with clip or acts: the
+    pre-activations before the clamp, else empty; ctil: (T, B, H) out, or empty: c̃ (the
+    peepholes' gradient needs it when zoneout keeps c̃ out of c)
     rows, times: (B,) int64 scratch; sp1, sp2: (B, H), sg: (B, 4H), sh: (B, H) scratch
     """
     T = gates.shape[0]
+    save = clip < np.inf or acts.shape[0] > 0
+    keep_ct = ctil.shape[2] > 0  # empty is (1, 1, 0)
     H = h.shape[2]
     G = 4 * H
     begin_rows(b0, b1, h, h0, lengths, reverse)
@@ -223,6 +310,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
     if ln:  # the gradient products read every row of these
         zero_rows_past(b0, b1, rhat, lengths)
         zero_rows_past(b0, b1, chat, lengths)
+    if keep_ct:  # and of this one
+        zero_rows_past(b0, b1, ctil, lengths)
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
@@ -250,9 +339,13 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
             p, o = slots(t, reverse)
             rs = _cell(gates[t, b], c[p, b], h[p, b], c[o, b], h[o, b], sh[i], ln, g_c, b_c,
                        chat[t, b] if ln else none, zh[t, b] if zo else none,
-                       zc[t, b] if zo else none)
+                       zc[t, b] if zo else none, peep, clip, input_forget, acts,
+                       pre[t, b] if save else none)
             if ln:
                 rstd[t, b, 2] = rs
+            if keep_ct:
+                for j in range(H):
+                    ctil[t, b, j] = sh[i, j]
         copy_out(y, h, rows, times, n, reverse, col)
     end_rows(b0, b1, h_n, h, lengths, reverse)
     end_rows(b0, b1, c_n, c, lengths, reverse)
@@ -260,8 +353,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
 
 @kernel
 def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
-                    reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc,
-                    rows, times, sp1, sp2, sg, sh):
+                    reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, peep,
+                    clip, input_forget, acts, pre, rows, times, sp1, sp2, sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 4H) out: the gradients dz of the gate pre-activations (zero past each
@@ -274,6 +367,7 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     the rest as given to ``lnlstm_forward``
     """
     T = gates.shape[0]
+    save = clip < np.inf or acts.shape[0] > 0
     H = h.shape[2]
     G = 4 * H
     zo = zh.shape[0] > 0
@@ -307,7 +401,8 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
             dg = dgates[t, b]
             _cell_back(gates[t, b], dg, dht, dc0[b], c[p, b], ln, g_c, b_c,
                        chat[t, b] if ln else none, rstd[t, b, 2] if ln else cast_like(dg, 0),
-                       du[t, b] if ln else none, zc[t, b] if zo else none)
+                       du[t, b] if ln else none, zc[t, b] if zo else none, peep, clip,
+                       input_forget, acts, pre[t, b] if save else none)
             src = sg[i]
             if ln:
                 d = dr[t, b]
@@ -328,13 +423,14 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
 
 @kernel
 def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln, g_ih, g_hh,
-                g_c, b_c, p, work):
+                g_c, b_c, p, peep, clip, input_forget, acts, work):
     """One time step of layer k, for streaming (inference: zoneout as its expectation).
 
     x: (B, I) the input of layer 0 (layer k > 0 reads h_out[k-1]); h, c: (L, B, H) the state
     before, read at [k]; h_out, c_out: the new state, written at [k]; w_ih_t: (I, 4H);
     w_hh_t: (H, 4H); b_ih, b_hh, g_ih, g_hh: (4H,); g_c, b_c: (H,) (the γ, β empty without
-    ``ln``); p: the zoneout probability (0: none); work: (11H,) scratch. With ``check``,
+    ``ln``); p: the zoneout probability (0: none); peep, clip, input_forget, acts: as for
+    ``lnlstm_forward``; work: (15H,) scratch. With ``check``,
     returns False having written nothing if the inputs are not finite; else True."""
     if check and not step_inputs_finite(k, x, h, c):
         return False
@@ -347,6 +443,7 @@ def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln,
     ct = work[2 * G:2 * G + H]
     chat = work[2 * G + H:2 * G + 2 * H]
     zm = work[2 * G + 2 * H:2 * G + 3 * H]
+    pre = work[2 * G + 3 * H:3 * G + 3 * H]
     zm_or_none = zm if p > 0 else zm[:0]
     for j in range(H):
         zm[j] = p
@@ -361,5 +458,6 @@ def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln,
         else:
             for j in range(G):
                 g[j] += b_ih[j] + b_hh[j] + r[j]
-        _cell(g, ck[b], hk[b], cn[b], hn[b], ct, ln, g_c, b_c, chat, zm_or_none, zm_or_none)
+        _cell(g, ck[b], hk[b], cn[b], hn[b], ct, ln, g_c, b_c, chat, zm_or_none, zm_or_none, peep,
+              clip, input_forget, acts, pre)
     return True
