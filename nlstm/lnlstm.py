@@ -40,10 +40,9 @@ class LayerNormLSTM(LSTM):
                  activations: Optional[Sequence[str]] = None,
                  activation_alpha: Optional[Sequence[float]] = None,
                  activation_beta: Optional[Sequence[float]] = None, zoneout: float = 0.0):
-        if proj_size:
-            raise ValueError(f"LayerNormLSTM does not support proj_size yet, got {proj_size!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
-                         dtype, seed, check_finite, dropout, peephole=peephole, clip=clip,
+                         dtype, seed, check_finite, dropout, proj_size=proj_size,
+                         peephole=peephole, clip=clip,
                          input_forget=input_forget, forget_bias=forget_bias,
                          activations=activations, activation_alpha=activation_alpha,
                          activation_beta=activation_beta, zoneout=zoneout)
@@ -74,7 +73,7 @@ class LayerNormLSTM(LSTM):
         return False
 
     def _work_size(self) -> int:
-        return 15 * self.hidden_size  # see lnlstm_step
+        return 16 * self.hidden_size  # see lnlstm_step
 
 
 def _norm_params(layer, k: int, d: int) -> tuple:
@@ -97,14 +96,15 @@ def _saved(layer, ex: dict) -> tuple:
 
 
 def _variants(layer, k: int, d: int) -> tuple:
-    """peep, clip, input_forget, acts: the kernels' variant options of layer k, direction d."""
+    """peep, clip, input_forget, acts, proj, w_hr_t: the kernels' variant options of layer k,
+    direction d."""
     opt = layer._options(k, d)
-    return opt.peep, opt.clip, opt.input_forget, opt.acts
+    return opt.peep, opt.clip, opt.input_forget, opt.acts, opt.proj, opt.w_hr_t
 
 
 def _variant_args(layer, ws, k: int, d: int) -> tuple:
-    """``_variants`` and the pre buffer."""
-    return (*_variants(layer, k, d), ws.extra[k][d]["pre"])
+    """``_variants`` of the whole-sequence kernels: peep, clip, input_forget, acts, pre."""
+    return (*_variants(layer, k, d)[:4], ws.extra[k][d]["pre"])
 
 
 def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
@@ -124,8 +124,8 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
     rhat, chat, rstd, _, _ = _saved(layer, ex)
     args = (ws.y[k], ws.states[0][k][d], ws.states[1][k][d], ws.final[0][i], ws.final[1][i], gates,
             layer._w("weight_hh", k, d), bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1,
-            d * layer.hidden_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc,
-            *_variant_args(layer, ws, k, d), ex["ctil"])
+            d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc,
+            *_variant_args(layer, ws, k, d), ex["ctil"], *_variants(layer, k, d)[4:], ex["m"])
     layer._rows(ws, lambda b0, b1, t: K.lnlstm_forward(b0, b1, *args, *ws.scratch[t]))
 
 
@@ -138,11 +138,13 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     rhat, chat, rstd, dr, du = _saved(layer, ex)
     args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i], gates, h,
             c, layer._w("weight_hh", k, d), layer._carry_weights(ws, k, d), ws.lengths, d == 1,
-            d * layer.hidden_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
-            *_variant_args(layer, ws, k, d))
+            d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
+            *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"])
     layer._rows(ws, lambda b0, b1, t: K.lnlstm_backward(b0, b1, *args, *ws.scratch[t]))
     # gates now holds dz, the gradients of the gate pre-activations
     hprev = layer._hprev(h, d)
+    if layer.proj_size:
+        layer._proj_grads(ws, k, d)
     if layer.peephole:  # c̃ is c's new slot unless zoneout kept it apart (then ctil)
         c_new = ex["ctil"] if layer.zoneout else (c[:-1] if d == 1 else c[1:])
         layer._peephole_grads(k, d, gates, layer._hprev(c, d), c_new)

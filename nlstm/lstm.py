@@ -79,8 +79,6 @@ class LSTM(RecurrentLayer):
         self.input_forget = bool(input_forget)
         self.forget_bias = float(forget_bias)
         self._set_zoneout(zoneout)
-        if self.zoneout and self.proj_size:
-            raise ValueError("zoneout does not work with proj_size yet")
         self._init_params()
         self._empty1 = np.zeros(0, self.dtype)
         self._empty2 = np.zeros((0, 0), self.dtype)
@@ -168,10 +166,9 @@ class LSTM(RecurrentLayer):
         if self._layer_norm or self.zoneout:
             from . import lnlstm
             return lnlstm.backward_dir(self, ws, k, d, inp, dy, dx)
-        i, H, ex = k * self.num_directions + d, self.hidden_size, ws.extra[k][d]
+        i, ex = k * self.num_directions + d, ws.extra[k][d]
         gates = ws.gates[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
-        sfx = self._suffixes()[d]
         w, col = self._w("weight_hh", k, d), d * self._out_size
         parts = self._unit_parts(ws)
         if parts:  # as in _forward_dir
@@ -188,12 +185,17 @@ class LSTM(RecurrentLayer):
         # The gates buffer now holds the gate gradients.
         db = self._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too
         self._hidden_grads(ws, k, d, gates, self._hprev(h, d), db=db)
-        T, B = ws.key
         if self.proj_size:
-            gw_t = self.grads[f"weight_hr_l{k}{sfx}"].T  # the storage layout (see _weight_grads)
-            gw_t += ex["m"].reshape(T * B, H).T @ ex["dh_all"].reshape(T * B, -1)
+            self._proj_grads(ws, k, d)
         if self.peephole:
             self._peephole_grads(k, d, gates, self._hprev(c, d), c[:-1] if d == 1 else c[1:])
+
+    def _proj_grads(self, ws: Workspace, k: int, d: int) -> None:
+        """Add W_hr's gradient: Σ_t m_tᵀ dh_t over the saved m and dh_all."""
+        T, B = ws.key
+        ex = ws.extra[k][d]
+        gw_t = self.grads[f"weight_hr_l{k}{self._suffixes()[d]}"].T  # the storage layout
+        gw_t += ex["m"].reshape(T * B, self.hidden_size).T @ ex["dh_all"].reshape(T * B, -1)
 
     def _peephole_grads(self, k: int, d: int, dz: np.ndarray, c_prev: np.ndarray,
                         c_new: np.ndarray) -> None:
@@ -227,7 +229,7 @@ class LSTM(RecurrentLayer):
                 self._p("bias_hh", k, 0), *options, self._step_work)
 
     def _work_size(self) -> int:
-        return (15 if self.zoneout else 9) * self.hidden_size  # see lnlstm_step
+        return (16 if self.zoneout else 9) * self.hidden_size  # see lnlstm_step
 
     def _scratch(self, B: int, e) -> tuple:
         H, P = self.hidden_size, self._out_size

@@ -82,6 +82,8 @@ VARIANTS = {
                        lambda: R.LSTMCell(proj=True, acts=[[("HardSigmoid", 0.2, 0.5), ("Tanh", 0, 0),
                                                             ("Softsign", 0, 0)]])),
 }
+VARIANTS["lnlstm_proj"] = (nlstm.LayerNormLSTM, dict(proj_size=-1),
+                           lambda: R.LayerNormLSTMCell(proj=True))
 ALL_KINDS = {**KINDS, **VARIANTS}
 TORCH_KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_proj")
 

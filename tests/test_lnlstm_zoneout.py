@@ -34,6 +34,9 @@ ZONEOUT_KINDS = {
     "lstm_all_onnx": (_with(nlstm.LSTM, **ONNX, **ACTS), lambda: R.LSTMCell(**ONNX, acts=REF_ACTS)),
     "lnlstm_all_onnx": (_with(nlstm.LayerNormLSTM, **ONNX, **ACTS),
                         lambda: R.LayerNormLSTMCell(**ONNX, acts=REF_ACTS)),
+    "lstm_proj": (_with(nlstm.LSTM, proj_size=3, peephole=True), lambda: R.LSTMCell(proj=True, peephole=True)),
+    "lnlstm_proj": (_with(nlstm.LayerNormLSTM, proj_size=2, **ACTS),
+                    lambda: R.LayerNormLSTMCell(proj=True, acts=REF_ACTS)),
 }
 
 
@@ -224,13 +227,6 @@ def test_bad_zoneout(cls, bad):
         cls(3, 4, zoneout=bad)
 
 
-def test_proj_size_is_refused_with_zoneout_and_layer_norm():
-    with pytest.raises(ValueError, match="zoneout"):
-        nlstm.LSTM(3, 4, zoneout=0.1, proj_size=2)
-    with pytest.raises(ValueError, match="proj_size"):
-        nlstm.LayerNormLSTM(3, 4, proj_size=2)
-
-
 @pytest.mark.parametrize("variant", [dict(peephole=True), dict(clip=1.0), dict(input_forget=True),
                                      dict(activations=("HardSigmoid", "Tanh", "Tanh"))])
 def test_layernorm_lstm_variants_change_the_output(variant):
@@ -323,12 +319,14 @@ def test_inspect_refuses_what_it_cannot_read():
 
 @pytest.mark.parametrize("cls", [nlstm.LayerNormLSTM, nlstm.LSTM])
 def test_variants_with_zoneout_save_load_and_state_dict(cls, tmp_path):
-    m = cls(3, 4, num_layers=2, bidirectional=True, seed=3, zoneout=0.2, **ONNX, **ACTS)
+    m = cls(3, 4, num_layers=2, bidirectional=True, seed=3, zoneout=0.2, proj_size=2, **ONNX,
+            **ACTS)
     names = set(m.state_dict())
-    assert {"peephole_l0", "peephole_l1_reverse"} <= names
+    assert {"peephole_l0", "peephole_l1_reverse", "weight_hr_l1_reverse"} <= names
     assert ("ln_weight_c_l1_reverse" in names) == (cls is nlstm.LayerNormLSTM)
     m2 = nlstm.load(nlstm.save(m, tmp_path / "m.npz"))
     assert type(m2) is cls and m2.get_config() == m.get_config()
     assert m2.clip == 1.5 and m2.peephole and m2.input_forget and m2.zoneout == 0.2
+    assert m2.proj_size == 2 and m2(np.zeros((1, 3), np.float32))[0].shape == (1, 4)
     x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
     np.testing.assert_array_equal(m(x)[0], m2(x)[0])

@@ -21,7 +21,8 @@ dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`, per-step block p
 import numpy as np
 
 from .activations import cast_like, dact, dgate, gate, gates_inplace, sigmoid, tanh
-from .blocks import active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_nn
+from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_dots,
+                     row_nn)
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
@@ -130,7 +131,8 @@ def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc, peep, clip, input_f
     """The pointwise step of one row: variants, gates, cell, the cell's normalisation, zoneout.
 
     g: (4H,) pre-activations in, post-activation gates i, f, g, o out; cp, hp: (H,) the state
-    before; cn, hn: (H,) out, the state after; ct: (H,) out: c̃; chat: (H,) out with ``ln``:
+    before; cn, hn: (H,) out, the state after (hn: o⊙h(·) before a projection, which passes
+    zh empty and applies it after); ct: (H,) out: c̃; chat: (H,) out with ``ln``:
     LN(c̃); g_c, b_c: (H,) γ_c, β_c; zh, zc: (H,) zoneout masks, or empty; peep: (3H,) or
     empty; clip: inf when off; acts: (3, 3) rows of f, g, h, or (0, 3); pre: (4H,) out with
     clip or acts: the pre-activations before the clamp. Returns LN(c̃)'s rstd (0 without
@@ -168,7 +170,6 @@ def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc, peep, clip, input_f
             go[j] += p_o[j] * ct[j]
     _act_o(go, pre[3 * H:4 * H], acts, clip, gen)  # pre is empty unless clip or acts
     rs = cast_like(g, 0)
-    zo = zh.shape[0] > 0
     if ln:
         rs = normalize(ct, chat, EPS)
         if gen:
@@ -183,9 +184,11 @@ def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc, peep, clip, input_f
     else:
         for j in range(H):
             hn[j] = go[j] * tanh(ct[j])
-    if zo:
+    if zh.shape[0] > 0:
         for j in range(H):
             hn[j] += zh[j] * (hp[j] - hn[j])
+    if zc.shape[0] > 0:
+        for j in range(H):
             cn[j] = ct[j] + zc[j] * (cp[j] - ct[j])
     else:
         for j in range(H):
@@ -278,7 +281,7 @@ def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc, peep, clip, i
 @kernel
 def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
                    ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc, peep, clip, input_forget, acts,
-                   pre, ctil, rows, times, sp1, sp2, sg, sh):
+                   pre, ctil, proj, w_hr_t, m, rows, times, sp1, sp2, sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -295,16 +298,22 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
     (as in :mod:`nlstm.kernels.lstm`); pre: (T, B, 4H) out with clip or acts: the
     pre-activations before the clamp, else empty; ctil: (T, B, H) out, or empty: c̃ (the
     peepholes' gradient needs it when zoneout keeps c̃ out of c)
+    proj: bool; w_hr_t: (H, P) = W_hrᵀ, or empty; m: (T, B, H) out with ``proj``: o⊙h(·) of
+    every step, else empty (with a projection h, h0, h_n, y and W_hh have P features:
+    h = W_hr m, zoneout's zh applies to that)
     rows, times: (B,) int64 scratch; sp1, sp2: (B, H), sg: (B, 4H), sh: (B, H) scratch
     """
     T = gates.shape[0]
     save = clip < np.inf or acts.shape[0] > 0
     keep_ct = ctil.shape[2] > 0  # empty is (1, 1, 0)
-    H = h.shape[2]
+    H = c.shape[2]
+    P = h.shape[2]
     G = 4 * H
     begin_rows(b0, b1, h, h0, lengths, reverse)
     begin_rows(b0, b1, c, c0, lengths, reverse)
-    zero_padding(b0, b1, y, lengths, col, H)
+    zero_padding(b0, b1, y, lengths, col, P)
+    if proj:
+        zero_rows_past(b0, b1, m, lengths)
     zo = zh.shape[0] > 0
     none = sh[0, :0]
     if ln:  # the gradient products read every row of these
@@ -320,7 +329,7 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
             for i in range(n):
                 p, o = slots(times[i], reverse)
                 hp = h[p, rows[i]]
-                for k in range(H):
+                for k in range(P):
                     sp1[i, k] = hp[k]
             matmul_nn(sg, sp1, w_hh_t, n, 0, G)
             for i in range(n):
@@ -337,10 +346,19 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
             b = rows[i]
             t = times[i]
             p, o = slots(t, reverse)
-            rs = _cell(gates[t, b], c[p, b], h[p, b], c[o, b], h[o, b], sh[i], ln, g_c, b_c,
-                       chat[t, b] if ln else none, zh[t, b] if zo else none,
+            hn = m[t, b] if proj else h[o, b]
+            rs = _cell(gates[t, b], c[p, b], h[p, b], c[o, b], hn, sh[i], ln, g_c, b_c,
+                       chat[t, b] if ln else none, zh[t, b] if zo and not proj else none,
                        zc[t, b] if zo else none, peep, clip, input_forget, acts,
                        pre[t, b] if save else none)
+            if proj:  # h = W_hr m, then zoneout on it
+                ho = h[o, b]
+                row_nn(ho, hn, w_hr_t, 0, P)
+                if zo:
+                    zm = zh[t, b]
+                    hp = h[p, b]
+                    for j in range(P):
+                        ho[j] += zm[j] * (hp[j] - ho[j])
             if ln:
                 rstd[t, b, 2] = rs
             if keep_ct:
@@ -354,7 +372,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
 @kernel
 def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
                     reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, peep,
-                    clip, input_forget, acts, pre, rows, times, sp1, sp2, sg, sh):
+                    clip, input_forget, acts, pre, proj, w_hr_t, dh_all, rows, times, sp1, sp2,
+                    sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 4H) out: the gradients dz of the gate pre-activations (zero past each
@@ -364,11 +383,13 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     w_hh: (4H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``)
     dr: (T, B, 4H) out with ``ln``: the gradient of W_hh h; du: (T, B, H) out with ``ln``:
     that of γ_c ⊙ LN(c̃) + β_c (both empty without ``ln``)
-    the rest as given to ``lnlstm_forward``
+    dh_all: (T, B, P) out with ``proj``: the gradient of each step's W_hr m, else empty
+    the rest as given to ``lnlstm_forward`` (dh0, dh_n and dy have P features)
     """
     T = gates.shape[0]
     save = clip < np.inf or acts.shape[0] > 0
-    H = h.shape[2]
+    H = c.shape[2]
+    P = h.shape[2]
     G = 4 * H
     zo = zh.shape[0] > 0
     none = sh[0, :0]
@@ -378,6 +399,8 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     if ln:
         zero_rows_past(b0, b1, dr, lengths)
         zero_rows_past(b0, b1, du, lengths)
+    if proj:
+        zero_rows_past(b0, b1, dh_all, lengths)
     for step in range(T - 1, -1, -1):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
@@ -386,18 +409,24 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
             b = rows[i]
             t = times[i]
             p, o = slots(t, reverse)
-            dyt = dy[t, b, col:col + H]  # sliced: loops from 0 (see blocks.py)
+            dyt = dy[t, b, col:col + P]  # sliced: loops from 0 (see blocks.py)
             dht = sh[i]
+            dhp = sp1[i] if proj else dht  # the gradient of h̃ (sp1 is free until the carry)
             keep = sp2[i]  # the gradient that reaches h_prev directly (zoneout)
             if zo:
-                m = zh[t, b]
-                for j in range(H):
+                zm = zh[t, b]
+                for j in range(P):
                     v = dyt[j] + dh0[b, j]
-                    keep[j] = m[j] * v
-                    dht[j] = v - keep[j]
+                    keep[j] = zm[j] * v
+                    dhp[j] = v - keep[j]
             else:
-                for j in range(H):
-                    dht[j] = dyt[j] + dh0[b, j]
+                for j in range(P):
+                    dhp[j] = dyt[j] + dh0[b, j]
+            if proj:  # through h̃ = W_hr m: dm = W_hrᵀ dh̃
+                da = dh_all[t, b]
+                for j in range(P):
+                    da[j] = dhp[j]
+                row_dots(dht, w_hr_t, dhp, 0, P, 0, H)
             dg = dgates[t, b]
             _cell_back(gates[t, b], dg, dht, dc0[b], c[p, b], ln, g_c, b_c,
                        chat[t, b] if ln else none, rstd[t, b, 2] if ln else cast_like(dg, 0),
@@ -417,20 +446,21 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
         matmul_carry(sp1, sg, w_hh_t, w_hh, n)  # the carry: dz · W_hh for every active row
         for i in range(n):
             dst = dh0[rows[i]]
-            for k in range(H):
+            for k in range(P):
                 dst[k] = sp1[i, k] + sp2[i, k] if zo else sp1[i, k]
 
 
 @kernel
 def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln, g_ih, g_hh,
-                g_c, b_c, p, peep, clip, input_forget, acts, work):
+                g_c, b_c, p, peep, clip, input_forget, acts, proj, w_hr_t, work):
     """One time step of layer k, for streaming (inference: zoneout as its expectation).
 
     x: (B, I) the input of layer 0 (layer k > 0 reads h_out[k-1]); h, c: (L, B, H) the state
     before, read at [k]; h_out, c_out: the new state, written at [k]; w_ih_t: (I, 4H);
     w_hh_t: (H, 4H); b_ih, b_hh, g_ih, g_hh: (4H,); g_c, b_c: (H,) (the γ, β empty without
     ``ln``); p: the zoneout probability (0: none); peep, clip, input_forget, acts: as for
-    ``lnlstm_forward``; work: (15H,) scratch. With ``check``,
+    ``lnlstm_forward``; proj, w_hr_t: the projection (h, h_out: (L, B, P)); work: (16H,)
+    scratch. With ``check``,
     returns False having written nothing if the inputs are not finite; else True."""
     if check and not step_inputs_finite(k, x, h, c):
         return False
@@ -444,6 +474,8 @@ def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln,
     chat = work[2 * G + H:2 * G + 2 * H]
     zm = work[2 * G + 2 * H:2 * G + 3 * H]
     pre = work[2 * G + 3 * H:3 * G + 3 * H]
+    m = work[3 * G + 3 * H:3 * G + 4 * H]
+    P = hn.shape[1]
     zm_or_none = zm if p > 0 else zm[:0]
     for j in range(H):
         zm[j] = p
@@ -458,6 +490,15 @@ def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln,
         else:
             for j in range(G):
                 g[j] += b_ih[j] + b_hh[j] + r[j]
-        _cell(g, ck[b], hk[b], cn[b], hn[b], ct, ln, g_c, b_c, chat, zm_or_none, zm_or_none, peep,
-              clip, input_forget, acts, pre)
+        if proj:
+            _cell(g, ck[b], hk[b], cn[b], m, ct, ln, g_c, b_c, chat, zm[:0], zm_or_none, peep,
+                  clip, input_forget, acts, pre)
+            hb = hn[b]
+            row_nn(hb, m, w_hr_t, 0, P)
+            if p > 0:
+                for j in range(P):
+                    hb[j] += p * (hk[b, j] - hb[j])
+        else:
+            _cell(g, ck[b], hk[b], cn[b], hn[b], ct, ln, g_c, b_c, chat, zm_or_none, zm_or_none,
+                  peep, clip, input_forget, acts, pre)
     return True
