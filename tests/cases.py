@@ -37,10 +37,10 @@ KINDS = {
                                               activation_alpha=[0.3, 0.8], activation_beta=[0.45]),
                     lambda: R.LayerNormLSTMCell(acts=[[("HardSigmoid", 0.3, 0.45), ("Softsign", 0, 0),
                                                        ("Elu", 0.8, 0)]])),
-    "lnlstm_all_onnx": (nlstm.LayerNormLSTM, dict(peephole=True, clip=0.9, input_forget=True,
+    "lnlstm_all_onnx": (nlstm.LayerNormLSTM, dict(peephole=True, clip=1.2, input_forget=True,
                                                   activations=("Softsign", "LeakyRelu", "Tanh"),
                                                   activation_alpha=[0.2]),
-                        lambda: R.LayerNormLSTMCell(peephole=True, clip=0.9, input_forget=True,
+                        lambda: R.LayerNormLSTMCell(peephole=True, clip=1.2, input_forget=True,
                                                     acts=[[("Softsign", 0, 0), ("LeakyRelu", 0.2, 0),
                                                            ("Tanh", 0, 0)]])),
     # ONNX's clip and activations (the general kernels' path), gradients from the oracle too
