@@ -25,8 +25,19 @@ class LayerNormLSTM(LSTM):
     start at 1 and β_c at 0; with ``bias=False`` there are no biases, β_c included.
 
     Everything else is as ``nlstm.LSTM``: state (h, c), calls, streaming, lengths, stacking,
-    directions, dtypes, ``dropout`` between layers, ``forget_bias``, and ``zoneout``. The
-    ONNX variants (``proj_size``, ``peephole``, ``clip``, ``input_forget``) are not offered.
+    directions, dtypes, ``dropout`` between layers, ``forget_bias``, ``zoneout``, and the
+    variants, which enter after the normalisations:
+
+    - ``peephole=True``: ``peephole_l{k}`` (3H,); i and f add p_i⊙c, p_f⊙c to the normalised
+      z, o adds p_o⊙c' (c' itself, not LN(c')).
+    - ``clip=x``: the final pre-activations (normalised, shifted, peepholed) clamped to
+      [-x, x] before their activations.
+    - ``input_forget=True``: f = 1 − i.
+    - ``activations=(f, g, h)`` (with ``activation_alpha``/``activation_beta``): in place of
+      σ, tanh and the tanh of h' = o⊙tanh(γ_c⊙LN(c') + β_c).
+    - ``proj_size=P``: h = W_hr (o⊙tanh(γ_c⊙LN(c') + β_c)), ``weight_hr_l{k}`` (P, H);
+      W_hh is (4H, P) and LN(W_hh h) still normalises over its 4H rows. With zoneout, h's
+      mask applies to the projected h.
     """
 
     _name = "LayerNormLSTM"

@@ -43,10 +43,12 @@ class LSTM(RecurrentLayer):
     - ``forget_bias=v``: adds v to the forget gate's ``bias_ih`` at init (Keras's
       ``unit_forget_bias`` is v = 1 with zero biases).
 
-    ``zoneout=p`` (Krueger et al., 2017; not with the variants above): in training forwards
+    ``zoneout=p`` (Krueger et al., 2017; with any of the variants above): in training forwards
     each unit of h and of c keeps its previous value with probability p (masks from the
     layer's seeded stream, as dropout's), h = m_h⊙h_prev + (1 − m_h)⊙o⊙tanh(c̃), c = m_c⊙c_prev
-    + (1 − m_c)⊙c̃ with c̃ = f⊙c_prev + i⊙g; inference uses the expectation (m = p).
+    + (1 − m_c)⊙c̃ with c̃ = f⊙c_prev + i⊙g; inference uses the expectation (m = p). The
+    new h reads c̃ (and so does o's peephole); with ``proj_size`` m_h applies to the
+    projected h.
     """
 
     _G = 4
