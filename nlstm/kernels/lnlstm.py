@@ -13,11 +13,6 @@ the mask's weight: h = zh ⊙ h_prev + (1 − zh) ⊙ h̃, c = zc ⊙ c_prev + (
 masks are 0 or 1; inference fills them with the probability p, which gives the expectation.
 As in the paper, h̃ reads c̃, not the zoned-out c.
 
-The LSTM's variants (as in :mod:`nlstm.kernels.lstm`) enter after the normalisations:
-peepholes add p_i⊙c, p_f⊙c to z_i, z_f and p_o⊙c̃ to z_o; clip clamps the final z; input_forget
-sets f = 1 − i; ``acts`` replace σ, tanh and the h function (of γ_c ⊙ LN(c̃) + β_c with
-``ln``); a projection makes h = W_hr (o ⊙ h(·)), zoneout's zh applying to it.
-
 The layer does the whole-sequence products and the input side's normalisation outside the
 recurrence (``normalize_input`` after the one big product, ``normalize_input_back`` before the
 dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`, per-step block products as in
@@ -27,7 +22,7 @@ import numpy as np
 
 from .activations import cast_like, dact, dgate, gate, gates_inplace, sigmoid, tanh
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_dots,
-                     row_nn, row_nn_add, row_out)
+                     row_nn)
 from .config import kernel
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
@@ -36,9 +31,9 @@ EPS = 1e-5  # the ε of every normalisation (PyTorch's LayerNorm default)
 
 
 @kernel
-def _mean_rstd(a, eps):
-    """mean a and 1/√(var a + eps) of the vector a (n,), in two passes: the mean first, then
-    the spread around it."""
+def normalize(a, out, eps):
+    """out = (a − mean a)·rstd, rstd = 1/√(var a + eps), over the vector a (n,); returns rstd.
+    out may be a itself. Two passes: the mean first, then the spread around it."""
     n = a.shape[0]
     s = cast_like(a, 0)
     for j in range(n):
@@ -49,28 +44,9 @@ def _mean_rstd(a, eps):
     for j in range(n):
         dv = a[j] - mean
         v += dv * dv
-    return mean, cast_like(a, 1) / np.sqrt(v * inv_n + cast_like(a, eps))
-
-
-@kernel
-def normalize(a, out, eps):
-    """out = (a − mean a)·rstd, rstd = 1/√(var a + eps), over the vector a (n,); returns rstd.
-    out may be a itself."""
-    mean, rstd = _mean_rstd(a, eps)
-    for j in range(a.shape[0]):
+    rstd = cast_like(a, 1) / np.sqrt(v * inv_n + cast_like(a, eps))
+    for j in range(n):
         out[j] = (a[j] - mean) * rstd
-    return rstd
-
-
-@kernel
-def normalize_add(a, out, g, gamma, beta, eps):
-    """``normalize(a, out, eps)`` that also adds γ ⊙ out + β to g (all (n,)) in its last
-    pass (one pass over the row fewer than normalising first); returns rstd."""
-    mean, rstd = _mean_rstd(a, eps)
-    for j in range(a.shape[0]):
-        x = (a[j] - mean) * rstd
-        out[j] = x
-        g[j] += gamma[j] * x + beta[j]
     return rstd
 
 
@@ -132,6 +108,95 @@ def normalize_input_back(b0, b1, dgates, xhat, rstd, gamma, lengths):
             for j in range(dg.shape[0]):
                 dg[j] *= gamma[j]
             normalize_back(dg, xhat[t, b], rstd[t, b, 0], xhat[t, b])
+
+
+@kernel
+def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
+    """``_cell`` without the variants: branch-free loops that LLVM vectorises (the variants'
+    invariant branches inside ``_cell``'s loops kept it from doing so: 25% slower).
+
+    g: (4H,) pre-activations in, post-activation gates i, f, g, o out; cp, hp: (H,) the state
+    before; cn, hn: (H,) out, the state after; ct: (H,) out: c̃; chat: (H,) out with ``ln``:
+    LN(c̃); g_c, b_c: (H,) γ_c, β_c; zh, zc: (H,) zoneout masks, or empty. Returns LN(c̃)'s
+    rstd (0 without ``ln``)."""
+    H = cp.shape[0]
+    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
+    for j in range(H):
+        gi[j] = sigmoid(gi[j])
+        gf[j] = sigmoid(gf[j])
+        gg[j] = tanh(gg[j])
+        go[j] = sigmoid(go[j])
+    for j in range(H):
+        ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
+    rs = cast_like(g, 0)
+    zo = zh.shape[0] > 0
+    if ln:
+        rs = normalize(ct, chat, EPS)
+        for j in range(H):
+            hn[j] = go[j] * tanh(g_c[j] * chat[j] + b_c[j])
+    else:
+        for j in range(H):
+            hn[j] = go[j] * tanh(ct[j])
+    if zo:
+        for j in range(H):
+            hn[j] += zh[j] * (hp[j] - hn[j])
+    if zc.shape[0] > 0:
+        for j in range(H):
+            cn[j] = ct[j] + zc[j] * (cp[j] - ct[j])
+    else:
+        for j in range(H):
+            cn[j] = ct[j]
+    return rs
+
+
+@kernel
+def _cell_back_plain(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
+    """``_cell_back`` without the variants (see ``_cell_plain``).
+
+    g: (4H,) post-activation gates; dg: (4H,) out: the pre-activation gradients dz (may
+    alias g: each index of g is read before that index of dg is written); dht: (H,) the
+    gradient of h̃ (with ``ln`` overwritten: that of LN(c̃)); dc: (H,) in: the gradient of the cell state after the step, out: before
+    it; cp: (H,) the cell state before; chat, rs: LN(c̃) and its rstd (``ln``); du: (H,) out
+    with ``ln``: the gradient of γ_c ⊙ LN(c̃) + β_c; zc: (H,) the cell's zoneout mask, or empty.
+    """
+    H = cp.shape[0]
+    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
+    di, df, dgg, do = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:4 * H]
+    zo = zc.shape[0] > 0
+    one = cast_like(g, 1)
+    s1 = cast_like(g, 0)
+    s2 = cast_like(g, 0)
+    if ln:
+        for j in range(H):
+            og = go[j]
+            tu = tanh(g_c[j] * chat[j] + b_c[j])
+            u = dht[j] * (og - og * tu * tu)
+            du[j] = u
+            do[j] = dht[j] * tu * (og - og * og)  # o is not read again
+            v = u * g_c[j]
+            dht[j] = v  # kept: see normalize_back
+            s1 += v
+            s2 += v * chat[j]
+        inv_h = cast_like(g, 1.0 / H)
+        s1 *= inv_h
+        s2 *= inv_h
+    for j in range(H):
+        ig = gi[j]
+        fg = gf[j]
+        gv = gg[j]
+        keep = zc[j] if zo else cast_like(g, 0)
+        d = dc[j] * (one - keep)  # the gradient of c̃
+        if ln:
+            d += rs * (dht[j] - s1 - chat[j] * s2)
+        else:
+            og = go[j]
+            tc = tanh(gf[j] * cp[j] + ig * gv)  # c̃, recomputed
+            d += dht[j] * (og - og * tc * tc)
+            do[j] = dht[j] * tc * (og - og * og)
+        di[j] = d * gv * (ig - ig * ig)
+        df[j] = d * cp[j] * (fg - fg * fg)
+        dgg[j] = d * (ig - ig * gv * gv)
+        dc[j] = d * fg + dc[j] * keep
 
 
 @kernel
@@ -303,38 +368,6 @@ def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc, peep, clip, i
 
 
 @kernel
-def _forward_step(b, t, reverse, r, gates, h, c, bias, ln, g_hh, g_c, b_c, rhat, chat, rstd, zh,
-                  zc, peep, clip, input_forget, acts, pre, ctil, proj, w_hr_t, m, ct):
-    """Row b's step at time t after its recurrent product: with ``ln``, r (4H,) = W_hh h_prev,
-    normalised into rhat and added to the gates with γ_hh and b_hh; without, the gates hold
-    it already. Then ``_cell``, the projection and the values backward reads. ct: (H,)
-    scratch; the rest as given to ``lnlstm_forward``."""
-    p, o = slots(t, reverse)
-    g = gates[t, b]
-    none = ct[:0]
-    zo = zh.shape[0] > 0
-    if ln:
-        rstd[t, b, 1] = normalize_add(r, rhat[t, b], g, g_hh, bias, EPS)
-    hn = m[t, b] if proj else h[o, b]
-    rs = _cell(g, c[p, b], h[p, b], c[o, b], hn, ct, ln, g_c, b_c, chat[t, b] if ln else none,
-               zh[t, b] if zo and not proj else none, zc[t, b] if zo else none, peep, clip,
-               input_forget, acts, pre[t, b] if clip < np.inf or acts.shape[0] > 0 else none)
-    if proj:  # h = W_hr m, then zoneout on it
-        ho = h[o, b]
-        row_nn(ho, hn, w_hr_t, 0, ho.shape[0])
-        if zo:
-            zm = zh[t, b]
-            hp = h[p, b]
-            for j in range(ho.shape[0]):
-                ho[j] += zm[j] * (hp[j] - ho[j])
-    if ln:
-        rstd[t, b, 2] = rs
-    if ctil.shape[2] > 0:  # empty is (1, 1, 0)
-        for j in range(ct.shape[0]):
-            ctil[t, b, j] = ct[j]
-
-
-@kernel
 def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
                    ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc, peep, clip, input_forget, acts,
                    pre, ctil, proj, w_hr_t, m, rows, times, sp1, sp2, sg, sh):
@@ -360,35 +393,24 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
     rows, times: (B,) int64 scratch; sp1, sp2: (B, H), sg: (B, 4H), sh: (B, H) scratch
     """
     T = gates.shape[0]
+    save = clip < np.inf or acts.shape[0] > 0
+    variants = save or input_forget or peep.shape[0] > 0
+    keep_ct = ctil.shape[2] > 0  # empty is (1, 1, 0)
+    H = c.shape[2]
     P = h.shape[2]
-    G = gates.shape[2]
+    G = 4 * H
     begin_rows(b0, b1, h, h0, lengths, reverse)
     begin_rows(b0, b1, c, c0, lengths, reverse)
     zero_padding(b0, b1, y, lengths, col, P)
     if proj:
         zero_rows_past(b0, b1, m, lengths)
+    zo = zh.shape[0] > 0
+    none = sh[0, :0]
     if ln:  # the gradient products read every row of these
         zero_rows_past(b0, b1, rhat, lengths)
         zero_rows_past(b0, b1, chat, lengths)
-    if ctil.shape[2] > 0:  # and of this one (empty is (1, 1, 0))
+    if keep_ct:  # and of this one
         zero_rows_past(b0, b1, ctil, lengths)
-    if b1 - b0 == 1:  # one row: each step's product straight into its gates (or r)
-        L = lengths[b0]
-        for step in range(L):
-            t = step_time(step, L, reverse)
-            p, o = slots(t, reverse)
-            if ln:
-                row_nn(sg[0], h[p, b0], w_hh_t, 0, G)
-            else:
-                g = gates[t, b0]
-                for j in range(G):
-                    g[j] += bias[j]
-                row_nn_add(g, h[p, b0], w_hh_t, 0, G)
-            _forward_step(b0, t, reverse, sg[0], gates, h, c, bias, ln, g_hh, g_c, b_c, rhat,
-                          chat, rstd, zh, zc, peep, clip, input_forget, acts, pre, ctil, proj,
-                          w_hr_t, m, sh[0])
-            row_out(y, t, b0, col, h[o, b0])
-        T = 0  # done
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
@@ -400,62 +422,46 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
                 for k in range(P):
                     sp1[i, k] = hp[k]
             matmul_nn(sg, sp1, w_hh_t, n, 0, G)
+            for i in range(n):
+                b = rows[i]
+                t = times[i]
+                rh = rhat[t, b]
+                rstd[t, b, 1] = normalize(sg[i], rh, EPS)
+                g = gates[t, b]
+                for j in range(G):
+                    g[j] += g_hh[j] * rh[j] + bias[j]
         else:
             add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
         for i in range(n):
-            _forward_step(rows[i], times[i], reverse, sg[i], gates, h, c, bias, ln, g_hh, g_c,
-                          b_c, rhat, chat, rstd, zh, zc, peep, clip, input_forget, acts, pre,
-                          ctil, proj, w_hr_t, m, sh[i])
+            b = rows[i]
+            t = times[i]
+            p, o = slots(t, reverse)
+            hn = m[t, b] if proj else h[o, b]
+            zh_tb = zh[t, b] if zo and not proj else none
+            zc_tb = zc[t, b] if zo else none
+            if variants:
+                rs = _cell(gates[t, b], c[p, b], h[p, b], c[o, b], hn, sh[i], ln, g_c, b_c,
+                           chat[t, b] if ln else none, zh_tb, zc_tb, peep, clip, input_forget,
+                           acts, pre[t, b] if save else none)
+            else:  # the callers branch: one function holding both is not inlined (see rnn.py)
+                rs = _cell_plain(gates[t, b], c[p, b], h[p, b], c[o, b], hn, sh[i], ln, g_c, b_c,
+                                 chat[t, b] if ln else none, zh_tb, zc_tb)
+            if proj:  # h = W_hr m, then zoneout on it
+                ho = h[o, b]
+                row_nn(ho, hn, w_hr_t, 0, P)
+                if zo:
+                    zm = zh[t, b]
+                    hp = h[p, b]
+                    for j in range(P):
+                        ho[j] += zm[j] * (hp[j] - ho[j])
+            if ln:
+                rstd[t, b, 2] = rs
+            if keep_ct:
+                for j in range(H):
+                    ctil[t, b, j] = sh[i, j]
         copy_out(y, h, rows, times, n, reverse, col)
     end_rows(b0, b1, h_n, h, lengths, reverse)
     end_rows(b0, b1, c_n, c, lengths, reverse)
-
-
-@kernel
-def _backward_step(b, t, reverse, col, dgates, dh0, dc0, dy, gates, c, ln, g_hh, g_c, b_c, rhat,
-                   chat, rstd, dr, du, zh, zc, peep, clip, input_forget, acts, pre, proj, w_hr_t,
-                   dh_all, dht, dhp, keep, src):
-    """Row b's step at time t of ``lnlstm_backward`` up to the carry: dz into dgates[t, b],
-    the cell's carry into dc0[b], and src (4H,) out: what the carry multiplies by W_hh (dz,
-    or with ``ln`` the gradient of W_hh h); keep (P,) out with zoneout: the gradient that
-    reaches h_prev directly. dht (H,), dhp (P,): scratch (dhp unused without ``proj``)."""
-    p, o = slots(t, reverse)
-    H = c.shape[2]
-    P = dh0.shape[1]
-    G = 4 * H
-    zo = zh.shape[0] > 0
-    none = dht[:0]
-    dyt = dy[t, b, col:col + P]  # sliced: loops from 0 (see blocks.py)
-    dh_new = dhp if proj else dht  # the gradient of h̃
-    if zo:
-        zm = zh[t, b]
-        for j in range(P):
-            v = dyt[j] + dh0[b, j]
-            keep[j] = zm[j] * v
-            dh_new[j] = v - keep[j]
-    else:
-        for j in range(P):
-            dh_new[j] = dyt[j] + dh0[b, j]
-    if proj:  # through h̃ = W_hr m: dm = W_hrᵀ dh̃
-        da = dh_all[t, b]
-        for j in range(P):
-            da[j] = dhp[j]
-        row_dots(dht, w_hr_t, dhp, 0, P, 0, H)
-    dg = dgates[t, b]
-    _cell_back(gates[t, b], dg, dht, dc0[b], c[p, b], ln, g_c, b_c, chat[t, b] if ln else none,
-               rstd[t, b, 2] if ln else cast_like(dg, 0), du[t, b] if ln else none,
-               zc[t, b] if zo else none, peep, clip, input_forget, acts,
-               pre[t, b] if clip < np.inf or acts.shape[0] > 0 else none)
-    if ln:
-        d = dr[t, b]
-        for j in range(G):
-            d[j] = dg[j] * g_hh[j]
-        normalize_back(d, rhat[t, b], rstd[t, b, 1], d)
-        for j in range(G):
-            src[j] = d[j]
-    else:
-        for j in range(G):
-            src[j] = dg[j]
 
 
 @kernel
@@ -476,9 +482,13 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     the rest as given to ``lnlstm_forward`` (dh0, dh_n and dy have P features)
     """
     T = gates.shape[0]
+    save = clip < np.inf or acts.shape[0] > 0
+    variants = save or input_forget or peep.shape[0] > 0
+    H = c.shape[2]
     P = h.shape[2]
-    G = gates.shape[2]
+    G = 4 * H
     zo = zh.shape[0] > 0
+    none = sh[0, :0]
     copy_rows(b0, b1, dh0, dh_n)
     copy_rows(b0, b1, dc0, dc_n)
     zero_rows_past(b0, b1, dgates, lengths)
@@ -487,28 +497,55 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
         zero_rows_past(b0, b1, du, lengths)
     if proj:
         zero_rows_past(b0, b1, dh_all, lengths)
-    if b1 - b0 == 1:  # one row: the carry straight into dh0[b0], no gathering
-        L = lengths[b0]
-        dhb = dh0[b0]
-        for step in range(L - 1, -1, -1):
-            t = step_time(step, L, reverse)
-            _backward_step(b0, t, reverse, col, dgates, dh0, dc0, dy, gates, c, ln, g_hh, g_c,
-                           b_c, rhat, chat, rstd, dr, du, zh, zc, peep, clip, input_forget, acts,
-                           pre, proj, w_hr_t, dh_all, sh[0], sp1[0], sp2[0], sg[0])
-            row_dots(dhb, w_hh_t, sg[0], 0, G, 0, P)  # the carry: dz · W_hh
-            if zo:
-                for k in range(P):
-                    dhb[k] += sp2[0, k]
-        T = 0  # done
     for step in range(T - 1, -1, -1):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             continue
         for i in range(n):
-            _backward_step(rows[i], times[i], reverse, col, dgates, dh0, dc0, dy, gates, c, ln,
-                           g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, peep, clip,
-                           input_forget, acts, pre, proj, w_hr_t, dh_all, sh[i], sp1[i], sp2[i],
-                           sg[i])
+            b = rows[i]
+            t = times[i]
+            p, o = slots(t, reverse)
+            dyt = dy[t, b, col:col + P]  # sliced: loops from 0 (see blocks.py)
+            dht = sh[i]
+            dhp = sp1[i] if proj else dht  # the gradient of h̃ (sp1 is free until the carry)
+            keep = sp2[i]  # the gradient that reaches h_prev directly (zoneout)
+            if zo:
+                zm = zh[t, b]
+                for j in range(P):
+                    v = dyt[j] + dh0[b, j]
+                    keep[j] = zm[j] * v
+                    dhp[j] = v - keep[j]
+            else:
+                for j in range(P):
+                    dhp[j] = dyt[j] + dh0[b, j]
+            if proj:  # through h̃ = W_hr m: dm = W_hrᵀ dh̃
+                da = dh_all[t, b]
+                for j in range(P):
+                    da[j] = dhp[j]
+                row_dots(dht, w_hr_t, dhp, 0, P, 0, H)
+            dg = dgates[t, b]
+            chat_tb = chat[t, b] if ln else none
+            rs = rstd[t, b, 2] if ln else cast_like(dg, 0)
+            du_tb = du[t, b] if ln else none
+            zc_tb = zc[t, b] if zo else none
+            if variants:
+                _cell_back(gates[t, b], dg, dht, dc0[b], c[p, b], ln, g_c, b_c, chat_tb, rs,
+                           du_tb, zc_tb, peep, clip, input_forget, acts,
+                           pre[t, b] if save else none)
+            else:  # as in lnlstm_forward
+                _cell_back_plain(gates[t, b], dg, dht, dc0[b], c[p, b], ln, g_c, b_c, chat_tb,
+                                 rs, du_tb, zc_tb)
+            src = sg[i]
+            if ln:
+                d = dr[t, b]
+                for j in range(G):
+                    d[j] = dg[j] * g_hh[j]
+                normalize_back(d, rhat[t, b], rstd[t, b, 1], d)
+                for j in range(G):
+                    src[j] = d[j]
+            else:
+                for j in range(G):
+                    src[j] = dg[j]
         matmul_carry(sp1, sg, w_hh_t, w_hh, n)  # the carry: dz · W_hh for every active row
         for i in range(n):
             dst = dh0[rows[i]]
@@ -564,7 +601,10 @@ def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln,
             if p > 0:
                 for j in range(P):
                     hb[j] += p * (hk[b, j] - hb[j])
-        else:
+        elif clip < np.inf or input_forget or peep.shape[0] > 0 or acts.shape[0] > 0:
             _cell(g, ck[b], hk[b], cn[b], hn[b], ct, ln, g_c, b_c, chat, zm_or_none, zm_or_none,
                   peep, clip, input_forget, acts, pre)
+        else:
+            _cell_plain(g, ck[b], hk[b], cn[b], hn[b], ct, ln, g_c, b_c, chat, zm_or_none,
+                        zm_or_none)
     return True
