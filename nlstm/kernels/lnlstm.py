@@ -111,6 +111,21 @@ def normalize_input_back(b0, b1, dgates, xhat, rstd, gamma, lengths):
 
 
 @kernel
+def _zoneout(hn, hp, zh, cn, ct, cp, zc):
+    """The step's end: hn += zh ⊙ (hp − hn) (zh empty: none), cn = ct + zc ⊙ (cp − ct) (zc
+    empty: cn = ct); all (H,)."""
+    if zh.shape[0] > 0:
+        for j in range(hn.shape[0]):
+            hn[j] += zh[j] * (hp[j] - hn[j])
+    if zc.shape[0] > 0:
+        for j in range(cn.shape[0]):
+            cn[j] = ct[j] + zc[j] * (cp[j] - ct[j])
+    else:
+        for j in range(cn.shape[0]):
+            cn[j] = ct[j]
+
+
+@kernel
 def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     """``_cell`` without the variants: branch-free loops that LLVM vectorises (the variants'
     invariant branches inside ``_cell``'s loops kept it from doing so: 25% slower).
@@ -129,7 +144,6 @@ def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     for j in range(H):
         ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
     rs = cast_like(g, 0)
-    zo = zh.shape[0] > 0
     if ln:
         rs = normalize(ct, chat, EPS)
         for j in range(H):
@@ -137,15 +151,7 @@ def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     else:
         for j in range(H):
             hn[j] = go[j] * tanh(ct[j])
-    if zo:
-        for j in range(H):
-            hn[j] += zh[j] * (hp[j] - hn[j])
-    if zc.shape[0] > 0:
-        for j in range(H):
-            cn[j] = ct[j] + zc[j] * (cp[j] - ct[j])
-    else:
-        for j in range(H):
-            cn[j] = ct[j]
+    _zoneout(hn, hp, zh, cn, ct, cp, zc)
     return rs
 
 
@@ -273,15 +279,7 @@ def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc, peep, clip, input_f
     else:
         for j in range(H):
             hn[j] = go[j] * tanh(ct[j])
-    if zh.shape[0] > 0:
-        for j in range(H):
-            hn[j] += zh[j] * (hp[j] - hn[j])
-    if zc.shape[0] > 0:
-        for j in range(H):
-            cn[j] = ct[j] + zc[j] * (cp[j] - ct[j])
-    else:
-        for j in range(H):
-            cn[j] = ct[j]
+    _zoneout(hn, hp, zh, cn, ct, cp, zc)
     return rs
 
 
