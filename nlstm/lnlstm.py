@@ -2,7 +2,7 @@
 (both run the kernels of :mod:`nlstm.kernels.lnlstm`)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -26,8 +26,19 @@ class LayerNormLSTM(LSTM):
     start at 1 and β_c at 0; with ``bias=False`` there are no biases, β_c included.
 
     Everything else is as ``nlstm.LSTM``: state (h, c), calls, streaming, lengths, stacking,
-    directions, dtypes, ``dropout`` between layers, ``forget_bias``, and ``zoneout``. The
-    ONNX variants (``proj_size``, ``peephole``, ``clip``, ``input_forget``) are not offered.
+    directions, dtypes, ``dropout`` between layers, ``forget_bias``, ``zoneout``, and the
+    variants, which enter after the normalisations:
+
+    - ``peephole=True``: ``peephole_l{k}`` (3H,); i and f add p_i⊙c, p_f⊙c to the normalised
+      z, o adds p_o⊙c' (c' itself, not LN(c')).
+    - ``clip=x``: the final pre-activations (normalised, shifted, peepholed) clamped to
+      [-x, x] before their activations.
+    - ``input_forget=True``: f = 1 − i.
+    - ``activations=(f, g, h)`` (with ``activation_alpha``/``activation_beta``): in place of
+      σ, tanh and the tanh of h' = o⊙tanh(γ_c⊙LN(c') + β_c).
+    - ``proj_size=P``: h = W_hr (o⊙tanh(γ_c⊙LN(c') + β_c)), ``weight_hr_l{k}`` (P, H);
+      W_hh is (4H, P) and LN(W_hh h) still normalises over its 4H rows. With zoneout, h's
+      mask applies to the projected h.
     """
 
     _name = "LayerNormLSTM"
@@ -36,15 +47,23 @@ class LayerNormLSTM(LSTM):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, bidirectional: bool = False, dtype=np.float32,
                  seed: Optional[int] = None, check_finite: bool = True, dropout: float = 0.0,
-                 forget_bias: float = 0.0, zoneout: float = 0.0):
+                 proj_size: int = 0, peephole: bool = False, clip: Optional[float] = None,
+                 input_forget: bool = False, forget_bias: float = 0.0,
+                 activations: Optional[Sequence[str]] = None,
+                 activation_alpha: Optional[Sequence[float]] = None,
+                 activation_beta: Optional[Sequence[float]] = None, zoneout: float = 0.0):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
-                         dtype, seed, check_finite, dropout, forget_bias=forget_bias,
-                         zoneout=zoneout)
+                         dtype, seed, check_finite, dropout, proj_size=proj_size,
+                         peephole=peephole, clip=clip,
+                         input_forget=input_forget, forget_bias=forget_bias,
+                         activations=activations, activation_alpha=activation_alpha,
+                         activation_beta=activation_beta, zoneout=zoneout)
 
     def _extra_param_shapes(self, k: int, sfx: str) -> dict:
         G, H = 4 * self.hidden_size, self.hidden_size
-        shapes = {f"ln_weight_ih_l{k}{sfx}": (G,), f"ln_weight_hh_l{k}{sfx}": (G,),
-                  f"ln_weight_c_l{k}{sfx}": (H,)}
+        shapes = dict(super()._extra_param_shapes(k, sfx), **{
+            f"ln_weight_ih_l{k}{sfx}": (G,), f"ln_weight_hh_l{k}{sfx}": (G,),
+            f"ln_weight_c_l{k}{sfx}": (H,)})
         if self.bias:
             shapes[f"ln_bias_c_l{k}{sfx}"] = (H,)
         return shapes
@@ -57,12 +76,6 @@ class LayerNormLSTM(LSTM):
                 p.fill(0)
         super()._adjust_init()
 
-    def _config_extra(self) -> dict:
-        return dict(forget_bias=self.forget_bias, zoneout=self.zoneout)
-
-    def _config_defaults(self) -> dict:
-        return dict(forget_bias=0.0, zoneout=0.0)
-
     def _extra_buffers(self, T, B, e) -> dict:
         H = self.hidden_size
         return dict(super()._extra_buffers(T, B, e), xhat=e(T, B, 4 * H), rhat=e(T, B, 4 * H),
@@ -72,7 +85,7 @@ class LayerNormLSTM(LSTM):
         return False
 
     def _work_size(self) -> int:
-        return 11 * self.hidden_size
+        return 16 * self.hidden_size  # see lnlstm_step
 
 
 def _norm_params(layer, k: int, d: int) -> tuple:
@@ -94,6 +107,18 @@ def _saved(layer, ex: dict) -> tuple:
     return ex["rhat"], ex["chat"], ex["rstd"], ex["dr"], ex["du"]
 
 
+def _variants(layer, k: int, d: int) -> tuple:
+    """peep, clip, input_forget, acts, proj, w_hr_t: the kernels' variant options of layer k,
+    direction d."""
+    opt = layer._options(k, d)
+    return opt.peep, opt.clip, opt.input_forget, opt.acts, opt.proj, opt.w_hr_t
+
+
+def _variant_args(layer, ws, k: int, d: int) -> tuple:
+    """``_variants`` of the whole-sequence kernels: peep, clip, input_forget, acts, pre."""
+    return (*_variants(layer, k, d)[:4], ws.extra[k][d]["pre"])
+
+
 def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
     """``_forward_dir`` of LayerNormLSTM and of LSTM with zoneout."""
     ln, ex = layer._layer_norm, ws.extra[k][d]
@@ -111,7 +136,8 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
     rhat, chat, rstd, _, _ = _saved(layer, ex)
     args = (ws.y[k], ws.states[0][k][d], ws.states[1][k][d], ws.final[0][i], ws.final[1][i], gates,
             layer._w("weight_hh", k, d), bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1,
-            d * layer.hidden_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc)
+            d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc,
+            *_variant_args(layer, ws, k, d), ex["ctil"], *_variants(layer, k, d)[4:], ex["m"])
     layer._rows(ws, P.lnlstm_forward, args)
 
 
@@ -124,10 +150,16 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     rhat, chat, rstd, dr, du = _saved(layer, ex)
     args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i], gates, h,
             c, layer._w("weight_hh", k, d), layer._carry_weights(ws, k, d), ws.lengths, d == 1,
-            d * layer.hidden_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc)
+            d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
+            *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"])
     layer._rows(ws, P.lnlstm_backward, args)
     # gates now holds dz, the gradients of the gate pre-activations
     hprev = layer._hprev(h, d)
+    if layer.proj_size:
+        layer._proj_grads(ws, k, d)
+    if layer.peephole:  # c̃ is c's new slot unless zoneout kept it apart (then ctil)
+        c_new = ex["ctil"] if layer.zoneout else (c[:-1] if d == 1 else c[1:])
+        layer._peephole_grads(k, d, gates, layer._hprev(c, d), c_new)
     if not ln:
         db = layer._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too
         layer._hidden_grads(ws, k, d, gates, hprev, db=db)
@@ -163,4 +195,4 @@ def step_args(layer, k: int) -> tuple:
     g_ih = layer.params[f"ln_weight_ih_l{k}"] if ln else layer._empty1
     return (layer._w("weight_ih", k, 0), layer._w("weight_hh", k, 0), layer._p("bias_ih", k, 0),
             layer._p("bias_hh", k, 0), ln, g_ih, g_hh, g_c, b_c,
-            layer.dtype.type(layer.zoneout), layer._step_work)
+            layer.dtype.type(layer.zoneout), *_variants(layer, k, 0), layer._step_work)

@@ -43,10 +43,12 @@ class LSTM(RecurrentLayer):
     - ``forget_bias=v``: adds v to the forget gate's ``bias_ih`` at init (Keras's
       ``unit_forget_bias`` is v = 1 with zero biases).
 
-    ``zoneout=p`` (Krueger et al., 2017; not with the variants above): in training forwards
+    ``zoneout=p`` (Krueger et al., 2017; with any of the variants above): in training forwards
     each unit of h and of c keeps its previous value with probability p (masks from the
     layer's seeded stream, as dropout's), h = m_h⊙h_prev + (1 − m_h)⊙o⊙tanh(c̃), c = m_c⊙c_prev
-    + (1 − m_c)⊙c̃ with c̃ = f⊙c_prev + i⊙g; inference uses the expectation (m = p).
+    + (1 − m_c)⊙c̃ with c̃ = f⊙c_prev + i⊙g; inference uses the expectation (m = p). The
+    new h reads c̃ (and so does o's peephole); with ``proj_size`` m_h applies to the
+    projected h.
     """
 
     _G = 4
@@ -79,9 +81,6 @@ class LSTM(RecurrentLayer):
         self.input_forget = bool(input_forget)
         self.forget_bias = float(forget_bias)
         self._set_zoneout(zoneout)
-        if self.zoneout and not self._plain():
-            raise ValueError("zoneout needs the plain cell: no proj_size, peephole, clip, "
-                             "input_forget or activations")
         self._init_params()
         self._empty1 = np.zeros(0, self.dtype)
         self._empty2 = np.zeros((0, 0), self.dtype)
@@ -133,6 +132,7 @@ class LSTM(RecurrentLayer):
         return dict(pre=e(T, B, 4 * H) if save else none,
                     m=e(T, B, H) if self.proj_size else none,
                     dh_all=e(T, B, P) if self.proj_size else none,
+                    ctil=e(T, B, H) if self.peephole and self.zoneout else none,
                     **self._zoneout_buffers(T, B, e))
 
     def __call__(self, x, state: Optional[State] = None, lengths=None):
@@ -170,10 +170,9 @@ class LSTM(RecurrentLayer):
         if self._layer_norm or self.zoneout:
             from . import lnlstm
             return lnlstm.backward_dir(self, ws, k, d, inp, dy, dx)
-        i, H, ex = k * self.num_directions + d, self.hidden_size, ws.extra[k][d]
+        i, ex = k * self.num_directions + d, ws.extra[k][d]
         gates = ws.gates[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
-        sfx = self._suffixes()[d]
         w, col = self._w("weight_hh", k, d), d * self._out_size
         parts = self._unit_parts(ws)
         if parts:  # as in _forward_dir
@@ -192,16 +191,27 @@ class LSTM(RecurrentLayer):
         # The gates buffer now holds the gate gradients.
         db = self._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too
         self._hidden_grads(ws, k, d, gates, self._hprev(h, d), db=db)
-        T, B = ws.key
         if self.proj_size:
-            gw_t = self.grads[f"weight_hr_l{k}{sfx}"].T  # the storage layout (see _weight_grads)
-            gw_t += ex["m"].reshape(T * B, H).T @ ex["dh_all"].reshape(T * B, -1)
+            self._proj_grads(ws, k, d)
         if self.peephole:
-            c_prev, c_new = self._hprev(c, d), (c[:-1] if d == 1 else c[1:])
-            dp = self.grads[f"peephole_l{k}{sfx}"]
-            dp[:H] += np.einsum("tbj,tbj->j", gates[..., :H], c_prev)
-            dp[H:2 * H] += np.einsum("tbj,tbj->j", gates[..., H:2 * H], c_prev)
-            dp[2 * H:] += np.einsum("tbj,tbj->j", gates[..., 3 * H:], c_new)
+            self._peephole_grads(k, d, gates, self._hprev(c, d), c[:-1] if d == 1 else c[1:])
+
+    def _proj_grads(self, ws: Workspace, k: int, d: int) -> None:
+        """Add W_hr's gradient: Σ_t m_tᵀ dh_t over the saved m and dh_all."""
+        T, B = ws.key
+        ex = ws.extra[k][d]
+        gw_t = self.grads[f"weight_hr_l{k}{self._suffixes()[d]}"].T  # the storage layout
+        gw_t += ex["m"].reshape(T * B, self.hidden_size).T @ ex["dh_all"].reshape(T * B, -1)
+
+    def _peephole_grads(self, k: int, d: int, dz: np.ndarray, c_prev: np.ndarray,
+                        c_new: np.ndarray) -> None:
+        """Add the peepholes' gradients: dz (T, B, 4H) the gate pre-activations' gradients,
+        c_prev, c_new (T, B, H) the cell state each step reads and the one o reads."""
+        H = self.hidden_size
+        dp = self.grads[f"peephole_l{k}{self._suffixes()[d]}"]
+        dp[:H] += np.einsum("tbj,tbj->j", dz[..., :H], c_prev)
+        dp[H:2 * H] += np.einsum("tbj,tbj->j", dz[..., H:2 * H], c_prev)
+        dp[2 * H:] += np.einsum("tbj,tbj->j", dz[..., 3 * H:], c_new)
 
     def _split_units(self) -> bool:
         return self._plain() and not self.zoneout
@@ -225,7 +235,7 @@ class LSTM(RecurrentLayer):
                 self._p("bias_hh", k, 0), *options, self._step_work)
 
     def _work_size(self) -> int:
-        return (11 if self.zoneout else 9) * self.hidden_size  # see lnlstm_step
+        return (16 if self.zoneout else 9) * self.hidden_size  # see lnlstm_step
 
     def _scratch(self, B: int, e) -> tuple:
         H, P = self.hidden_size, self._out_size

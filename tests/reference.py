@@ -63,12 +63,59 @@ class _Cell:
 
 
 # ---- cells ----------------------------------------------------------------------------
+def _lstm_gates(cell, w, z, c):
+    """The LSTM's gates from the pre-activations z (4H), with the variants: peepholes add
+    p_i⊙c, p_f⊙c to z_i, z_f (p_o⊙c' to z_o: see ``_lstm_out``), clip inside the Act
+    objects, input_forget f = 1 − i. Returns i, f, g, c', the (peepholed) z_i, z_f, z_g."""
+    H = c.shape[0]
+    zi, zf, zg = z[:H], z[H:2 * H], z[2 * H:3 * H]
+    if cell.peephole:
+        p = w["peephole"]
+        zi, zf = zi + p[:H] * c, zf + p[H:2 * H] * c
+    i, g = cell.fa(zi), cell.ga(zg)
+    f = 1 - i if cell.input_forget else cell.fa(zf)
+    return i, f, g, f * c + i * g, (zi, zf, zg)
+
+
+def _lstm_out(cell, w, z, c_new):
+    """o and its pre-activation z_o (with p_o⊙c')."""
+    H = c_new.shape[0]
+    zo = z[3 * H:]
+    if cell.peephole:
+        zo = zo + w["peephole"][2 * H:] * c_new
+    return cell.fa(zo), zo
+
+
+def _lstm_back(cell, w, saved, dc, dc_new, do, dw):
+    """From the gradients of c' (dc, carried, and dc_new, through h; o's peephole not yet
+    added) and of o (do), the gradients dz (4H) and of c, filling dw's peephole. saved: the
+    step's (x, h, c, i, f, g, o, c', (z_i, z_f, z_g, z_o), …)."""
+    _, _, c, i, f, g, _, c_new, (zi, zf, zg, zo) = saved[:9]
+    H = c.shape[0]
+    dzo = do * cell.fa.d(zo)
+    dct = dc + dc_new
+    if cell.peephole:
+        dct = dct + dzo * w["peephole"][2 * H:]
+    dzi = dct * g
+    if cell.input_forget:
+        dzi, dzf = dzi - dct * c, np.zeros(H)
+    else:
+        dzf = dct * c * cell.fa.d(zf)
+    dzi = dzi * cell.fa.d(zi)
+    dzg = dct * i * cell.ga.d(zg)
+    dc_prev = dct * f
+    if cell.peephole:
+        p = w["peephole"]
+        dc_prev = dc_prev + dzi * p[:H] + dzf * p[H:2 * H]
+        dw["peephole"] = np.concatenate([dzi * c, dzf * c, dzo * c_new])
+    return np.concatenate([dzi, dzf, dzg, dzo]), dc_prev
+
+
 class LSTMCell(_Cell):
     """i = σ(W_ii x + b_ii + W_hi h + b_hi), f = σ(…), g = tanh(…), o = σ(…),
     c' = f⊙c + i⊙g, h' = o⊙tanh(c'). State (h, c); output h.
 
-    Variants (peephole, input_forget, proj forward only; their gradients are checked by
-    finite differences; clip and acts also backward):
+    Variants, each with its gradients:
     peephole: i and f add p_i⊙c, p_f⊙c and o adds p_o⊙c' (``peephole`` = p_i, p_f, p_o);
     clip: every gate pre-activation clamped to [-clip, clip] just before its activation;
     input_forget: f = 1 − i; proj: h' = W_hr (o⊙tanh(c'));
@@ -81,42 +128,30 @@ class LSTMCell(_Cell):
         self.acts = acts
         self.fa, self.ga, self.ha = _acts(("Sigmoid", "Tanh", "Tanh"), acts, clip, d)
         self.hact = _acts(("Sigmoid", "Tanh", "Tanh"), acts, None, d)[2]  # h(c) is not clipped
-        self.plain = not (peephole or input_forget or proj)
 
     def direction(self, d):
-        return LSTMCell(self.peephole, self.clip, self.input_forget, self.proj, self.acts, d)
+        return type(self)(self.peephole, self.clip, self.input_forget, self.proj, self.acts, d)
 
     def step(self, w, x, state):
         h, c = state
-        H = c.shape[0]
         z = w["weight_ih"] @ x + w["bias_ih"] + w["weight_hh"] @ h + w["bias_hh"]
-        zi, zf, zg, zo = z[:H], z[H:2 * H], z[2 * H:3 * H], z[3 * H:]
-        if self.peephole:
-            p = w["peephole"]
-            zi, zf = zi + p[:H] * c, zf + p[H:2 * H] * c
-        i, g = self.fa(zi), self.ga(zg)
-        f = 1 - i if self.input_forget else self.fa(zf)
-        c_new = f * c + i * g
-        if self.peephole:
-            zo = zo + w["peephole"][2 * H:] * c_new
-        o = self.fa(zo)
-        h_new = o * self.hact(c_new)
-        if self.proj:
-            h_new = w["weight_hr"] @ h_new
-        return (h_new, c_new), (x, h, c, i, f, g, o, c_new, (zi, zf, zg, zo))
+        i, f, g, c_new, zs = _lstm_gates(self, w, z, c)
+        o, zo = _lstm_out(self, w, z, c_new)
+        m = o * self.hact(c_new)
+        h_new = w["weight_hr"] @ m if self.proj else m
+        return (h_new, c_new), (x, h, c, i, f, g, o, c_new, zs + (zo,), m)
 
     def step_back(self, w, saved, dstate):
-        assert self.plain, "the reference differentiates the LSTM without peephole, input_forget, proj"
-        x, h, c, i, f, g, o, c_new, (zi, zf, zg, zo) = saved
+        x, h, c, i, f, g, o, c_new, zs, m = saved
         dh, dc = dstate
-        tc = self.hact(c_new)
-        do = dh * tc
-        dc = dc + dh * o * self.hact.d(c_new)
-        di, df, dg = dc * g, dc * c, dc * i
-        dz = np.concatenate([di * self.fa.d(zi), df * self.fa.d(zf), dg * self.ga.d(zg),
-                             do * self.fa.d(zo)])
-        dw = dict(weight_ih=np.outer(dz, x), weight_hh=np.outer(dz, h), bias_ih=dz, bias_hh=dz)
-        return w["weight_ih"].T @ dz, (w["weight_hh"].T @ dz, dc * f), dw
+        dw = {}
+        if self.proj:
+            dw["weight_hr"] = np.outer(dh, m)
+            dh = w["weight_hr"].T @ dh
+        dz, dc_prev = _lstm_back(self, w, saved, dc, dh * o * self.hact.d(c_new),
+                                 dh * self.hact(c_new), dw)
+        dw.update(weight_ih=np.outer(dz, x), weight_hh=np.outer(dz, h), bias_ih=dz, bias_hh=dz)
+        return w["weight_ih"].T @ dz, (w["weight_hh"].T @ dz, dc_prev), dw
 
 
 class GRUCell(_Cell):
@@ -222,37 +257,45 @@ def layer_norm_back(dn, n, rstd):
     return rstd * (dn - dn.mean() - n * (dn * n).mean())
 
 
-class LayerNormLSTMCell(_Cell):
+class LayerNormLSTMCell(LSTMCell):
     """z = γ_ih⊙LN(W_ih x) + b_ih + γ_hh⊙LN(W_hh h) + b_hh; i, f, g, o from z as the LSTM;
     c' = f⊙c + i⊙g; h' = o⊙tanh(γ_c⊙LN(c') + β_c). γ: ``ln_weight_ih``, ``ln_weight_hh``,
-    ``ln_weight_c``; β_c: ``ln_bias_c`` (zero when absent)."""
-    G, n_states = 4, 2
+    ``ln_weight_c``; β_c: ``ln_bias_c`` (zero when absent).
+
+    The LSTM's variants enter after the normalisations: peepholes add to the normalised z
+    (o's reads c', not LN(c')), clip clamps the final pre-activations, input_forget sets
+    f = 1 − i, acts replace σ, tanh and the h function (applied to γ_c⊙LN(c') + β_c), proj
+    multiplies o⊙h(·) by W_hr."""
 
     def step(self, w, x, state):
         h, c = state
-        H = c.shape[0]
         xn, rx = layer_norm(w["weight_ih"] @ x)
         hn, rh = layer_norm(w["weight_hh"] @ h)
         z = w["ln_weight_ih"] * xn + w["bias_ih"] + w["ln_weight_hh"] * hn + w["bias_hh"]
-        i, f, g, o = sigmoid(z[:H]), sigmoid(z[H:2 * H]), np.tanh(z[2 * H:3 * H]), sigmoid(z[3 * H:])
-        c_new = f * c + i * g
+        i, f, g, c_new, zs = _lstm_gates(self, w, z, c)
+        o, zo = _lstm_out(self, w, z, c_new)
         cn, rc = layer_norm(c_new)
-        u = np.tanh(w["ln_weight_c"] * cn + w.get("ln_bias_c", 0))
-        return (o * u, c_new), (x, h, c, i, f, g, o, xn, rx, hn, rh, cn, rc, u)
+        a = w["ln_weight_c"] * cn + w.get("ln_bias_c", 0)
+        m = o * self.hact(a)
+        h_new = w["weight_hr"] @ m if self.proj else m
+        return (h_new, c_new), (x, h, c, i, f, g, o, c_new, zs + (zo,), m, xn, rx, hn, rh, cn,
+                                rc, a)
 
     def step_back(self, w, saved, dstate):
-        x, h, c, i, f, g, o, xn, rx, hn, rh, cn, rc, u = saved
+        x, h, c, i, f, g, o, c_new, zs, m, xn, rx, hn, rh, cn, rc, a = saved
         dh, dc = dstate
-        do = dh * u
-        du = dh * o * (1 - u ** 2)
-        dc = dc + layer_norm_back(du * w["ln_weight_c"], cn, rc)
-        dz = np.concatenate([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g ** 2),
-                             do * o * (1 - o)])
+        dw = {}
+        if self.proj:
+            dw["weight_hr"] = np.outer(dh, m)
+            dh = w["weight_hr"].T @ dh
+        da = dh * o * self.hact.d(a)
+        dz, dc_prev = _lstm_back(self, w, saved, dc, layer_norm_back(da * w["ln_weight_c"], cn, rc),
+                                 dh * self.hact(a), dw)
         dxw = layer_norm_back(dz * w["ln_weight_ih"], xn, rx)
         dhw = layer_norm_back(dz * w["ln_weight_hh"], hn, rh)
-        dw = dict(weight_ih=np.outer(dxw, x), weight_hh=np.outer(dhw, h), bias_ih=dz, bias_hh=dz,
-                  ln_weight_ih=dz * xn, ln_weight_hh=dz * hn, ln_weight_c=du * cn, ln_bias_c=du)
-        return w["weight_ih"].T @ dxw, (w["weight_hh"].T @ dhw, dc * f), dw
+        dw.update(weight_ih=np.outer(dxw, x), weight_hh=np.outer(dhw, h), bias_ih=dz, bias_hh=dz,
+                  ln_weight_ih=dz * xn, ln_weight_hh=dz * hn, ln_weight_c=da * cn, ln_bias_c=da)
+        return w["weight_ih"].T @ dxw, (w["weight_hh"].T @ dhw, dc_prev), dw
 
 
 class Zoneout(_Cell):

@@ -9,12 +9,34 @@ import nlstm
 import reference as R
 from gradcheck import sampled_numeric_grad
 
+# the LSTM's variants (proj_size aside), in nlstm's and the oracle's spelling
+ACTS = dict(activations=("HardSigmoid", "Softsign", "Elu"), activation_alpha=[0.3, 0.8],
+            activation_beta=[0.45])
+REF_ACTS = [[("HardSigmoid", 0.3, 0.45), ("Softsign", 0, 0), ("Elu", 0.8, 0)]]
+ONNX = dict(peephole=True, clip=1.5, input_forget=True)
+
+
+def _with(cls, **kw):
+    return lambda *a, **k: cls(*a, **kw, **k)
+
+
 ZONEOUT_KINDS = {
     "lstm": (nlstm.LSTM, R.LSTMCell),
     "lnlstm": (nlstm.LayerNormLSTM, R.LayerNormLSTMCell),
     "gru": (nlstm.GRU, lambda: R.GRUCell(True)),
     "gru_lbr0": (lambda *a, **k: nlstm.GRU(*a, linear_before_reset=False, **k),
                  lambda: R.GRUCell(False)),
+    "lstm_peephole": (_with(nlstm.LSTM, peephole=True), lambda: R.LSTMCell(peephole=True)),
+    "lstm_clip": (_with(nlstm.LSTM, clip=0.9), lambda: R.LSTMCell(clip=0.9)),
+    "lstm_input_forget": (_with(nlstm.LSTM, input_forget=True),
+                          lambda: R.LSTMCell(input_forget=True)),
+    "lstm_acts": (_with(nlstm.LSTM, **ACTS), lambda: R.LSTMCell(acts=REF_ACTS)),
+    "lstm_all_onnx": (_with(nlstm.LSTM, **ONNX, **ACTS), lambda: R.LSTMCell(**ONNX, acts=REF_ACTS)),
+    "lnlstm_all_onnx": (_with(nlstm.LayerNormLSTM, **ONNX, **ACTS),
+                        lambda: R.LayerNormLSTMCell(**ONNX, acts=REF_ACTS)),
+    "lstm_proj": (_with(nlstm.LSTM, proj_size=3, peephole=True), lambda: R.LSTMCell(proj=True, peephole=True)),
+    "lnlstm_proj": (_with(nlstm.LayerNormLSTM, proj_size=2, **ACTS),
+                    lambda: R.LayerNormLSTMCell(proj=True, acts=REF_ACTS)),
 }
 
 
@@ -205,13 +227,25 @@ def test_bad_zoneout(cls, bad):
         cls(3, 4, zoneout=bad)
 
 
-@pytest.mark.parametrize("variant", [dict(proj_size=2), dict(peephole=True), dict(clip=1.0),
-                                     dict(input_forget=True)])
-def test_zoneout_needs_the_plain_lstm(variant):
-    with pytest.raises(ValueError, match="zoneout"):
-        nlstm.LSTM(3, 4, zoneout=0.1, **variant)
-    with pytest.raises(TypeError):
-        nlstm.LayerNormLSTM(3, 4, **variant)
+@pytest.mark.parametrize("variant", [dict(peephole=True), dict(clip=1.0), dict(input_forget=True),
+                                     dict(activations=("HardSigmoid", "Tanh", "Tanh"))])
+def test_layernorm_lstm_variants_change_the_output(variant):
+    x = np.random.default_rng(0).standard_normal((6, 2, 3))
+    plain = _model("lnlstm", 0.0, seed=4)
+    m = nlstm.LayerNormLSTM(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=4,
+                            **variant)
+    for k, a in plain.params.items():
+        m.params[k][...] = a
+    if "peephole" in variant:
+        for k in m.params:
+            if k.startswith("peephole"):
+                m.params[k][...] = 0.5
+    if "clip" in variant:
+        for k in m.params:
+            if k.startswith("weight") or k.startswith("ln_weight"):
+                m.params[k] *= 3
+        plain.load_state_dict(m.state_dict())
+    assert np.abs(m(x)[0] - plain(x)[0]).max() > 1e-3
 
 
 @pytest.mark.parametrize("cls", [nlstm.LayerNormLSTM, nlstm.LSTM, nlstm.GRU])
@@ -281,3 +315,18 @@ def test_inspect_refuses_what_it_cannot_read():
         nlstm.inspect(nlstm.LayerNormLSTM(3, 4), x, dy=np.ones((3, 2, 4), np.float32))
     with pytest.raises(ValueError, match="zoneout"):
         nlstm.inspect(nlstm.LSTM(3, 4, zoneout=0.1), x, dy=np.ones((3, 2, 4), np.float32))
+
+
+@pytest.mark.parametrize("cls", [nlstm.LayerNormLSTM, nlstm.LSTM])
+def test_variants_with_zoneout_save_load_and_state_dict(cls, tmp_path):
+    m = cls(3, 4, num_layers=2, bidirectional=True, seed=3, zoneout=0.2, proj_size=2, **ONNX,
+            **ACTS)
+    names = set(m.state_dict())
+    assert {"peephole_l0", "peephole_l1_reverse", "weight_hr_l1_reverse"} <= names
+    assert ("ln_weight_c_l1_reverse" in names) == (cls is nlstm.LayerNormLSTM)
+    m2 = nlstm.load(nlstm.save(m, tmp_path / "m.npz"))
+    assert type(m2) is cls and m2.get_config() == m.get_config()
+    assert m2.clip == 1.5 and m2.peephole and m2.input_forget and m2.zoneout == 0.2
+    assert m2.proj_size == 2 and m2(np.zeros((1, 3), np.float32))[0].shape == (1, 4)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(m(x)[0], m2(x)[0])

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import nlstm  # noqa: E402
-from cases import ALL_KINDS, KINDS, TOL, TORCH_KINDS, as_list, run_nlstm, state3, time_major  # noqa: E402
+from cases import (ALL_KINDS, KINDS, TORCH_KINDS, as_list, run_nlstm, state3,  # noqa: E402
+                   time_major, tolerance)
 from test_vs_reference import run_reference  # noqa: E402
 
 BOUNDED = settings(max_examples=100, deadline=None, derandomize=True, database=None,
@@ -59,8 +60,8 @@ def configs(draw, kinds=tuple(ALL_KINDS), zero_lengths=True):
                 dfinal=[cast(rng.standard_normal(s)) for s in s_shapes])
 
 
-def _close(got, want, dtype, what):
-    np.testing.assert_allclose(got, want, err_msg=what, **TOL[dtype])
+def _close(got, want, dtype, what, kind=""):
+    np.testing.assert_allclose(got, want, err_msg=what, **tolerance(kind, dtype, want))
 
 
 @BOUNDED
@@ -69,19 +70,19 @@ def test_every_cell_and_option_matches_the_float64_reference(case):
     """Outputs and final states of every cell and LSTM variant; every gradient for the
     cells the oracle differentiates (the variants' gradients: torch and finite differences
     in their own tests)."""
-    m, dtype = case["model"], case["model"].dtype.type
+    m, dtype, kind = case["model"], case["model"].dtype.type, case["kind"]
     with_grads = case["kind"] in KINDS
     got = run_nlstm(case)
     want = run_reference(case, forward_only=not with_grads)
-    _close(time_major(case, got["y"]), want["y"], dtype, "y")
+    _close(time_major(case, got["y"]), want["y"], dtype, "y", kind)
     for i, (g, w) in enumerate(zip(got["final"], want["final"])):
-        _close(state3(case, g), w, dtype, f"final[{i}]")
+        _close(state3(case, g), w, dtype, f"final[{i}]", kind)
     if with_grads:
-        _close(time_major(case, got["dx"]), want["dx"], dtype, "dx")
+        _close(time_major(case, got["dx"]), want["dx"], dtype, "dx", kind)
         for i, (g, w) in enumerate(zip(got["dinit"], want["dinit"])):
-            _close(state3(case, g), w, dtype, f"dinit[{i}]")
+            _close(state3(case, g), w, dtype, f"dinit[{i}]", kind)
         for k, g in want["grads"].items():
-            _close(got["grads"][k], g, dtype, k)
+            _close(got["grads"][k], g, dtype, k, kind)
     # Streaming one step at a time gives the sequence's outputs (unidirectional, full length).
     if not m.bidirectional and case["lengths"] is None:
         xt = time_major(case, case["x"])
@@ -90,7 +91,7 @@ def test_every_cell_and_option_matches_the_float64_reference(case):
         y_seq = time_major(case, got["y"])
         for t in range(case["T"]):
             y_t, state = m.step(xt[t], state)
-            _close(y_t, y_seq[t], dtype, f"step {t}")
+            _close(y_t, y_seq[t], dtype, f"step {t}", kind)
 
 
 @BOUNDED

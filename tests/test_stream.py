@@ -26,13 +26,18 @@ def test_stream_equals_sequence(kind, dtype, batch):
     x = rng.standard_normal(shape).astype(dtype)
     y, final = m(x)
     s = m.stream(batch_size=batch)
+    tol = TOL[dtype]
+    if kind.startswith("lnlstm") and dtype == np.float32:
+        # the step's W·x is a row product, the sequence's one GEMM: their float32 rounding
+        # differs, and the normalisations scale it by 1/σ (seen: 7e-6)
+        tol = dict(tol, atol=2e-5)
     for t in range(7):
         y_t = s(x[t])
         assert y_t.dtype == dtype and y_t.shape == y[t].shape
-        np.testing.assert_allclose(y_t, y[t], err_msg=f"y[{t}]", **TOL[dtype])
+        np.testing.assert_allclose(y_t, y[t], err_msg=f"y[{t}]", **tol)
     for a, b in zip(_arrays(s.state), _arrays(final)):
         assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, **TOL[dtype])
+        np.testing.assert_allclose(a, b, **tol)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])

@@ -32,18 +32,19 @@ def run_reference(case, forward_only=False):
 def test_matches_reference(kind, seed, dtype):
     case = make_case(seed, dtype, kind)
     got, want = run_nlstm(case), run_reference(case)
-    tol = tolerance(kind, dtype)
     for name in ("y", "dx"):
         assert got[name].dtype == dtype, name
-        np.testing.assert_allclose(time_major(case, got[name]), want[name], err_msg=name, **tol)
+        np.testing.assert_allclose(time_major(case, got[name]), want[name], err_msg=name,
+                                   **tolerance(kind, dtype, want[name]))
     for name in ("final", "dinit"):
         assert len(got[name]) == len(want[name])
         for i, (g, w) in enumerate(zip(got[name], want[name])):
             assert g.dtype == dtype
-            np.testing.assert_allclose(state3(case, g), w, err_msg=f"{name}[{i}]", **tol)
+            np.testing.assert_allclose(state3(case, g), w, err_msg=f"{name}[{i}]",
+                                       **tolerance(kind, dtype, w))
     assert set(got["grads"]) == set(want["grads"])
     for k, g in want["grads"].items():
-        np.testing.assert_allclose(got["grads"][k], g, err_msg=k, **tol)
+        np.testing.assert_allclose(got["grads"][k], g, err_msg=k, **tolerance(kind, dtype, g))
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -69,10 +70,26 @@ def test_variant_forward_matches_reference(kind, seed, dtype):
     for k in m.params:  # weights large enough that clipping really happens
         m.params[k] *= 3
     got, want = run_nlstm(case), run_reference(case, forward_only=True)
-    tol = TOL[dtype]
+    tol = tolerance(kind, dtype)
     np.testing.assert_allclose(time_major(case, got["y"]), want["y"], err_msg="y", **tol)
     for i, (g, w) in enumerate(zip(got["final"], want["final"])):
         np.testing.assert_allclose(state3(case, g), w, err_msg=f"final[{i}]", **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("kind", list(VARIANTS))
+def test_variant_gradients_match_reference(kind, seed, dtype):
+    case = make_case(seed, dtype, kind)
+    got, want = run_nlstm(case), run_reference(case)
+    tol = lambda w: tolerance(kind, dtype, w)
+    np.testing.assert_allclose(time_major(case, got["dx"]), want["dx"], err_msg="dx",
+                               **tol(want["dx"]))
+    for i, (g, w) in enumerate(zip(got["dinit"], want["dinit"])):
+        np.testing.assert_allclose(state3(case, g), w, err_msg=f"dinit[{i}]", **tol(w))
+    assert set(got["grads"]) == set(want["grads"])
+    for k, g in want["grads"].items():
+        np.testing.assert_allclose(got["grads"][k], g, err_msg=k, **tol(g))
 
 
 @pytest.mark.parametrize("B,full,D", [(9, 6, 1), (40, 34, 2)])
@@ -114,7 +131,7 @@ def test_large_weights(kind, B, full, D):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("kind", list(KINDS) + ["lstm_proj"])
+@pytest.mark.parametrize("kind", list(KINDS) + ["lstm_proj", "lnlstm_proj"])
 def test_large_batch_block_path(kind, threads):
     """Batches big enough for the BLAS block product per step (and, with 2 threads, row
     ranges per thread, and whole-sequence products split by rows and gate columns), with

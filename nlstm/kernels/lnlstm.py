@@ -20,8 +20,9 @@ dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`, per-step block p
 """
 import numpy as np
 
-from .activations import cast_like, sigmoid, tanh
-from .blocks import active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_nn
+from .activations import cast_like, dact, dgate, gate, gates_inplace, sigmoid, tanh
+from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_dots,
+                     row_nn)
 from .config import kernel
 from .simd import wide
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
@@ -115,8 +116,24 @@ def normalize_input_back(b0, b1, dgates, xhat, rstd, gamma, lengths):
 
 
 @kernel
-def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
-    """The pointwise step of one row: gates, cell, the cell's normalisation, zoneout.
+def _zoneout(hn, hp, zh, cn, ct, cp, zc):
+    """The step's end: hn += zh ⊙ (hp − hn) (zh empty: none), cn = ct + zc ⊙ (cp − ct) (zc
+    empty: cn = ct); all (H,)."""
+    if zh.shape[0] > 0:
+        for j in range(hn.shape[0]):
+            hn[j] += zh[j] * (hp[j] - hn[j])
+    if zc.shape[0] > 0:
+        for j in range(cn.shape[0]):
+            cn[j] = ct[j] + zc[j] * (cp[j] - ct[j])
+    else:
+        for j in range(cn.shape[0]):
+            cn[j] = ct[j]
+
+
+@kernel
+def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
+    """``_cell`` without the variants: branch-free loops that LLVM vectorises (the variants'
+    invariant branches inside ``_cell``'s loops kept it from doing so: 25% slower).
 
     g: (4H,) pre-activations in, post-activation gates i, f, g, o out; cp, hp: (H,) the state
     before; cn, hn: (H,) out, the state after; ct: (H,) out: c̃; chat: (H,) out with ``ln``:
@@ -133,7 +150,6 @@ def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     for j in range(H):
         ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
     rs = cast_like(g, 0)
-    zo = zh.shape[0] > 0
     if ln:
         rs = normalize(ct, chat, EPS)
         for j in range(H):
@@ -141,19 +157,13 @@ def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     else:
         for j in range(H):
             hn[j] = go[j] * tanh(ct[j])
-    if zo:
-        for j in range(H):
-            hn[j] += zh[j] * (hp[j] - hn[j])
-            cn[j] = ct[j] + zc[j] * (cp[j] - ct[j])
-    else:
-        for j in range(H):
-            cn[j] = ct[j]
+    _zoneout(hn, hp, zh, cn, ct, cp, zc)
     return rs
 
 
 @kernel
-def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
-    """The pointwise backward of one row and step.
+def _cell_back_plain(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
+    """``_cell_back`` without the variants (see ``_cell_plain``).
 
     g: (4H,) post-activation gates; dg: (4H,) out: the pre-activation gradients dz (may
     alias g: each index of g is read before that index of dg is written); dht: (H,) the
@@ -203,8 +213,169 @@ def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
 
 
 @kernel
+def _act_o(go, pre_o, acts, clip, gen):
+    """The output gate's activation (in place), after its peephole: acts[0] (``gen``), else
+    σ, clamped to ±clip (pre-activations kept in pre_o when clip or acts are on)."""
+    if gen:
+        gates_inplace(go, pre_o, acts[0], clip)
+        return
+    if clip < np.inf:
+        for j in range(go.shape[0]):
+            pre_o[j] = go[j]
+            go[j] = min(max(go[j], -clip), clip)
+    for j in range(go.shape[0]):
+        go[j] = sigmoid(go[j])
+
+
+@kernel
+def _cell(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc, peep, clip, input_forget, acts,
+          pre):
+    """The pointwise step of one row: variants, gates, cell, the cell's normalisation, zoneout.
+
+    g: (4H,) pre-activations in, post-activation gates i, f, g, o out; cp, hp: (H,) the state
+    before; cn, hn: (H,) out, the state after (hn: o⊙h(·) before a projection, which passes
+    zh empty and applies it after); ct: (H,) out: c̃; chat: (H,) out with ``ln``:
+    LN(c̃); g_c, b_c: (H,) γ_c, β_c; zh, zc: (H,) zoneout masks, or empty; peep: (3H,) or
+    empty; clip: inf when off; acts: (3, 3) rows of f, g, h, or (0, 3); pre: (4H,) out with
+    clip or acts: the pre-activations before the clamp. Returns LN(c̃)'s rstd (0 without
+    ``ln``)."""
+    H = cp.shape[0]
+    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
+    has_peep = peep.shape[0] > 0
+    gen = acts.shape[0] > 0
+    if has_peep:
+        p_i, p_f = peep[:H], peep[H:2 * H]
+        for j in range(H):
+            gi[j] += p_i[j] * cp[j]
+            gf[j] += p_f[j] * cp[j]
+    if gen:
+        gates_inplace(g[:2 * H], pre[:2 * H], acts[0], clip)
+        gates_inplace(gg, pre[2 * H:3 * H], acts[1], clip)
+    else:
+        if clip < np.inf:
+            for j in range(3 * H):
+                pre[j] = g[j]
+                g[j] = min(max(g[j], -clip), clip)
+        for j in range(H):
+            gi[j] = sigmoid(gi[j])
+            gf[j] = sigmoid(gf[j])
+            gg[j] = tanh(gg[j])
+    if input_forget:
+        one = cast_like(g, 1)
+        for j in range(H):
+            gf[j] = one - gi[j]
+    for j in range(H):
+        ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
+    if has_peep:
+        p_o = peep[2 * H:3 * H]
+        for j in range(H):
+            go[j] += p_o[j] * ct[j]
+    _act_o(go, pre[3 * H:4 * H], acts, clip, gen)  # pre is empty unless clip or acts
+    rs = cast_like(g, 0)
+    if ln:
+        rs = normalize(ct, chat, EPS)
+        if gen:
+            for j in range(H):
+                hn[j] = go[j] * gate(acts[2], g_c[j] * chat[j] + b_c[j], np.inf)
+        else:
+            for j in range(H):
+                hn[j] = go[j] * tanh(g_c[j] * chat[j] + b_c[j])
+    elif gen:
+        for j in range(H):
+            hn[j] = go[j] * gate(acts[2], ct[j], np.inf)
+    else:
+        for j in range(H):
+            hn[j] = go[j] * tanh(ct[j])
+    _zoneout(hn, hp, zh, cn, ct, cp, zc)
+    return rs
+
+
+@kernel
+def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc, peep, clip, input_forget,
+               acts, pre):
+    """The pointwise backward of one row and step.
+
+    g: (4H,) post-activation gates; dg: (4H,) out: the pre-activation gradients dz (may
+    alias g: each index of g is read before that index of dg is written); dht: (H,) the
+    gradient of h̃ (overwritten: that of c̃ through h̃); dc:
+    (H,) in: the gradient of the cell state after the step, out: before it; cp: (H,) the
+    cell state before; chat, rs: LN(c̃) and its rstd (``ln``); du: (H,) out with ``ln``: the
+    gradient of a = γ_c ⊙ LN(c̃) + β_c; zc: (H,) the cell's zoneout mask, or empty; peep,
+    clip, input_forget, acts: as given to ``_cell``; pre: (4H,) its pre-activations (clip or
+    acts). σ and tanh derivatives come from the saved outputs, the general ones from pre.
+    """
+    H = cp.shape[0]
+    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
+    di, df, dgg, do = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:4 * H]
+    zo = zc.shape[0] > 0
+    has_peep = peep.shape[0] > 0
+    gen = acts.shape[0] > 0
+    clipped = clip < np.inf
+    zero = cast_like(g, 0)
+    one = cast_like(g, 1)
+    for j in range(H):
+        og = go[j]
+        a = g_c[j] * chat[j] + b_c[j] if ln else gf[j] * cp[j] + gi[j] * gg[j]  # c̃ recomputed
+        if gen:
+            ta = gate(acts[2], a, np.inf)
+            u = dht[j] * og * dact(int(acts[2, 0]), a, ta, acts[2, 1], acts[2, 2])
+            so = dgate(acts[0], pre[3 * H + j], og, clip)
+        else:
+            ta = tanh(a)
+            u = dht[j] * (og - og * ta * ta)
+            so = og - og * og
+            if clipped and abs(pre[3 * H + j]) > clip:
+                so = zero
+        do[j] = dht[j] * ta * so  # o is not read again
+        if ln:
+            du[j] = u
+            dht[j] = u * g_c[j]  # stored before normalize_back reads it (see there)
+        else:
+            dht[j] = u
+    if ln:  # dht: the gradient of c̃ through h̃
+        normalize_back(dht, chat, rs, dht)
+    for j in range(H):
+        ig = gi[j]
+        fg = gf[j]
+        gv = gg[j]
+        keep = zc[j] if zo else zero
+        d = dc[j] * (one - keep) + dht[j]  # the gradient of c̃
+        if has_peep:
+            d += do[j] * peep[2 * H + j]
+        if gen:
+            s_i = dgate(acts[0], pre[j], ig, clip)
+            s_f = dgate(acts[0], pre[H + j], fg, clip)
+            s_g = dgate(acts[1], pre[2 * H + j], gv, clip)
+        else:  # as the plain kernels write them (float32 rounds each form differently)
+            s_i = ig - ig * ig
+            s_f = fg - fg * fg
+            s_g = one - gv * gv
+            if clipped:
+                if abs(pre[j]) > clip:
+                    s_i = zero
+                if abs(pre[H + j]) > clip:
+                    s_f = zero
+                if abs(pre[2 * H + j]) > clip:
+                    s_g = zero
+        dzi = d * gv
+        dzf = d * cp[j] * s_f
+        if input_forget:  # f = 1 − i
+            dzi -= d * cp[j]
+            dzf = zero
+        dzi *= s_i
+        di[j] = dzi
+        df[j] = dzf
+        dgg[j] = d * ig * s_g if gen or clipped else d * (ig - ig * gv * gv)
+        dcp = d * fg + dc[j] * keep
+        if has_peep:
+            dcp += dzi * peep[j] + dzf * peep[H + j]
+        dc[j] = dcp
+
+
+@kernel
 def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
-                   ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc, rows, times, sp1, sp2, sg, sh):
+                   ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc, peep, clip, input_forget, acts,
+                   pre, ctil, proj, w_hr_t, m, rows, times, sp1, sp2, sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -217,19 +388,34 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
     rhat: (T, B, 4H) out: LN(W_hh h); chat: (T, B, H) out: LN(c̃); rstd: (T, B, 3) out at
     [..., 1] and [..., 2]: their rstd (all three empty without ``ln``)
     zh, zc: (T, B, H) zoneout masks of h and c, or empty
+    peep: (3H,) or empty; clip: inf when off; input_forget: bool; acts: (3, 3) or (0, 3)
+    (as in :mod:`nlstm.kernels.lstm`); pre: (T, B, 4H) out with clip or acts: the
+    pre-activations before the clamp, else empty; ctil: (T, B, H) out, or empty: c̃ (the
+    peepholes' gradient needs it when zoneout keeps c̃ out of c)
+    proj: bool; w_hr_t: (H, P) = W_hrᵀ, or empty; m: (T, B, H) out with ``proj``: o⊙h(·) of
+    every step, else empty (with a projection h, h0, h_n, y and W_hh have P features:
+    h = W_hr m, zoneout's zh applies to that)
     rows, times: (B,) int64 scratch; sp1, sp2: (B, H), sg: (B, 4H), sh: (B, H) scratch
     """
     T = gates.shape[0]
-    H = h.shape[2]
+    save = clip < np.inf or acts.shape[0] > 0
+    variants = save or input_forget or peep.shape[0] > 0
+    keep_ct = ctil.shape[2] > 0  # empty is (1, 1, 0)
+    H = c.shape[2]
+    P = h.shape[2]
     G = 4 * H
     begin_rows(b0, b1, h, h0, lengths, reverse)
     begin_rows(b0, b1, c, c0, lengths, reverse)
-    zero_padding(b0, b1, y, lengths, col, H)
+    zero_padding(b0, b1, y, lengths, col, P)
+    if proj:
+        zero_rows_past(b0, b1, m, lengths)
     zo = zh.shape[0] > 0
     none = sh[0, :0]
     if ln:  # the gradient products read every row of these
         zero_rows_past(b0, b1, rhat, lengths)
         zero_rows_past(b0, b1, chat, lengths)
+    if keep_ct:  # and of this one
+        zero_rows_past(b0, b1, ctil, lengths)
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
@@ -238,7 +424,7 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
             for i in range(n):
                 p, o = slots(times[i], reverse)
                 hp = h[p, rows[i]]
-                for k in range(H):
+                for k in range(P):
                     sp1[i, k] = hp[k]
             matmul_nn(sg, sp1, w_hh_t, n, 0, G)
             for i in range(n):
@@ -255,11 +441,29 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
             b = rows[i]
             t = times[i]
             p, o = slots(t, reverse)
-            rs = _cell(gates[t, b], c[p, b], h[p, b], c[o, b], h[o, b], sh[i], ln, g_c, b_c,
-                       chat[t, b] if ln else none, zh[t, b] if zo else none,
-                       zc[t, b] if zo else none)
+            hn = m[t, b] if proj else h[o, b]
+            zh_tb = zh[t, b] if zo and not proj else none
+            zc_tb = zc[t, b] if zo else none
+            if variants:
+                rs = _cell(gates[t, b], c[p, b], h[p, b], c[o, b], hn, sh[i], ln, g_c, b_c,
+                           chat[t, b] if ln else none, zh_tb, zc_tb, peep, clip, input_forget,
+                           acts, pre[t, b] if save else none)
+            else:  # the callers branch: one function holding both is not inlined (see rnn.py)
+                rs = _cell_plain(gates[t, b], c[p, b], h[p, b], c[o, b], hn, sh[i], ln, g_c, b_c,
+                                 chat[t, b] if ln else none, zh_tb, zc_tb)
+            if proj:  # h = W_hr m, then zoneout on it
+                ho = h[o, b]
+                row_nn(ho, hn, w_hr_t, 0, P)
+                if zo:
+                    zm = zh[t, b]
+                    hp = h[p, b]
+                    for j in range(P):
+                        ho[j] += zm[j] * (hp[j] - ho[j])
             if ln:
                 rstd[t, b, 2] = rs
+            if keep_ct:
+                for j in range(H):
+                    ctil[t, b, j] = sh[i, j]
         copy_out(y, h, rows, times, n, reverse, col)
     end_rows(b0, b1, h_n, h, lengths, reverse)
     end_rows(b0, b1, c_n, c, lengths, reverse)
@@ -267,8 +471,9 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
 
 @kernel
 def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
-                    reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc,
-                    rows, times, sp1, sp2, sg, sh):
+                    reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, peep,
+                    clip, input_forget, acts, pre, proj, w_hr_t, dh_all, rows, times, sp1, sp2,
+                    sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 4H) out: the gradients dz of the gate pre-activations (zero past each
@@ -278,10 +483,14 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     w_hh: (4H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``)
     dr: (T, B, 4H) out with ``ln``: the gradient of W_hh h; du: (T, B, H) out with ``ln``:
     that of γ_c ⊙ LN(c̃) + β_c (both empty without ``ln``)
-    the rest as given to ``lnlstm_forward``
+    dh_all: (T, B, P) out with ``proj``: the gradient of each step's W_hr m, else empty
+    the rest as given to ``lnlstm_forward`` (dh0, dh_n and dy have P features)
     """
     T = gates.shape[0]
-    H = h.shape[2]
+    save = clip < np.inf or acts.shape[0] > 0
+    variants = save or input_forget or peep.shape[0] > 0
+    H = c.shape[2]
+    P = h.shape[2]
     G = 4 * H
     zo = zh.shape[0] > 0
     none = sh[0, :0]
@@ -291,6 +500,8 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     if ln:
         zero_rows_past(b0, b1, dr, lengths)
         zero_rows_past(b0, b1, du, lengths)
+    if proj:
+        zero_rows_past(b0, b1, dh_all, lengths)
     for step in range(T - 1, -1, -1):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
@@ -299,22 +510,36 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
             b = rows[i]
             t = times[i]
             p, o = slots(t, reverse)
-            dyt = dy[t, b, col:col + H]  # sliced: loops from 0 (see blocks.py)
+            dyt = dy[t, b, col:col + P]  # sliced: loops from 0 (see blocks.py)
             dht = sh[i]
+            dhp = sp1[i] if proj else dht  # the gradient of h̃ (sp1 is free until the carry)
             keep = sp2[i]  # the gradient that reaches h_prev directly (zoneout)
             if zo:
-                m = zh[t, b]
-                for j in range(H):
+                zm = zh[t, b]
+                for j in range(P):
                     v = dyt[j] + dh0[b, j]
-                    keep[j] = m[j] * v
-                    dht[j] = v - keep[j]
+                    keep[j] = zm[j] * v
+                    dhp[j] = v - keep[j]
             else:
-                for j in range(H):
-                    dht[j] = dyt[j] + dh0[b, j]
+                for j in range(P):
+                    dhp[j] = dyt[j] + dh0[b, j]
+            if proj:  # through h̃ = W_hr m: dm = W_hrᵀ dh̃
+                da = dh_all[t, b]
+                for j in range(P):
+                    da[j] = dhp[j]
+                row_dots(dht, w_hr_t, dhp, 0, P, 0, H)
             dg = dgates[t, b]
-            _cell_back(gates[t, b], dg, dht, dc0[b], c[p, b], ln, g_c, b_c,
-                       chat[t, b] if ln else none, rstd[t, b, 2] if ln else cast_like(dg, 0),
-                       du[t, b] if ln else none, zc[t, b] if zo else none)
+            chat_tb = chat[t, b] if ln else none
+            rs = rstd[t, b, 2] if ln else cast_like(dg, 0)
+            du_tb = du[t, b] if ln else none
+            zc_tb = zc[t, b] if zo else none
+            if variants:
+                _cell_back(gates[t, b], dg, dht, dc0[b], c[p, b], ln, g_c, b_c, chat_tb, rs,
+                           du_tb, zc_tb, peep, clip, input_forget, acts,
+                           pre[t, b] if save else none)
+            else:  # as in lnlstm_forward
+                _cell_back_plain(gates[t, b], dg, dht, dc0[b], c[p, b], ln, g_c, b_c, chat_tb,
+                                 rs, du_tb, zc_tb)
             src = sg[i]
             if ln:
                 d = dr[t, b]
@@ -329,19 +554,21 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
         matmul_carry(sp1, sg, w_hh_t, w_hh, n)  # the carry: dz · W_hh for every active row
         for i in range(n):
             dst = dh0[rows[i]]
-            for k in range(H):
+            for k in range(P):
                 dst[k] = sp1[i, k] + sp2[i, k] if zo else sp1[i, k]
 
 
 @kernel
 def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln, g_ih, g_hh,
-                g_c, b_c, p, work):
+                g_c, b_c, p, peep, clip, input_forget, acts, proj, w_hr_t, work):
     """One time step of layer k, for streaming (inference: zoneout as its expectation).
 
     x: (B, I) the input of layer 0 (layer k > 0 reads h_out[k-1]); h, c: (L, B, H) the state
     before, read at [k]; h_out, c_out: the new state, written at [k]; w_ih_t: (I, 4H);
     w_hh_t: (H, 4H); b_ih, b_hh, g_ih, g_hh: (4H,); g_c, b_c: (H,) (the γ, β empty without
-    ``ln``); p: the zoneout probability (0: none); work: (11H,) scratch. With ``check``,
+    ``ln``); p: the zoneout probability (0: none); peep, clip, input_forget, acts: as for
+    ``lnlstm_forward``; proj, w_hr_t: the projection (h, h_out: (L, B, P)); work: (16H,)
+    scratch. With ``check``,
     returns False having written nothing if the inputs are not finite; else True."""
     if check and not step_inputs_finite(k, x, h, c):
         return False
@@ -354,6 +581,9 @@ def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln,
     ct = work[2 * G:2 * G + H]
     chat = work[2 * G + H:2 * G + 2 * H]
     zm = work[2 * G + 2 * H:2 * G + 3 * H]
+    pre = work[2 * G + 3 * H:3 * G + 3 * H]
+    m = work[3 * G + 3 * H:3 * G + 4 * H]
+    P = hn.shape[1]
     zm_or_none = zm if p > 0 else zm[:0]
     for j in range(H):
         zm[j] = p
@@ -368,5 +598,18 @@ def lnlstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, ln,
         else:
             for j in range(G):
                 g[j] += b_ih[j] + b_hh[j] + r[j]
-        _cell(g, ck[b], hk[b], cn[b], hn[b], ct, ln, g_c, b_c, chat, zm_or_none, zm_or_none)
+        if proj:
+            _cell(g, ck[b], hk[b], cn[b], m, ct, ln, g_c, b_c, chat, zm[:0], zm_or_none, peep,
+                  clip, input_forget, acts, pre)
+            hb = hn[b]
+            row_nn(hb, m, w_hr_t, 0, P)
+            if p > 0:
+                for j in range(P):
+                    hb[j] += p * (hk[b, j] - hb[j])
+        elif clip < np.inf or input_forget or peep.shape[0] > 0 or acts.shape[0] > 0:
+            _cell(g, ck[b], hk[b], cn[b], hn[b], ct, ln, g_c, b_c, chat, zm_or_none, zm_or_none,
+                  peep, clip, input_forget, acts, pre)
+        else:
+            _cell_plain(g, ck[b], hk[b], cn[b], hn[b], ct, ln, g_c, b_c, chat, zm_or_none,
+                        zm_or_none)
     return True
