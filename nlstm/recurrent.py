@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _threads
 from .kernels import blocks, tiles
+from .kernels import parallel as P
 from .kernels.sync import STRIDE
 from ._guard import GradBackup, Lockable, check_training_thread
 from .stream import Stream
@@ -560,12 +561,11 @@ class RecurrentLayer(Lockable):
             self._gemm_split(B, valid * per_step, batch_rows, lengths)
             return gates
 
-        def rows(r0, r1, _):
-            np.matmul(x2[r0:r1], w, out=g2[r0:r1])
-            if bias is not None:
-                g2[r0:r1] += bias
-
-        self._gemm_split(T * B, T * B * per_step, rows)
+        # Rows split over nlstm's threads, each one single-threaded BLAS product: threaded
+        # BLAS next to the prange regions left OpenBLAS's threads spinning on their cores.
+        args = (x2, w, g2, self._no_pack if bias is None else bias)
+        _threads.run_rows(T * B, float(T * B * per_step), P.project_rows, args, [()], (),
+                          min_work=_threads.SMALL_GEMM)
         return gates
 
     @staticmethod

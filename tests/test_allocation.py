@@ -42,7 +42,8 @@ def counted_kernels(monkeypatch):
         for name in ("step",) + (("step_options",) if cell == "lstm" else ()):
             name = f"{cell}_{name}"
             monkeypatch.setattr(module, name, counting(getattr(module, name)))
-    for name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward",
+    for name in ("project_rows", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
+                 "rnn_forward",
                  "rnn_backward", "lstm_forward_units", "lstm_backward_units",
                  "gru_forward_units", "gru_backward_units"):
         split = getattr(parallel, name)

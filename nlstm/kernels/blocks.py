@@ -104,6 +104,19 @@ def dot_rows(out, a, w, n, chunk, carry):
 
 
 @kernel
+def project_rows(r0, r1, x, w, out, bias):
+    """out[r0:r1] = x[r0:r1] @ w (+ bias if not empty), one BLAS product (single-threaded
+    inside nlstm's calls) for one thread's rows of a whole-sequence input projection.
+    x: (n, I), w: (I, G), out: (n, G), all C-contiguous; bias: (G,) or empty."""
+    np.dot(x[r0:r1], w, out[r0:r1])
+    if bias.shape[0] > 0:
+        for r in range(r0, r1):
+            o = out[r]
+            for j in range(o.shape[0]):
+                o[j] += bias[j]
+
+
+@kernel
 def dot_chunks(a, b, out, n, chunk):
     """out[:n] = a[:n] @ b, as BLAS calls of ``chunk`` rows (see ``blas_block``)."""
     for i0 in range(0, n, chunk):

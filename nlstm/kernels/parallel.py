@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 from numba import prange
 from numba.extending import overload
 
-from . import gru, gru_units, lnlstm, lstm, lstm_units, rnn
+from . import blocks, gru, gru_units, lnlstm, lstm, lstm_units, rnn
 from .config import parallel_kernel
 
 
@@ -107,6 +107,12 @@ def _normalize_input_back(bounds, args, stacked):
         lnlstm.normalize_input_back(bounds[i], bounds[i + 1], *args, *part(stacked, i))
 
 
+@parallel_kernel
+def _project_rows(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        blocks.project_rows(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
 # ---- unit-split drivers: every part of ``parts`` at once (one per thread; see the module doc)
 
 @parallel_kernel
@@ -133,6 +139,7 @@ def _gru_backward_units(parts, args):
         gru_units.gru_backward_units(i, parts, *args)
 
 
+project_rows = Split(blocks.project_rows, _project_rows)
 lstm_forward = Split(lstm.lstm_forward, _lstm_forward)
 lstm_backward = Split(lstm.lstm_backward, _lstm_backward)
 gru_forward = Split(gru.gru_forward, _gru_forward)

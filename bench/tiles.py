@@ -1,0 +1,101 @@
+"""``python -m bench.tiles``: nlstm's own micro-kernels against the per-step BLAS path.
+
+Times each cell on issue 3's grid twice in the same process, alternating call by call:
+as shipped (the per-step products and carries in ``kernels/tiles.py``) and with the tiles
+switched off (the block products of ``kernels/blocks.py``: SciPy's OpenBLAS and loops).
+Both use the same weights and data, and their outputs are checked against each other
+first. Run it under each OpenBLAS setting to see what the tiles change:
+
+    python -m bench.tiles
+    OPENBLAS_CORETYPE=Haswell python -m bench.tiles
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+CASES = {"S": (100, 1, 32, 64), "M": (100, 16, 64, 128), "L": (50, 64, 256, 256),
+         "XL": (20, 128, 512, 512), "long": (4000, 1, 32, 128)}
+
+
+def _switch(on: bool) -> None:
+    """Tiles on (as shipped) or off (the block products)."""
+    import nlstm.recurrent as R
+    if not hasattr(_switch, "real"):
+        _switch.real = (R.RecurrentLayer._packed_gates, R.RecurrentLayer._panels_fit)
+    if on:
+        R.RecurrentLayer._packed_gates, R.RecurrentLayer._panels_fit = _switch.real
+    else:
+        R.RecurrentLayer._packed_gates = lambda self, *a: self._no_pack
+        R.RecurrentLayer._panels_fit = lambda self: False
+
+
+def _time(cell: str, case: str, mode: str, seconds: float) -> tuple:
+    import nlstm
+    T, B, I, H = CASES[case]
+    m = getattr(nlstm, cell)(I, H, seed=0)
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
+    dy = np.ones((T, B, H), np.float32)
+
+    def run():
+        if mode == "train":
+            y = m.forward(x, train=True)[0]
+            m.backward(dy)
+        else:
+            y = m(x)[0]
+        return y
+
+    ys = []
+    for on in (True, False):
+        _switch(on)
+        ys.append(run())
+    tol = 1e-4 * max(1.0, float(np.abs(ys[1]).max()))
+    if not np.allclose(ys[0], ys[1], rtol=1e-4, atol=tol):
+        raise SystemExit(f"{cell} {case} {mode}: tiles and block products disagree")
+    on_t, off_t = [], []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(on_t) < 5:
+        for on, out in ((True, on_t), (False, off_t)):
+            _switch(on)
+            t0 = time.perf_counter()
+            run()
+            out.append(time.perf_counter() - t0)
+    _switch(True)
+    return float(np.median(on_t)), float(np.median(off_t)), len(on_t)
+
+
+def _fmt(s: float) -> str:
+    return f"{s * 1e6:.0f} µs" if s < 1e-3 else f"{s * 1e3:.3g} ms"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", default="LSTM,GRU,RNN")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--modes", default="infer,train")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=2.0, help="per case and mode")
+    args = ap.parse_args(argv)
+    import nlstm
+    nlstm.set_num_threads(args.threads)
+    from nlstm.kernels import simd
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    print(f"# bench.tiles: {platform.processor() or platform.machine()}, {args.threads} threads, "
+          f"float32, vector width {simd.target_vector_bits()} bits, "
+          f"{env or 'no OPENBLAS_* variable'}; medians, tiles and block products alternating")
+    print("| cell | case | mode | tiles | block products | tiles / blocks |")
+    print("|---|---|---|---|---|---|")
+    for cell in args.cells.split(","):
+        for case in args.cases.split(","):
+            for mode in args.modes.split(","):
+                on, off, n = _time(cell, case, mode, args.seconds)
+                print(f"| {cell} | {case} | {mode} | {_fmt(on)} | {_fmt(off)} | {on / off:.2f}x |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
