@@ -325,7 +325,8 @@ def _trainmem_rss() -> Dict:
 class KernelClock:
     """Time spent in nlstm's recurrence while active, measured from the calling thread.
 
-    Wraps ``nlstm._threads.run_rows`` (the recurrence over the rows: its wall time),
+    Wraps ``nlstm._threads.run_rows`` (the recurrence over the rows: its wall time; not
+    the input projection, which runs through it too),
     ``run_units`` (a one-row batch's recurrence split by hidden units) and every
     Numba dispatcher in ``nlstm.kernels.*`` (kernel calls made outside run_rows, e.g. by
     ``step``). Diagnostic only: relies on those internals and reports ``ok=False`` when
@@ -359,7 +360,16 @@ class KernelClock:
                         local.inside = False
                 return wrapper
 
-            self._patch(thr, "run_rows", timed(thr.run_rows))
+            from nlstm.kernels import parallel
+            rows = timed(thr.run_rows)
+            untimed = thr.run_rows
+
+            def run_rows(B, work, split, *a, **k):  # the input projection is a product
+                if split is parallel.project_rows:
+                    return untimed(B, work, split, *a, **k)
+                return rows(B, work, split, *a, **k)
+
+            self._patch(thr, "run_rows", run_rows)
             self._patch(thr, "run_units", timed(thr.run_units))  # one-row unit split
             for name, mod in list(sys.modules.items()):
                 if not name.startswith("nlstm.kernels") or mod is None:

@@ -54,6 +54,10 @@ def test_every_cell_steps_like_its_sequence(kind, dtype):
     y, final = m(x)
     state = None
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    if kind.startswith("lnlstm") and dtype == np.float32:
+        # a step's row products against the sequence's BLAS projection, scaled by 1/σ of 4H
+        # = 20 values (as test_stream allows)
+        tol = dict(rtol=1e-5, atol=2e-5)
     for t in range(6):
         y_t, state = m.step(x[t], state)
         np.testing.assert_allclose(y_t, y[t], err_msg=f"y[{t}]", **tol)
