@@ -149,7 +149,9 @@ class LSTM(RecurrentLayer):
             return lnlstm.forward_dir(self, ws, k, d, inp)
         gates = self._project(ws, k, d, inp)  # the kernels add the biases
         parts = self._unit_parts(ws)
-        wp = self._packed_gates(k, d) if self._plain() else self._no_pack
+        # (a one-row batch on one thread takes the row loops: nothing to pack for)
+        tiled = self._plain() and (ws.key[1] > 1 or parts)
+        wp = self._packed_gates(k, d) if tiled else self._no_pack
         bias = self._p("bias_ih", k, d) + self._p("bias_hh", k, d)
         i, ex = k * self.num_directions + d, ws.extra[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
@@ -182,7 +184,7 @@ class LSTM(RecurrentLayer):
                     ws.scratch[0][5][0])
             _threads.run_units(parts, P.lstm_backward_units, args)
         else:
-            wc = self._packed_carry(k, d) if self._plain() else self._no_pack
+            wc = self._packed_carry(k, d) if self._plain() and ws.key[1] > 1 else self._no_pack
             args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],
                     gates, h, c, w, self._no_carry if wc.size else self._carry_weights(ws, k, d),
                     ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"], ex["dh_all"],
