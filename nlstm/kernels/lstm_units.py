@@ -15,35 +15,14 @@ Each element is computed as in ``lstm_forward``/``lstm_backward`` (same products
 order along K), so results agree with the one-thread kernels to rounding. State and time
 slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
 """
-from .activations import sigmoid, tanh
 from .blocks import row_dots, row_nn_add
 from .config import kernel
-from .simd import wide
 from .lstm import _cell_back, _cell_units
-from .simd import vwidth
+from .simd import vwidth, wide
 from .tiles import FROM_OUT_AND_BIAS, tile_row
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
 from .units import copy, gather_blocks, gather_blocks_add, scatter_blocks, unit_range
-
-@kernel
-def _cell(a, c_prev, c_new, h_new):
-    """The plain cell for n units: a (4n,) their pre-activations i, f, g, o in, post-activations
-    out; c_prev, c_new, h_new: (n,). Separate loops, as in ``lstm._pointwise``, so that each
-    one vectorises."""
-    wide()
-    n = c_prev.shape[0]
-    gi, gf, gg, go = a[:n], a[n:2 * n], a[2 * n:3 * n], a[3 * n:4 * n]
-    for j in range(n):
-        gi[j] = sigmoid(gi[j])
-        gf[j] = sigmoid(gf[j])
-        gg[j] = tanh(gg[j])
-        go[j] = sigmoid(go[j])
-    for j in range(n):
-        c_new[j] = gf[j] * c_prev[j] + gi[j] * gg[j]
-    for j in range(n):
-        h_new[j] = go[j] * tanh(c_new[j])
-
 
 @kernel
 def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0,
@@ -95,7 +74,8 @@ def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bia
         p, o = slots(t, reverse)
         gather_blocks_add(a, gates[t, 0], bias, 4, H, j0, j1)
         row_nn_add(a, h[p, 0], w, 0, n4)
-        _cell(a, c[p, 0, j0:j1], c[o, 0, j0:j1], h[o, 0, j0:j1])
+        # the gathered gates are the cell's own layout for j1 - j0 units
+        _cell_units(a, c[p, 0, j0:j1], c[o, 0, j0:j1], h[o, 0, j0:j1], 0, j1 - j0)
         scatter_blocks(gates[t, 0], a, 4, H, j0, j1)  # the gates backward reads
         copy(y[t, 0, col + j0:col + j1], h[o, 0, j0:j1])
         barrier(flags, part, parts, step + 2)  # the next step reads every unit of h
