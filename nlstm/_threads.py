@@ -41,12 +41,13 @@ after every nlstm call as before it, errors included: while any nlstm call runs,
 BLAS library loaded in the process runs single-threaded (Numba's ``np.dot`` inside the
 kernels calls SciPy's OpenBLAS, and threaded BLAS inside parallel regions oversubscribes
 the cores); the first call in saves the counts, the last call out puts them back. The
-whole-sequence products (input projection, weight gradients, dx) run between kernel calls
-as one NumPy product on the calling thread; ``PRODUCTS_ON_BLAS_THREADS`` chooses whether
-BLAS may use nlstm's thread count for them (only above ``SMALL_GEMM``) or stays at one.
-OpenBLAS's idle threads spin for about 0.1 s after a threaded call, and on two cores that
-spinning took a core from the recurrence that followed (L inference: 39-50 ms median
-against 28 ms), so this is the switch to measure.
+input projection runs split by rows over nlstm's threads, each part one single-threaded
+BLAS product (``kernels.blocks.project_rows``); the weight gradients and dx run between
+kernel calls as one NumPy product on the calling thread, single-threaded unless
+``PRODUCTS_ON_BLAS_THREADS`` (``NLSTM_PRODUCT_THREADS=blas``) lets BLAS use nlstm's thread
+count for them (only above ``SMALL_GEMM``). OpenBLAS's idle threads spin after a threaded
+call, and on two cores that spinning took a core from the prange region that followed (M
+inference 8.0 ms against 3.0 ms single-threaded).
 
 nlstm pins no thread to a CPU.
 """
