@@ -161,25 +161,6 @@ def vwidth(typingctx, a):
 
 
 @intrinsic
-def prefetch(typingctx, a, i):
-    """Ask for the cache line of flat element i of a (into every cache level; no fault if
-    the address is past the array: a prefetch is only a hint)."""
-    if not (isinstance(a, types.Array) and isinstance(i, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        p = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(p, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                          ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-    return types.void(a, i), codegen
-
-
-@intrinsic
 def wide(typingctx):
     """Let LLVM vectorise the calling function at the target's full vector width (see the
     module docstring); a no-op at run time."""

@@ -44,10 +44,9 @@ def pack_gates(wp, w_t, blocks):
                 i += W
 
 
-# What a tile starts its sums from: the bias (the input projection), the output's own values
-# (a sum continued: the recurrent product added to the projection, or a later depth chunk),
-# both (a projection made without the bias), or zero.
-FROM_BIAS = 0
+# What a tile starts its sums from: the output's own values (a sum continued: the recurrent
+# product added to the input projection, or a later depth chunk), those plus the bias (a
+# projection made without the bias), or zero.
 FROM_OUT = 1
 FROM_OUT_AND_BIAS = 2
 FROM_ZERO = 3
@@ -68,9 +67,6 @@ def depth_chunk(a):
 @kernel
 def _start(out, o, stride, bias, bo, start):
     """The 4 vectors a tile's sums start from, for the row at out[o] (see FROM_*)."""
-    if start == FROM_BIAS:
-        return (vload(bias, bo), vload(bias, bo + stride), vload(bias, bo + 2 * stride),
-                vload(bias, bo + 3 * stride))
     if start == FROM_ZERO:
         z = vsplat(out, 0)
         return z, z, z, z
