@@ -395,18 +395,21 @@ class KernelClock:
 
 def _gemm_runner(shapes):
     """A call doing the whole-sequence products the layer needs, standalone, the way nlstm
-    runs them: one product each, with BLAS's threads as ``_threads.product_threads`` says."""
+    runs them: rows split over nlstm's threads, each part single-threaded BLAS."""
     from nlstm import _threads
+    from nlstm.kernels import parallel as P
     rng = np.random.default_rng(0)
     mats = [(rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32))
             for a, b in shapes]
     outs = [np.empty((a.shape[0], b.shape[1]), np.float32) for a, b in mats]
+    no_bias = np.empty(0, np.float32)
 
     def run():
         with _threads.single_threaded_blas:
             for (a, b), o in zip(mats, outs):
-                with _threads.product_threads(a.shape[0] * a.shape[1] * b.shape[1]):
-                    np.matmul(a, b, out=o)
+                _threads.run_rows(a.shape[0], float(a.shape[0] * a.shape[1] * b.shape[1]),
+                                  P.project_rows, (a, b, o, no_bias), [()], (),
+                                  min_work=_threads.SMALL_GEMM)
     return run
 
 

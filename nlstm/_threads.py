@@ -41,13 +41,11 @@ after every nlstm call as before it, errors included: while any nlstm call runs,
 BLAS library loaded in the process runs single-threaded (Numba's ``np.dot`` inside the
 kernels calls SciPy's OpenBLAS, and threaded BLAS inside parallel regions oversubscribes
 the cores); the first call in saves the counts, the last call out puts them back. The
-input projection runs split by rows over nlstm's threads, each part one single-threaded
-BLAS product (``kernels.blocks.project_rows``); the weight gradients and dx run between
-kernel calls as one NumPy product on the calling thread, single-threaded unless
-``PRODUCTS_ON_BLAS_THREADS`` (``NLSTM_PRODUCT_THREADS=blas``) lets BLAS use nlstm's thread
-count for them (only above ``SMALL_GEMM``). OpenBLAS's idle threads spin after a threaded
-call, and on two cores that spinning took a core from the prange region that followed (M
-inference 8.0 ms against 3.0 ms single-threaded).
+whole-sequence products (the input projection, and in backward the weight gradients and
+dx) run split over nlstm's threads too, each part one single-threaded BLAS call
+(``kernels.blocks.project_rows``, ``kernels.gemm``): OpenBLAS's idle threads spin after a
+threaded call, and on two cores that spinning took a core from the prange region that
+followed (M inference 8.0 ms against 3.0 ms single-threaded).
 
 nlstm pins no thread to a CPU.
 """
@@ -66,16 +64,8 @@ import numpy as np
 # Below this much recurrent work (multiply-adds) a second thread costs more than it saves.
 _MIN_PARALLEL_WORK = 1_000_000
 
-# Below this many multiply-adds a whole-sequence product runs with single-threaded BLAS.
+# Below this many multiply-adds a whole-sequence product runs on the calling thread alone.
 SMALL_GEMM = 8_000_000
-
-# Whether the whole-sequence products may use nlstm's thread count in BLAS (True) or run
-# single-threaded (False, the default); NLSTM_PRODUCT_THREADS=blas chooses True, for
-# measuring both. Measured on 2 cores (Intel, omp layer): M inference 3.0 ms with them
-# single-threaded against 8.0 ms on BLAS threads (OpenBLAS's threads spin after a product
-# and take a core from the prange region that follows); L training 85 against 91 ms.
-# The input projection is split over nlstm's own threads instead (``_project``).
-PRODUCTS_ON_BLAS_THREADS = os.environ.get("NLSTM_PRODUCT_THREADS", "1") == "blas"
 
 # set_num_threads accepts up to this many threads per available CPU (within Numba's own
 # ceiling, NUMBA_NUM_THREADS): every thread costs a scratch set in every workspace.
@@ -314,31 +304,6 @@ class _SingleThreadedBlas:
 
 
 single_threaded_blas = _SingleThreadedBlas()
-
-
-def product_threads(macs: float):
-    """Inside a call: a context in which one whole-sequence product of ``macs``
-    multiply-adds runs, with BLAS at nlstm's thread count if ``PRODUCTS_ON_BLAS_THREADS``
-    and the product is large enough, else single-threaded."""
-    n = parts_for(2 ** 31, macs, SMALL_GEMM) if PRODUCTS_ON_BLAS_THREADS else 1
-    return _BlasAt(n) if n > 1 and _blas_saved else nullcontext()
-
-
-class _BlasAt:
-    """BLAS at n threads, then back to one: only the libraries ``single_threaded_blas``
-    set to one (a library the user keeps at one stays there)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self):
-        for lib, before in _blas_saved:
-            lib.set(min(self.n, before))
-
-    def __exit__(self, *exc):
-        for lib, _ in _blas_saved:
-            lib.set(1)
-        return False
 
 
 if hasattr(os, "register_at_fork"):

@@ -547,34 +547,19 @@ class RecurrentLayer(Lockable):
         per_step = x2.shape[1] * g2.shape[1]
         lengths = ws.lengths
         valid = ws.valid
+        b = self._no_pack if bias is None else bias
+        # Rows split over nlstm's threads, each part single-threaded BLAS: threaded BLAS
+        # next to the prange regions left OpenBLAS's threads spinning on their cores.
         if (T * B - valid) * per_step > _PER_ROW_MIN_SAVING * B:
-            # Ragged: one product per batch row over its own length (strided views, no
-            # copies), so the padding costs nothing.
-            def batch_rows(b0, b1, _):
-                for b in range(b0, b1):
-                    L = lengths[b]
-                    if L:
-                        np.matmul(inp[:L, b], w, out=gates[:L, b])
-                        if bias is not None:
-                            gates[:L, b] += bias
-
-            self._gemm_split(B, valid * per_step, batch_rows, lengths)
-            return gates
-
-        # Rows split over nlstm's threads, each one single-threaded BLAS product: threaded
-        # BLAS next to the prange regions left OpenBLAS's threads spinning on their cores.
-        args = (x2, w, g2, self._no_pack if bias is None else bias)
-        _threads.run_rows(T * B, float(T * B * per_step), P.project_rows, args, [()], (),
-                          min_work=_threads.SMALL_GEMM)
+            # Ragged: one product per batch row over its own length, so the padding costs
+            # nothing; the batch rows balanced by their lengths.
+            _threads.run_rows(B, float(valid * per_step), P.project_ragged,
+                              (inp, w, gates, b, lengths), [()], (), row_cost=lengths,
+                              min_work=_threads.SMALL_GEMM)
+        else:
+            _threads.run_rows(T * B, float(T * B * per_step), P.project_rows, (x2, w, g2, b),
+                              [()], (), min_work=_threads.SMALL_GEMM)
         return gates
-
-    @staticmethod
-    def _gemm_split(n: int, macs: float, call, row_cost=None) -> None:
-        """Run ``call(0, n, 0)``, a whole-sequence product over n rows (or gate columns),
-        as one NumPy product on the calling thread, with BLAS's threads as
-        ``_threads.product_threads`` says. (``row_cost`` is for a split of the rows.)"""
-        with _threads.product_threads(macs):
-            call(0, n, 0)
 
     def _rows(self, ws: Workspace, split, args: tuple, scratch: bool = True) -> None:
         """Run the batched kernel ``split`` (``kernels.parallel.Split``) over the batch on
@@ -753,28 +738,22 @@ class RecurrentLayer(Lockable):
         else:
             db = self._row_sum(dg) if db is None else db
             gb += db
-        w = self._p("weight_ih", k, d)
-
-        def rows(r0, r1, _):
-            if d == 0:
-                np.matmul(dg[r0:r1], w, out=dx2[r0:r1])
-            else:
-                dx2[r0:r1] += dg[r0:r1] @ w
-
-        self._gemm_split(T * B, macs, rows)
+        # dx = dg·W_ih, rows split over nlstm's threads; the second direction adds to it
+        args = (dg, self._w("weight_ih", k, d), dx2, 0 if d == 0 else 1)
+        _threads.run_rows(T * B, float(macs), P.input_grad_rows, args, [()], (),
+                          min_work=_threads.SMALL_GEMM)
         return db
 
-    def _weight_grads(self, dg: np.ndarray, a: np.ndarray, gw: np.ndarray, macs: float) -> None:
-        """gw += dgᵀ·a; dg: (N, G'), a: (N, K), gw: (G', K). Split by gate columns, so the
-        threads need no reduction. Accumulated in gw's storage layout (gwᵀ, rows
-        contiguous): adding into the (G', K) view itself walked memory across rows and took
-        longer than the product."""
-        gw_t = gw.T
-
-        def cols(c0, c1, _):
-            gw_t[:, c0:c1] += a.T @ dg[:, c0:c1]
-
-        self._gemm_split(dg.shape[1], macs, cols)
+    def _weight_grads(self, dg: np.ndarray, a: np.ndarray, gw: np.ndarray, macs: float,
+                      cols: slice = slice(None)) -> None:
+        """gw[cols] += dg[:, cols]ᵀ·a; dg: (N, G'), a: (N, K), gw: (G', K), a parameter's
+        gradient (stored transposed: gwᵀ has contiguous rows). The columns split over
+        nlstm's threads, each part one single-threaded BLAS call adding into its own
+        columns of gwᵀ (``kernels.gemm.weight_grad_cols``): no reduction, no copies."""
+        c0, c1, _ = cols.indices(dg.shape[1])
+        args = (dg, c0, a, gw.T, c0)
+        _threads.run_rows(c1 - c0, macs, P.weight_grad_cols, args, [()], (),
+                          min_work=_threads.SMALL_GEMM)
 
     @staticmethod
     def _row_sum(dg: np.ndarray) -> np.ndarray:
@@ -790,12 +769,13 @@ class RecurrentLayer(Lockable):
         dgates (T, B, G·H) and the recurrent input of each step hprev (T, B, ·). db: Σ of
         dgates[..., rows] over (T, B) if already computed (``_input_grads`` returns it)."""
         T, B = ws.key
-        dg = dgates.reshape(T * B, -1)[:, rows]
-        self._weight_grads(dg, hprev.reshape(T * B, -1), self._g("weight_hh", k, d)[rows],
-                           T * B * hprev.shape[2] * dg.shape[1])
+        dg = dgates.reshape(T * B, -1)
+        c0, c1, _ = rows.indices(dg.shape[1])
+        self._weight_grads(dg, hprev.reshape(T * B, -1), self._g("weight_hh", k, d),
+                           T * B * hprev.shape[2] * (c1 - c0), rows)
         gb = self._g("bias_hh", k, d)
         if gb is not None:
-            gb[rows] += self._row_sum(dg) if db is None else db
+            gb[rows] += self._row_sum(dg[:, rows]) if db is None else db
 
     @staticmethod
     def _hprev(state: np.ndarray, d: int) -> np.ndarray:

@@ -240,6 +240,36 @@ def test_wide_small_weights_carry(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, K, G", [(37, 9, 20), (1, 5, 12), (6, 1, 8), (4, 3, 1)])
+def test_backward_products_in_parts(dtype, N, K, G):
+    """The backward's whole-sequence products (kernels.gemm), run as the threads' parts: the
+    weight gradient by column ranges (at a column offset, adding into what is there), dx by
+    row ranges (written, then added to). Against the float64 product, one-row and
+    one-column shapes included (NumPy's strides there are not BLAS's leading dimension)."""
+    from nlstm.kernels.gemm import input_grad_rows, weight_grad_cols
+    rng = np.random.default_rng(N * 100 + K + G)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    dg = rng.standard_normal((N, G + 3)).astype(dtype)
+    a = rng.standard_normal((N, K)).astype(dtype)
+    gw_t = rng.standard_normal((K, G + 3)).astype(dtype)  # as stored: gwᵀ, rows contiguous
+    start = gw_t.astype(np.float64)
+    cuts = sorted({0, G // 3, G // 2, G})
+    for c0, c1 in zip(cuts, cuts[1:]):  # columns 2:2+G of dg into columns 1:1+G of gw
+        weight_grad_cols(c0, c1, dg, 2, a, gw_t, 1)
+    want = start.copy()
+    want[:, 1:1 + G] += a.T.astype(np.float64) @ dg[:, 2:2 + G].astype(np.float64)
+    np.testing.assert_allclose(gw_t, want, **tol)
+    w_t = rng.standard_normal((K, G + 3)).astype(dtype)  # W_ih as stored, (I, G)
+    dx = np.full((N, K), np.nan, dtype)
+    rows = sorted({0, N // 2, N})
+    for beta in (0, 1):  # the first direction writes dx, the second adds
+        for r0, r1 in zip(rows, rows[1:]):
+            input_grad_rows(r0, r1, dg, w_t, dx, beta)
+    want = 2 * dg.astype(np.float64) @ w_t.T.astype(np.float64)
+    np.testing.assert_allclose(dx, want, **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("carry", [False, True])
 def test_gemm_tiles_on_views(dtype, carry):
     """gemm_tiles on blocks that tiles do not divide, with row strides wider than the rows

@@ -65,7 +65,10 @@ def _xxgemm(typingctx, ta, tb, m, n, k, a, a_off, lda, b, b_off, ldb, beta, c, c
 
 @kernel
 def _row_stride(a):
-    return a.strides[0] // a.itemsize
+    """Elements from one row of a (2-D, contiguous rows) to the next: BLAS's leading
+    dimension. A one-row array's first stride may be anything in NumPy (a (n, 1) array's
+    transpose has stride 1), so there it is the row's length."""
+    return a.strides[0] // a.itemsize if a.shape[0] > 1 else max(a.shape[1], 1)
 
 
 @kernel
@@ -88,3 +91,52 @@ def gemm_tiles(out, a, w, n, carry, rows, cols):
             else:  # out[:, c0:] = a · w[:, c0:]
                 _xxgemm(ord("n"), ord("n"), nc, nr, depth, w, c0, ld_w, a, i0 * lda_a, lda_a,
                         0, out, i0 * ld_out + c0, ld_out)
+
+
+# ---- whole-sequence products of the backward pass, one thread's part each ---------------
+# Each part is one BLAS call (single-threaded inside nlstm's calls) that adds into its own
+# block of the output with beta = 1: no temporary, no copy of a column slice, and the parts
+# write disjoint blocks, so they need no reduction (kernels/parallel.py runs them on nlstm's
+# threads; a BLAS threaded next to the prange regions spun on the cores they needed).
+
+@kernel
+def weight_grad_cols(c0, c1, dg, dg_col, a, gw_t, gw_col):
+    """gw_t[:, gw_col + c] += aᵀ · dg[:, dg_col + c] for c in c0:c1: one part's columns of
+    a weight gradient. dg: (N, ≥dg_col + c1) gate gradients, a: (N, K) the product's
+    other input, gw_t: (K, ≥gw_col + c1) the gradient transposed (its storage layout);
+    all 2-D with contiguous rows."""
+    N, K = a.shape
+    # row-major gw_tᵀ[c, :] is column-major (G' × K): dgᵀ's columns (as stored) times a
+    _xxgemm(ord("n"), ord("t"), c1 - c0, K, N, dg, dg_col + c0, _row_stride(dg), a, 0,
+            _row_stride(a), 1, gw_t, gw_col + c0, _row_stride(gw_t))
+
+
+@kernel
+def input_grad_rows(r0, r1, dg, w_t, dx, beta):
+    """dx[r0:r1] = dg[r0:r1] · w_tᵀ + beta·dx[r0:r1]: one part's rows of the input
+    gradient. dg: (N, G), w_t: (I, G) the input weights as stored (W_ihᵀ), dx: (N, I); 2-D
+    with contiguous rows."""
+    I, G = w_t.shape
+    ld_dg, ld_dx = _row_stride(dg), _row_stride(dx)
+    _xxgemm(ord("t"), ord("n"), I, r1 - r0, G, w_t, 0, _row_stride(w_t), dg, r0 * ld_dg,
+            ld_dg, beta, dx, r0 * ld_dx, ld_dx)
+
+
+@kernel
+def project_ragged(b0, b1, x, w, gates, bias, lengths):
+    """gates[:L, b] = x[:L, b] · w (+ bias if not empty) for the rows b in b0:b1, L their
+    lengths: each row's valid steps as one BLAS call on its strided steps, so the padding
+    costs nothing. x: (T, B, I), w: (I, G), gates: (T, B, G), C-contiguous; bias: (G,)."""
+    T, B, I = x.shape
+    G = w.shape[1]
+    for b in range(b0, b1):
+        L = lengths[b]
+        if L <= 0:
+            continue
+        # row-major (L × G) with row stride B·G is column-major (G × L): w's (G × I) · x's
+        _xxgemm(ord("n"), ord("n"), G, L, I, w, 0, G, x, b * I, B * I, 0, gates, b * G, B * G)
+        if bias.shape[0] > 0:
+            for t in range(L):
+                o = gates[t, b]
+                for j in range(G):
+                    o[j] += bias[j]

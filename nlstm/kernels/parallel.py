@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 from numba import prange
 from numba.extending import overload
 
-from . import blocks, gru, gru_units, lnlstm, lstm, lstm_units, rnn
+from . import blocks, gemm, gru, gru_units, lnlstm, lstm, lstm_units, rnn
 from .config import parallel_kernel
 
 
@@ -113,6 +113,24 @@ def _project_rows(bounds, args, stacked):
         blocks.project_rows(bounds[i], bounds[i + 1], *args, *part(stacked, i))
 
 
+@parallel_kernel
+def _project_ragged(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        gemm.project_ragged(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
+@parallel_kernel
+def _weight_grad_cols(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        gemm.weight_grad_cols(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
+@parallel_kernel
+def _input_grad_rows(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        gemm.input_grad_rows(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
 # ---- unit-split drivers: every part of ``parts`` at once (one per thread; see the module doc)
 
 @parallel_kernel
@@ -140,6 +158,9 @@ def _gru_backward_units(parts, args):
 
 
 project_rows = Split(blocks.project_rows, _project_rows)
+project_ragged = Split(gemm.project_ragged, _project_ragged)
+weight_grad_cols = Split(gemm.weight_grad_cols, _weight_grad_cols)
+input_grad_rows = Split(gemm.input_grad_rows, _input_grad_rows)
 lstm_forward = Split(lstm.lstm_forward, _lstm_forward)
 lstm_backward = Split(lstm.lstm_backward, _lstm_backward)
 gru_forward = Split(gru.gru_forward, _gru_forward)
