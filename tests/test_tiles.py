@@ -192,3 +192,18 @@ def test_vector_width_follows_the_target():
     cell(g, c0, c1, m, 0, 64)
     asm = cell.inspect_asm(cell.signatures[0])
     assert re.search(r"vdivps[^\n]*%zmm", asm), "the gate loop is not vectorised at 512 bits"
+
+
+def test_one_row_batch_is_bitwise_a_row_of_a_tile():
+    """A batch of one row runs each step's product as the one-row tile over the unit blocks,
+    in alternating order step to step (``tiles.gate_row``); the order of each sum is the
+    4-row tile's, so every row alone gives the same bits as in a batch of 4."""
+    rng = np.random.default_rng(8)
+    T, I, H = 7, 8, 64  # H / W >= 2 unit blocks, so the alternate steps run them reversed
+    x = rng.standard_normal((T, 4, I)).astype(np.float32)
+    dy = rng.standard_normal((T, 4, H)).astype(np.float32)
+    whole = _run(_layer("lstm", np.float32, H, layers=1, I=I), x, None, dy, 1)
+    for b in range(4):
+        alone = _run(_layer("lstm", np.float32, H, layers=1, I=I), x[:, b:b + 1], None,
+                     dy[:, b:b + 1], 1)
+        np.testing.assert_array_equal(alone[0], whole[0][:, b:b + 1])  # y

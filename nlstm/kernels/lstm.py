@@ -33,7 +33,8 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
-from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, panel_rows, tile_row,
+from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, gate_row, panel_rows,
+                    tile_row,
                     tile_rows4)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
@@ -154,6 +155,26 @@ def _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pr
 
 
 @kernel
+def _forward_row_tiled(b, y, h, c, gates, wp, bias, lengths, reverse, col):
+    """``_forward_row`` for the plain cell with packed weights: each step's product by the
+    one-row tile over the unit blocks, in alternating order (``tiles.gate_row``)."""
+    T, B, G = gates.shape
+    H = G // 4
+    K = h.shape[2]
+    gf = gates.reshape(gates.size)
+    hf = h.reshape(h.size)
+    L = lengths[b]
+    for step in range(L):
+        t = step_time(step, L, reverse)
+        p, o = slots(t, reverse)
+        gate_row(gf, (t * B + b) * G, H, bias, hf, (p * B + b) * K, wp, K, 0, H // vwidth(gates),
+                 step)
+        hn = h[o, b]
+        _cell_units(gates[t, b], c[p, b], c[o, b], hn, 0, H)
+        row_out(y, t, b, col, hn)
+
+
+@kernel
 def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows, times):
     """``lstm_forward``'s recurrence for the plain cell with packed weights (see
     nlstm.kernels.tiles): each step, for each block of W hidden units, the product of the
@@ -232,10 +253,12 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
     if opt.proj:
         zero_rows_past(b0, b1, m, lengths)
     save = opt.clip < np.inf or opt.acts.shape[0] > 0
-    if b1 - b0 == 1 and not opt.proj:
+    if b1 - b0 == 1 and wp.shape[0] > 0:
         # One row: a matrix-vector product per step, bound by how fast W_hh streams from
-        # the caches; the row loops ran it 5-18% faster than the one-row tile (bench.tiles,
-        # S and long), and neither calls BLAS.
+        # the caches (see tiles.gate_row)
+        _forward_row_tiled(b0, y, h, c, gates, wp, bias, lengths, reverse, col)
+        T = 0  # done
+    elif b1 - b0 == 1 and not opt.proj:
         _forward_row(b0, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pre)
         T = 0  # done
     elif wp.shape[0] > 0:

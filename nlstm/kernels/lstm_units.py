@@ -19,7 +19,7 @@ from .blocks import row_dots, row_nn_add
 from .config import kernel
 from .lstm import _cell_back, _cell_units
 from .simd import vwidth, wide
-from .tiles import FROM_OUT_AND_BIAS, tile_row
+from .tiles import gate_row
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
 from .units import copy, gather_blocks, gather_blocks_add, scatter_blocks, unit_range
@@ -62,9 +62,7 @@ def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bia
         for step in range(L):
             t = step_time(step, L, reverse)
             p, o = slots(t, reverse)
-            for u in range(j0 // W, j1 // W):
-                tile_row(gf, t * G + u * W, H, bias, u * W, hf, p * K, wp, u * K * 4 * W, K,
-                           FROM_OUT_AND_BIAS)
+            gate_row(gf, t * G, H, bias, hf, p * K, wp, K, j0 // W, j1 // W, step)
             _cell_units(gates[t, 0], c[p, 0], c[o, 0], h[o, 0], j0, j1)
             copy(y[t, 0, col + j0:col + j1], h[o, 0, j0:j1])
             barrier(flags, part, parts, step + 2)  # the next step reads every unit of h
