@@ -149,9 +149,7 @@ class LSTM(RecurrentLayer):
             return lnlstm.forward_dir(self, ws, k, d, inp)
         gates = self._project(ws, k, d, inp)  # the kernels add the biases
         parts = self._unit_parts(ws)
-        # (a one-row batch on one thread takes the row loops: nothing to pack for)
-        tiled = self._plain() and (ws.key[1] > 1 or parts)
-        wp = self._packed_gates(k, d) if tiled else self._no_pack
+        wp = self._packed_gates(k, d) if self._plain() else self._no_pack
         bias = self._p("bias_ih", k, d) + self._p("bias_hh", k, d)
         i, ex = k * self.num_directions + d, ws.extra[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]

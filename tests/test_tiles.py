@@ -196,7 +196,7 @@ def test_vector_width_follows_the_target():
 
 def test_one_row_batch_is_bitwise_a_row_of_a_tile():
     """A batch of one row runs each step's product as the one-row tile over the unit blocks,
-    in alternating order step to step (``tiles.gate_row``); the order of each sum is the
+    in alternating order step to step (``tiles.row_blocks``); the order of each sum is the
     4-row tile's, so every row alone gives the same bits as in a batch of 4."""
     rng = np.random.default_rng(8)
     T, I, H = 7, 8, 64  # H / W >= 2 unit blocks, so the alternate steps run them reversed
@@ -207,3 +207,21 @@ def test_one_row_batch_is_bitwise_a_row_of_a_tile():
         alone = _run(_layer("lstm", np.float32, H, layers=1, I=I), x[:, b:b + 1], None,
                      dy[:, b:b + 1], 1)
         np.testing.assert_array_equal(alone[0], whole[0][:, b:b + 1])  # y
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn_relu"])
+def test_one_row_panels_agree_with_a_batch(kind):
+    """The GRU's and RNN's one-row steps run the one-row tile over the panels, in
+    alternating order step to step (``tiles.row_blocks``): each row alone agrees with the
+    same row in a batch (the panel tiles of 4 rows) to rounding, forward and backward."""
+    rng = np.random.default_rng(9)
+    T, I = 7, 8
+    H = 2 * tiles.panel_width(np.float32)  # two panels per gate block: both orders differ
+    x = rng.standard_normal((T, 4, I)).astype(np.float32)
+    dy = rng.standard_normal((T, 4, H)).astype(np.float32)
+    whole = _run(_layer(kind, np.float32, H, layers=1, I=I), x, None, dy, 1)
+    for b in range(4):
+        alone = _run(_layer(kind, np.float32, H, layers=1, I=I), x[:, b:b + 1], None,
+                     dy[:, b:b + 1], 1)
+        np.testing.assert_allclose(alone[0], whole[0][:, b:b + 1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(alone[2], whole[2][:, b:b + 1], rtol=1e-5, atol=1e-6)

@@ -402,3 +402,17 @@ def row_dots(o, w, a, c0, c1, k0, k1):
         for j in range(ac.shape[0]):
             s += wk[j] * ac[j]
         o[kk] = s
+
+
+@kernel
+def row_dots_alternating(o, w, a, c0, c1, k0, k1, step):
+    """``row_dots``, its groups of four rows of w in ascending order at even steps and
+    descending at odd ones (see tiles.row_blocks: the rows read last are read first next
+    step, from L1). Same groups, same sums: the same bits as ``row_dots``."""
+    if step % 2 == 0:
+        row_dots(o, w, a, c0, c1, k0, k1)
+        return
+    full = k0 + (k1 - k0) // 4 * 4
+    row_dots(o, w, a, c0, c1, full, k1)
+    for k in range(full - 4, k0 - 1, -4):
+        row_dots(o, w, a, c0, c1, k, k + 4)

@@ -20,26 +20,33 @@ import numpy as np
 from .activations import cast_like, dgate, gates_inplace, sigmoid, tanh
 from .blocks import active_rows, matmul_carry, matmul_nn, matmul_nt, row_nn, scatter_rows
 from .config import kernel
-from .simd import wide
-from .tiles import panel_rows
+from .simd import vwidth, wide
+from .tiles import FROM_ZERO, panel_rows, row_blocks
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 
 
 @kernel
-def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, s):
+def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, s, wf):
     """``gru_forward``'s recurrence for the single batch row b, ``lbr`` form: no
     active-row bookkeeping or copy of h, and the gate loops over sliced blocks so that each
-    runs from 0 (see blocks.py). s: (3H,) scratch for the product."""
+    runs from 0 (see blocks.py). s: (3H,) scratch for the product; wf: as for
+    ``gru_forward`` (with it, the one-row tile over its panels, ``tiles.row_blocks``)."""
     wide()
     L = lengths[b]
-    H = h.shape[2]
+    B, H = h.shape[1], h.shape[2]
+    W = vwidth(s)
+    hf = h.reshape(h.size)
     sr, sz, sn, bn = s[:H], s[H:2 * H], s[2 * H:], b_hh[2 * H:]
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
         hp = h[p, b]
-        row_nn(s, hp, w_hh_t, 0, 3 * H)
+        if wf.shape[0] > 0:
+            row_blocks(s, 0, W, 4 * W, s, hf, (p * B + b) * H, wf, H, 0, 3 * H // (4 * W), step,
+                       FROM_ZERO)
+        else:
+            row_nn(s, hp, w_hh_t, 0, 3 * H)
         g = gates[t, b]
         gr, gz, gn = g[:H], g[H:2 * H], g[2 * H:]
         ax = aux[t, b]
@@ -96,7 +103,7 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     zero_rows_past(b0, b1, aux, lengths)  # W_hn's gradient product reads every row of aux
     gen = acts.shape[0] > 0
     if b1 - b0 == 1 and lbr and not gen:
-        _forward_row(b0, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, sg[0])
+        _forward_row(b0, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, sg[0], wf)
         T = 0  # done
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)

@@ -29,11 +29,11 @@ import numpy as np
 from .activations import cast_like, dgate, gate, gates_inplace, sigmoid, tanh
 from .config import kernel
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, matmul_nt,
-                     row_dots, row_nn, row_nn_add, row_out, scatter_rows)
+                     row_dots_alternating, row_nn, row_nn_add, row_out, scatter_rows)
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
-from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, gate_row, panel_rows,
+from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, panel_rows, row_blocks,
                     tile_row,
                     tile_rows4)
 
@@ -157,9 +157,10 @@ def _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pr
 @kernel
 def _forward_row_tiled(b, y, h, c, gates, wp, bias, lengths, reverse, col):
     """``_forward_row`` for the plain cell with packed weights: each step's product by the
-    one-row tile over the unit blocks, in alternating order (``tiles.gate_row``)."""
+    one-row tile over the unit blocks, in alternating order (``tiles.row_blocks``)."""
     T, B, G = gates.shape
     H = G // 4
+    W = vwidth(gates)
     K = h.shape[2]
     gf = gates.reshape(gates.size)
     hf = h.reshape(h.size)
@@ -167,8 +168,8 @@ def _forward_row_tiled(b, y, h, c, gates, wp, bias, lengths, reverse, col):
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
-        gate_row(gf, (t * B + b) * G, H, bias, hf, (p * B + b) * K, wp, K, 0, H // vwidth(gates),
-                 step)
+        row_blocks(gf, (t * B + b) * G, H, W, bias, hf, (p * B + b) * K, wp, K, 0, H // W, step,
+                   FROM_OUT_AND_BIAS)
         hn = h[o, b]
         _cell_units(gates[t, b], c[p, b], c[o, b], hn, 0, H)
         row_out(y, t, b, col, hn)
@@ -255,7 +256,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
     save = opt.clip < np.inf or opt.acts.shape[0] > 0
     if b1 - b0 == 1 and wp.shape[0] > 0:
         # One row: a matrix-vector product per step, bound by how fast W_hh streams from
-        # the caches (see tiles.gate_row)
+        # the caches (see tiles.row_blocks)
         _forward_row_tiled(b0, y, h, c, gates, wp, bias, lengths, reverse, col)
         T = 0  # done
     elif b1 - b0 == 1 and not opt.proj:
@@ -332,7 +333,6 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
     H = G // 4
     P = dh.shape[1]
     S = 4 * vwidth(dm)
-    kc = depth_chunk(dm)
     dhb, dcb = dh[b], dc[b]
     dhf = dh.reshape(dh.size)
     dgf = dgates.reshape(dgates.size)
@@ -344,13 +344,11 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
             dm[j] = dyt[j] + dhb[j]
         dg = dgates[t, b]  # may alias gates[t, b] (see _cell_back)
         _cell_back(gates[t, b], dg, dm, dcb, c[p, b], c[o, b], 0, H)
-        if wc.shape[0] > 0:  # the carry: dz · W_hh
-            for u in range(P // S):
-                for k0 in range(0, G, kc):
-                    tile_row(dhf, b * P + u * S, S // 4, dhf, 0, dgf, (t * B + b) * G + k0, wc,
-                             (u * G + k0) * S, min(kc, G - k0), FROM_OUT if k0 > 0 else FROM_ZERO)
+        if wc.shape[0] > 0:  # the carry: dz · W_hh, panels in alternating order
+            row_blocks(dhf, b * P, S // 4, S, dhf, dgf, (t * B + b) * G, wc, G, 0, P // S, step,
+                       FROM_ZERO)
         else:
-            row_dots(dhb, w_hh_t, dg, 0, G, 0, dhb.shape[0])
+            row_dots_alternating(dhb, w_hh_t, dg, 0, G, 0, dhb.shape[0], step)
 
 
 @kernel

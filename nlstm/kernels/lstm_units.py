@@ -15,11 +15,11 @@ Each element is computed as in ``lstm_forward``/``lstm_backward`` (same products
 order along K), so results agree with the one-thread kernels to rounding. State and time
 slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
 """
-from .blocks import row_dots, row_nn_add
+from .blocks import row_dots_alternating, row_nn_add
 from .config import kernel
 from .lstm import _cell_back, _cell_units
 from .simd import vwidth, wide
-from .tiles import gate_row
+from .tiles import FROM_OUT_AND_BIAS, row_blocks
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
 from .units import copy, gather_blocks, gather_blocks_add, scatter_blocks, unit_range
@@ -62,7 +62,8 @@ def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bia
         for step in range(L):
             t = step_time(step, L, reverse)
             p, o = slots(t, reverse)
-            gate_row(gf, t * G, H, bias, hf, p * K, wp, K, j0 // W, j1 // W, step)
+            row_blocks(gf, t * G, H, W, bias, hf, p * K, wp, K, j0 // W, j1 // W, step,
+                       FROM_OUT_AND_BIAS)
             _cell_units(gates[t, 0], c[p, 0], c[o, 0], h[o, 0], j0, j1)
             copy(y[t, 0, col + j0:col + j1], h[o, 0, j0:j1])
             barrier(flags, part, parts, step + 2)  # the next step reads every unit of h
@@ -110,4 +111,5 @@ def lstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, ga
         _cell_back(gates[t, 0], dg, dm, dc0[0], c[p, 0], c[o, 0], j0, j1)
         count += 1
         barrier(flags, part, parts, count)  # the carry reads every unit's dz
-        row_dots(dh0[0], w_hh_t, dg, 0, G, j0, j1)  # dh of units j0:j1: W_hhᵀ's rows j0:j1 · dz
+        # dh of units j0:j1: W_hhᵀ's rows j0:j1 · dz
+        row_dots_alternating(dh0[0], w_hh_t, dg, 0, G, j0, j1, step)

@@ -13,8 +13,8 @@ from .activations import cast_like, dgate, gate, tanh
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, row_nn_add, row_out,
                      scatter_rows)
 from .config import kernel
-from .simd import wide
-from .tiles import panel_rows
+from .simd import vwidth, wide
+from .tiles import FROM_OUT_AND_BIAS, panel_rows, row_blocks
 from .units import copy
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
@@ -45,20 +45,29 @@ def _activate_general(pre, h_new, acts, clip):
 
 
 @kernel
-def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, clip):
+def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, clip, wf):
     """``rnn_forward``'s recurrence for the single batch row b: each step's product goes
     straight into its pre-activations, without the active-row bookkeeping (as the LSTM's
-    ``_forward_row``)."""
+    ``_forward_row``); with wf (as for ``rnn_forward``), by the one-row tile over its panels
+    (``tiles.row_blocks``)."""
     wide()
     L = lengths[b]
+    B, H = h.shape[1], h.shape[2]
+    W = vwidth(pre)
+    pf = pre.reshape(pre.size)
+    hf = h.reshape(h.size)
     gen = acts.shape[0] > 0
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
         g = pre[t, b]
-        for j in range(g.shape[0]):
-            g[j] += bias[j]
-        row_nn_add(g, h[p, b], w_hh_t, 0, g.shape[0])
+        if wf.shape[0] > 0:
+            row_blocks(pf, (t * B + b) * H, W, 4 * W, bias, hf, (p * B + b) * H, wf, H, 0,
+                       H // (4 * W), step, FROM_OUT_AND_BIAS)
+        else:
+            for j in range(g.shape[0]):
+                g[j] += bias[j]
+            row_nn_add(g, h[p, b], w_hh_t, 0, g.shape[0])
         hn = h[o, b]
         if gen:
             _activate_general(g, hn, acts, clip)
@@ -87,7 +96,7 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
     zero_padding(b0, b1, y, lengths, col, H)
     gen = acts.shape[0] > 0
     if b1 - b0 == 1:
-        _forward_row(b0, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, clip)
+        _forward_row(b0, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, clip, wf)
         T = 0  # done
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)

@@ -150,20 +150,22 @@ def tile_row(out, o, stride, bias, bo, a, a0, wp, wo, K, start):
 
 
 @kernel
-def gate_row(out, o, H, bias, a, a0, wp, K, u0, u1, step):
-    """One row's gate pre-activations out[o + q·H + u·W : +W] += bias + a[a0 : a0+K] ·
-    W_hhᵀ, for the unit blocks u0:u1 of the LSTM's packed gates (``pack_gates``, K rows):
-    one ``tile_row`` per block. The blocks run in ascending order at even steps and
-    descending at odd ones, so that the weights a step read last, still in L1, are the
-    first the next step reads: a one-row step streams W_hh from the caches, and when W_hh
-    is larger than L1 this saves L1's worth of it each step. Each sum's order is the same
-    either way, so the results do not change."""
+def row_blocks(out, o, stride, block, bias, a, a0, wp, K, u0, u1, step, start):
+    """One row's product with packed weights (K rows), one ``tile_row`` per block u in
+    u0:u1: its 4 vectors at out[o + u·block + q·stride] (bias at u·block + q·stride, as
+    ``start`` says), its weights at wp[u·K·4W]. The LSTM's gate tiles (``pack_gates``) take
+    stride H and block W; the panels (``pack_panels``) stride W and block 4W.
+
+    The blocks run in ascending order at even steps and descending at odd ones: a one-row
+    step streams all the weights from the caches, and this way the ones it read last,
+    still in L1, are the first the next step reads (when the weights are larger than L1
+    this saves L1's worth of them each step). Each sum's order is the same either way."""
     W = vwidth(out)
     n = u1 - u0
     for i in range(n):
         u = u0 + (i if step % 2 == 0 else n - 1 - i)
-        tile_row(out, o + u * W, H, bias, u * W, a, a0, wp, u * K * 4 * W, K,
-                 FROM_OUT_AND_BIAS)
+        tile_row(out, o + u * block, stride, bias, u * block, a, a0, wp, u * K * 4 * W, K,
+                 start)
 
 
 def panel_width(dtype) -> int:
