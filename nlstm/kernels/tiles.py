@@ -14,7 +14,7 @@ The tiles need H to be a multiple of W; other sizes take the loops of ``blocks``
 Every array here is flat (1-D, C order) with element offsets, so a tile can address rows
 of the state and gate buffers wherever they are (ragged batches gather no rows).
 """
-from .config import kernel
+from .config import inlined_kernel, kernel
 from .simd import vadd, vbroadcast, vfma, vload, vsplat, vstore, vwidth, width
 
 
@@ -64,7 +64,7 @@ def depth_chunk(a):
     return max(1, PANEL_BYTES // (4 * vwidth(a) * a.itemsize))
 
 
-@kernel
+@inlined_kernel
 def _start(out, o, stride, bias, bo, start):
     """The 4 vectors a tile's sums start from, for the row at out[o] (see FROM_*)."""
     if start == FROM_ZERO:
@@ -80,7 +80,7 @@ def _start(out, o, stride, bias, bo, start):
     return v0, v1, v2, v3
 
 
-@kernel
+@inlined_kernel
 def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo, K, start):
     """For 4 rows r: the 4 vectors out[o_r + q·stride : +W] (q = 0..3) = s + a[a_r : a_r+K] ·
     (K rows of 4 vectors of packed weights from wp[wo]), s as ``start`` says (FROM_*; the
@@ -124,7 +124,7 @@ def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo,
     _store4(out, o3, stride, c30, c31, c32, c33)
 
 
-@kernel
+@inlined_kernel
 def _store4(out, o, stride, v0, v1, v2, v3):
     vstore(out, o, v0)
     vstore(out, o + stride, v1)
@@ -132,7 +132,7 @@ def _store4(out, o, stride, v0, v1, v2, v3):
     vstore(out, o + 3 * stride, v3)
 
 
-@kernel
+@inlined_kernel
 def tile_row(out, o, stride, bias, bo, a, a0, wp, wo, K, start):
     """``tile_rows4`` for one row, with the same order of operations, so that a row's result
     does not depend on whether it ran in a tile of 4 or alone (and so not on how many
