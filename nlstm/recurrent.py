@@ -30,6 +30,10 @@ from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_a
 # a few microseconds, some 100k multiply-adds).
 _PER_ROW_MIN_SAVING = 200_000
 
+# Whether the input projection runs through nlstm's panel tiles (where its columns suit
+# them) rather than BLAS.
+PROJECT_ON_TILES = True
+
 # A one-row batch splits its hidden units over the threads (a spin barrier per step) when
 # each step has this many recurrent multiply-adds (the barrier and the exchange of h cost
 # about 0.3 µs a step: at H = 64 the split lost, at H = 128 it won) and the whole sequence
@@ -186,6 +190,7 @@ class RecurrentLayer(Lockable):
         self._step_sizes = self._state_sizes()
         self._no_carry = np.zeros((0, 0), self.dtype)
         self._no_pack = np.zeros(0, self.dtype)
+        self._no_rows = np.zeros(0, np.int64)
         self._no_acts = np.zeros((0, 3), self.dtype)
         self._acts_cache: dict = {}  # see _acts
         self._new_workspace_state()
@@ -555,6 +560,11 @@ class RecurrentLayer(Lockable):
             # nothing; the batch rows balanced by their lengths.
             _threads.run_rows(B, float(valid * per_step), P.project_ragged,
                               (inp, w, gates, b, lengths), [()], (), row_cost=lengths,
+                              min_work=_threads.SMALL_GEMM)
+        elif PROJECT_ON_TILES and tiles.packable_panels(w):
+            wp = self._packed_panels(k, d, w, "project")
+            _threads.run_rows(T * B, float(T * B * per_step), P.project_panels,
+                              (x2, wp, g2, b, self._no_rows), [()], (),
                               min_work=_threads.SMALL_GEMM)
         else:
             _threads.run_rows(T * B, float(T * B * per_step), P.project_rows, (x2, w, g2, b),

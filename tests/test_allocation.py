@@ -45,7 +45,8 @@ def counted_kernels(monkeypatch):
     for name in ("project_rows", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
                  "rnn_forward",
                  "rnn_backward", "lstm_forward_units", "lstm_backward_units",
-                 "gru_forward_units", "gru_backward_units", "project_ragged", "weight_grad_cols",
+                 "gru_forward_units", "gru_backward_units", "project_ragged", "project_panels",
+                 "weight_grad_cols",
                  "input_grad_rows"):
         split = getattr(parallel, name)
         monkeypatch.setattr(parallel, name, parallel.Split(counting(split.serial),

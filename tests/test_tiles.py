@@ -225,3 +225,25 @@ def test_one_row_panels_agree_with_a_batch(kind):
                      dy[:, b:b + 1], 1)
         np.testing.assert_allclose(alone[0], whole[0][:, b:b + 1], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(alone[2], whole[2][:, b:b + 1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_project_panels_matches_numpy(dtype, with_bias):
+    """The input projection through the panels, as two threads' row ranges, each over
+    several L2-sized row blocks (I = 1024: 64 rows a block in float32), against NumPy."""
+    rng = np.random.default_rng(11)
+    n, I = 150, 1024
+    G = 2 * tiles.panel_width(dtype)
+    x = rng.standard_normal((n, I)).astype(dtype)
+    w = rng.standard_normal((I, G)).astype(dtype)
+    bias = rng.standard_normal(G).astype(dtype) if with_bias else np.zeros(0, dtype)
+    wp = np.empty(w.size, dtype)
+    tiles.pack_panels(wp, w)
+    out = np.full((n, G), np.nan, dtype)
+    for r0, r1 in ((0, 70), (70, n)):
+        tiles.project_panels(r0, r1, x, wp, out, bias, np.zeros(0, np.int64))
+    want = x.astype(np.float64) @ w.astype(np.float64) + (bias if with_bias else 0)
+    # sums of 1024 products of order 1: float32's rounding, relative to their size (~32)
+    tol = dict(rtol=1e-4, atol=5e-4) if dtype == np.float32 else _tol(dtype)
+    np.testing.assert_allclose(out, want, **tol)

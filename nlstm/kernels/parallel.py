@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 from numba import prange
 from numba.extending import overload
 
-from . import blocks, gemm, gru, gru_units, lnlstm, lstm, lstm_units, rnn
+from . import blocks, gemm, gru, gru_units, lnlstm, lstm, lstm_units, rnn, tiles
 from .config import parallel_kernel
 
 
@@ -114,6 +114,12 @@ def _project_rows(bounds, args, stacked):
 
 
 @parallel_kernel
+def _project_panels(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        tiles.project_panels(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
+@parallel_kernel
 def _project_ragged(bounds, args, stacked):
     for i in prange(bounds.shape[0] - 1):
         gemm.project_ragged(bounds[i], bounds[i + 1], *args, *part(stacked, i))
@@ -159,6 +165,7 @@ def _gru_backward_units(parts, args):
 
 project_rows = Split(blocks.project_rows, _project_rows)
 project_ragged = Split(gemm.project_ragged, _project_ragged)
+project_panels = Split(tiles.project_panels, _project_panels)
 weight_grad_cols = Split(gemm.weight_grad_cols, _weight_grad_cols)
 input_grad_rows = Split(gemm.input_grad_rows, _input_grad_rows)
 lstm_forward = Split(lstm.lstm_forward, _lstm_forward)
