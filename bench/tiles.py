@@ -1,13 +1,16 @@
-"""``python -m bench.tiles``: nlstm's own micro-kernels against the per-step BLAS path.
+"""``python -m bench.tiles``: nlstm's own micro-kernels against BLAS.
 
 Times each cell on issue 3's grid twice in the same process, alternating call by call:
-as shipped (the per-step products and carries in ``kernels/tiles.py``) and with the tiles
-switched off (the block products of ``kernels/blocks.py``: SciPy's OpenBLAS and loops).
-Both use the same weights and data, and their outputs are checked against each other
-first. Run it under each OpenBLAS setting to see what the tiles change:
+as shipped and with one use of the tiles switched off. ``--what steps`` (the default): the
+per-step products and carries in ``kernels/tiles.py`` against the block products of
+``kernels/blocks.py`` (SciPy's OpenBLAS and loops); ``--what projection``: the input
+projection through the panel tiles (``tiles.project_panels``) against BLAS. Both use the
+same weights and data, and their outputs are checked against each other first. Run it
+under each OpenBLAS setting to see what the tiles change:
 
     python -m bench.tiles
     OPENBLAS_CORETYPE=Haswell python -m bench.tiles
+    python -m bench.tiles --what projection --cases M,L,XL
 """
 from __future__ import annotations
 
@@ -22,9 +25,13 @@ CASES = {"S": (100, 1, 32, 64), "M": (100, 16, 64, 128), "L": (50, 64, 256, 256)
          "XL": (20, 128, 512, 512), "long": (4000, 1, 32, 128)}
 
 
-def _switch(on: bool) -> None:
-    """Tiles on (as shipped) or off (the block products)."""
+def _switch(on: bool, what: str = "steps") -> None:
+    """Tiles on (as shipped) or off (BLAS) for ``what``: the per-step products or the
+    input projection."""
     import nlstm.recurrent as R
+    if what == "projection":
+        R.PROJECT_ON_TILES = on
+        return
     if not hasattr(_switch, "real"):
         _switch.real = (R.RecurrentLayer._packed_gates, R.RecurrentLayer._panels_fit)
     if on:
@@ -34,7 +41,7 @@ def _switch(on: bool) -> None:
         R.RecurrentLayer._panels_fit = lambda self: False
 
 
-def _time(cell: str, case: str, mode: str, seconds: float) -> tuple:
+def _time(cell: str, case: str, mode: str, seconds: float, what: str) -> tuple:
     import nlstm
     T, B, I, H = CASES[case]
     m = getattr(nlstm, cell)(I, H, seed=0)
@@ -51,20 +58,20 @@ def _time(cell: str, case: str, mode: str, seconds: float) -> tuple:
 
     ys = []
     for on in (True, False):
-        _switch(on)
+        _switch(on, what)
         ys.append(run())
     tol = 1e-4 * max(1.0, float(np.abs(ys[1]).max()))
     if not np.allclose(ys[0], ys[1], rtol=1e-4, atol=tol):
-        raise SystemExit(f"{cell} {case} {mode}: tiles and block products disagree")
+        raise SystemExit(f"{cell} {case} {mode}: tiles and BLAS disagree ({what})")
     on_t, off_t = [], []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(on_t) < 5:
         for on, out in ((True, on_t), (False, off_t)):
-            _switch(on)
+            _switch(on, what)
             t0 = time.perf_counter()
             run()
             out.append(time.perf_counter() - t0)
-    _switch(True)
+    _switch(True, what)
     return float(np.median(on_t)), float(np.median(off_t)), len(on_t)
 
 
@@ -79,6 +86,7 @@ def main(argv=None) -> None:
     ap.add_argument("--modes", default="infer,train")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=2.0, help="per case and mode")
+    ap.add_argument("--what", choices=("steps", "projection"), default="steps")
     args = ap.parse_args(argv)
     import nlstm
     nlstm.set_num_threads(args.threads)
@@ -86,13 +94,14 @@ def main(argv=None) -> None:
     env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
     print(f"# bench.tiles: {platform.processor() or platform.machine()}, {args.threads} threads, "
           f"float32, vector width {simd.target_vector_bits()} bits, "
-          f"{env or 'no OPENBLAS_* variable'}; medians, tiles and block products alternating")
-    print("| cell | case | mode | tiles | block products | tiles / blocks |")
+          f"{env or 'no OPENBLAS_* variable'}; medians, tiles and BLAS alternating "
+          f"({args.what})")
+    print("| cell | case | mode | tiles | BLAS | tiles / BLAS |")
     print("|---|---|---|---|---|---|")
     for cell in args.cells.split(","):
         for case in args.cases.split(","):
             for mode in args.modes.split(","):
-                on, off, n = _time(cell, case, mode, args.seconds)
+                on, off, n = _time(cell, case, mode, args.seconds, args.what)
                 print(f"| {cell} | {case} | {mode} | {_fmt(on)} | {_fmt(off)} | {on / off:.2f}x |",
                       flush=True)
 
