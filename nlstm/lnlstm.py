@@ -137,7 +137,8 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
     args = (ws.y[k], ws.states[0][k][d], ws.states[1][k][d], ws.final[0][i], ws.final[1][i], gates,
             layer._w("weight_hh", k, d), bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1,
             d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc,
-            *_variant_args(layer, ws, k, d), ex["ctil"], *_variants(layer, k, d)[4:], ex["m"])
+            *_variant_args(layer, ws, k, d), ex["ctil"], *_variants(layer, k, d)[4:], ex["m"],
+            layer._packed_gates(k, d) if ws.key[1] > 1 else layer._no_pack)
     layer._rows(ws, P.lnlstm_forward, args)
 
 
@@ -148,10 +149,13 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     gates, h, c = ws.gates[k][d], ws.states[0][k][d], ws.states[1][k][d]
     zh, zc = ex["zoneout"]
     rhat, chat, rstd, dr, du = _saved(layer, ex)
+    # (the carry's panels for batches of more than one row, as the LSTM's)
+    wc = layer._packed_carry(k, d) if ws.key[1] > 1 else layer._no_pack
     args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i], gates, h,
-            c, layer._w("weight_hh", k, d), layer._carry_weights(ws, k, d), ws.lengths, d == 1,
-            d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
-            *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"])
+            c, layer._w("weight_hh", k, d), layer._no_carry if wc.size else
+            layer._carry_weights(ws, k, d), ws.lengths, d == 1, d * layer._out_size, ln,
+            *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
+            *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"], wc)
     layer._rows(ws, P.lnlstm_backward, args)
     # gates now holds dz, the gradients of the gate pre-activations
     hprev = layer._hprev(h, d)

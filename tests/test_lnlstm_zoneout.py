@@ -330,3 +330,46 @@ def test_variants_with_zoneout_save_load_and_state_dict(cls, tmp_path):
     assert m2.proj_size == 2 and m2(np.zeros((1, 3), np.float32))[0].shape == (1, 4)
     x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
     np.testing.assert_array_equal(m(x)[0], m2(x)[0])
+
+
+# ---- the per-step products on nlstm's micro-kernels (nlstm.kernels.tiles) ----------------
+# H a multiple of the vector width puts W_hh h on the tiles; of 4 vector widths, the backward
+# carry on the panels too (float64: 8 and 32 with AVX-512, 4 and 16 with AVX2). H = 4 above
+# runs neither.
+TILED = ["lstm", "lnlstm", "lnlstm_all_onnx", "lstm_proj"]
+
+
+@pytest.mark.parametrize("dtype,H", [(np.float64, 32), (np.float64, 128), (np.float32, 64)])
+@pytest.mark.parametrize("kind", TILED)
+def test_tiled_products_match_reference(kind, dtype, H):
+    """Two layers, both directions, B = 7 with ragged lengths (6 then 5 active rows: both
+    tails of the 4-row tiles); H = 128 in float64 runs the tiles' depth chunks."""
+    from nlstm.kernels import simd, tiles
+    if H % simd.width(dtype) or kind == "lstm_proj" and H < 64:
+        pytest.skip("H off this machine's tiles")
+    p = 0.4
+    m = _model(kind, p, dtype=dtype, I=5, H=H)
+    x, init, lengths = _data(m, T=6, B=7)
+    cast = [a.astype(dtype) for a in init]
+    y, final = m.forward(x.astype(dtype), _state(cast), lengths)
+    assert any(len(key) == 2 for key in m._pack_bufs), "the forward's tiles did not run"
+    masks = _masks(m, *x.shape[:2])
+    rng = np.random.default_rng(3)
+    dy = rng.standard_normal(y.shape)
+    dfinal = [rng.standard_normal(a.shape) for a in init]
+    m.zero_grad()
+    dx, dinit = m.backward(dy.astype(dtype), *[a.astype(dtype) for a in dfinal])
+    carry = any(key[-1] == "carry" for key in m._pack_bufs)
+    assert carry == tiles.packable_panels(m._w("weight_hh", 0, 0).T), "the carry's panels"
+    cell = R.Zoneout(ZONEOUT_KINDS[kind][1](), masks)
+    ry, rfinal, cache = R.forward(cell, m.params, x, init, lengths, 2, True)
+    rdx, rdinit, rgrads = R.backward(cache, dy, dfinal)
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == np.float64 else dict(rtol=3e-3, atol=3e-4)
+    np.testing.assert_allclose(y, ry, err_msg="y", **tol)
+    np.testing.assert_allclose(dx, rdx, err_msg="dx", **tol)
+    for i, (g, w) in enumerate(zip(_list(final), rfinal)):
+        np.testing.assert_allclose(g, w, err_msg=f"final[{i}]", **tol)
+    for i, (g, w) in enumerate(zip(_list(dinit), rdinit)):
+        np.testing.assert_allclose(g, w, err_msg=f"dinit[{i}]", **tol)
+    for k, g in rgrads.items():
+        np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)

@@ -24,9 +24,11 @@ from .activations import cast_like, dact, dgate, gate, gates_inplace, sigmoid, t
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_dots,
                      row_nn)
 from .config import kernel
+from .lstm import step_tiles
 from .simd import wide
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
+from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, panel_rows
 
 EPS = 1e-5  # the ε of every normalisation (PyTorch's LayerNorm default)
 
@@ -375,7 +377,7 @@ def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc, peep, clip, i
 @kernel
 def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
                    ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc, peep, clip, input_forget, acts,
-                   pre, ctil, proj, w_hr_t, m, rows, times, sp1, sp2, sg, sh):
+                   pre, ctil, proj, w_hr_t, m, wp, rows, times, sp1, sp2, sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -395,6 +397,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
     proj: bool; w_hr_t: (H, P) = W_hrᵀ, or empty; m: (T, B, H) out with ``proj``: o⊙h(·) of
     every step, else empty (with a projection h, h0, h_n, y and W_hh have P features:
     h = W_hr m, zoneout's zh applies to that)
+    wp: W_hhᵀ packed for the tiles (``tiles.pack_gates``), or empty: each step's W_hh h
+    then runs on the tiles for batch ranges of more than one row
     rows, times: (B,) int64 scratch; sp1, sp2: (B, H), sg: (B, 4H), sh: (B, H) scratch
     """
     T = gates.shape[0]
@@ -411,6 +415,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
         zero_rows_past(b0, b1, m, lengths)
     zo = zh.shape[0] > 0
     none = sh[0, :0]
+    # one row: the row loops (as lstm_forward: faster than the one-row tile)
+    tiled = wp.shape[0] > 0 and b1 - b0 > 1
     if ln:  # the gradient products read every row of these
         zero_rows_past(b0, b1, rhat, lengths)
         zero_rows_past(b0, b1, chat, lengths)
@@ -421,12 +427,15 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
         if n == 0:
             break  # lengths only shrink the active set as steps go on
         if ln:
-            for i in range(n):
-                p, o = slots(times[i], reverse)
-                hp = h[p, rows[i]]
-                for k in range(P):
-                    sp1[i, k] = hp[k]
-            matmul_nn(sg, sp1, w_hh_t, n, 0, G)
+            if tiled:
+                step_tiles(sg, True, h, wp, bias, rows, times, n, reverse, FROM_ZERO)
+            else:
+                for i in range(n):
+                    p, o = slots(times[i], reverse)
+                    hp = h[p, rows[i]]
+                    for k in range(P):
+                        sp1[i, k] = hp[k]
+                matmul_nn(sg, sp1, w_hh_t, n, 0, G)
             for i in range(n):
                 b = rows[i]
                 t = times[i]
@@ -435,6 +444,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
                 g = gates[t, b]
                 for j in range(G):
                     g[j] += g_hh[j] * rh[j] + bias[j]
+        elif tiled:
+            step_tiles(gates, False, h, wp, bias, rows, times, n, reverse, FROM_OUT_AND_BIAS)
         else:
             add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
         for i in range(n):
@@ -472,8 +483,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
 @kernel
 def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
                     reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, peep,
-                    clip, input_forget, acts, pre, proj, w_hr_t, dh_all, rows, times, sp1, sp2,
-                    sg, sh):
+                    clip, input_forget, acts, pre, proj, w_hr_t, dh_all, wc, rows, times, sp1,
+                    sp2, sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 4H) out: the gradients dz of the gate pre-activations (zero past each
@@ -484,6 +495,7 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     dr: (T, B, 4H) out with ``ln``: the gradient of W_hh h; du: (T, B, H) out with ``ln``:
     that of γ_c ⊙ LN(c̃) + β_c (both empty without ``ln``)
     dh_all: (T, B, P) out with ``proj``: the gradient of each step's W_hr m, else empty
+    wc: W_hh packed for the carry's panels (``tiles.pack_panels``), or empty
     the rest as given to ``lnlstm_forward`` (dh0, dh_n and dy have P features)
     """
     T = gates.shape[0]
@@ -551,7 +563,14 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
             else:
                 for j in range(G):
                     src[j] = dg[j]
-        matmul_carry(sp1, sg, w_hh_t, w_hh, n)  # the carry: dz · W_hh for every active row
+        # the carry: dz · W_hh for every active row
+        if wc.shape[0] > 0:
+            if not zo:
+                panel_rows(dh0, sg, rows, n, wc, 0, P, 0, G, True)
+                continue
+            panel_rows(sp1, sg, rows, n, wc, 0, P, 0, G, False)
+        else:
+            matmul_carry(sp1, sg, w_hh_t, w_hh, n)
         for i in range(n):
             dst = dh0[rows[i]]
             for k in range(P):
