@@ -6,8 +6,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import _threads
 from .kernels import lnlstm as K
 from .kernels import parallel as P
+from .kernels import tiles
 from .lstm import LSTM
 
 
@@ -82,10 +84,17 @@ class LayerNormLSTM(LSTM):
                     dr=e(T, B, 4 * H), chat=e(T, B, H), du=e(T, B, H), rstd=e(T, B, 3))
 
     def _split_units(self) -> bool:
-        return False
+        return splits_units(self)
 
     def _work_size(self) -> int:
         return 16 * self.hidden_size  # see lnlstm_step
+
+
+def splits_units(layer) -> bool:
+    """Whether a one-row batch's forward may split its hidden units over threads
+    (``kernels.lnlstm_units``): the plain cell (no variant options, no projection) with H on
+    the tiles. (The backward runs on one thread.)"""
+    return layer._plain() and tiles.packable(layer._w("weight_hh", 0, 0), 4)
 
 
 def _norm_params(layer, k: int, d: int) -> tuple:
@@ -134,6 +143,16 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
     i = k * layer.num_directions + d
     zh, zc = ex["zoneout"]
     rhat, chat, rstd, _, _ = _saved(layer, ex)
+    parts = layer._unit_parts(ws)
+    if parts:  # a one-row batch: its hidden units split over the threads
+        ws.ensure_scratch(layer, 1)
+        r, ct = ws.scratch[0][4][0], ws.scratch[0][5][0]  # shared by the parts
+        args = (layer._barrier_flags(parts), ws.y[k], ws.states[0][k][d], ws.states[1][k][d],
+                ws.final[0][i], ws.final[1][i], gates, layer._packed_gates(k, d), bias,
+                ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, d * layer._out_size, ln,
+                *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc, r, ct)
+        _threads.run_units(parts, P.lnlstm_forward_units, args)
+        return
     args = (ws.y[k], ws.states[0][k][d], ws.states[1][k][d], ws.final[0][i], ws.final[1][i], gates,
             layer._w("weight_hh", k, d), bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1,
             d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc,

@@ -373,3 +373,86 @@ def test_tiled_products_match_reference(kind, dtype, H):
         np.testing.assert_allclose(g, w, err_msg=f"dinit[{i}]", **tol)
     for k, g in rgrads.items():
         np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
+
+
+# ---- a one-row batch's hidden units split over threads (nlstm.kernels.lnlstm_units) -------
+@pytest.fixture
+def unit_split(monkeypatch):
+    """Split every one-row forward that can be, however small; count the parts run."""
+    from nlstm import _threads, recurrent
+    from nlstm.kernels import parallel
+    monkeypatch.setattr(recurrent, "_UNITS_MIN_STEP", 0)
+    monkeypatch.setattr(recurrent, "_UNITS_MIN_WORK", 0)
+    cpus = max(2, _threads.cpus_available())
+    monkeypatch.setattr(_threads, "cpus_available", lambda: cpus)
+    calls = []
+    split = parallel.lnlstm_forward_units
+
+    def call(parts, args):
+        calls.append(parts)
+        return split.parallel(parts, args)
+
+    monkeypatch.setattr(parallel, "lnlstm_forward_units", parallel.Split(split.serial, call))
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(2)
+    yield calls
+    nlstm.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype,H", [(np.float64, 32), (np.float64, 48), (np.float32, 48)])
+@pytest.mark.parametrize("kind,p", [("lnlstm", 0.0), ("lnlstm", 0.4), ("lstm", 0.4)])
+@pytest.mark.parametrize("length", [6, 4])
+def test_unit_split_forward_matches_reference(unit_split, kind, p, dtype, H, length):
+    """Two layers, both directions, B = 1 of length T or shorter; H = 48 splits unevenly
+    (parts of 32 and 16 units). Training forward (sampled masks) and backward against the
+    oracle; in float64 a few gradients by finite differences too."""
+    from nlstm.kernels import simd
+    if H % simd.width(dtype):
+        pytest.skip("H off this machine's tiles")
+    m = _model(kind, p, dtype=dtype, I=5, H=H)
+    T = 6
+    x, init, _ = _data(m, T=T, B=1)
+    lengths = np.array([length])
+    cast = [a.astype(dtype) for a in init]
+    y, final = m.forward(x.astype(dtype), _state(cast), lengths)
+    assert unit_split == [2] * 4, "the unit split did not run"
+    masks = _masks(m, T, 1) if p else _masks(m, T, 1, fill=0.0)
+    rng = np.random.default_rng(3)
+    dy = rng.standard_normal(y.shape)
+    dfinal = [rng.standard_normal(a.shape) for a in init]
+    m.zero_grad()
+    dx, dinit = m.backward(dy.astype(dtype), *[a.astype(dtype) for a in dfinal])
+    cell = R.Zoneout(ZONEOUT_KINDS[kind][1](), masks)
+    ry, rfinal, cache = R.forward(cell, m.params, x, init, lengths, 2, True)
+    rdx, rdinit, rgrads = R.backward(cache, dy, dfinal)
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == np.float64 else dict(rtol=3e-3, atol=3e-4)
+    np.testing.assert_allclose(y, ry, err_msg="y", **tol)
+    np.testing.assert_allclose(dx, rdx, err_msg="dx", **tol)
+    for i, (g, w) in enumerate(zip(_list(final), rfinal)):
+        np.testing.assert_allclose(g, w, err_msg=f"final[{i}]", **tol)
+    for i, (g, w) in enumerate(zip(_list(dinit), rdinit)):
+        np.testing.assert_allclose(g, w, err_msg=f"dinit[{i}]", **tol)
+    for k, g in rgrads.items():
+        np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
+    # inference: the expectation
+    y, _ = m(x.astype(dtype), _state(cast), lengths)
+    cell = R.Zoneout(ZONEOUT_KINDS[kind][1](), _masks(m, T, 1, fill=p))
+    ry, _, _ = R.forward(cell, m.params, x, init, lengths, 2, True)
+    np.testing.assert_allclose(y, ry, err_msg="y (inference)", **tol)
+    if dtype != np.float64:
+        return
+
+    def loss():
+        m._dropout_rng = np.random.default_rng(11)
+        y, final = m.forward(x, _state(init), lengths)
+        return float((y * dy).sum() + sum((f * g).sum() for f, g in zip(_list(final), dfinal)))
+
+    loss()
+    m.zero_grad()
+    dx, _ = m.backward(dy, *dfinal)
+    grads = {k: v.copy() for k, v in m.grads.items()}
+    names = ["weight_hh_l0", "bias_hh_l1_reverse"] + (["ln_weight_hh_l0", "ln_weight_c_l1"]
+                                                      if kind == "lnlstm" else [])
+    for name, a, g in [("x", x, dx)] + [(k, m.params[k], grads[k]) for k in names]:
+        for index, num in sampled_numeric_grad(loss, a, rng, n=4).items():
+            assert abs(g[index] - num) <= 1e-6 + 1e-5 * abs(num), (name, index, g[index], num)

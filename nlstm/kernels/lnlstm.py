@@ -34,9 +34,9 @@ EPS = 1e-5  # the ε of every normalisation (PyTorch's LayerNorm default)
 
 
 @kernel
-def normalize(a, out, eps):
-    """out = (a − mean a)·rstd, rstd = 1/√(var a + eps), over the vector a (n,); returns rstd.
-    out may be a itself. Two passes: the mean first, then the spread around it."""
+def moments(a, eps):
+    """The mean of the vector a (n,) and rstd = 1/√(var a + eps). Two passes: the mean
+    first, then the spread around it."""
     wide()
     n = a.shape[0]
     s = cast_like(a, 0)
@@ -48,10 +48,30 @@ def normalize(a, out, eps):
     for j in range(n):
         dv = a[j] - mean
         v += dv * dv
-    rstd = cast_like(a, 1) / np.sqrt(v * inv_n + cast_like(a, eps))
-    for j in range(n):
+    return mean, cast_like(a, 1) / np.sqrt(v * inv_n + cast_like(a, eps))
+
+
+@kernel
+def normalize(a, out, eps):
+    """out = (a − mean a)·rstd, rstd = 1/√(var a + eps), over the vector a (n,); returns rstd.
+    out may be a itself."""
+    wide()
+    mean, rstd = moments(a, eps)
+    for j in range(a.shape[0]):
         out[j] = (a[j] - mean) * rstd
     return rstd
+
+
+@kernel
+def add_normalized(g, r, rh, mean, rstd, gain, bias, c0, c1):
+    """For j in c0:c1: rh[j] = (r[j] − mean)·rstd (LN(r), its moments given) and
+    g[j] += gain[j]·rh[j] + bias[j]; all (G,). One pass."""
+    wide()
+    gc, rc, rhc, gn, bc = g[c0:c1], r[c0:c1], rh[c0:c1], gain[c0:c1], bias[c0:c1]
+    for j in range(c1 - c0):
+        v = (rc[j] - mean) * rstd
+        rhc[j] = v
+        gc[j] += gn[j] * v + bc[j]
 
 
 @kernel
@@ -133,6 +153,46 @@ def _zoneout(hn, hp, zh, cn, ct, cp, zc):
 
 
 @kernel
+def _gates_units(g, cp, ct, j0, j1):
+    """The gates' activations in place (g: (4H,) pre-activations in, i, f, g, o out) and
+    c̃ = f⊙c + i⊙g (ct: (H,) out; cp: (H,) the cell state before), for units j0:j1."""
+    wide()
+    H = cp.shape[0]
+    gi, gf, gg, go = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1]
+    cpu, ctu = cp[j0:j1], ct[j0:j1]
+    for j in range(j1 - j0):
+        i = sigmoid(gi[j])
+        f = sigmoid(gf[j])
+        z = tanh(gg[j])
+        gi[j] = i
+        gf[j] = f
+        gg[j] = z
+        go[j] = sigmoid(go[j])
+        ctu[j] = f * cpu[j] + i * z
+
+
+@kernel
+def _out_units(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, mean, rstd, zh, zc, j0, j1):
+    """The step's end for units j0:j1: h̃ = o ⊙ tanh(γ_c ⊙ LN(c̃) + β_c) with ``ln`` (LN(c̃)
+    from its mean and rstd, given: the moments run over every unit), else o ⊙ tanh(c̃); then
+    zoneout. Arrays as for ``_cell_plain``."""
+    wide()
+    H = cp.shape[0]
+    go, ctu, hnu = g[3 * H + j0:3 * H + j1], ct[j0:j1], hn[j0:j1]
+    if ln:
+        chu, gcu, bcu = chat[j0:j1], g_c[j0:j1], b_c[j0:j1]
+        for j in range(j1 - j0):
+            v = (ctu[j] - mean) * rstd
+            chu[j] = v
+            hnu[j] = go[j] * tanh(gcu[j] * v + bcu[j])
+    else:
+        for j in range(j1 - j0):
+            hnu[j] = go[j] * tanh(ctu[j])
+    # (an empty mask sliced stays empty)
+    _zoneout(hnu, hp[j0:j1], zh[j0:j1], cn[j0:j1], ctu, cp[j0:j1], zc[j0:j1])
+
+
+@kernel
 def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     """``_cell`` without the variants: branch-free loops that LLVM vectorises (the variants'
     invariant branches inside ``_cell``'s loops kept it from doing so: 25% slower).
@@ -141,25 +201,13 @@ def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     before; cn, hn: (H,) out, the state after; ct: (H,) out: c̃; chat: (H,) out with ``ln``:
     LN(c̃); g_c, b_c: (H,) γ_c, β_c; zh, zc: (H,) zoneout masks, or empty. Returns LN(c̃)'s
     rstd (0 without ``ln``)."""
-    wide()
     H = cp.shape[0]
-    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
-    for j in range(H):
-        gi[j] = sigmoid(gi[j])
-        gf[j] = sigmoid(gf[j])
-        gg[j] = tanh(gg[j])
-        go[j] = sigmoid(go[j])
-    for j in range(H):
-        ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
+    _gates_units(g, cp, ct, 0, H)
+    mean = cast_like(g, 0)
     rs = cast_like(g, 0)
     if ln:
-        rs = normalize(ct, chat, EPS)
-        for j in range(H):
-            hn[j] = go[j] * tanh(g_c[j] * chat[j] + b_c[j])
-    else:
-        for j in range(H):
-            hn[j] = go[j] * tanh(ct[j])
-    _zoneout(hn, hp, zh, cn, ct, cp, zc)
+        mean, rs = moments(ct, EPS)
+    _out_units(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, mean, rs, zh, zc, 0, H)
     return rs
 
 
@@ -439,11 +487,9 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
             for i in range(n):
                 b = rows[i]
                 t = times[i]
-                rh = rhat[t, b]
-                rstd[t, b, 1] = normalize(sg[i], rh, EPS)
-                g = gates[t, b]
-                for j in range(G):
-                    g[j] += g_hh[j] * rh[j] + bias[j]
+                mean, rs = moments(sg[i], EPS)
+                rstd[t, b, 1] = rs
+                add_normalized(gates[t, b], sg[i], rhat[t, b], mean, rs, g_hh, bias, 0, G)
         elif tiled:
             step_tiles(gates, False, h, wp, bias, rows, times, n, reverse, FROM_OUT_AND_BIAS)
         else:
@@ -460,7 +506,9 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
                            chat[t, b] if ln else none, zh_tb, zc_tb, peep, clip, input_forget,
                            acts, pre[t, b] if save else none)
             else:  # the callers branch: one function holding both is not inlined (see rnn.py)
-                rs = _cell_plain(gates[t, b], c[p, b], h[p, b], c[o, b], hn, sh[i], ln, g_c, b_c,
+                # (c̃ is the new c itself unless zoneout keeps them apart)
+                rs = _cell_plain(gates[t, b], c[p, b], h[p, b], c[o, b], hn,
+                                 sh[i] if zo else c[o, b], ln, g_c, b_c,
                                  chat[t, b] if ln else none, zh_tb, zc_tb)
             if proj:  # h = W_hr m, then zoneout on it
                 ho = h[o, b]

@@ -1,0 +1,90 @@
+"""The LayerNorm LSTM's and the zoneout LSTM's forward for a batch of one row, split across
+threads by hidden units (as :mod:`nlstm.kernels.lstm_units` does for the plain LSTM).
+
+Each of ``parts`` threads owns the hidden units j0:j1 (``units.unit_range``) and runs the
+one-row tile over its own unit blocks of the packed W_hhᵀ. Without normalisation its
+product goes straight into its units' gates, and one barrier per step (before the next
+step reads the whole h) is all the parts share. LayerNorm needs two more: LN(W_hh h)
+normalises over all 4H gates and LN(c̃) over all H units, so the parts write their units'
+W_hh h and c̃ into shared rows, meet, and then each computes the row's moments itself (a
+few hundred additions, cheaper than another barrier) and goes on with its own units.
+
+The cell's equations are the one-thread kernels' (``lnlstm._gates_units``,
+``lnlstm._out_units``, ``lnlstm.add_normalized``). Plain cell only (no variant options,
+no projection); H a multiple of the vector width (the tiles). Slots as in
+:mod:`nlstm.kernels.slots`; gate order i, f, g, o.
+"""
+from .config import kernel
+from .lnlstm import EPS, _gates_units, _out_units, add_normalized, moments
+from .simd import vwidth
+from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
+from .sync import barrier
+from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, tile_row
+from .units import copy, unit_range
+
+
+@kernel
+def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias, h0, c0,
+                         lengths, reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc,
+                         r, ct):
+    """``lnlstm_forward`` of the plain cell for B = 1, the units j0:j1 of this ``part``.
+
+    Every part is called at once, each on its own thread, with the same arrays (shapes and
+    meanings as for ``lnlstm_forward``, B = 1; no variant options); flags:
+    (parts·sync.STRIDE,) int64 zeros; wp: W_hhᵀ packed by ``tiles.pack_gates``;
+    r: (4H,) and ct: (H,) scratch shared by the parts (W_hh h and c̃ of the step).
+    """
+    H = c.shape[2]
+    G = 4 * H
+    K = h.shape[2]
+    W = vwidth(gates)
+    j0, j1 = unit_range(part, parts, H)
+    begin_rows(0, 1, h[:, :, j0:j1], h0[:, j0:j1], lengths, reverse)
+    begin_rows(0, 1, c[:, :, j0:j1], c0[:, j0:j1], lengths, reverse)
+    zero_padding(0, 1, y, lengths, col + j0, j1 - j0)
+    if ln and part == 0:  # the gradient products read every row of these
+        zero_rows_past(0, 1, rhat, lengths)
+        zero_rows_past(0, 1, chat, lengths)
+    L = lengths[0]
+    count = 1
+    barrier(flags, part, parts, count)
+    gf = gates.reshape(gates.size)
+    hf = h.reshape(h.size)
+    zero = gates[0, 0, :0]
+    mean_c = rstd_c = bias[0] * 0
+    for step in range(L):
+        t = step_time(step, L, reverse)
+        p, o = slots(t, reverse)
+        g = gates[t, 0]
+        for u in range(j0 // W, j1 // W):
+            if ln:  # W_hh h alone, normalised below
+                tile_row(r, u * W, H, bias, u * W, hf, p * K, wp, u * K * 4 * W, K, FROM_ZERO)
+            else:
+                tile_row(gf, t * G + u * W, H, bias, u * W, hf, p * K, wp, u * K * 4 * W, K,
+                         FROM_OUT_AND_BIAS)
+        if ln:
+            count += 1
+            barrier(flags, part, parts, count)  # the moments read every gate of W_hh h
+            mean, rs = moments(r, EPS)
+            if part == 0:
+                rstd[t, 0, 1] = rs
+            for q in range(4):
+                add_normalized(g, r, rhat[t, 0], mean, rs, g_hh, bias, q * H + j0, q * H + j1)
+        cp = c[p, 0]
+        _gates_units(g, cp, ct, j0, j1)
+        if ln:
+            count += 1
+            barrier(flags, part, parts, count)  # LN(c̃)'s moments read every unit
+            mean_c, rstd_c = moments(ct, EPS)
+            if part == 0:
+                rstd[t, 0, 2] = rstd_c
+        _out_units(g, cp, h[p, 0], c[o, 0], h[o, 0], ct, ln, g_c, b_c,
+                   chat[t, 0] if ln else zero, mean_c, rstd_c,
+                   zh[t, 0] if zh.shape[0] > 0 else zero, zc[t, 0] if zc.shape[0] > 0 else zero,
+                   j0, j1)
+        copy(y[t, 0, col + j0:col + j1], h[o, 0, j0:j1])
+        count += 1
+        # the next step reads every unit of h (and overwrites r and ct)
+        barrier(flags, part, parts, count)
+    end_rows(0, 1, h_n[:, j0:j1], h[:, :, j0:j1], lengths, reverse)
+    end_rows(0, 1, c_n[:, j0:j1], c[:, :, j0:j1], lengths, reverse)
