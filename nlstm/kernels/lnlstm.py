@@ -18,12 +18,13 @@ recurrence (``normalize_input`` after the one big product, ``normalize_input_bac
 dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`, per-step block products as in
 :mod:`nlstm.kernels.blocks`; gate order i, f, g, o.
 """
+import numba
 import numpy as np
 
 from .activations import cast_like, dact, dgate, gate, gates_inplace, sigmoid, tanh
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_dots,
                      row_nn)
-from .config import kernel
+from .config import kernel, options
 from .lstm import step_tiles
 from .simd import wide
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
@@ -152,39 +153,35 @@ def _zoneout(hn, hp, zh, cn, ct, cp, zc):
             cn[j] = ct[j]
 
 
-@kernel
-def _gates_units(g, cp, ct, j0, j1):
-    """The gates' activations in place (g: (4H,) pre-activations in, i, f, g, o out) and
-    c̃ = f⊙c + i⊙g (ct: (H,) out; cp: (H,) the cell state before), for units j0:j1."""
-    wide()
-    H = cp.shape[0]
-    gi, gf, gg, go = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1]
-    cpu, ctu = cp[j0:j1], ct[j0:j1]
-    for j in range(j1 - j0):
-        i = sigmoid(gi[j])
-        f = sigmoid(gf[j])
-        z = tanh(gg[j])
-        gi[j] = i
-        gf[j] = f
-        gg[j] = z
+@numba.njit(inline="always", **options())
+def _gates(gi, gf, gg, go, cp, ct):
+    """The gates' activations in place (gi, gf, gg, go: the pre-activations of i, f, g, o
+    in, their values out) and c̃ = f⊙c + i⊙g (ct out; cp: the cell state before); all
+    (n,): one row's units, or a range of them (``lnlstm_units``). Inlined: called as a
+    function its loops ran 1.5x slower (H = 64; LLVM, not seeing the four views share one
+    row, did not vectorise them)."""
+    for j in range(cp.shape[0]):
+        gi[j] = sigmoid(gi[j])
+        gf[j] = sigmoid(gf[j])
+        gg[j] = tanh(gg[j])
         go[j] = sigmoid(go[j])
-        ctu[j] = f * cpu[j] + i * z
+    for j in range(cp.shape[0]):
+        ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
 
 
-@kernel
+@numba.njit(inline="always", **options())
 def _out_units(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, mean, rstd, zh, zc, j0, j1):
     """The step's end for units j0:j1: h̃ = o ⊙ tanh(γ_c ⊙ LN(c̃) + β_c) with ``ln`` (LN(c̃)
     from its mean and rstd, given: the moments run over every unit), else o ⊙ tanh(c̃); then
-    zoneout. Arrays as for ``_cell_plain``."""
-    wide()
+    zoneout. Arrays as for ``_cell_plain``. Inlined, as ``_gates``."""
     H = cp.shape[0]
     go, ctu, hnu = g[3 * H + j0:3 * H + j1], ct[j0:j1], hn[j0:j1]
     if ln:
         chu, gcu, bcu = chat[j0:j1], g_c[j0:j1], b_c[j0:j1]
         for j in range(j1 - j0):
-            v = (ctu[j] - mean) * rstd
-            chu[j] = v
-            hnu[j] = go[j] * tanh(gcu[j] * v + bcu[j])
+            chu[j] = (ctu[j] - mean) * rstd
+        for j in range(j1 - j0):
+            hnu[j] = go[j] * tanh(gcu[j] * chu[j] + bcu[j])
     else:
         for j in range(j1 - j0):
             hnu[j] = go[j] * tanh(ctu[j])
@@ -201,8 +198,9 @@ def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     before; cn, hn: (H,) out, the state after; ct: (H,) out: c̃; chat: (H,) out with ``ln``:
     LN(c̃); g_c, b_c: (H,) γ_c, β_c; zh, zc: (H,) zoneout masks, or empty. Returns LN(c̃)'s
     rstd (0 without ``ln``)."""
+    wide()
     H = cp.shape[0]
-    _gates_units(g, cp, ct, 0, H)
+    _gates(g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H], cp, ct)
     mean = cast_like(g, 0)
     rs = cast_like(g, 0)
     if ln:

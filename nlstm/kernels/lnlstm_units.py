@@ -9,13 +9,13 @@ normalises over all 4H gates and LN(c̃) over all H units, so the parts write th
 W_hh h and c̃ into shared rows, meet, and then each computes the row's moments itself (a
 few hundred additions, cheaper than another barrier) and goes on with its own units.
 
-The cell's equations are the one-thread kernels' (``lnlstm._gates_units``,
+The cell's equations are the one-thread kernels' (``lnlstm._gates``,
 ``lnlstm._out_units``, ``lnlstm.add_normalized``). Plain cell only (no variant options,
 no projection); H a multiple of the vector width (the tiles). Slots as in
 :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
 """
 from .config import kernel
-from .lnlstm import EPS, _gates_units, _out_units, add_normalized, moments
+from .lnlstm import EPS, _gates, _out_units, add_normalized, moments
 from .simd import vwidth
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
 from .sync import barrier
@@ -71,7 +71,8 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
             for q in range(4):
                 add_normalized(g, r, rhat[t, 0], mean, rs, g_hh, bias, q * H + j0, q * H + j1)
         cp = c[p, 0]
-        _gates_units(g, cp, ct, j0, j1)
+        _gates(g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1],
+               cp[j0:j1], ct[j0:j1])
         if ln:
             count += 1
             barrier(flags, part, parts, count)  # LN(c̃)'s moments read every unit
