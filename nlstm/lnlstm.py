@@ -92,8 +92,8 @@ class LayerNormLSTM(LSTM):
 
 def splits_units(layer) -> bool:
     """Whether a one-row batch's forward may split its hidden units over threads
-    (``kernels.lnlstm_units``): the plain cell (no variant options, no projection) with H on
-    the tiles. (The backward runs on one thread.)"""
+    (``kernels.lnlstm_units``; its backward too): the plain cell (no variant options, no
+    projection) with H on the tiles."""
     return layer._plain() and tiles.packable(layer._w("weight_hh", 0, 0), 4)
 
 
@@ -168,14 +168,17 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     gates, h, c = ws.gates[k][d], ws.states[0][k][d], ws.states[1][k][d]
     zh, zc = ex["zoneout"]
     rhat, chat, rstd, dr, du = _saved(layer, ex)
-    # (the carry's panels for batches of more than one row, as the LSTM's)
-    wc = layer._packed_carry(k, d) if ws.key[1] > 1 else layer._no_pack
-    args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i], gates, h,
-            c, layer._w("weight_hh", k, d), layer._no_carry if wc.size else
-            layer._carry_weights(ws, k, d), ws.lengths, d == 1, d * layer._out_size, ln,
-            *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
-            *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"], wc)
-    layer._rows(ws, P.lnlstm_backward, args)
+    parts = layer._unit_parts(ws)
+    if parts:  # as in forward_dir
+        ws.ensure_scratch(layer, 1)
+        sp2, sg, sh = ws.scratch[0][3:6]  # shared by the parts
+        args = (layer._barrier_flags(parts), gates, ws.dinit[0][i], ws.dinit[1][i], dy,
+                ws.dfinal[0][i], ws.dfinal[1][i], gates, c, layer._w("weight_hh", k, d),
+                ws.lengths, d == 1, d * layer._out_size, ln, *_norm_params(layer, k, d), rhat,
+                chat, rstd, dr, du, zh, zc, sh[0], sp2[0], sg[0])
+        _threads.run_units(parts, P.lnlstm_backward_units, args)
+    else:
+        _backward_rows(layer, ws, k, d, dy)
     # gates now holds dz, the gradients of the gate pre-activations
     hprev = layer._hprev(h, d)
     if layer.proj_size:
@@ -205,6 +208,22 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     layer._rows(ws, P.normalize_input_back, args, scratch=False)
     layer._input_grads(ws, k, d, inp, ex["xhat"], dx, db=db)
     layer._hidden_grads(ws, k, d, dr, hprev, db=db)
+
+
+def _backward_rows(layer, ws, k: int, d: int, dy: np.ndarray) -> None:
+    """``lnlstm_backward`` over the batch's rows on nlstm's threads."""
+    ln, ex, i = layer._layer_norm, ws.extra[k][d], k * layer.num_directions + d
+    gates, h, c = ws.gates[k][d], ws.states[0][k][d], ws.states[1][k][d]
+    zh, zc = ex["zoneout"]
+    rhat, chat, rstd, dr, du = _saved(layer, ex)
+    # (the carry's panels for batches of more than one row, as the LSTM's)
+    wc = layer._packed_carry(k, d) if ws.key[1] > 1 else layer._no_pack
+    args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i], gates, h,
+            c, layer._w("weight_hh", k, d), layer._no_carry if wc.size else
+            layer._carry_weights(ws, k, d), ws.lengths, d == 1, d * layer._out_size, ln,
+            *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
+            *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"], wc)
+    layer._rows(ws, P.lnlstm_backward, args)
 
 
 def step_kernel():

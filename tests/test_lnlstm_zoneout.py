@@ -386,13 +386,17 @@ def unit_split(monkeypatch):
     cpus = max(2, _threads.cpus_available())
     monkeypatch.setattr(_threads, "cpus_available", lambda: cpus)
     calls = []
-    split = parallel.lnlstm_forward_units
 
-    def call(parts, args):
-        calls.append(parts)
-        return split.parallel(parts, args)
+    def counting(name):
+        split = getattr(parallel, name)
 
-    monkeypatch.setattr(parallel, "lnlstm_forward_units", parallel.Split(split.serial, call))
+        def call(parts, args):
+            calls.append((name.split("_")[1], parts))
+            return split.parallel(parts, args)
+        return parallel.Split(split.serial, call)
+
+    for name in ("lnlstm_forward_units", "lnlstm_backward_units"):
+        monkeypatch.setattr(parallel, name, counting(name))
     before = nlstm.get_num_threads()
     nlstm.set_num_threads(2)
     yield calls
@@ -402,7 +406,7 @@ def unit_split(monkeypatch):
 @pytest.mark.parametrize("dtype,H", [(np.float64, 32), (np.float64, 48), (np.float32, 48)])
 @pytest.mark.parametrize("kind,p", [("lnlstm", 0.0), ("lnlstm", 0.4), ("lstm", 0.4)])
 @pytest.mark.parametrize("length", [6, 4])
-def test_unit_split_forward_matches_reference(unit_split, kind, p, dtype, H, length):
+def test_unit_split_matches_reference(unit_split, kind, p, dtype, H, length):
     """Two layers, both directions, B = 1 of length T or shorter; H = 48 splits unevenly
     (parts of 32 and 16 units). Training forward (sampled masks) and backward against the
     oracle; in float64 a few gradients by finite differences too."""
@@ -415,13 +419,14 @@ def test_unit_split_forward_matches_reference(unit_split, kind, p, dtype, H, len
     lengths = np.array([length])
     cast = [a.astype(dtype) for a in init]
     y, final = m.forward(x.astype(dtype), _state(cast), lengths)
-    assert unit_split == [2] * 4, "the unit split did not run"
+    assert unit_split == [("forward", 2)] * 4, "the forward's unit split did not run"
     masks = _masks(m, T, 1) if p else _masks(m, T, 1, fill=0.0)
     rng = np.random.default_rng(3)
     dy = rng.standard_normal(y.shape)
     dfinal = [rng.standard_normal(a.shape) for a in init]
     m.zero_grad()
     dx, dinit = m.backward(dy.astype(dtype), *[a.astype(dtype) for a in dfinal])
+    assert unit_split[4:] == [("backward", 2)] * 4, "the backward's unit split did not run"
     cell = R.Zoneout(ZONEOUT_KINDS[kind][1](), masks)
     ry, rfinal, cache = R.forward(cell, m.params, x, init, lengths, 2, True)
     rdx, rdinit, rgrads = R.backward(cache, dy, dfinal)

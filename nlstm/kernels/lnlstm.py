@@ -86,6 +86,15 @@ def normalize_back(dn, xhat, rstd, out):
     1e-3 relative error in float32 gradients where every row was constant). Callers that
     scale dn first store the scaled values."""
     wide()
+    s1, s2 = back_means(dn, xhat)
+    for j in range(dn.shape[0]):
+        out[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
+
+
+@kernel
+def back_means(dn, xhat):
+    """The means of dn and dn ⊙ xhat (both (n,)): what ``normalize_back`` subtracts."""
+    wide()
     n = dn.shape[0]
     s1 = cast_like(dn, 0)
     s2 = cast_like(dn, 0)
@@ -93,10 +102,7 @@ def normalize_back(dn, xhat, rstd, out):
         s1 += dn[j]
         s2 += dn[j] * xhat[j]
     inv_n = cast_like(dn, 1.0 / n)
-    s1 *= inv_n
-    s2 *= inv_n
-    for j in range(n):
-        out[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
+    return s1 * inv_n, s2 * inv_n
 
 
 @kernel
@@ -209,43 +215,38 @@ def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     return rs
 
 
-@kernel
-def _cell_back_plain(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
-    """``_cell_back`` without the variants (see ``_cell_plain``).
+@numba.njit(inline="always", **options())
+def _back_ln(go, dht, chat, g_c, b_c, du, do):
+    """``_cell_back_plain``'s first pass with ``ln``, over views of n units (all or a
+    range): du = the gradient of γ_c ⊙ LN(c̃) + β_c, do, and dht overwritten by that of
+    LN(c̃). Returns the sums of dht and dht ⊙ chat over these units (not yet means)."""
+    s1 = cast_like(dht, 0)
+    s2 = cast_like(dht, 0)
+    for j in range(dht.shape[0]):
+        og = go[j]
+        tu = tanh(g_c[j] * chat[j] + b_c[j])
+        u = dht[j] * (og - og * tu * tu)
+        du[j] = u
+        do[j] = dht[j] * tu * (og - og * og)  # o is not read again
+        v = u * g_c[j]
+        dht[j] = v  # kept: see normalize_back
+        s1 += v
+        s2 += v * chat[j]
+    return s1, s2
 
-    g: (4H,) post-activation gates; dg: (4H,) out: the pre-activation gradients dz (may
-    alias g: each index of g is read before that index of dg is written); dht: (H,) the
-    gradient of h̃ (with ``ln`` overwritten: that of LN(c̃)); dc: (H,) in: the gradient of the cell state after the step, out: before
-    it; cp: (H,) the cell state before; chat, rs: LN(c̃) and its rstd (``ln``); du: (H,) out
-    with ``ln``: the gradient of γ_c ⊙ LN(c̃) + β_c; zc: (H,) the cell's zoneout mask, or empty.
-    """
-    wide()
-    H = cp.shape[0]
-    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
-    di, df, dgg, do = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:4 * H]
+
+@numba.njit(inline="always", **options())
+def _back_gates(gi, gf, gg, go, di, df, dgg, do, dht, dc, cp, ln, chat, rs, s1, s2, zc):
+    """``_cell_back_plain``'s second pass over views of n units (all or a range): the gate
+    gradients and the carried dc; with ``ln``, s1 and s2 the means over every unit of
+    ``_back_ln``'s sums. zc: the units' zoneout mask, or empty."""
     zo = zc.shape[0] > 0
-    one = cast_like(g, 1)
-    s1 = cast_like(g, 0)
-    s2 = cast_like(g, 0)
-    if ln:
-        for j in range(H):
-            og = go[j]
-            tu = tanh(g_c[j] * chat[j] + b_c[j])
-            u = dht[j] * (og - og * tu * tu)
-            du[j] = u
-            do[j] = dht[j] * tu * (og - og * og)  # o is not read again
-            v = u * g_c[j]
-            dht[j] = v  # kept: see normalize_back
-            s1 += v
-            s2 += v * chat[j]
-        inv_h = cast_like(g, 1.0 / H)
-        s1 *= inv_h
-        s2 *= inv_h
-    for j in range(H):
+    one = cast_like(dht, 1)
+    for j in range(dht.shape[0]):
         ig = gi[j]
         fg = gf[j]
         gv = gg[j]
-        keep = zc[j] if zo else cast_like(g, 0)
+        keep = zc[j] if zo else cast_like(dht, 0)
         d = dc[j] * (one - keep)  # the gradient of c̃
         if ln:
             d += rs * (dht[j] - s1 - chat[j] * s2)
@@ -258,6 +259,31 @@ def _cell_back_plain(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
         df[j] = d * cp[j] * (fg - fg * fg)
         dgg[j] = d * (ig - ig * gv * gv)
         dc[j] = d * fg + dc[j] * keep
+
+
+@kernel
+def _cell_back_plain(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
+    """``_cell_back`` without the variants (see ``_cell_plain``).
+
+    g: (4H,) post-activation gates; dg: (4H,) out: the pre-activation gradients dz (may
+    alias g: each index of g is read before that index of dg is written); dht: (H,) the
+    gradient of h̃ (with ``ln`` overwritten: that of LN(c̃)); dc: (H,) in: the gradient of
+    the cell state after the step, out: before it; cp: (H,) the cell state before; chat,
+    rs: LN(c̃) and its rstd (``ln``); du: (H,) out with ``ln``: the gradient of
+    γ_c ⊙ LN(c̃) + β_c; zc: (H,) the cell's zoneout mask, or empty.
+    """
+    wide()
+    H = cp.shape[0]
+    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
+    di, df, dgg, do = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:4 * H]
+    s1 = cast_like(g, 0)
+    s2 = cast_like(g, 0)
+    if ln:
+        s1, s2 = _back_ln(go, dht, chat, g_c, b_c, du, do)
+        inv_h = cast_like(g, 1.0 / H)
+        s1 *= inv_h
+        s2 *= inv_h
+    _back_gates(gi, gf, gg, go, di, df, dgg, do, dht, dc, cp, ln, chat, rs, s1, s2, zc)
 
 
 @kernel

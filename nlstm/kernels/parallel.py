@@ -134,6 +134,12 @@ def _lnlstm_forward_units(parts, args):
 
 
 @parallel_kernel
+def _lnlstm_backward_units(parts, args):
+    for i in prange(parts):
+        lnlstm_units.lnlstm_backward_units(i, parts, *args)
+
+
+@parallel_kernel
 def _gru_forward_units(parts, args):
     for i in prange(parts):
         gru_units.gru_forward_units(i, parts, *args)
@@ -157,6 +163,7 @@ lnlstm_backward = Split(lnlstm.lnlstm_backward, _lnlstm_backward)
 normalize_input = Split(lnlstm.normalize_input, _normalize_input)
 normalize_input_back = Split(lnlstm.normalize_input_back, _normalize_input_back)
 lnlstm_forward_units = Split(lnlstm_units.lnlstm_forward_units, _lnlstm_forward_units)
+lnlstm_backward_units = Split(lnlstm_units.lnlstm_backward_units, _lnlstm_backward_units)
 lstm_forward_units = Split(lstm_units.lstm_forward_units, _lstm_forward_units)
 lstm_backward_units = Split(lstm_units.lstm_backward_units, _lstm_backward_units)
 gru_forward_units = Split(gru_units.gru_forward_units, _gru_forward_units)
