@@ -15,8 +15,12 @@ As in the paper, h̃ reads c̃, not the zoned-out c.
 
 The layer does the whole-sequence products and the input side's normalisation outside the
 recurrence (``normalize_input`` after the one big product, ``normalize_input_back`` before the
-dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`, per-step block products as in
-:mod:`nlstm.kernels.blocks`; gate order i, f, g, o.
+dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o. The
+per-step products W_hh h and the backward carry run as the LSTM's do: on the micro-kernels of
+:mod:`nlstm.kernels.tiles` (``lstm.step_tiles``, ``tiles.panel_rows``) for ranges of more than
+one row when H fits them, else the block products of :mod:`nlstm.kernels.blocks` (one row:
+its row loops). A one-row batch of the plain cell may split its units over threads instead
+(:mod:`nlstm.kernels.lnlstm_units`, through the same pieces of the cell's step).
 """
 import numba
 import numpy as np
@@ -164,8 +168,7 @@ def _gates(gi, gf, gg, go, cp, ct):
     """The gates' activations in place (gi, gf, gg, go: the pre-activations of i, f, g, o
     in, their values out) and c̃ = f⊙c + i⊙g (ct out; cp: the cell state before); all
     (n,): one row's units, or a range of them (``lnlstm_units``). Inlined: called as a
-    function its loops ran 1.5x slower (H = 64; LLVM, not seeing the four views share one
-    row, did not vectorise them)."""
+    function (a kernel of its own) the LayerNorm cell ran 1.5x slower at H = 64."""
     for j in range(cp.shape[0]):
         gi[j] = sigmoid(gi[j])
         gf[j] = sigmoid(gf[j])
