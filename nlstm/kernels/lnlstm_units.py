@@ -8,9 +8,12 @@ step reads the whole h) is all the parts share. LayerNorm needs two more: LN(W_h
 normalises over all 4H gates and LN(c̃) over all H units, so the parts write their units'
 W_hh h and c̃ into shared rows, meet, and then each computes the row's moments itself (a
 few hundred additions, cheaper than another barrier) and goes on with its own units.
+Backward likewise: each part takes its units' gate gradients and carries dh for its units
+(rows j0:j1 of W_hhᵀ against every gate's gradient) after one barrier; LayerNorm adds two
+(the means of LN(c̃)'s and of LN(W_hh h)'s gradients run over whole rows).
 
-The cell's equations are the one-thread kernels' (``lnlstm._gates``,
-``lnlstm._out_units``, ``lnlstm.add_normalized``). Plain cell only (no variant options,
+The cell's equations are the one-thread kernels' (``lnlstm._gates``, ``_out_units``,
+``add_normalized``, ``_back_ln``, ``_back_gates``, inlined). Plain cell only (no variant options,
 no projection); H a multiple of the vector width (the tiles). Slots as in
 :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
 """
