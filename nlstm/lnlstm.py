@@ -6,8 +6,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from . import _threads
 from .kernels import lnlstm as K
 from .kernels import parallel as P
+from .kernels import tiles
 from .lstm import LSTM
 
 
@@ -82,10 +84,17 @@ class LayerNormLSTM(LSTM):
                     dr=e(T, B, 4 * H), chat=e(T, B, H), du=e(T, B, H), rstd=e(T, B, 3))
 
     def _split_units(self) -> bool:
-        return False
+        return splits_units(self)
 
     def _work_size(self) -> int:
         return 16 * self.hidden_size  # see lnlstm_step
+
+
+def splits_units(layer) -> bool:
+    """Whether a one-row batch's forward may split its hidden units over threads
+    (``kernels.lnlstm_units``; its backward too): the plain cell (no variant options, no
+    projection) with H on the tiles."""
+    return layer._plain() and tiles.packable(layer._w("weight_hh", 0, 0), 4)
 
 
 def _norm_params(layer, k: int, d: int) -> tuple:
@@ -134,10 +143,21 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
     i = k * layer.num_directions + d
     zh, zc = ex["zoneout"]
     rhat, chat, rstd, _, _ = _saved(layer, ex)
+    parts = layer._unit_parts(ws)
+    if parts:  # a one-row batch: its hidden units split over the threads
+        ws.ensure_scratch(layer, 1)
+        r, ct = ws.scratch[0][4][0], ws.scratch[0][5][0]  # shared by the parts
+        args = (layer._barrier_flags(parts), ws.y[k], ws.states[0][k][d], ws.states[1][k][d],
+                ws.final[0][i], ws.final[1][i], gates, layer._packed_gates(k, d), bias,
+                ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, d * layer._out_size, ln,
+                *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc, r, ct)
+        _threads.run_units(parts, P.lnlstm_forward_units, args)
+        return
     args = (ws.y[k], ws.states[0][k][d], ws.states[1][k][d], ws.final[0][i], ws.final[1][i], gates,
             layer._w("weight_hh", k, d), bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1,
             d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc,
-            *_variant_args(layer, ws, k, d), ex["ctil"], *_variants(layer, k, d)[4:], ex["m"])
+            *_variant_args(layer, ws, k, d), ex["ctil"], *_variants(layer, k, d)[4:], ex["m"],
+            layer._packed_gates(k, d) if ws.key[1] > 1 else layer._no_pack)
     layer._rows(ws, P.lnlstm_forward, args)
 
 
@@ -148,11 +168,17 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     gates, h, c = ws.gates[k][d], ws.states[0][k][d], ws.states[1][k][d]
     zh, zc = ex["zoneout"]
     rhat, chat, rstd, dr, du = _saved(layer, ex)
-    args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i], gates, h,
-            c, layer._w("weight_hh", k, d), layer._carry_weights(ws, k, d), ws.lengths, d == 1,
-            d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
-            *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"])
-    layer._rows(ws, P.lnlstm_backward, args)
+    parts = layer._unit_parts(ws)
+    if parts:  # as in forward_dir
+        ws.ensure_scratch(layer, 1)
+        sp2, sg, sh = ws.scratch[0][3:6]  # shared by the parts
+        args = (layer._barrier_flags(parts), gates, ws.dinit[0][i], ws.dinit[1][i], dy,
+                ws.dfinal[0][i], ws.dfinal[1][i], gates, c, layer._w("weight_hh", k, d),
+                ws.lengths, d == 1, d * layer._out_size, ln, *_norm_params(layer, k, d), rhat,
+                chat, rstd, dr, du, zh, zc, sh[0], sp2[0], sg[0])
+        _threads.run_units(parts, P.lnlstm_backward_units, args)
+    else:
+        _backward_rows(layer, ws, k, d, dy)
     # gates now holds dz, the gradients of the gate pre-activations
     hprev = layer._hprev(h, d)
     if layer.proj_size:
@@ -182,6 +208,22 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     layer._rows(ws, P.normalize_input_back, args, scratch=False)
     layer._input_grads(ws, k, d, inp, ex["xhat"], dx, db=db)
     layer._hidden_grads(ws, k, d, dr, hprev, db=db)
+
+
+def _backward_rows(layer, ws, k: int, d: int, dy: np.ndarray) -> None:
+    """``lnlstm_backward`` over the batch's rows on nlstm's threads."""
+    ln, ex, i = layer._layer_norm, ws.extra[k][d], k * layer.num_directions + d
+    gates, h, c = ws.gates[k][d], ws.states[0][k][d], ws.states[1][k][d]
+    zh, zc = ex["zoneout"]
+    rhat, chat, rstd, dr, du = _saved(layer, ex)
+    # (the carry's panels for batches of more than one row, as the LSTM's)
+    wc = layer._packed_carry(k, d) if ws.key[1] > 1 else layer._no_pack
+    args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i], gates, h,
+            c, layer._w("weight_hh", k, d), layer._no_carry if wc.size else
+            layer._carry_weights(ws, k, d), ws.lengths, d == 1, d * layer._out_size, ln,
+            *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
+            *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"], wc)
+    layer._rows(ws, P.lnlstm_backward, args)
 
 
 def step_kernel():

@@ -214,7 +214,10 @@ class LSTM(RecurrentLayer):
         dp[2 * H:] += np.einsum("tbj,tbj->j", dz[..., 3 * H:], c_new)
 
     def _split_units(self) -> bool:
-        return self._plain() and not self.zoneout
+        if self.zoneout:
+            from . import lnlstm
+            return lnlstm.splits_units(self)
+        return self._plain()
 
     def _plain(self) -> bool:
         return not (self.peephole or self.clip is not None or self.input_forget or self.proj_size

@@ -83,6 +83,35 @@ def _list(s):
     return list(s) if isinstance(s, tuple) else [s]
 
 
+def _train(m, x, init, lengths, dtype, seed):
+    """A training forward and backward in dtype, with random dy and final-state gradients
+    (float64, from seed): (y, final, dx, dinit, dy, dfinal)."""
+    rng = np.random.default_rng(seed)
+    y, final = m.forward(x.astype(dtype), _state([a.astype(dtype) for a in init]), lengths)
+    dy = rng.standard_normal(y.shape)
+    dfinal = [rng.standard_normal(a.shape) for a in init]
+    m.zero_grad()
+    dx, dinit = m.backward(dy.astype(dtype), *[a.astype(dtype) for a in dfinal])
+    return y, final, dx, dinit, dy, dfinal
+
+
+def _assert_reference(m, kind, x, init, lengths, masks, run, tol):
+    """``_train``'s results ``run`` against the oracle's with the same zoneout masks."""
+    y, final, dx, dinit, dy, dfinal = run
+    cell = R.Zoneout(ZONEOUT_KINDS[kind][1](), masks)
+    ry, rfinal, cache = R.forward(cell, m.params, x, init, lengths, 2, True)
+    rdx, rdinit, rgrads = R.backward(cache, dy, dfinal)
+    np.testing.assert_allclose(y, ry, err_msg="y", **tol)
+    np.testing.assert_allclose(dx, rdx, err_msg="dx", **tol)
+    for i, (g, w) in enumerate(zip(_list(final), rfinal)):
+        np.testing.assert_allclose(g, w, err_msg=f"final[{i}]", **tol)
+    for i, (g, w) in enumerate(zip(_list(dinit), rdinit)):
+        np.testing.assert_allclose(g, w, err_msg=f"dinit[{i}]", **tol)
+    assert set(rgrads) == set(m.grads)
+    for k, g in rgrads.items():
+        np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
+
+
 @pytest.mark.parametrize("kind", list(ZONEOUT_KINDS))
 def test_zoneout_inference_is_the_expectation(kind):
     m = _model(kind, 0.3)
@@ -103,28 +132,12 @@ def test_zoneout_inference_is_the_expectation(kind):
 def test_zoneout_training_matches_reference_with_same_masks(kind, dtype):
     m = _model(kind, 0.4, dtype=dtype)
     x, init, lengths = _data(m)
-    rng = np.random.default_rng(5)
-    y, final = m.forward(x.astype(dtype), _state([a.astype(dtype) for a in init]), lengths)
+    run = _train(m, x, init, lengths, dtype, 5)
     masks = _masks(m, *x.shape[:2])
     vals = np.concatenate([np.concatenate(v) for v in masks.values()])
     assert set(np.unique(vals)) == {0.0, 1.0}  # the masks really are sampled
-    dy = rng.standard_normal(y.shape)
-    dfinal = [rng.standard_normal(a.shape) for a in init]
-    m.zero_grad()
-    dx, dinit = m.backward(dy.astype(dtype), *[a.astype(dtype) for a in dfinal])
-    cell = R.Zoneout(ZONEOUT_KINDS[kind][1](), masks)
-    ry, rfinal, cache = R.forward(cell, m.params, x, init, lengths, 2, True)
-    rdx, rdinit, rgrads = R.backward(cache, dy, dfinal)
     tol = dict(rtol=1e-9, atol=1e-11) if dtype == np.float64 else dict(rtol=2e-3, atol=2e-4)
-    np.testing.assert_allclose(y, ry, err_msg="y", **tol)
-    np.testing.assert_allclose(dx, rdx, err_msg="dx", **tol)
-    for i, (g, w) in enumerate(zip(_list(final), rfinal)):
-        np.testing.assert_allclose(g, w, err_msg=f"final[{i}]", **tol)
-    for i, (g, w) in enumerate(zip(_list(dinit), rdinit)):
-        np.testing.assert_allclose(g, w, err_msg=f"dinit[{i}]", **tol)
-    assert set(rgrads) == set(m.grads)
-    for k, g in rgrads.items():
-        np.testing.assert_allclose(m.grads[k], g, err_msg=k, **tol)
+    _assert_reference(m, kind, x, init, lengths, masks, run, tol)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.35])
@@ -137,7 +150,13 @@ def test_every_gradient_by_finite_differences(kind, p):
     y, _ = m.forward(x, _state(init), lengths)
     dy = rng.standard_normal(y.shape)
     dfinal = [rng.standard_normal(a.shape) for a in init]
+    _assert_numeric(m, x, init, lengths, dy, dfinal, list(m.params), rng, 6, inits=True)
 
+
+def _assert_numeric(m, x, init, lengths, dy, dfinal, names, rng, n, inits=False):
+    """The gradients of x (and of the initial states), and of the parameters ``names``, by
+    central differences at n sampled entries each (float64; every forward draws the same
+    zoneout masks: the stream reset)."""
     def loss():
         m._dropout_rng = np.random.default_rng(11)
         y, final = m.forward(x, _state(init), lengths)
@@ -147,10 +166,12 @@ def test_every_gradient_by_finite_differences(kind, p):
     m.zero_grad()
     dx, dinit = m.backward(dy, *dfinal)
     grads = {k: v.copy() for k, v in m.grads.items()}
-    checks = [("x", x, dx)] + [(f"init[{i}]", a, g) for i, (a, g) in enumerate(zip(init, _list(dinit)))]
-    checks += [(k, m.params[k], grads[k]) for k in m.params]
+    checks = [("x", x, dx)]
+    if inits:
+        checks += [(f"init[{i}]", a, g) for i, (a, g) in enumerate(zip(init, _list(dinit)))]
+    checks += [(k, m.params[k], grads[k]) for k in names]
     for name, a, g in checks:
-        for index, num in sampled_numeric_grad(loss, a, rng, n=6).items():
+        for index, num in sampled_numeric_grad(loss, a, rng, n=n).items():
             assert abs(g[index] - num) <= 1e-6 + 1e-5 * abs(num), (name, index, g[index], num)
 
 
@@ -330,3 +351,104 @@ def test_variants_with_zoneout_save_load_and_state_dict(cls, tmp_path):
     assert m2.proj_size == 2 and m2(np.zeros((1, 3), np.float32))[0].shape == (1, 4)
     x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
     np.testing.assert_array_equal(m(x)[0], m2(x)[0])
+
+
+# ---- the per-step products on nlstm's micro-kernels (nlstm.kernels.tiles) ----------------
+# H a multiple of the vector width puts W_hh h on the tiles; of 4 vector widths, the backward
+# carry on the panels too (float64: 8 and 32 with AVX-512, 4 and 16 with AVX2). H = 4 above
+# runs neither.
+TILED = ["lstm", "lnlstm", "lnlstm_all_onnx", "lstm_proj"]
+TOL = {np.float64: dict(rtol=1e-9, atol=1e-10), np.float32: dict(rtol=3e-3, atol=3e-4)}
+
+
+@pytest.mark.parametrize("dtype,H,threads", [(np.float64, 32, 1), (np.float64, 128, 1),
+                                              (np.float32, 64, 1), (np.float64, 32, 2)])
+@pytest.mark.parametrize("kind", TILED)
+def test_tiled_products_match_reference(kind, dtype, H, threads, monkeypatch):
+    """Two layers, both directions, B = 7 with ragged lengths (6 then 5 active rows: both
+    tails of the 4-row tiles); H = 128 in float64 runs the tiles' depth chunks; with two
+    threads each runs a range of rows (4 and 3)."""
+    from nlstm import _threads
+    from nlstm.kernels import simd, tiles
+    if H % simd.width(dtype) or kind == "lstm_proj" and H < 64:
+        pytest.skip("H off this machine's tiles")
+    monkeypatch.setattr(_threads, "_MIN_PARALLEL_WORK", 0)  # every recurrence splits its rows
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(threads)
+    try:
+        _tiled_case(kind, dtype, H)
+    finally:
+        nlstm.set_num_threads(before)
+
+
+def _tiled_case(kind, dtype, H):
+    from nlstm.kernels import tiles
+    m = _model(kind, 0.4, dtype=dtype, I=5, H=H)
+    x, init, lengths = _data(m, T=6, B=7)
+    run = _train(m, x, init, lengths, dtype, 3)
+    assert any(len(key) == 2 for key in m._pack_bufs), "the forward's tiles did not run"
+    carry = any(key[-1] == "carry" for key in m._pack_bufs)
+    assert carry == tiles.packable_panels(m._w("weight_hh", 0, 0).T), "the carry's panels"
+    _assert_reference(m, kind, x, init, lengths, _masks(m, *x.shape[:2]), run, TOL[dtype])
+
+
+# ---- a one-row batch's hidden units split over threads (nlstm.kernels.lnlstm_units) -------
+@pytest.fixture
+def unit_split(monkeypatch):
+    """Split every one-row forward that can be, however small; count the parts run."""
+    from nlstm import _threads, recurrent
+    from nlstm.kernels import parallel
+    monkeypatch.setattr(recurrent, "_UNITS_MIN_STEP", 0)
+    monkeypatch.setattr(recurrent, "_UNITS_MIN_WORK", 0)
+    cpus = max(2, _threads.cpus_available())
+    monkeypatch.setattr(_threads, "cpus_available", lambda: cpus)
+    calls = []
+
+    def counting(name):
+        split = getattr(parallel, name)
+
+        def call(parts, args):
+            calls.append((name.split("_")[1], parts))
+            return split.parallel(parts, args)
+        return parallel.Split(split.serial, call)
+
+    for name in ("lnlstm_forward_units", "lnlstm_backward_units"):
+        monkeypatch.setattr(parallel, name, counting(name))
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(2)
+    yield calls
+    nlstm.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype,H", [(np.float64, 32), (np.float64, 48), (np.float32, 48)])
+@pytest.mark.parametrize("kind,p", [("lnlstm", 0.0), ("lnlstm", 0.4), ("lstm", 0.4)])
+@pytest.mark.parametrize("length", [6, 4, 0])
+def test_unit_split_matches_reference(unit_split, kind, p, dtype, H, length):
+    """Two layers, both directions, B = 1 of length T, shorter, or 0; H = 48 splits unevenly
+    (parts of 32 and 16 units). Training forward (sampled masks) and backward against the
+    oracle; in float64 a few gradients by finite differences too."""
+    from nlstm.kernels import simd
+    if H % simd.width(dtype):
+        pytest.skip("H off this machine's tiles")
+    m = _model(kind, p, dtype=dtype, I=5, H=H)
+    T = 6
+    x, init, _ = _data(m, T=T, B=1)
+    lengths = np.array([length])
+    run = _train(m, x, init, lengths, dtype, 3)
+    assert unit_split == [("forward", 2)] * 4 + [("backward", 2)] * 4, "no unit split"
+    masks = _masks(m, T, 1) if p else _masks(m, T, 1, fill=0.0)
+    tol = TOL[dtype]
+    _assert_reference(m, kind, x, init, lengths, masks, run, tol)
+    _, _, _, _, dy, dfinal = run
+    cast = [a.astype(dtype) for a in init]
+    # inference: the expectation
+    y, _ = m(x.astype(dtype), _state(cast), lengths)
+    cell = R.Zoneout(ZONEOUT_KINDS[kind][1](), _masks(m, T, 1, fill=p))
+    ry, _, _ = R.forward(cell, m.params, x, init, lengths, 2, True)
+    np.testing.assert_allclose(y, ry, err_msg="y (inference)", **tol)
+    if dtype == np.float64:
+        names = ["weight_hh_l0", "bias_hh_l1_reverse"]
+        if kind == "lnlstm":
+            names += ["ln_weight_hh_l0", "ln_weight_c_l1"]
+        _assert_numeric(m, x, init, lengths, dy, dfinal, names, np.random.default_rng(7), 4,
+                        inits=True)

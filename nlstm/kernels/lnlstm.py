@@ -15,26 +15,33 @@ As in the paper, h̃ reads c̃, not the zoned-out c.
 
 The layer does the whole-sequence products and the input side's normalisation outside the
 recurrence (``normalize_input`` after the one big product, ``normalize_input_back`` before the
-dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`, per-step block products as in
-:mod:`nlstm.kernels.blocks`; gate order i, f, g, o.
+dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o. The
+per-step products W_hh h and the backward carry run as the LSTM's do: on the micro-kernels of
+:mod:`nlstm.kernels.tiles` (``lstm.step_tiles``, ``tiles.panel_rows``) for ranges of more than
+one row when H fits them, else the block products of :mod:`nlstm.kernels.blocks` (one row:
+its row loops). A one-row batch of the plain cell may split its units over threads instead
+(:mod:`nlstm.kernels.lnlstm_units`, through the same pieces of the cell's step).
 """
+import numba
 import numpy as np
 
 from .activations import cast_like, dact, dgate, gate, gates_inplace, sigmoid, tanh
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_dots,
                      row_nn)
-from .config import kernel
+from .config import kernel, options
+from .lstm import step_tiles
 from .simd import wide
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
+from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, panel_rows
 
 EPS = 1e-5  # the ε of every normalisation (PyTorch's LayerNorm default)
 
 
 @kernel
-def normalize(a, out, eps):
-    """out = (a − mean a)·rstd, rstd = 1/√(var a + eps), over the vector a (n,); returns rstd.
-    out may be a itself. Two passes: the mean first, then the spread around it."""
+def moments(a, eps):
+    """The mean of the vector a (n,) and rstd = 1/√(var a + eps). Two passes: the mean
+    first, then the spread around it."""
     wide()
     n = a.shape[0]
     s = cast_like(a, 0)
@@ -46,10 +53,30 @@ def normalize(a, out, eps):
     for j in range(n):
         dv = a[j] - mean
         v += dv * dv
-    rstd = cast_like(a, 1) / np.sqrt(v * inv_n + cast_like(a, eps))
-    for j in range(n):
+    return mean, cast_like(a, 1) / np.sqrt(v * inv_n + cast_like(a, eps))
+
+
+@kernel
+def normalize(a, out, eps):
+    """out = (a − mean a)·rstd, rstd = 1/√(var a + eps), over the vector a (n,); returns rstd.
+    out may be a itself."""
+    wide()
+    mean, rstd = moments(a, eps)
+    for j in range(a.shape[0]):
         out[j] = (a[j] - mean) * rstd
     return rstd
+
+
+@kernel
+def add_normalized(g, r, rh, mean, rstd, gain, bias, c0, c1):
+    """For j in c0:c1: rh[j] = (r[j] − mean)·rstd (LN(r), its moments given) and
+    g[j] += gain[j]·rh[j] + bias[j]; all (G,). One pass."""
+    wide()
+    gc, rc, rhc, gn, bc = g[c0:c1], r[c0:c1], rh[c0:c1], gain[c0:c1], bias[c0:c1]
+    for j in range(c1 - c0):
+        v = (rc[j] - mean) * rstd
+        rhc[j] = v
+        gc[j] += gn[j] * v + bc[j]
 
 
 @kernel
@@ -63,6 +90,15 @@ def normalize_back(dn, xhat, rstd, out):
     1e-3 relative error in float32 gradients where every row was constant). Callers that
     scale dn first store the scaled values."""
     wide()
+    s1, s2 = back_means(dn, xhat)
+    for j in range(dn.shape[0]):
+        out[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
+
+
+@kernel
+def back_means(dn, xhat):
+    """The means of dn and dn ⊙ xhat (both (n,)): what ``normalize_back`` subtracts."""
+    wide()
     n = dn.shape[0]
     s1 = cast_like(dn, 0)
     s2 = cast_like(dn, 0)
@@ -70,10 +106,7 @@ def normalize_back(dn, xhat, rstd, out):
         s1 += dn[j]
         s2 += dn[j] * xhat[j]
     inv_n = cast_like(dn, 1.0 / n)
-    s1 *= inv_n
-    s2 *= inv_n
-    for j in range(n):
-        out[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
+    return s1 * inv_n, s2 * inv_n
 
 
 @kernel
@@ -130,6 +163,41 @@ def _zoneout(hn, hp, zh, cn, ct, cp, zc):
             cn[j] = ct[j]
 
 
+@numba.njit(inline="always", **options())
+def _gates(gi, gf, gg, go, cp, ct):
+    """The gates' activations in place (gi, gf, gg, go: the pre-activations of i, f, g, o
+    in, their values out) and c̃ = f⊙c + i⊙g (ct out; cp: the cell state before); all
+    (n,): one row's units, or a range of them (``lnlstm_units``). Inlined: called as a
+    function (a kernel of its own) the LayerNorm cell ran 1.5x slower at H = 64."""
+    for j in range(cp.shape[0]):
+        gi[j] = sigmoid(gi[j])
+        gf[j] = sigmoid(gf[j])
+        gg[j] = tanh(gg[j])
+        go[j] = sigmoid(go[j])
+    for j in range(cp.shape[0]):
+        ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
+
+
+@numba.njit(inline="always", **options())
+def _out_units(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, mean, rstd, zh, zc, j0, j1):
+    """The step's end for units j0:j1: h̃ = o ⊙ tanh(γ_c ⊙ LN(c̃) + β_c) with ``ln`` (LN(c̃)
+    from its mean and rstd, given: the moments run over every unit), else o ⊙ tanh(c̃); then
+    zoneout. Arrays as for ``_cell_plain``. Inlined, as ``_gates``."""
+    H = cp.shape[0]
+    go, ctu, hnu = g[3 * H + j0:3 * H + j1], ct[j0:j1], hn[j0:j1]
+    if ln:
+        chu, gcu, bcu = chat[j0:j1], g_c[j0:j1], b_c[j0:j1]
+        for j in range(j1 - j0):
+            chu[j] = (ctu[j] - mean) * rstd
+        for j in range(j1 - j0):
+            hnu[j] = go[j] * tanh(gcu[j] * chu[j] + bcu[j])
+    else:
+        for j in range(j1 - j0):
+            hnu[j] = go[j] * tanh(ctu[j])
+    # (an empty mask sliced stays empty)
+    _zoneout(hnu, hp[j0:j1], zh[j0:j1], cn[j0:j1], ctu, cp[j0:j1], zc[j0:j1])
+
+
 @kernel
 def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     """``_cell`` without the variants: branch-free loops that LLVM vectorises (the variants'
@@ -141,63 +209,47 @@ def _cell_plain(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, zh, zc):
     rstd (0 without ``ln``)."""
     wide()
     H = cp.shape[0]
-    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
-    for j in range(H):
-        gi[j] = sigmoid(gi[j])
-        gf[j] = sigmoid(gf[j])
-        gg[j] = tanh(gg[j])
-        go[j] = sigmoid(go[j])
-    for j in range(H):
-        ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
+    _gates(g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H], cp, ct)
+    mean = cast_like(g, 0)
     rs = cast_like(g, 0)
     if ln:
-        rs = normalize(ct, chat, EPS)
-        for j in range(H):
-            hn[j] = go[j] * tanh(g_c[j] * chat[j] + b_c[j])
-    else:
-        for j in range(H):
-            hn[j] = go[j] * tanh(ct[j])
-    _zoneout(hn, hp, zh, cn, ct, cp, zc)
+        mean, rs = moments(ct, EPS)
+    _out_units(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, mean, rs, zh, zc, 0, H)
     return rs
 
 
-@kernel
-def _cell_back_plain(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
-    """``_cell_back`` without the variants (see ``_cell_plain``).
+@numba.njit(inline="always", **options())
+def _back_ln(go, dht, chat, g_c, b_c, du, do):
+    """``_cell_back_plain``'s first pass with ``ln``, over views of n units (all or a
+    range): du = the gradient of γ_c ⊙ LN(c̃) + β_c, do, and dht overwritten by that of
+    LN(c̃). Returns the sums of dht and dht ⊙ chat over these units (not yet means)."""
+    s1 = cast_like(dht, 0)
+    s2 = cast_like(dht, 0)
+    for j in range(dht.shape[0]):
+        og = go[j]
+        tu = tanh(g_c[j] * chat[j] + b_c[j])
+        u = dht[j] * (og - og * tu * tu)
+        du[j] = u
+        do[j] = dht[j] * tu * (og - og * og)  # o is not read again
+        v = u * g_c[j]
+        dht[j] = v  # kept: see normalize_back
+        s1 += v
+        s2 += v * chat[j]
+    return s1, s2
 
-    g: (4H,) post-activation gates; dg: (4H,) out: the pre-activation gradients dz (may
-    alias g: each index of g is read before that index of dg is written); dht: (H,) the
-    gradient of h̃ (with ``ln`` overwritten: that of LN(c̃)); dc: (H,) in: the gradient of the cell state after the step, out: before
-    it; cp: (H,) the cell state before; chat, rs: LN(c̃) and its rstd (``ln``); du: (H,) out
-    with ``ln``: the gradient of γ_c ⊙ LN(c̃) + β_c; zc: (H,) the cell's zoneout mask, or empty.
-    """
-    wide()
-    H = cp.shape[0]
-    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
-    di, df, dgg, do = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:4 * H]
+
+@numba.njit(inline="always", **options())
+def _back_gates(gi, gf, gg, go, di, df, dgg, do, dht, dc, cp, ln, chat, rs, s1, s2, zc):
+    """``_cell_back_plain``'s second pass over views of n units (all or a range): the gate
+    gradients and the carried dc; with ``ln``, s1 and s2 the means over every unit of
+    ``_back_ln``'s sums. zc: the units' zoneout mask, or empty."""
     zo = zc.shape[0] > 0
-    one = cast_like(g, 1)
-    s1 = cast_like(g, 0)
-    s2 = cast_like(g, 0)
-    if ln:
-        for j in range(H):
-            og = go[j]
-            tu = tanh(g_c[j] * chat[j] + b_c[j])
-            u = dht[j] * (og - og * tu * tu)
-            du[j] = u
-            do[j] = dht[j] * tu * (og - og * og)  # o is not read again
-            v = u * g_c[j]
-            dht[j] = v  # kept: see normalize_back
-            s1 += v
-            s2 += v * chat[j]
-        inv_h = cast_like(g, 1.0 / H)
-        s1 *= inv_h
-        s2 *= inv_h
-    for j in range(H):
+    one = cast_like(dht, 1)
+    for j in range(dht.shape[0]):
         ig = gi[j]
         fg = gf[j]
         gv = gg[j]
-        keep = zc[j] if zo else cast_like(g, 0)
+        keep = zc[j] if zo else cast_like(dht, 0)
         d = dc[j] * (one - keep)  # the gradient of c̃
         if ln:
             d += rs * (dht[j] - s1 - chat[j] * s2)
@@ -210,6 +262,31 @@ def _cell_back_plain(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
         df[j] = d * cp[j] * (fg - fg * fg)
         dgg[j] = d * (ig - ig * gv * gv)
         dc[j] = d * fg + dc[j] * keep
+
+
+@kernel
+def _cell_back_plain(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
+    """``_cell_back`` without the variants (see ``_cell_plain``).
+
+    g: (4H,) post-activation gates; dg: (4H,) out: the pre-activation gradients dz (may
+    alias g: each index of g is read before that index of dg is written); dht: (H,) the
+    gradient of h̃ (with ``ln`` overwritten: that of LN(c̃)); dc: (H,) in: the gradient of
+    the cell state after the step, out: before it; cp: (H,) the cell state before; chat,
+    rs: LN(c̃) and its rstd (``ln``); du: (H,) out with ``ln``: the gradient of
+    γ_c ⊙ LN(c̃) + β_c; zc: (H,) the cell's zoneout mask, or empty.
+    """
+    wide()
+    H = cp.shape[0]
+    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
+    di, df, dgg, do = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:4 * H]
+    s1 = cast_like(g, 0)
+    s2 = cast_like(g, 0)
+    if ln:
+        s1, s2 = _back_ln(go, dht, chat, g_c, b_c, du, do)
+        inv_h = cast_like(g, 1.0 / H)
+        s1 *= inv_h
+        s2 *= inv_h
+    _back_gates(gi, gf, gg, go, di, df, dgg, do, dht, dc, cp, ln, chat, rs, s1, s2, zc)
 
 
 @kernel
@@ -375,7 +452,7 @@ def _cell_back(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc, peep, clip, i
 @kernel
 def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
                    ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc, peep, clip, input_forget, acts,
-                   pre, ctil, proj, w_hr_t, m, rows, times, sp1, sp2, sg, sh):
+                   pre, ctil, proj, w_hr_t, m, wp, rows, times, sp1, sp2, sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+H
@@ -395,6 +472,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
     proj: bool; w_hr_t: (H, P) = W_hrᵀ, or empty; m: (T, B, H) out with ``proj``: o⊙h(·) of
     every step, else empty (with a projection h, h0, h_n, y and W_hh have P features:
     h = W_hr m, zoneout's zh applies to that)
+    wp: W_hhᵀ packed for the tiles (``tiles.pack_gates``), or empty: each step's W_hh h
+    then runs on the tiles for batch ranges of more than one row
     rows, times: (B,) int64 scratch; sp1, sp2: (B, H), sg: (B, 4H), sh: (B, H) scratch
     """
     T = gates.shape[0]
@@ -411,6 +490,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
         zero_rows_past(b0, b1, m, lengths)
     zo = zh.shape[0] > 0
     none = sh[0, :0]
+    # one row: the row loops (as lstm_forward: faster than the one-row tile)
+    tiled = wp.shape[0] > 0 and b1 - b0 > 1
     if ln:  # the gradient products read every row of these
         zero_rows_past(b0, b1, rhat, lengths)
         zero_rows_past(b0, b1, chat, lengths)
@@ -421,20 +502,23 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
         if n == 0:
             break  # lengths only shrink the active set as steps go on
         if ln:
-            for i in range(n):
-                p, o = slots(times[i], reverse)
-                hp = h[p, rows[i]]
-                for k in range(P):
-                    sp1[i, k] = hp[k]
-            matmul_nn(sg, sp1, w_hh_t, n, 0, G)
+            if tiled:
+                step_tiles(sg, True, h, wp, bias, rows, times, n, reverse, FROM_ZERO)
+            else:
+                for i in range(n):
+                    p, o = slots(times[i], reverse)
+                    hp = h[p, rows[i]]
+                    for k in range(P):
+                        sp1[i, k] = hp[k]
+                matmul_nn(sg, sp1, w_hh_t, n, 0, G)
             for i in range(n):
                 b = rows[i]
                 t = times[i]
-                rh = rhat[t, b]
-                rstd[t, b, 1] = normalize(sg[i], rh, EPS)
-                g = gates[t, b]
-                for j in range(G):
-                    g[j] += g_hh[j] * rh[j] + bias[j]
+                mean, rs = moments(sg[i], EPS)
+                rstd[t, b, 1] = rs
+                add_normalized(gates[t, b], sg[i], rhat[t, b], mean, rs, g_hh, bias, 0, G)
+        elif tiled:
+            step_tiles(gates, False, h, wp, bias, rows, times, n, reverse, FROM_OUT_AND_BIAS)
         else:
             add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
         for i in range(n):
@@ -449,7 +533,9 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
                            chat[t, b] if ln else none, zh_tb, zc_tb, peep, clip, input_forget,
                            acts, pre[t, b] if save else none)
             else:  # the callers branch: one function holding both is not inlined (see rnn.py)
-                rs = _cell_plain(gates[t, b], c[p, b], h[p, b], c[o, b], hn, sh[i], ln, g_c, b_c,
+                # (c̃ is the new c itself unless zoneout keeps them apart)
+                rs = _cell_plain(gates[t, b], c[p, b], h[p, b], c[o, b], hn,
+                                 sh[i] if zo else c[o, b], ln, g_c, b_c,
                                  chat[t, b] if ln else none, zh_tb, zc_tb)
             if proj:  # h = W_hr m, then zoneout on it
                 ho = h[o, b]
@@ -472,8 +558,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
 @kernel
 def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
                     reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, peep,
-                    clip, input_forget, acts, pre, proj, w_hr_t, dh_all, rows, times, sp1, sp2,
-                    sg, sh):
+                    clip, input_forget, acts, pre, proj, w_hr_t, dh_all, wc, rows, times, sp1,
+                    sp2, sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 4H) out: the gradients dz of the gate pre-activations (zero past each
@@ -484,6 +570,7 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     dr: (T, B, 4H) out with ``ln``: the gradient of W_hh h; du: (T, B, H) out with ``ln``:
     that of γ_c ⊙ LN(c̃) + β_c (both empty without ``ln``)
     dh_all: (T, B, P) out with ``proj``: the gradient of each step's W_hr m, else empty
+    wc: W_hh packed for the carry's panels (``tiles.pack_panels``), or empty
     the rest as given to ``lnlstm_forward`` (dh0, dh_n and dy have P features)
     """
     T = gates.shape[0]
@@ -551,7 +638,14 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
             else:
                 for j in range(G):
                     src[j] = dg[j]
-        matmul_carry(sp1, sg, w_hh_t, w_hh, n)  # the carry: dz · W_hh for every active row
+        # the carry: dz · W_hh for every active row
+        if wc.shape[0] > 0:
+            if not zo:
+                panel_rows(dh0, sg, rows, n, wc, 0, P, 0, G, True)
+                continue
+            panel_rows(sp1, sg, rows, n, wc, 0, P, 0, G, False)
+        else:
+            matmul_carry(sp1, sg, w_hh_t, w_hh, n)
         for i in range(n):
             dst = dh0[rows[i]]
             for k in range(P):

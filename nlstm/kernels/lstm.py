@@ -176,49 +176,65 @@ def _forward_row_tiled(b, y, h, c, gates, wp, bias, lengths, reverse, col):
 
 
 @kernel
-def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows, times):
-    """``lstm_forward``'s recurrence for the plain cell with packed weights (see
-    nlstm.kernels.tiles): each step, for each block of W hidden units, the product of the
-    active rows in tiles of 4 (then single rows), over depth chunks; then the cell's math
-    for every active row."""
-    T, B, G = gates.shape
+def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
+    """One step's recurrent product for the n active rows through packed weights (see
+    nlstm.kernels.tiles): for each block of W hidden units, the rows in tiles of 4 (then
+    single rows), over depth chunks. out: the gates (T, B, 4H), row i's product added at
+    gates[times[i], rows[i]], or with ``gathered`` a scratch (≥n, 4H), written at row i;
+    h: (T+1, B, K) state slots; wp: W_hhᵀ packed by ``tiles.pack_gates``; start0: what the
+    first depth chunk starts from (``tiles.FROM_*``; bias read with FROM_OUT_AND_BIAS)."""
+    B, K = h.shape[1], h.shape[2]
+    G = out.shape[-1]
     H = G // 4
-    K = h.shape[2]
-    W = vwidth(gates)
-    kc = depth_chunk(gates)
-    gf = gates.reshape(gates.size)
+    W = vwidth(out)
+    kc = depth_chunk(out)
+    of = out.reshape(out.size)
     hf = h.reshape(h.size)
+    for u in range(H // W):
+        u0 = u * W
+        # depth chunks only when 4-row tiles share the weights (see tiles.PANEL_BYTES)
+        step_k = kc if n >= 4 else K
+        for k0 in range(0, K, step_k):
+            m = min(step_k, K - k0)
+            wo = (u * K + k0) * 4 * W
+            start = start0 if k0 == 0 else FROM_OUT
+            i = 0
+            while i + 4 <= n:
+                r0, r1, r2, r3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
+                t0, t1, t2, t3 = times[i], times[i + 1], times[i + 2], times[i + 3]
+                if gathered:
+                    o0, o1, o2, o3 = i * G, (i + 1) * G, (i + 2) * G, (i + 3) * G
+                else:
+                    o0, o1 = (t0 * B + r0) * G, (t1 * B + r1) * G
+                    o2, o3 = (t2 * B + r2) * G, (t3 * B + r3) * G
+                p0 = slots(t0, reverse)[0]
+                p1 = slots(t1, reverse)[0]
+                p2 = slots(t2, reverse)[0]
+                p3 = slots(t3, reverse)[0]
+                tile_rows4(of, o0 + u0, o1 + u0, o2 + u0, o3 + u0, H, bias, u0, hf,
+                           (p0 * B + r0) * K + k0, (p1 * B + r1) * K + k0,
+                           (p2 * B + r2) * K + k0, (p3 * B + r3) * K + k0, wp, wo, m, start)
+                i += 4
+            for r in range(i, n):
+                b = rows[r]
+                t = times[r]
+                o = r * G if gathered else (t * B + b) * G
+                p = slots(t, reverse)[0]
+                tile_row(of, o + u0, H, bias, u0, hf, (p * B + b) * K + k0, wp, wo, m, start)
+
+
+@kernel
+def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows, times):
+    """``lstm_forward``'s recurrence for the plain cell with packed weights: each step, the
+    product of the active rows in tiles (``step_tiles``), then the cell's math for every
+    active row."""
+    H = gates.shape[2] // 4
+    T = gates.shape[0]
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break  # lengths only shrink the active set as steps go on
-        for u in range(H // W):
-            u0 = u * W
-            # depth chunks only when 4-row tiles share the weights (see tiles.PANEL_BYTES)
-            step_k = kc if n >= 4 else K
-            for k0 in range(0, K, step_k):
-                m = min(step_k, K - k0)
-                wo = (u * K + k0) * 4 * W
-                start = FROM_OUT_AND_BIAS if k0 == 0 else FROM_OUT
-                i = 0
-                while i + 4 <= n:
-                    r0, r1, r2, r3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
-                    t0, t1, t2, t3 = times[i], times[i + 1], times[i + 2], times[i + 3]
-                    p0 = slots(t0, reverse)[0]
-                    p1 = slots(t1, reverse)[0]
-                    p2 = slots(t2, reverse)[0]
-                    p3 = slots(t3, reverse)[0]
-                    tile_rows4(gf, (t0 * B + r0) * G + u0, (t1 * B + r1) * G + u0,
-                                 (t2 * B + r2) * G + u0, (t3 * B + r3) * G + u0, H, bias, u0, hf,
-                                 (p0 * B + r0) * K + k0, (p1 * B + r1) * K + k0,
-                                 (p2 * B + r2) * K + k0, (p3 * B + r3) * K + k0, wp, wo, m, start)
-                    i += 4
-                for r in range(i, n):
-                    b = rows[r]
-                    t = times[r]
-                    p = slots(t, reverse)[0]
-                    tile_row(gf, (t * B + b) * G + u0, H, bias, u0, hf, (p * B + b) * K + k0,
-                               wp, wo, m, start)
+        step_tiles(gates, False, h, wp, bias, rows, times, n, reverse, FROM_OUT_AND_BIAS)
         for r in range(n):
             b = rows[r]
             p, o = slots(times[r], reverse)

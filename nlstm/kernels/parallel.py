@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 from numba import prange
 from numba.extending import overload
 
-from . import blocks, gemm, gru, gru_units, lnlstm, lstm, lstm_units, rnn, tiles
+from . import blocks, gemm, gru, gru_units, lnlstm, lnlstm_units, lstm, lstm_units, rnn, tiles
 from .config import parallel_kernel
 
 
@@ -152,6 +152,18 @@ def _lstm_backward_units(parts, args):
 
 
 @parallel_kernel
+def _lnlstm_forward_units(parts, args):
+    for i in prange(parts):
+        lnlstm_units.lnlstm_forward_units(i, parts, *args)
+
+
+@parallel_kernel
+def _lnlstm_backward_units(parts, args):
+    for i in prange(parts):
+        lnlstm_units.lnlstm_backward_units(i, parts, *args)
+
+
+@parallel_kernel
 def _gru_forward_units(parts, args):
     for i in prange(parts):
         gru_units.gru_forward_units(i, parts, *args)
@@ -178,6 +190,8 @@ lnlstm_forward = Split(lnlstm.lnlstm_forward, _lnlstm_forward)
 lnlstm_backward = Split(lnlstm.lnlstm_backward, _lnlstm_backward)
 normalize_input = Split(lnlstm.normalize_input, _normalize_input)
 normalize_input_back = Split(lnlstm.normalize_input_back, _normalize_input_back)
+lnlstm_forward_units = Split(lnlstm_units.lnlstm_forward_units, _lnlstm_forward_units)
+lnlstm_backward_units = Split(lnlstm_units.lnlstm_backward_units, _lnlstm_backward_units)
 lstm_forward_units = Split(lstm_units.lstm_forward_units, _lstm_forward_units)
 lstm_backward_units = Split(lstm_units.lstm_backward_units, _lstm_backward_units)
 gru_forward_units = Split(gru_units.gru_forward_units, _gru_forward_units)
