@@ -32,7 +32,7 @@ from .config import kernel, options
 from .lstm import step_tiles
 from .simd import wide
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
-                    step_time, zero_padding, zero_rows_past)
+                    zero_padding, zero_rows_past)
 from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, panel_rows
 
 EPS = 1e-5  # the ε of every normalisation (PyTorch's LayerNorm default)
