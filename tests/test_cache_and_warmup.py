@@ -105,3 +105,31 @@ def test_warmup_compiles_the_drivers_that_split_a_batch_over_threads():
     finally:
         nlstm.set_num_threads(before)
     assert parallel._rnn_forward.signatures and parallel._rnn_backward.signatures
+
+
+def test_a_first_one_row_inference_compiles_only_what_it_runs(tmp_path):
+    """Numba compiles every path of a kernel, run or not: the first-ever float32 S inference
+    (one row, the plain cell) and stream step must compile only the row kernels, not
+    lstm_forward's other paths (the variants' general activations in ``_pointwise``, the
+    tiles, the blocks of rows: 22 of the 27 s that first call took)."""
+    code = ("import numpy as np, numba.core.event as ev\n"
+            "names = []\n"
+            "class L(ev.Listener):\n"
+            "    def on_start(self, e):\n"
+            "        f = e.data['dispatcher'].py_func\n"
+            "        names.append(f.__module__.rsplit('.', 1)[-1] + '.' + f.__name__)\n"
+            "    def on_end(self, e): pass\n"
+            "ev.register('numba:compile', L())\n"
+            "import nlstm; from nlstm.kernels import config\n"
+            "m = nlstm.LSTM(4, 16, seed=0)\n"
+            "m(np.ones((5, 1, 4), np.float32)); m.stream()(np.ones(4, np.float32))\n"
+            "print(sorted(k for k, _, _ in config.compiled)); print(sorted(set(names)))\n")
+    env = dict(os.environ, NLSTM_CACHE_DIR=str(tmp_path), NLSTM_COMPILE_NOTICE="0")
+    out = subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600,
+                         capture_output=True, text=True).stdout.splitlines()
+    assert out[0] == "['blocks.project_rows', 'lstm.lstm_forward_row', 'lstm.lstm_step']", out
+    nested = out[1]
+    for name in ("lstm._pointwise", "lstm.lstm_forward'", "lstm._forward_tiled",
+                 "blocks.add_recurrent", "lstm.lstm_step_options"):
+        assert name not in nested, (name, nested)
+    assert "lstm._cell_units" in nested and "lstm._forward_row" in nested, nested
