@@ -199,7 +199,7 @@ class RecurrentLayer(Lockable):
         self._unbatched = False
         self._step_work = aligned_empty(self._work_size(), self.dtype)
         self._plan: Optional[tuple] = None  # see _step_plan
-        self._step_entry = None  # see _step_run
+        self._step_entry = None  # see _step_run: None until the first fast step
         self._step_zeros: list = []  # see _step_fast
         self._flags = np.zeros(0, np.int64)  # see _barrier_flags
         self._unit_bufs: dict = {}
@@ -894,9 +894,9 @@ class RecurrentLayer(Lockable):
             for k, args in enumerate(layers):
                 if not call(k, check, x, *old, *new, *args):
                     return None
-            if carray and self._step_entry is None:
+            if carray and self._step_entry is None:  # once: the entry point, or the kernel
                 every = [(k, check, x, *old, *new, *args) for k, args in enumerate(layers)]
-                self._step_entry = _entry_point(kernel, every)
+                self._step_entry = _entry_point(kernel, every) or kernel
         y = new[0][L - 1].copy()
         if unbatched:
             return y[0], self._pack_state([n[:, 0] for n in new])

@@ -101,7 +101,7 @@ def test_step_after_the_fast_path_takes_every_array_kind(cls):
     x = rng.standard_normal((2, 3)).astype(np.float32)
     y0, s0 = m.step(x)  # creates the entry point
     y1, s1 = m.step(x, s0)
-    assert m._step_entry is not None  # (None on a Numba without entry points: still correct)
+    assert m._step_entry not in (None, m._step_plan()[0])  # this Numba exposes entry points
     states = list(s0) if isinstance(s0, tuple) else [s0]
 
     def pack(arrays):
