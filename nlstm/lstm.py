@@ -187,6 +187,11 @@ class LSTM(RecurrentLayer):
                     ws.dfinal[0][i], ws.dfinal[1][i], gates, c, w, ws.lengths, d == 1, col,
                     ws.scratch[0][5][0])
             _threads.run_units(parts, P.lstm_backward_units, args)
+        elif ws.key[1] == 1 and self._plain():  # one plain row: as in _forward_dir
+            ws.ensure_scratch(self, 1)
+            K.lstm_backward_row(0, gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i],
+                                ws.dfinal[1][i], gates, c, w, ws.lengths, d == 1, col,
+                                ws.scratch[0][5][0])
         else:
             wc = self._packed_carry(k, d) if self._plain() and ws.key[1] > 1 else self._no_pack
             args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],

@@ -76,6 +76,9 @@ class RNN(RecurrentLayer):
         args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], pre, self._w("weight_hh", k, d),
                 self._p("bias_ih", k, d) + self._p("bias_hh", k, d), ws.init[0][i], ws.lengths,
                 d == 1, d * H, self._relu, self._acts(d), self._clip)
+        if ws.key[1] == 1:  # one row: its own kernel (see LSTM._forward_dir)
+            K.rnn_forward_row(0, *args)
+            return
         w = self._w("weight_hh", k, d)
         wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
         self._rows(ws, P.rnn_forward, (*args, wf))

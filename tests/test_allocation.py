@@ -39,7 +39,9 @@ def counted_kernels(monkeypatch):
         return call
 
     for module, cell in ((lstm, "lstm"), (gru, "gru"), (rnn, "rnn")):
-        for name in ("step",) + (("step_options", "forward_row") if cell == "lstm" else ()):
+        extra = {"lstm": ("step_options", "forward_row", "backward_row"),
+                 "gru": ("forward_row",), "rnn": ("forward_row",)}[cell]
+        for name in ("step",) + extra:
             name = f"{cell}_{name}"
             monkeypatch.setattr(module, name, counting(getattr(module, name)))
     for name in ("project_rows", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",

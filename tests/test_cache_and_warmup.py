@@ -112,7 +112,8 @@ def test_a_first_one_row_inference_compiles_only_what_it_runs(tmp_path):
     (one row, the plain cell) and stream step must compile only the row kernels (the input
     projection runs by NumPy on one thread), not
     lstm_forward's other paths (the variants' general activations in ``_pointwise``, the
-    tiles, the blocks of rows: 22 of the 27 s that first call took)."""
+    tiles, the blocks of rows: 22 of the 27 s that first call took); likewise the GRU's and
+    the RNN's first one-row inference."""
     code = ("import numpy as np, numba.core.event as ev\n"
             "names = []\n"
             "class L(ev.Listener):\n"
@@ -124,13 +125,16 @@ def test_a_first_one_row_inference_compiles_only_what_it_runs(tmp_path):
             "import nlstm; from nlstm.kernels import config\n"
             "m = nlstm.LSTM(4, 16, seed=0)\n"
             "m(np.ones((5, 1, 4), np.float32)); m.stream()(np.ones(4, np.float32))\n"
+            "nlstm.GRU(4, 16)(np.ones((5, 4), np.float32)); nlstm.RNN(4, 16)(np.ones((5, 4), np.float32))\n"
             "print(sorted(k for k, _, _ in config.compiled)); print(sorted(set(names)))\n")
     env = dict(os.environ, NLSTM_CACHE_DIR=str(tmp_path), NLSTM_COMPILE_NOTICE="0")
     out = subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600,
                          capture_output=True, text=True).stdout.splitlines()
-    assert out[0] == "['lstm.lstm_forward_row', 'lstm.lstm_step']", out
+    assert out[0] == ("['gru.gru_forward_row', 'lstm.lstm_forward_row', 'lstm.lstm_step', "
+                      "'rnn.rnn_forward_row']"), out
     nested = out[1]
     for name in ("lstm._pointwise", "lstm.lstm_forward'", "lstm._forward_tiled",
-                 "blocks.add_recurrent", "lstm.lstm_step_options"):
+                 "blocks.add_recurrent", "lstm.lstm_step_options", "gru.gru_forward'",
+                 "rnn.rnn_forward'", "tiles.panel_rows"):
         assert name not in nested, (name, nested)
     assert "lstm._cell_units" in nested and "lstm._forward_row" in nested, nested

@@ -352,6 +352,18 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
 
 
 @kernel
+def lstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, lengths, reverse,
+                      col, dm):
+    """``lstm_backward`` for the one batch row b of the plain cell, as ``lstm_backward`` runs
+    it, arguments as there; dm: (H,) scratch. Its own kernel for the reason
+    ``lstm_forward_row`` has one: a first one-row training step compiles only this path."""
+    copy_rows(b, b + 1, dh0, dh_n)
+    copy_rows(b, b + 1, dc0, dc_n)
+    zero_rows_past(b, b + 1, dgates, lengths)
+    _backward_row(b, dgates, dh0, dc0, dy, gates, c, w_hh_t, lengths, reverse, col, dm, dm[:0])
+
+
+@kernel
 def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
                   reverse, col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all, wc,
                   rows, times, sp1, sp2, sg, sh):
