@@ -80,6 +80,10 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
             layer.forward(x, train=training)
             if training:
                 layer.backward(np.zeros((2, 1, 2), layer.dtype))
+            # a batch of rows takes other kernels than a one-row batch (see LSTM._forward_dir)
+            layer.forward(np.zeros((2, 2, 2), layer.dtype), train=training)
+            if training:
+                layer.backward(np.zeros((2, 2, 2), layer.dtype))
             if nlstm.get_num_threads() > 1:  # the drivers that split a batch over threads
                 with _threads.split_any_size():
                     layer.forward(np.zeros((2, 2, 2), layer.dtype), train=training)

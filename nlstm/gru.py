@@ -111,9 +111,13 @@ class GRU(RecurrentLayer):
             args = (self._barrier_flags(parts), *args, *self._unit_scratch(parts, H, 3 * (j1 - j0)))
             _threads.run_units(parts, P.gru_forward_units, args)
             return
+        wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
+        if ws.key[1] == 1 and self.linear_before_reset and not self._special:
+            # one row of the PyTorch form: its own kernel (see LSTM._forward_dir)
+            K.gru_forward_row(0, *args, ws.extra[k][d]["zoneout"][0], ws.scratch[0][5][0], wf)
+            return
         args = (*args, self.linear_before_reset, ws.extra[k][d]["zoneout"][0], *self._gen(d),
                 ws.extra[k][d]["pre"])
-        wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
         self._rows(ws, P.gru_forward, (*args, wf))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:

@@ -162,9 +162,13 @@ class LSTM(RecurrentLayer):
             _threads.run_units(parts, P.lstm_forward_units, args)
             return
         args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, w, bias, ws.init[0][i],
-                ws.init[1][i], ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"],
-                wp)
-        self._rows(ws, P.lstm_forward, args)
+                ws.init[1][i], ws.lengths, d == 1, col)
+        if ws.key[1] == 1 and self._plain():
+            # One plain row: its own kernel, which compiles in a fraction of lstm_forward's
+            # time (it runs on the calling thread, as _rows runs one row).
+            K.lstm_forward_row(0, *args, wp)
+            return
+        self._rows(ws, P.lstm_forward, (*args, *self._options(k, d), ex["pre"], ex["m"], wp))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         if self._layer_norm or self.zoneout:
@@ -181,6 +185,11 @@ class LSTM(RecurrentLayer):
                     ws.dfinal[0][i], ws.dfinal[1][i], gates, c, w, ws.lengths, d == 1, col,
                     ws.scratch[0][5][0])
             _threads.run_units(parts, P.lstm_backward_units, args)
+        elif ws.key[1] == 1 and self._plain():  # one plain row: as in _forward_dir
+            ws.ensure_scratch(self, 1)
+            K.lstm_backward_row(0, gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i],
+                                ws.dfinal[1][i], gates, c, w, ws.lengths, d == 1, col,
+                                ws.scratch[0][5][0])
         else:
             wc = self._packed_carry(k, d) if self._plain() and ws.key[1] > 1 else self._no_pack
             args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],

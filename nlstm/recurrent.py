@@ -20,7 +20,7 @@ from .kernels import blocks, tiles
 from .kernels import parallel as P
 from .kernels.sync import STRIDE
 from ._guard import GradBackup, Lockable, check_training_thread
-from .stream import Stream
+from .stream import Stream, _entry_point
 from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
                         real_array)
 
@@ -31,7 +31,8 @@ from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_a
 _PER_ROW_MIN_SAVING = 200_000
 
 # Whether the input projection runs through nlstm's panel tiles (where its columns suit
-# them) rather than BLAS.
+# them and it is big enough to split over the threads) rather than BLAS. A smaller one is
+# one NumPy product on the calling thread: nothing to compile for a first small call.
 PROJECT_ON_TILES = True
 
 # A one-row batch splits its hidden units over the threads (a spin barrier per step) when
@@ -188,6 +189,8 @@ class RecurrentLayer(Lockable):
         self._zero_bias = np.zeros(self._G * self.hidden_size, self.dtype)
         self._dropout_rng = rng  # continues the init stream: one seed fixes both
         self._step_sizes = self._state_sizes()
+        # a step allocates its new state arrays in one block when they have one size (LSTM)
+        self._step_block = len(self._step_sizes) > 1 and len(set(self._step_sizes)) == 1
         self._no_carry = np.zeros((0, 0), self.dtype)
         self._no_pack = np.zeros(0, self.dtype)
         self._no_rows = np.zeros(0, np.int64)
@@ -202,6 +205,8 @@ class RecurrentLayer(Lockable):
         self._unbatched = False
         self._step_work = aligned_empty(self._work_size(), self.dtype)
         self._plan: Optional[tuple] = None  # see _step_plan
+        self._step_entry = None  # see _step_run: None until the first fast step
+        self._step_zeros: list = []  # see _step_fast
         self._flags = np.zeros(0, np.int64)  # see _barrier_flags
         self._unit_bufs: dict = {}
         self._carry_bufs: dict = {}  # see _carry_weights
@@ -211,6 +216,11 @@ class RecurrentLayer(Lockable):
         self._new_lock()
         self._train_thread: Optional[int] = None  # the thread of the training forward
         self._grad_backup = GradBackup()
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_step_entry"] = None  # compiled code's address: this process's alone
+        return state
 
     def _sibling(self) -> "RecurrentLayer":
         """A layer that shares this one's parameters and gradients (the same arrays, so
@@ -561,7 +571,8 @@ class RecurrentLayer(Lockable):
             _threads.run_rows(B, float(valid * per_step), P.project_ragged,
                               (inp, w, gates, b, lengths), [()], (), row_cost=lengths,
                               min_work=_threads.SMALL_GEMM)
-        elif PROJECT_ON_TILES and tiles.packable_panels(w):
+        elif PROJECT_ON_TILES and T * B * per_step >= _threads.SMALL_GEMM \
+                and tiles.packable_panels(w):
             wp = self._packed_panels(k, d, w, "project")
             _threads.run_rows(T * B, float(T * B * per_step), P.project_panels,
                               (x2, wp, g2, b, self._no_rows), [()], (),
@@ -823,12 +834,14 @@ class RecurrentLayer(Lockable):
         is wrong; finiteness is checked by the step kernels themselves."""
         dt = self.dtype
         # ``is``: NumPy's native dtypes are singletons; any other goes the general way.
-        if type(x) is not np.ndarray or x.dtype is not dt or not x.flags.c_contiguous \
+        # ``carray``: C-contiguous, aligned and writeable, the one array type the kernel is
+        # compiled for (so ``_step_run`` may call its compiled entry point directly).
+        if type(x) is not np.ndarray or x.dtype is not dt or not x.flags.carray \
                 or self.bidirectional:
             return None
         unbatched = x.ndim == 1
         if unbatched:
-            x = x.reshape(1, -1)
+            x = x[None]  # (a view by indexing costs a quarter of reshape's)
         elif x.ndim != 2:
             return None
         B, I = x.shape
@@ -836,7 +849,10 @@ class RecurrentLayer(Lockable):
             return None
         L, sizes = self.num_layers, self._step_sizes
         if state is None:
-            old = [np.zeros((L, B, n), dt) for n in sizes]
+            # zeros the kernels only read, kept for the next call with the same B
+            old = self._step_zeros
+            if not old or old[0].shape[1] != B:
+                old = self._step_zeros = [np.zeros((L, B, n), dt) for n in sizes]
         else:
             old = [state] if len(sizes) == 1 else state
             if type(old) not in (tuple, list) or len(old) != len(sizes):
@@ -844,24 +860,35 @@ class RecurrentLayer(Lockable):
             old = list(old)
             for i, n in enumerate(sizes):
                 a = old[i]
-                if type(a) is not np.ndarray or a.dtype is not dt or not a.flags.c_contiguous \
+                if type(a) is not np.ndarray or a.dtype is not dt or not a.flags.carray \
                         or a.shape != ((L, n) if unbatched else (L, B, n)):
                     return None
                 if unbatched:
-                    old[i] = a.reshape(L, 1, n)
-        return self._step_run(x, old, unbatched, self.check_finite)
+                    old[i] = a[:, None]
+        return self._step_run(x, old, unbatched, self.check_finite, True)
 
-    def _step_run(self, x, old, unbatched, check):
+    def _step_run(self, x, old, unbatched, check, carray=False):
         """Run every layer's step kernel: x (B, I) and the states old [(L, B, n)] are checked
         but for finiteness, which the kernels check with ``check``: None if not finite
-        (nothing the caller holds was written)."""
+        (nothing the caller holds was written). ``carray``: x and old are all C-contiguous,
+        aligned and writeable, so the kernel's compiled entry point may take them without
+        the dispatcher's typing of every argument (as a Stream does; see stream.py)."""
         L, B, dt = self.num_layers, x.shape[0], self.dtype
-        new = [np.empty((L, B, n), dt) for n in self._step_sizes]
+        sizes = self._step_sizes
+        if self._step_block:  # one allocation instead of one per state (0.4 µs each)
+            block = np.empty((len(sizes), L, B, sizes[0]), dt)
+            new = [block[i] for i in range(len(sizes))]
+        else:
+            new = [np.empty((L, B, n), dt) for n in sizes]
         kernel, layers = self._step_plan()
+        call = (self._step_entry if carray else None) or kernel
         with self._lock:  # the kernels share the layer's step scratch
             for k, args in enumerate(layers):
-                if not kernel(k, check, x, *old, *new, *args):
+                if not call(k, check, x, *old, *new, *args):
                     return None
+            if carray and self._step_entry is None:  # once: the entry point, or the kernel
+                every = [(k, check, x, *old, *new, *args) for k, args in enumerate(layers)]
+                self._step_entry = _entry_point(kernel, every) or kernel
         y = new[0][L - 1].copy()
         if unbatched:
             return y[0], self._pack_state([n[:, 0] for n in new])

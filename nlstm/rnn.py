@@ -78,6 +78,9 @@ class RNN(RecurrentLayer):
                 d == 1, d * H, self._relu, self._acts(d), self._clip)
         w = self._w("weight_hh", k, d)
         wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
+        if ws.key[1] == 1:  # one row: its own kernel (see LSTM._forward_dir)
+            K.rnn_forward_row(0, *args, wf)
+            return
         self._rows(ws, P.rnn_forward, (*args, wf))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:

@@ -36,11 +36,11 @@ def test_kernels_cache_to_the_given_directory_in_a_fresh_process(tmp_path):
     assert any(f.endswith(".nbc") for f in cached)
     notices = [l for l in first.stderr.splitlines() if "compiling" in l]
     assert len(notices) == 1, first.stderr
-    # the first kernel a forward compiles: its input projection's
+    # the first kernel a one-row forward compiles (its input projection runs by NumPy)
     assert notices[0].startswith("nlstm: compiling kernels for this machine (starting with "
-                                 "blocks.project_rows for float32)") \
+                                 "lstm.lstm_forward_row for float32)") \
         and "once per machine and nlstm version" in notices[0], notices
-    assert "compiled=[('blocks.project_rows', 'float32', " in first.stdout \
+    assert "compiled=[('lstm.lstm_forward_row', 'float32', " in first.stdout \
         and "('lstm.lstm_forward', 'float32', " in first.stdout, first.stdout
     assert re.search(r"warmup took [0-9.]+ s, [0-9.]+ s of it compiling \d+ kernels? .*lstm.lstm_forward "
                      r"\(float32\)", first.stdout), first.stdout
@@ -105,3 +105,36 @@ def test_warmup_compiles_the_drivers_that_split_a_batch_over_threads():
     finally:
         nlstm.set_num_threads(before)
     assert parallel._rnn_forward.signatures and parallel._rnn_backward.signatures
+
+
+def test_a_first_one_row_inference_compiles_only_what_it_runs(tmp_path):
+    """Numba compiles every path of a kernel, run or not: the first-ever float32 S inference
+    (one row, the plain cell) and stream step must compile only the row kernels (the input
+    projection runs by NumPy on one thread), not
+    lstm_forward's other paths (the variants' general activations in ``_pointwise``, the
+    tiles, the blocks of rows: 22 of the 27 s that first call took); likewise the GRU's and
+    the RNN's first one-row inference."""
+    code = ("import numpy as np, numba.core.event as ev\n"
+            "names = []\n"
+            "class L(ev.Listener):\n"
+            "    def on_start(self, e):\n"
+            "        f = e.data['dispatcher'].py_func\n"
+            "        names.append(f.__module__.rsplit('.', 1)[-1] + '.' + f.__name__)\n"
+            "    def on_end(self, e): pass\n"
+            "ev.register('numba:compile', L())\n"
+            "import nlstm; from nlstm.kernels import config\n"
+            "m = nlstm.LSTM(4, 16, seed=0)\n"
+            "m(np.ones((5, 1, 4), np.float32)); m.stream()(np.ones(4, np.float32))\n"
+            "nlstm.GRU(4, 16)(np.ones((5, 4), np.float32)); nlstm.RNN(4, 16)(np.ones((5, 4), np.float32))\n"
+            "print(sorted(k for k, _, _ in config.compiled)); print(sorted(set(names)))\n")
+    env = dict(os.environ, NLSTM_CACHE_DIR=str(tmp_path), NLSTM_COMPILE_NOTICE="0")
+    out = subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600,
+                         capture_output=True, text=True).stdout.splitlines()
+    assert out[0] == ("['gru.gru_forward_row', 'lstm.lstm_forward_row', 'lstm.lstm_step', "
+                      "'rnn.rnn_forward_row']"), out
+    nested = out[1]
+    for name in ("lstm._pointwise", "lstm.lstm_forward'", "lstm._forward_tiled",
+                 "blocks.add_recurrent", "lstm.lstm_step_options", "gru.gru_forward'",
+                 "rnn.rnn_forward'", "tiles.panel_rows"):
+        assert name not in nested, (name, nested)
+    assert "lstm._cell_units" in nested and "lstm._forward_row" in nested, nested

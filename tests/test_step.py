@@ -78,3 +78,69 @@ def test_step_accepts_huge_finite_inputs(cls):
     y, _ = m.step(x)
     assert np.isfinite(y).all()
     assert np.isfinite(m.stream(batch_size=2)(x)).all()
+
+
+def _unaligned(a):
+    """A C-contiguous, writeable copy of a that starts one byte past an address NumPy
+    calls aligned (a multiple of the itemsize): ``flags.aligned`` is False."""
+    raw = np.empty(a.nbytes + 1, np.uint8)
+    b = raw[1:].view(a.dtype).reshape(a.shape)
+    b[...] = a
+    assert not b.flags.aligned
+    return b
+
+
+@pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])
+def test_step_after_the_fast_path_takes_every_array_kind(cls):
+    """After a first step through the fast path, later steps call the kernel's compiled
+    entry point without Numba's typing of the arguments: any array that is not exactly its
+    type (read-only, unaligned, strided, another dtype) must go the checked way and give the
+    same result, never be misread."""
+    rng = np.random.default_rng(0)
+    m = cls(3, 4, num_layers=2, seed=1)
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    y0, s0 = m.step(x)  # creates the entry point
+    y1, s1 = m.step(x, s0)
+    assert m._step_entry not in (None, m._step_plan()[0])  # this Numba exposes entry points
+    states = list(s0) if isinstance(s0, tuple) else [s0]
+
+    def pack(arrays):
+        return tuple(arrays) if len(arrays) > 1 else arrays[0]
+
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    strided = np.repeat(x, 2, axis=1)[:, ::2]
+    for name, xv in [("read-only", readonly), ("unaligned", _unaligned(x)), ("strided", strided),
+                     ("float64", x.astype(np.float64)), ("list", x.tolist())]:
+        y, s = m.step(xv, s0)
+        np.testing.assert_array_equal(y, y1, err_msg=f"x {name}")
+    for name, conv in [("read-only", lambda a: np.require(a, requirements="C").copy()),
+                       ("unaligned", _unaligned), ("float64", lambda a: a.astype(np.float64))]:
+        given = [conv(a) for a in states]
+        if name == "read-only":
+            for a in given:
+                a.flags.writeable = False
+        y, s = m.step(x, pack(given))
+        np.testing.assert_array_equal(y, y1, err_msg=f"state {name}")
+    # and bad input still gets its error, in the same layer after the entry point exists
+    with pytest.raises(ValueError, match="x_t contains"):
+        m.step(np.full((2, 3), np.nan, np.float32), s0)
+    with pytest.raises(ValueError, match="Expected 3, got 4"):
+        m.step(np.zeros((2, 4), np.float32), s0)
+    with pytest.raises(ValueError, match="state"):
+        m.step(x, pack([a[:, :1] for a in states]))
+    # unbatched through the same entry point
+    y, _ = m.step(x[0])
+    np.testing.assert_array_equal(y, m.step(x[:1])[0][0])
+
+
+def test_a_layer_pickles_after_its_fast_step():
+    """The compiled entry point the fast path keeps is this process's alone: not pickled."""
+    import pickle
+    m = nlstm.LSTM(3, 4, seed=0)
+    x = np.ones(3, np.float32)
+    y, s = m.step(x)
+    twin = pickle.loads(pickle.dumps(m))
+    assert twin._step_entry is None
+    np.testing.assert_array_equal(twin.step(x)[0], y)
+    np.testing.assert_array_equal(twin.step(x, s)[0], m.step(x, s)[0])

@@ -80,6 +80,21 @@ def _zone_out(hn, hp, m, dst):
 
 
 @kernel
+def gru_forward_row(b, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, zm, s,
+                    wf):
+    """``gru_forward`` for the one batch row b of the ``lbr`` form with σ and tanh, as
+    ``gru_forward`` runs it, arguments as there; s: (3H,) scratch. Its own kernel for the
+    reason ``lstm.lstm_forward_row`` has one: a first one-row inference compiles only this
+    path, not the general activations, panels and blocks of ``gru_forward``."""
+    H = h.shape[2]
+    begin_rows(b, b + 1, h, h0, lengths, reverse)
+    zero_padding(b, b + 1, y, lengths, col, H)
+    zero_rows_past(b, b + 1, aux, lengths)  # as gru_forward
+    _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, s, wf)
+    end_rows(b, b + 1, h_n, h, lengths, reverse)
+
+
+@kernel
 def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr, zm,
                 acts, clip, pre, wf, rows, times, sp1, sp2, sp3, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.

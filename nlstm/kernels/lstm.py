@@ -139,9 +139,11 @@ def _pointwise(g, c_prev, c_new, m, opt, pre):
 def _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pre):
     """``lstm_forward``'s recurrence for the single batch row b (no projection): each
     step's product goes straight into its gates, without the bookkeeping of active rows
-    (0.1-0.15 µs a step less: the S forward kernel went from 106 to 92-97 µs)."""
+    (0.1-0.15 µs a step less: the S forward kernel went from 106 to 92-97 µs).
+    opt: the variant options, or None for the plain cell: Numba then drops the branch
+    that calls ``_pointwise`` before compiling (see ``lstm_forward_row``)."""
     L = lengths[b]
-    save = opt.clip < np.inf or opt.acts.shape[0] > 0
+    H = c.shape[2]
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
@@ -150,7 +152,11 @@ def _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pr
             g[j] += bias[j]
         row_nn_add(g, h[p, b], w_hh_t, 0, g.shape[0])
         hn = h[o, b]
-        _pointwise(g, c[p, b], c[o, b], hn, opt, pre[t, b] if save else pre[0, 0])
+        if opt is None:
+            _cell_units(g, c[p, b], c[o, b], hn, 0, H)
+        else:
+            save = opt.clip < np.inf or opt.acts.shape[0] > 0
+            _pointwise(g, c[p, b], c[o, b], hn, opt, pre[t, b] if save else pre[0, 0])
         row_out(y, t, b, col, hn)
 
 
@@ -173,6 +179,26 @@ def _forward_row_tiled(b, y, h, c, gates, wp, bias, lengths, reverse, col):
         hn = h[o, b]
         _cell_units(gates[t, b], c[p, b], c[o, b], hn, 0, H)
         row_out(y, t, b, col, hn)
+
+
+@kernel
+def lstm_forward_row(b, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
+                     wp):
+    """``lstm_forward`` for the one batch row b of the plain cell (no variant options), as
+    ``lstm_forward`` runs it, arguments as there (wp: W_hhᵀ packed for the one-row tile,
+    or empty for the row loops). A one-row batch (S inference, the first call of most
+    users) needs only this path, and Numba compiles every path of a kernel whether it runs
+    or not: this one compiles in a few seconds, ``lstm_forward`` (the variants' general
+    activations, the blocks of rows) in over twenty."""
+    begin_rows(b, b + 1, h, h0, lengths, reverse)
+    begin_rows(b, b + 1, c, c0, lengths, reverse)
+    zero_padding(b, b + 1, y, lengths, col, h.shape[2])
+    if wp.shape[0] > 0:
+        _forward_row_tiled(b, y, h, c, gates, wp, bias, lengths, reverse, col)
+    else:
+        _forward_row(b, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, None, None)
+    end_rows(b, b + 1, h_n, h, lengths, reverse)
+    end_rows(b, b + 1, c_n, c, lengths, reverse)
 
 
 @kernel
@@ -368,6 +394,18 @@ def _backward_row(b, dgates, dh, dc, dy, gates, c, w_hh_t, lengths, reverse, col
 
 
 @kernel
+def lstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, lengths, reverse,
+                      col, dm):
+    """``lstm_backward`` for the one batch row b of the plain cell, as ``lstm_backward`` runs
+    it, arguments as there; dm: (H,) scratch. Its own kernel for the reason
+    ``lstm_forward_row`` has one: a first one-row training step compiles only this path."""
+    copy_rows(b, b + 1, dh0, dh_n)
+    copy_rows(b, b + 1, dc0, dc_n)
+    zero_rows_past(b, b + 1, dgates, lengths)
+    _backward_row(b, dgates, dh0, dc0, dy, gates, c, w_hh_t, lengths, reverse, col, dm, dm[:0])
+
+
+@kernel
 def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
                   reverse, col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all, wc,
                   rows, times, sp1, sp2, sg, sh):
@@ -514,10 +552,7 @@ def lstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, work)
     (Six fewer arguments than ``lstm_step_options``: each costs Numba's dispatch about
     0.1 µs, and a step is a few microseconds.)
     """
-    none = work[:0]
-    opt = Options(none, cast_like(work, np.inf), False, False, none.reshape(0, 0),
-                  none.reshape(0, 3))
-    return _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work)
+    return _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, None, work)
 
 
 @kernel
@@ -531,6 +566,8 @@ def lstm_step_options(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_h
 
 @kernel
 def _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
+    """The step of ``lstm_step`` (opt None: the plain cell, whose code alone is compiled
+    then) and ``lstm_step_options`` (opt an ``Options``)."""
     wide()
     if check and not step_inputs_finite(k, x, h, c):
         return False
@@ -546,7 +583,9 @@ def _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work
             g[j] = b_ih[j] + b_hh[j]
         row_nn_add(g, inp[b], w_ih_t, 0, G)
         row_nn_add(g, hk[b], w_hh_t, 0, G)
-        if opt.proj:
+        if opt is None:  # the plain cell (see _forward_row)
+            _cell_units(g, ck[b], cn[b], hn[b], 0, H)
+        elif opt.proj:
             _pointwise(g, ck[b], cn[b], m, opt, pre)
             row_nn(hn[b], m, opt.w_hr_t, 0, hn.shape[1])
         else:

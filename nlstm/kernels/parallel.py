@@ -15,6 +15,8 @@ itself when one thread is enough.
 """
 from typing import Callable, NamedTuple
 
+import numpy as np
+
 from numba import prange
 from numba.extending import overload
 
@@ -175,7 +177,18 @@ def _gru_backward_units(parts, args):
         gru_units.gru_backward_units(i, parts, *args)
 
 
-project_rows = Split(blocks.project_rows, _project_rows)
+def _project_rows_numpy(r0, r1, x, w, out, bias):
+    """``blocks.project_rows`` on the calling thread, by NumPy: the same product (NumPy's
+    BLAS, single-threaded inside nlstm's calls) run without compiled code, so a call whose
+    other kernels call no BLAS (one-row LSTM inference) needs neither this kernel compiled
+    or loaded nor SciPy's BLAS, which Numba's np.dot calls, imported (0.45 s of a first-ever
+    compile, 0.15 s of a cold start)."""
+    np.matmul(x[r0:r1], w, out=out[r0:r1])
+    if bias.shape[0] > 0:
+        out[r0:r1] += bias
+
+
+project_rows = Split(_project_rows_numpy, _project_rows)
 project_ragged = Split(gemm.project_ragged, _project_ragged)
 project_panels = Split(tiles.project_panels, _project_panels)
 weight_grad_cols = Split(gemm.weight_grad_cols, _weight_grad_cols)

@@ -77,6 +77,18 @@ def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, 
 
 
 @kernel
+def rnn_forward_row(b, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu, acts,
+                    clip, wf):
+    """``rnn_forward`` for the one batch row b, as ``rnn_forward`` runs it, arguments as
+    there. Its own kernel for the reason ``lstm.lstm_forward_row`` has one: a first one-row
+    inference compiles only this path, not the panels and blocks of ``rnn_forward``."""
+    begin_rows(b, b + 1, h, h0, lengths, reverse)
+    zero_padding(b, b + 1, y, lengths, col, pre.shape[2])
+    _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, clip, wf)
+    end_rows(b, b + 1, h_n, h, lengths, reverse)
+
+
+@kernel
 def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu, acts,
                 clip, wf, rows, times, sp1, sg):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
