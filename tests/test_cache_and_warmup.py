@@ -109,8 +109,8 @@ def test_warmup_compiles_the_drivers_that_split_a_batch_over_threads():
 
 def test_a_first_one_row_inference_compiles_only_what_it_runs(tmp_path):
     """Numba compiles every path of a kernel, run or not: the first-ever float32 S inference
-    (one row, the plain cell) and stream step must compile only the row kernels (the input
-    projection runs by NumPy on one thread), not
+    (one row, the plain cell) and stream step must compile only the row kernels (and the
+    packing of the one-row tile; the input projection runs by NumPy on one thread), not
     lstm_forward's other paths (the variants' general activations in ``_pointwise``, the
     tiles, the blocks of rows: 22 of the 27 s that first call took); likewise the GRU's and
     the RNN's first one-row inference."""
@@ -130,8 +130,9 @@ def test_a_first_one_row_inference_compiles_only_what_it_runs(tmp_path):
     env = dict(os.environ, NLSTM_CACHE_DIR=str(tmp_path), NLSTM_COMPILE_NOTICE="0")
     out = subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600,
                          capture_output=True, text=True).stdout.splitlines()
+    # (and the one-row tile's packing: H = 16 is a multiple of the vector width)
     assert out[0] == ("['gru.gru_forward_row', 'lstm.lstm_forward_row', 'lstm.lstm_step', "
-                      "'rnn.rnn_forward_row']"), out
+                      "'rnn.rnn_forward_row', 'tiles.pack_gates']"), out
     nested = out[1]
     for name in ("lstm._pointwise", "lstm.lstm_forward'", "lstm._forward_tiled",
                  "blocks.add_recurrent", "lstm.lstm_step_options", "gru.gru_forward'",
