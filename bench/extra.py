@@ -331,7 +331,7 @@ class KernelClock:
     """Time spent in nlstm's recurrence while active, measured from the calling thread.
 
     Wraps ``nlstm._threads.run_rows`` (the recurrence over the rows: its wall time; not
-    the input projection, which runs through it too),
+    the whole-sequence products, which run through it too),
     ``run_units`` (a one-row batch's recurrence split by hidden units) and every
     Numba dispatcher in ``nlstm.kernels.*`` (kernel calls made outside run_rows, e.g. by
     ``step``). Diagnostic only: relies on those internals and reports ``ok=False`` when
@@ -369,8 +369,11 @@ class KernelClock:
             rows = timed(thr.run_rows)
             untimed = thr.run_rows
 
-            def run_rows(B, work, split, *a, **k):  # the input projection is a product
-                if split is parallel.project_rows:
+            products = (parallel.project_rows, parallel.project_ragged, parallel.project_panels,
+                        parallel.weight_grad_cols, parallel.input_grad_rows)
+
+            def run_rows(B, work, split, *a, **k):  # the whole-sequence products are not
+                if split in products:  # the recurrence
                     return untimed(B, work, split, *a, **k)
                 return rows(B, work, split, *a, **k)
 
