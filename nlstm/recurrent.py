@@ -563,8 +563,8 @@ class RecurrentLayer(Lockable):
         lengths = ws.lengths
         valid = ws.valid
         b = self._no_pack if bias is None else bias
-        # Rows split over nlstm's threads, each part single-threaded BLAS: threaded BLAS
-        # next to the prange regions left OpenBLAS's threads spinning on their cores.
+        # Rows split over nlstm's threads, each part single-threaded (BLAS or the tiles):
+        # threaded BLAS next to the prange regions left its threads spinning on the cores.
         if (T * B - valid) * per_step > _PER_ROW_MIN_SAVING * B:
             # Ragged: one product per batch row over its own length, so the padding costs
             # nothing; the batch rows balanced by their lengths.
