@@ -21,7 +21,7 @@ import numpy as np
 from .activations import cast_like
 from .config import kernel
 from .simd import wide
-from .gemm import gemm_tiles
+from .gemm import add_rows, gemm_tiles
 from .slots import slots, step_time
 
 # Where neither the small-matrix path nor its tiles fit (H in the thousands), one
@@ -109,11 +109,7 @@ def project_rows(r0, r1, x, w, out, bias):
     inside nlstm's calls) for one thread's rows of a whole-sequence input projection.
     x: (n, I), w: (I, G), out: (n, G), all C-contiguous; bias: (G,) or empty."""
     np.dot(x[r0:r1], w, out[r0:r1])
-    if bias.shape[0] > 0:
-        for r in range(r0, r1):
-            o = out[r]
-            for j in range(o.shape[0]):
-                o[j] += bias[j]
+    add_rows(out, r0, r1, bias)
 
 
 @kernel

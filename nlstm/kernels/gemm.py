@@ -93,6 +93,18 @@ def gemm_tiles(out, a, w, n, carry, rows, cols):
                         0, out, i0 * ld_out + c0, ld_out)
 
 
+@kernel
+def add_rows(out, r0, r1, v):
+    """out[r] += v for the rows r in r0:r1 of the 2-D out, nothing if v is empty: the bias
+    of an input projection."""
+    if v.shape[0] == 0:
+        return
+    for r in range(r0, r1):
+        o = out[r]
+        for j in range(o.shape[0]):
+            o[j] += v[j]
+
+
 # ---- whole-sequence products of the backward pass, one thread's part each ---------------
 # Each part is one BLAS call (single-threaded inside nlstm's calls) that adds into its own
 # block of the output with beta = 1: no temporary, no copy of a column slice, and the parts
@@ -135,8 +147,4 @@ def project_ragged(b0, b1, x, w, gates, bias, lengths):
             continue
         # row-major (L × G) with row stride B·G is column-major (G × L): w's (G × I) · x's
         _xxgemm(ord("n"), ord("n"), G, L, I, w, 0, G, x, b * I, B * I, 0, gates, b * G, B * G)
-        if bias.shape[0] > 0:
-            for t in range(L):
-                o = gates[t, b]
-                for j in range(G):
-                    o[j] += bias[j]
+        add_rows(gates[:, b], 0, L, bias)

@@ -15,6 +15,7 @@ Every array here is flat (1-D, C order) with element offsets, so a tile can addr
 of the state and gate buffers wherever they are (ragged batches gather no rows).
 """
 from .config import inlined_kernel, kernel
+from .gemm import add_rows
 from .simd import vadd, vbroadcast, vfma, vload, vsplat, vstore, vwidth, width
 
 
@@ -241,9 +242,5 @@ def project_panels(r0, r1, x, wp, out, bias, no_rows):
     for i0 in range(r0, r1, rb):
         i1 = min(r1, i0 + rb)
         panel_rows(out[i0:i1], x[i0:i1], no_rows, i1 - i0, wp, 0, G, 0, I, False)
-        if bias.shape[0] > 0:
-            for r in range(i0, i1):
-                o = out[r]
-                for j in range(G):
-                    o[j] += bias[j]
+        add_rows(out, i0, i1, bias)
 
