@@ -175,12 +175,13 @@ def test_rows_are_bitwise_the_same_in_any_tile(kind):
 
 
 def test_vector_width_follows_the_target():
-    """512-bit vectors exactly when the target Numba compiles for has AVX-512, and the
-    vectorised loops of the kernels really use them: LLVM's tuning for several Intel CPUs
-    prefers 256-bit vectors unless a function asks otherwise (``simd.wide``)."""
+    """512-bit vectors exactly when the target Numba compiles for has AVX-512 (256 with AVX,
+    else 128), and the vectorised loops of the kernels really use them: LLVM's tuning for
+    several Intel CPUs prefers 256-bit vectors unless a function asks otherwise
+    (``simd.wide``)."""
     from numba.core.registry import cpu_target
     features = cpu_target.target_context.codegen()._tm_features.split(",")
-    bits = 512 if "+avx512f" in features else 256
+    bits = 512 if "+avx512f" in features else 256 if "+avx" in features else 128
     assert simd.target_vector_bits() == bits
     assert simd.width(np.float32) == bits // 32 and simd.width(np.float64) == bits // 64
     if bits != 512:
@@ -192,6 +193,82 @@ def test_vector_width_follows_the_target():
     cell(g, c0, c1, m, 0, 64)
     asm = cell.inspect_asm(cell.signatures[0])
     assert re.search(r"vdivps[^\n]*%zmm", asm), "the gate loop is not vectorised at 512 bits"
+
+
+def _tile_loops_spill(asm: str) -> tuple:
+    """(how many basic blocks of x86 assembly hold 8 or more FMAs, whether any of them
+    moves a vector register to or from the stack): a tile's sum loop that does spills its
+    accumulators."""
+    blocks = re.split(r"\n\.?LBB\S*:", asm)
+    hot = [b for b in blocks if b.count("vfmadd") >= 8]
+    vector_stack = re.compile(r"%[xyz]mm\d+[^\n]*\(%rsp\)|\(%rsp\)[^\n]*%[xyz]mm\d+")
+    return len(hot), any(vector_stack.search(b) for b in hot)
+
+
+def _panel_rows_asm():
+    fresh = numba.njit(**config.options())(tiles.panel_rows.py_func)
+    S = tiles.panel_width(np.float32)
+    out, a = np.zeros((8, S), np.float32), np.ones((8, 16), np.float32)
+    wp = np.ones(16 * S, np.float32)
+    fresh(out, a, np.empty(0, np.int64), 8, wp, 0, S, 0, 16, False)
+    assert (out == 16).all()
+    return fresh.inspect_asm(fresh.signatures[0])
+
+
+@pytest.mark.skipif(not re.match(r"x86|amd64", __import__("platform").machine().lower()),
+                    reason="x86 assembly")
+def test_tile_loop_keeps_its_accumulators_in_registers():
+    """The tile's sum loop compiles to FMAs with no stack traffic on this target."""
+    hot, spills = _tile_loops_spill(_panel_rows_asm())
+    assert hot >= 1 and not spills
+
+
+# An AVX2 machine (Haswell's features: NUMBA_CPU_NAME alone keeps the host's AVX-512)
+AVX2_ENV = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ",".join(
+    "+" + f for f in "64bit avx avx2 bmi bmi2 cmov cx16 f16c fma fsgsbase lzcnt mmx movbe "
+    "popcnt sse sse2 sse3 sse4.1 sse4.2 ssse3 xsave sahf aes pclmul".split())}
+
+_AVX2_SCRIPT = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[2])
+import test_tiles as tt
+import nlstm
+from nlstm.kernels import simd
+assert (simd.target_vector_bits(), simd.target_vector_registers()) == (256, 16)
+hot, spills = tt._tile_loops_spill(tt._panel_rows_asm())
+m = tt._layer("lstm", np.float32, 32, layers=1)
+x, lengths, dy = tt._avx2_case()
+np.savez(sys.argv[1], hot=hot, spills=spills, *tt._run(m, x, lengths, dy, 2))
+"""
+
+
+def _avx2_case():
+    rng = np.random.default_rng(3)
+    return (rng.standard_normal((7, 6, 24)).astype(np.float32), np.array([7, 3, 7, 5, 1, 6]),
+            rng.standard_normal((7, 6, 32)).astype(np.float32))
+
+
+@pytest.mark.skipif(not re.match(r"x86|amd64", __import__("platform").machine().lower()),
+                    reason="x86 assembly")
+def test_avx2_target_tiles_fit_its_16_registers(tmp_path):
+    """Compiled for an AVX2 machine (16 vector registers of 256 bits), the tiles run their
+    rows in pairs, whose 8 accumulators, 4 weight vectors and broadcast fit the registers:
+    the 4-row tile's 16 accumulators spilled to the stack every k there (5x slower than
+    BLAS). The layer's results there agree with this target's."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NLSTM_CACHE_DIR=str(tmp_path / "cache"), **AVX2_ENV)
+    out = tmp_path / "avx2.npz"
+    subprocess.run([sys.executable, "-c", _AVX2_SCRIPT, str(out), os.path.dirname(__file__)],
+                   check=True, env=env, timeout=900)
+    got = np.load(out)
+    assert got["hot"] >= 1 and not got["spills"]
+    x, lengths, dy = _avx2_case()
+    want = _run(_layer("lstm", np.float32, 32, layers=1), x, lengths, dy, 2)
+    assert len(got.files) == len(want) + 2
+    for i, w in enumerate(want):
+        np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=1e-5, atol=1e-6)
 
 
 def test_one_row_batch_is_bitwise_a_row_of_a_tile():

@@ -6,8 +6,9 @@ which plain loops over arrays cannot promise (LLVM reloads and stores them throu
 when it cannot prove the output does not alias the inputs).
 
 The width W is the number of elements of the target's widest vector registers, read from
-the features Numba compiles for (not from the CPU's name): 512 bits with AVX-512, else 256
-(AVX2 and others; on narrower targets LLVM splits each vector into several registers).
+the features Numba compiles for (not from the CPU's name): 512 bits with AVX-512, 256 with
+AVX/AVX2, else 128 (NEON, SSE). (``NUMBA_CPU_NAME=haswell`` alone keeps the host's features;
+an AVX2 machine's code needs ``NUMBA_CPU_FEATURES`` too, see ``tests/test_tiles.py``.)
 Functions that use these vectors also get LLVM's ``min-legal-vector-width`` and
 ``prefer-vector-width`` raised to that width: LLVM's tuning for several Intel CPUs
 otherwise prefers 256-bit vectors and would split every 512-bit one in two.
@@ -17,17 +18,41 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-_TARGET_BITS = None
+_TARGET = None
+
+
+def _target() -> tuple:
+    """(vector bits, vector registers) of the target Numba compiles for, read from its
+    features and architecture (not from the CPU's name): AVX-512 has 32 registers of 512
+    bits; AVX and AVX2 16 of 256; AArch64 32 of 128 (NEON); other targets (x86 without
+    AVX) 16 of 128."""
+    global _TARGET
+    if _TARGET is None:
+        import platform
+        from numba.core.registry import cpu_target
+        codegen = cpu_target.target_context.codegen()
+        features = set((getattr(codegen, "_tm_features", "") or "").split(","))
+        if "+avx512f" in features:
+            _TARGET = (512, 32)
+        elif "+avx" in features:
+            _TARGET = (256, 16)
+        elif platform.machine().lower() in ("aarch64", "arm64"):
+            _TARGET = (128, 32)
+        else:
+            _TARGET = (128, 16)
+    return _TARGET
 
 
 def target_vector_bits() -> int:
-    """512 if the target Numba compiles for has AVX-512, else 256."""
-    global _TARGET_BITS
-    if _TARGET_BITS is None:
-        from numba.core.registry import cpu_target
-        features = getattr(cpu_target.target_context.codegen(), "_tm_features", "") or ""
-        _TARGET_BITS = 512 if "+avx512f" in features.split(",") else 256
-    return _TARGET_BITS
+    """The width of the target's vector registers: 512 with AVX-512, 256 with AVX, else
+    128."""
+    return _target()[0]
+
+
+def target_vector_registers() -> int:
+    """How many vector registers the target has (32 or 16): how many accumulators a tile
+    can keep (``tiles.tile_rows4``)."""
+    return _target()[1]
 
 
 def width(dtype) -> int:
@@ -158,6 +183,18 @@ def vwidth(typingctx, a):
         return context.get_constant(types.intp, n)
     return types.intp(a), codegen
 
+
+
+@intrinsic
+def vregisters(typingctx, a):
+    """How many vector registers the target has (a constant; see target_vector_registers)."""
+    if not _float_array(a):
+        return None
+    n = target_vector_registers()
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, n)
+    return types.intp(a), codegen
 
 
 @intrinsic

@@ -4,7 +4,8 @@ Each step adds h_{t-1} · W_hhᵀ into the gate rows of the active batch rows. H
 product runs in tiles of 4 rows × one block of W hidden units of all 4 gates (W: the
 vector width, ``simd.width``): 16 vector accumulators that stay in registers for the whole
 sum over the K inputs, each k costing 4 vector loads of weights, 4 broadcasts of h and
-16 fused multiply-adds. The epilogue (the cell's gate math for those rows and units) runs
+16 fused multiply-adds (on targets with 16 vector registers, two tiles of 2 rows: see
+``tile_rows4``). The epilogue (the cell's gate math for those rows and units) runs
 right after each tile, while its gate values are still in L1.
 
 The weights are packed once per call (``pack_gates``) so that the tile reads them as one
@@ -16,7 +17,7 @@ of the state and gate buffers wherever they are (ragged batches gather no rows).
 """
 from .config import inlined_kernel, kernel
 from .gemm import add_rows
-from .simd import vadd, vbroadcast, vfma, vload, vsplat, vstore, vwidth, width
+from .simd import vadd, vbroadcast, vfma, vload, vregisters, vsplat, vstore, vwidth, width
 
 
 def packable(w_t, blocks: int) -> bool:
@@ -87,7 +88,17 @@ def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo,
     (K rows of 4 vectors of packed weights from wp[wo]), s as ``start`` says (FROM_*; the
     bias read at bo + q·stride). The LSTM's gate tiles take stride H (one block of units of
     each gate, ``pack_gates``), the panels stride W (4W consecutive columns, ``pack_panels``).
-    All arrays flat; offsets in elements. 16 accumulators stay in registers through the sum."""
+    All arrays flat; offsets in elements.
+
+    With 32 vector registers (AVX-512, AArch64) the 4 rows' 16 accumulators, 4 weight
+    vectors and a broadcast stay in registers through the sum. With 16 (AVX2) they do not:
+    LLVM spilled accumulators to the stack every k and the tile ran 5x slower than BLAS
+    (10 against 53 GFLOP/s); there the rows go as two tiles of 2 rows (8 accumulators), each
+    row's sum in the same order."""
+    if vregisters(out) < 32:
+        tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start)
+        tile_rows2(out, o2, o3, stride, bias, bo, a, a2, a3, wp, wo, K, start)
+        return
     W = vwidth(out)
     c00, c01, c02, c03 = _start(out, o0, stride, bias, bo, start)
     c10, c11, c12, c13 = _start(out, o1, stride, bias, bo, start)
@@ -131,6 +142,32 @@ def _store4(out, o, stride, v0, v1, v2, v3):
     vstore(out, o + stride, v1)
     vstore(out, o + 2 * stride, v2)
     vstore(out, o + 3 * stride, v3)
+
+
+@inlined_kernel
+def tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start):
+    """``tile_rows4`` for 2 rows, with the same order of operations."""
+    W = vwidth(out)
+    c00, c01, c02, c03 = _start(out, o0, stride, bias, bo, start)
+    c10, c11, c12, c13 = _start(out, o1, stride, bias, bo, start)
+    for k in range(K):
+        w = wo + 4 * W * k
+        w0 = vload(wp, w)
+        w1 = vload(wp, w + W)
+        w2 = vload(wp, w + 2 * W)
+        w3 = vload(wp, w + 3 * W)
+        x = vbroadcast(a, a0 + k)
+        c00 = vfma(x, w0, c00)
+        c01 = vfma(x, w1, c01)
+        c02 = vfma(x, w2, c02)
+        c03 = vfma(x, w3, c03)
+        x = vbroadcast(a, a1 + k)
+        c10 = vfma(x, w0, c10)
+        c11 = vfma(x, w1, c11)
+        c12 = vfma(x, w2, c12)
+        c13 = vfma(x, w3, c13)
+    _store4(out, o0, stride, c00, c01, c02, c03)
+    _store4(out, o1, stride, c10, c11, c12, c13)
 
 
 @inlined_kernel
