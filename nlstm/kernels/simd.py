@@ -96,7 +96,8 @@ def _element_pointer(context, builder, aty, ary, ity, i):
 
 
 def _float_array(a):
-    return isinstance(a, types.Array) and isinstance(a.dtype, types.Float)
+    # C layout: the intrinsics address flat elements from the data pointer
+    return isinstance(a, types.Array) and isinstance(a.dtype, types.Float) and a.layout == "C"
 
 
 @intrinsic

@@ -39,10 +39,8 @@ def pack_gates(wp, w_t, blocks):
         for k in range(K):
             row = w_t[k]
             for q in range(blocks):
-                src = row[q * H + u * W:q * H + u * W + W]
-                dst = wp[i:i + W]
-                for v in range(W):
-                    dst[v] = src[v]
+                # one vector load and store: a slice per vector (a view each) took 3x longer
+                vstore(wp, i, vload(row, q * H + u * W))
                 i += W
 
 
