@@ -213,6 +213,11 @@ def machine_info(threads: int) -> Dict:
             "cpu_count": os.cpu_count(), "threads": threads,
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
             "NUMBA_THREADING_LAYER": os.environ.get("NUMBA_THREADING_LAYER", "")}
+    info["environment"] = {k: v for k, v in os.environ.items() if k.startswith(
+        ("OPENBLAS_", "NUMBA_CPU_", "ONEDNN_", "ATEN_CPU_", "MKL_"))}
+    from nlstm.kernels import simd
+    info["nlstm target"] = (f"{simd.target_vector_bits()}-bit vectors, "
+                            f"{simd.target_vector_registers()} registers")
     try:
         import numba
         info["numba threading layer"] = numba.threading_layer()
@@ -407,6 +412,9 @@ def main(argv=None) -> int:
             f"Machine: {meta.get('lscpu Model name', '?')} (family {meta.get('lscpu CPU family', '?')} "
             f"model {meta.get('lscpu Model', '?')}), {meta['cpu_count']} cores "
             f"({meta.get('lscpu Flags', '')}); {a.threads} threads; {meta['date']}  ",
+            f"nlstm compiles for: {meta.get('nlstm target', '?')}; environment: "
+            + (", ".join(f"{k}={v}" for k, v in meta.get("environment", {}).items())
+               or "no OPENBLAS_/NUMBA_CPU_/ONEDNN_/ATEN_CPU_/MKL_ variable") + "  ",
             "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v) + "  ",
             f"NumPy sgemm: {gflops:.1f} GFLOP/s (median of {len(rates)} rounds at 2560x512x2048, "
             f"range {min(rates):.1f}-{max(rates):.1f})  ",
