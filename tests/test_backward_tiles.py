@@ -128,6 +128,21 @@ def _grads(m, x, lengths, dy, threads):
     return [dx, *states] + [m.grads[k].copy() for k in sorted(m.grads)]
 
 
+def _tiles_against_blas(monkeypatch, m, x, lengths, dy) -> list:
+    """m's gradients with the tiles on 1 and 2 threads (bitwise equal) and with BLAS (equal
+    to rounding); returns the tiles' (``_grads``)."""
+    one = _grads(m, x, lengths, dy, 1)
+    two = _grads(m, x, lengths, dy, 2)
+    for i, (a, b) in enumerate(zip(one, two)):
+        np.testing.assert_array_equal(a, b, err_msg=f"array {i}: 1 and 2 threads")
+    monkeypatch.setattr(R, "BACKWARD_ON_TILES", False)
+    blas = _grads(m, x, lengths, dy, 1)
+    monkeypatch.setattr(R, "BACKWARD_ON_TILES", True)
+    for i, (a, b) in enumerate(zip(one, blas)):
+        _close(a, b, m.dtype, f"array {i}: tiles and BLAS")
+    return one
+
+
 def _layer_case(kind, dtype, bi=True):
     cls, extra, _ = CELLS[kind]
     S = tiles.panel_width(dtype)
@@ -151,15 +166,8 @@ def test_layers_on_backward_tiles_match_the_oracle_and_blas(monkeypatch, kind, d
     monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
     used = _spy(monkeypatch)
     m, x, lengths, dy = _layer_case(kind, dtype)
-    one = _grads(m, x, lengths, dy, 1)
-    two = _grads(m, x, lengths, dy, 2)
+    one = _tiles_against_blas(monkeypatch, m, x, lengths, dy)
     assert used["weight_grad_panels"] > 0 and used["dx"] > 0, used
-    for i, (a, b) in enumerate(zip(one, two)):
-        np.testing.assert_array_equal(a, b, err_msg=f"array {i}: 1 and 2 threads")
-    monkeypatch.setattr(R, "BACKWARD_ON_TILES", False)
-    blas = _grads(m, x, lengths, dy, 1)
-    for i, (a, b) in enumerate(zip(one, blas)):
-        _close(a, b, dtype, f"array {i}: tiles and BLAS")
     if dtype != np.float64:
         return
     L, D = 2, 2
@@ -191,15 +199,8 @@ def test_lstm_variants_on_backward_tiles(monkeypatch, dtype, extra):
     x = rng.standard_normal((7, 5, S)).astype(dtype)
     lengths = np.array([7, 2, 7, 1, 5])
     dy = rng.standard_normal((7, 5, m.output_size)).astype(dtype)
-    one = _grads(m, x, lengths, dy, 1)
-    two = _grads(m, x, lengths, dy, 2)
+    _tiles_against_blas(monkeypatch, m, x, lengths, dy)
     assert used["weight_grad_panels"] > 0, used
-    for i, (a, b) in enumerate(zip(one, two)):
-        np.testing.assert_array_equal(a, b, err_msg=f"array {i}: 1 and 2 threads")
-    monkeypatch.setattr(R, "BACKWARD_ON_TILES", False)
-    blas = _grads(m, x, lengths, dy, 1)
-    for i, (a, b) in enumerate(zip(one, blas)):
-        _close(a, b, dtype, f"array {i}: tiles and BLAS")
 
 
 def test_rule_keeps_blas_where_the_tiles_do_not_apply(monkeypatch):
