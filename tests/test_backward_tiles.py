@@ -97,8 +97,9 @@ CELLS = {
 
 
 def _spy(monkeypatch):
-    """Count the runs of the backward's tile products: the weight gradients' parts (by
-    their Split) and dx's packing of W_ih."""
+    """Switch the backward's tile products on and count their runs: the weight gradients'
+    parts (by their Split) and dx's packing of W_ih."""
+    monkeypatch.setattr(R, "BACKWARD_ON_TILES", True)  # whatever the shipped default
     used = {"weight_grad_panels": 0, "dx": 0}
     real_rows, real_pack = _threads.run_rows, R.RecurrentLayer._packed_panels
 
