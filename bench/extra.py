@@ -370,7 +370,8 @@ class KernelClock:
             untimed = thr.run_rows
 
             products = (parallel.project_rows, parallel.project_ragged, parallel.project_panels,
-                        parallel.weight_grad_cols, parallel.input_grad_rows)
+                        parallel.weight_grad_cols, parallel.weight_grad_panels,
+                        parallel.input_grad_rows)
 
             def run_rows(B, work, split, *a, **k):  # the whole-sequence products are not
                 if split in products:  # the recurrence

@@ -4,13 +4,17 @@ Times each cell on issue 3's grid twice in the same process, alternating call by
 as shipped and with one use of the tiles switched off. ``--what steps`` (the default): the
 per-step products and carries in ``kernels/tiles.py`` against the block products of
 ``kernels/blocks.py`` (SciPy's OpenBLAS and loops); ``--what projection``: the input
-projection through the panel tiles (``tiles.project_panels``) against BLAS. Both use the
-same weights and data, and their outputs are checked against each other first. Run it
-under each OpenBLAS setting to see what the tiles change:
+projection through the panel tiles (``tiles.project_panels``) against BLAS; ``--what
+backward``: the backward's whole-sequence products (the weight gradients,
+``tiles.weight_grad_panels``, and dx) through the panel tiles against BLAS, in training
+(``--modes train``; inference does not run them). All use the same weights and data, and
+their outputs (with ``backward``, the gradients too) are checked against each other
+first. Run it under each OpenBLAS setting to see what the tiles change:
 
     python -m bench.tiles
     OPENBLAS_CORETYPE=Haswell python -m bench.tiles
     python -m bench.tiles --what projection --cases M,L,XL
+    python -m bench.tiles --what backward --cases M,L,XL --modes train
 """
 from __future__ import annotations
 
@@ -26,11 +30,14 @@ CASES = {"S": (100, 1, 32, 64), "M": (100, 16, 64, 128), "L": (50, 64, 256, 256)
 
 
 def _switch(on: bool, what: str = "steps") -> None:
-    """Tiles on (as shipped) or off (BLAS) for ``what``: the per-step products or the
-    input projection."""
+    """Tiles on (as shipped) or off (BLAS) for ``what``: the per-step products, the input
+    projection or the backward's whole-sequence products."""
     import nlstm.recurrent as R
     if what == "projection":
         R.PROJECT_ON_TILES = on
+        return
+    if what == "backward":
+        R.BACKWARD_ON_TILES = on
         return
     if not hasattr(_switch, "real"):
         _switch.real = (R.RecurrentLayer._packed_gates, R.RecurrentLayer._panels_fit)
@@ -56,13 +63,15 @@ def _time(cell: str, case: str, mode: str, seconds: float, what: str) -> tuple:
             y = m(x)[0]
         return y
 
-    ys = []
+    outs = []
     for on in (True, False):
         _switch(on, what)
-        ys.append(run())
-    tol = 1e-4 * max(1.0, float(np.abs(ys[1]).max()))
-    if not np.allclose(ys[0], ys[1], rtol=1e-4, atol=tol):
-        raise SystemExit(f"{cell} {case} {mode}: tiles and BLAS disagree ({what})")
+        m.zero_grad()
+        outs.append([run()] + ([g.copy() for g in m.grads.values()] if mode == "train" else []))
+    for a, b in zip(*outs):  # y, then each gradient
+        tol = 1e-4 * max(1.0, float(np.abs(b).max()))
+        if not np.allclose(a, b, rtol=1e-4, atol=tol):
+            raise SystemExit(f"{cell} {case} {mode}: tiles and BLAS disagree ({what})")
     on_t, off_t = [], []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(on_t) < 5:
@@ -86,7 +95,7 @@ def main(argv=None) -> None:
     ap.add_argument("--modes", default="infer,train")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=2.0, help="per case and mode")
-    ap.add_argument("--what", choices=("steps", "projection"), default="steps")
+    ap.add_argument("--what", choices=("steps", "projection", "backward"), default="steps")
     args = ap.parse_args(argv)
     import nlstm
     nlstm.set_num_threads(args.threads)

@@ -42,7 +42,8 @@ BLAS library loaded in the process runs single-threaded (Numba's ``np.dot`` insi
 kernels calls SciPy's OpenBLAS, and threaded BLAS inside parallel regions oversubscribes
 the cores); the first call in saves the counts, the last call out puts them back. The
 whole-sequence products (the input projection, and in backward the weight gradients and
-dx) run split over nlstm's threads too, each part one single-threaded BLAS call
+dx) run split over nlstm's threads too, each part single-threaded: nlstm's panel tiles
+where the shapes suit them (``kernels.tiles``), else one BLAS call
 (``kernels.blocks.project_rows``, ``kernels.gemm``): OpenBLAS's idle threads spin after a
 threaded call, and on two cores that spinning took a core from the prange region that
 followed (M inference 8.0 ms against 3.0 ms single-threaded).

@@ -35,6 +35,11 @@ _PER_ROW_MIN_SAVING = 200_000
 # one NumPy product on the calling thread: nothing to compile for a first small call.
 PROJECT_ON_TILES = True
 
+# Whether the backward's whole-sequence products (the weight gradients, dx = dg·W_ih) run
+# through the panel tiles, by the projection's rule: where their columns suit the panels
+# and they are big enough to split over the threads; else BLAS.
+BACKWARD_ON_TILES = True
+
 # A one-row batch splits its hidden units over the threads (a spin barrier per step) when
 # each step has this many recurrent multiply-adds (the barrier and the exchange of h cost
 # about 0.3 µs a step: at H = 64 the split lost, at H = 128 it won) and the whole sequence
@@ -116,6 +121,17 @@ class Workspace:
         self.ensure_scratch(layer, _threads.get_num_threads())
         self.lengths = np.empty(B, np.int64)
         self.valid = T * B  # steps summed over the rows: lengths.sum(), set by each forward
+        self._flat: dict = {}  # see flat
+
+    def flat(self, name: str, size: int, dtype) -> np.ndarray:
+        """A flat scratch buffer ``name`` of at least ``size`` elements, allocated by the
+        first call that needs it (training only: inference never asks) and kept with the
+        workspace: the backward's products on the panel tiles take aᵀ and the packed gate
+        gradients here."""
+        buf = self._flat.get(name)
+        if buf is None or buf.size < size:
+            buf = self._flat[name] = aligned_empty(size, dtype)
+        return buf
 
     def ensure_scratch(self, layer: "RecurrentLayer", n: int) -> None:
         """One scratch set per thread; threads may have been added since allocation."""
@@ -575,7 +591,7 @@ class RecurrentLayer(Lockable):
                 and tiles.packable_panels(w):
             wp = self._packed_panels(k, d, w, "project")
             _threads.run_rows(T * B, float(T * B * per_step), P.project_panels,
-                              (x2, wp, g2, b, self._no_rows), [()], (),
+                              (x2, wp, g2, b, self._no_rows, tiles.FROM_ZERO), [()], (),
                               min_work=_threads.SMALL_GEMM)
         else:
             _threads.run_rows(T * B, float(T * B * per_step), P.project_rows, (x2, w, g2, b),
@@ -752,26 +768,47 @@ class RecurrentLayer(Lockable):
         T, B = ws.key
         dg, x2, dx2 = dgates.reshape(T * B, -1), inp.reshape(T * B, -1), dx.reshape(T * B, -1)
         macs = T * B * x2.shape[1] * dg.shape[1]
-        self._weight_grads(dg, x2, self._g("weight_ih", k, d), macs)
+        self._weight_grads(ws, dg, x2, self._g("weight_ih", k, d), macs)
         gb = self._g("bias_ih", k, d)
         if gb is None:
             db = None
         else:
             db = self._row_sum(dg) if db is None else db
             gb += db
-        # dx = dg·W_ih, rows split over nlstm's threads; the second direction adds to it
-        args = (dg, self._w("weight_ih", k, d), dx2, 0 if d == 0 else 1)
-        _threads.run_rows(T * B, float(macs), P.input_grad_rows, args, [()], (),
+        # dx = dg·W_ih, rows split over nlstm's threads; the second direction adds to it.
+        # On the panel tiles (W_ih packed as panels of its (G·H, I) view) where I suits
+        # them, else one BLAS call per part.
+        w_t = self._w("weight_ih", k, d)
+        if BACKWARD_ON_TILES and macs >= _threads.SMALL_GEMM and tiles.packable_panels(w_t.T):
+            args = (dg, self._packed_panels(k, d, w_t.T, "dx"), dx2, self._no_pack,
+                    self._no_rows, tiles.FROM_ZERO if d == 0 else tiles.FROM_OUT)
+            split = P.project_panels
+        else:
+            args, split = (dg, w_t, dx2, 0 if d == 0 else 1), P.input_grad_rows
+        _threads.run_rows(T * B, float(macs), split, args, [()], (),
                           min_work=_threads.SMALL_GEMM)
         return db
 
-    def _weight_grads(self, dg: np.ndarray, a: np.ndarray, gw: np.ndarray, macs: float,
-                      cols: slice = slice(None)) -> None:
+    def _weight_grads(self, ws: Workspace, dg: np.ndarray, a: np.ndarray, gw: np.ndarray,
+                      macs: float, cols: slice = slice(None)) -> None:
         """gw[cols] += dg[:, cols]ᵀ·a; dg: (N, G'), a: (N, K), gw: (G', K), a parameter's
         gradient (stored transposed: gwᵀ has contiguous rows). The columns split over
-        nlstm's threads, each part one single-threaded BLAS call adding into its own
-        columns of gwᵀ (``kernels.gemm.weight_grad_cols``): no reduction, no copies."""
+        nlstm's threads, each part adding into its own columns of gwᵀ: no reduction, no
+        copies. Each part runs on the panel tiles (``kernels.tiles.weight_grad_panels``,
+        whole panels of columns, from aᵀ transposed here once) where the columns are whole
+        panels, else one single-threaded BLAS call (``kernels.gemm.weight_grad_cols``)."""
         c0, c1, _ = cols.indices(dg.shape[1])
+        S = tiles.panel_width(self.dtype)
+        if BACKWARD_ON_TILES and macs >= _threads.SMALL_GEMM and c1 > c0 \
+                and c0 % S == 0 and c1 % S == 0:
+            N, K = a.shape
+            a_t = ws.flat("a_t", N * K, self.dtype)[:N * K].reshape(K, N)
+            blocks.transpose_into(a_t, a)
+            args = (c0, dg, a_t, gw.T, ws.flat("dg_panels", dg.size, self.dtype),
+                    self._no_rows)
+            _threads.run_rows((c1 - c0) // S, macs, P.weight_grad_panels, args, [()], (),
+                              min_work=_threads.SMALL_GEMM)
+            return
         args = (dg, c0, a, gw.T, c0)
         _threads.run_rows(c1 - c0, macs, P.weight_grad_cols, args, [()], (),
                           min_work=_threads.SMALL_GEMM)
@@ -792,7 +829,7 @@ class RecurrentLayer(Lockable):
         T, B = ws.key
         dg = dgates.reshape(T * B, -1)
         c0, c1, _ = rows.indices(dg.shape[1])
-        self._weight_grads(dg, hprev.reshape(T * B, -1), self._g("weight_hh", k, d),
+        self._weight_grads(ws, dg, hprev.reshape(T * B, -1), self._g("weight_hh", k, d),
                            T * B * hprev.shape[2] * (c1 - c0), rows)
         gb = self._g("bias_hh", k, d)
         if gb is not None:

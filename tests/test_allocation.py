@@ -48,7 +48,7 @@ def counted_kernels(monkeypatch):
                  "rnn_forward",
                  "rnn_backward", "lstm_forward_units", "lstm_backward_units",
                  "gru_forward_units", "gru_backward_units", "project_ragged", "project_panels",
-                 "weight_grad_cols",
+                 "weight_grad_cols", "weight_grad_panels",
                  "input_grad_rows"):
         split = getattr(parallel, name)
         # (a serial side in Python, such as project_rows', adapts no array: not counted)

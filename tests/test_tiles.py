@@ -319,7 +319,7 @@ def test_project_panels_matches_numpy(dtype, with_bias):
     tiles.pack_panels(wp, w)
     out = np.full((n, G), np.nan, dtype)
     for r0, r1 in ((0, 70), (70, n)):
-        tiles.project_panels(r0, r1, x, wp, out, bias, np.zeros(0, np.int64))
+        tiles.project_panels(r0, r1, x, wp, out, bias, np.zeros(0, np.int64), tiles.FROM_ZERO)
     want = x.astype(np.float64) @ w.astype(np.float64) + (bias if with_bias else 0)
     # sums of 1024 products of order 1: float32's rounding, relative to their size (~32)
     tol = dict(rtol=1e-4, atol=5e-4) if dtype == np.float32 else _tol(dtype)

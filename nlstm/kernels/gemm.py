@@ -106,6 +106,7 @@ def add_rows(out, r0, r1, v):
 
 
 # ---- whole-sequence products of the backward pass, one thread's part each ---------------
+# (where the panel tiles do not apply: see recurrent's _weight_grads and _input_grads)
 # Each part is one BLAS call (single-threaded inside nlstm's calls) that adds into its own
 # block of the output with beta = 1: no temporary, no copy of a column slice, and the parts
 # write disjoint blocks, so they need no reduction (kernels/parallel.py runs them on nlstm's

@@ -134,6 +134,12 @@ def _weight_grad_cols(bounds, args, stacked):
 
 
 @parallel_kernel
+def _weight_grad_panels(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        tiles.weight_grad_panels(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
+@parallel_kernel
 def _input_grad_rows(bounds, args, stacked):
     for i in prange(bounds.shape[0] - 1):
         gemm.input_grad_rows(bounds[i], bounds[i + 1], *args, *part(stacked, i))
@@ -192,6 +198,7 @@ project_rows = Split(_project_rows_numpy, _project_rows)
 project_ragged = Split(gemm.project_ragged, _project_ragged)
 project_panels = Split(tiles.project_panels, _project_panels)
 weight_grad_cols = Split(gemm.weight_grad_cols, _weight_grad_cols)
+weight_grad_panels = Split(tiles.weight_grad_panels, _weight_grad_panels)
 input_grad_rows = Split(gemm.input_grad_rows, _input_grad_rows)
 lstm_forward = Split(lstm.lstm_forward, _lstm_forward)
 lstm_backward = Split(lstm.lstm_backward, _lstm_backward)

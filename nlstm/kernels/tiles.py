@@ -231,10 +231,11 @@ def pack_panels(wp, w):
 
 
 @kernel
-def panel_rows(out, a, rows, n, wp, c0, c1, d0, d1, scatter):
+def panel_rows(out, a, rows, n, wp, c0, c1, d0, d1, scatter, first=FROM_ZERO):
     """out[o_i, c0:c1] = a[i, d0:d1] @ w[d0:d1, c0:c1] for i < n, where o_i = rows[i] if
     ``scatter`` else i, through w (D, N) packed by ``pack_panels``. out: (≥, N) and a: (≥n,
-    D), C-contiguous; c0, c1: multiples of 4 vector widths."""
+    D), C-contiguous; c0, c1: multiples of 4 vector widths. ``first``: FROM_OUT adds the
+    product to out's values instead (a sum continued over several calls)."""
     N = out.shape[1]
     D = a.shape[1]
     S = 4 * vwidth(out)
@@ -245,7 +246,7 @@ def panel_rows(out, a, rows, n, wp, c0, c1, d0, d1, scatter):
         for k0 in range(d0, d1, kc):
             m = min(kc, d1 - k0)
             wo = (u * D + k0) * S
-            start = FROM_OUT if k0 > d0 else FROM_ZERO
+            start = FROM_OUT if k0 > d0 else first
             i = 0
             while i + 4 <= n:
                 o0, o1, o2, o3 = i, i + 1, i + 2, i + 3
@@ -267,15 +268,37 @@ ROW_BLOCK_BYTES = 256 * 1024
 
 
 @kernel
-def project_panels(r0, r1, x, wp, out, bias, no_rows):
-    """out[r0:r1] = x[r0:r1] @ w (+ bias if not empty): one thread's rows of a
-    whole-sequence input projection through the panel tiles, w (I, G) packed by
+def project_panels(r0, r1, x, wp, out, bias, no_rows, first):
+    """out[r0:r1] = x[r0:r1] @ w (+ bias if not empty), or with ``first`` FROM_OUT
+    out[r0:r1] += x[r0:r1] @ w: one thread's rows of a whole-sequence product through the
+    panel tiles (the input projection; in backward dx = dg·W_ih), w (I, G) packed by
     ``pack_panels``. x: (n, I), out: (n, G), C-contiguous; bias: (G,) or empty; no_rows:
     an empty int64 array (``panel_rows``' unused row list)."""
     I, G = x.shape[1], out.shape[1]
     rb = max(4, ROW_BLOCK_BYTES // (I * x.itemsize) // 4 * 4)
     for i0 in range(r0, r1, rb):
         i1 = min(r1, i0 + rb)
-        panel_rows(out[i0:i1], x[i0:i1], no_rows, i1 - i0, wp, 0, G, 0, I, False)
+        panel_rows(out[i0:i1], x[i0:i1], no_rows, i1 - i0, wp, 0, G, 0, I, False, first)
         add_rows(out, i0, i1, bias)
+
+
+@kernel
+def weight_grad_panels(p0, p1, c0, dg, a_t, gw_t, dgp, no_rows):
+    """gw_t[:, c] += a_t @ dg[:, c] for the columns c of panels p0:p1 (4 vector widths each)
+    counted from column c0: one thread's panels of a weight gradient through the panel
+    tiles. dg: (N, G') gate gradients, a_t: (K, N) the product's other input transposed,
+    gw_t: (K, G') the gradient as stored (gwᵀ), C-contiguous; dgp: flat, ≥ N·G' elements,
+    where this part packs its panels of dg (``pack_panels``; each part its own, so the
+    packing is split over the threads too); no_rows: an empty int64 array.
+
+    The depth (N = T·B, thousands) runs in blocks whose slice of a_t stays in L2 across
+    every panel (as ``project_panels``' rows); each block's sums continue gw_t's."""
+    S = 4 * vwidth(gw_t)
+    N, K = dg.shape[0], a_t.shape[0]
+    lo, hi = c0 + p0 * S, c0 + p1 * S
+    pack_panels(dgp[lo * N:hi * N], dg[:, lo:hi])
+    kc = depth_chunk(gw_t)
+    nb = max(kc, ROW_BLOCK_BYTES // (K * a_t.itemsize) // kc * kc)
+    for d0 in range(0, N, nb):
+        panel_rows(gw_t, a_t, no_rows, K, dgp, lo, hi, d0, min(N, d0 + nb), False, FROM_OUT)
 

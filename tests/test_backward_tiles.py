@@ -1,0 +1,222 @@
+"""The backward's whole-sequence products on the panel tiles (nlstm.kernels.tiles): the
+weight gradients (``weight_grad_panels``) and dx (``project_panels`` with W_ih packed from
+its (G·H, I) view, the second direction adding), against the float64 product and BLAS
+(nlstm.kernels.gemm), and the layers that use them against BLAS, the oracle and
+themselves on 1 and 2 threads.
+
+The layers take these paths only above ``_threads.SMALL_GEMM`` multiply-adds; the layer
+tests lower it to 0 so that small shapes (ragged tails, sizes of one) reach them.
+"""
+import numpy as np
+import pytest
+
+import nlstm
+import nlstm.recurrent as R
+from nlstm import _threads
+from nlstm.kernels import blocks, gemm, tiles
+from nlstm.kernels import parallel as P
+
+import reference
+
+DTYPES = [np.float32, np.float64]
+NO_ROWS = np.zeros(0, np.int64)
+
+
+def _close(a, b, dtype, msg):
+    """a equals b to the dtype's rounding of sums of terms as large as b's largest (layer
+    norm's gradients reach hundreds where others are near zero)."""
+    eps = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(a, b, rtol=10 * eps, atol=eps * max(1.0, np.abs(b).max()),
+                               err_msg=msg)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, K", [(1, 3), (37, 5), (250, 700), (203, 1), (4, 4)])
+def test_weight_grad_panels_matches_float64_and_blas(dtype, N, K):
+    """gwᵀ[:, cols] += aᵀ·dg[:, cols] on a column slice of whole panels (columns S:3S of
+    4S), as two threads' parts, adding into what is there; nothing outside the slice
+    written. One row, N not a multiple of 4 nor of the depth chunk, K = 700 (depth blocks
+    of one chunk, the last one partial), K = 1 (no tile of 4 rows)."""
+    S = tiles.panel_width(dtype)
+    rng = np.random.default_rng(N + K)
+    dg = rng.standard_normal((N, 4 * S)).astype(dtype)
+    a = rng.standard_normal((N, K)).astype(dtype)
+    gw_t = rng.standard_normal((K, 4 * S)).astype(dtype)
+    blas = gw_t.copy()
+    want = gw_t.astype(np.float64)
+    want[:, S:3 * S] += a.T.astype(np.float64) @ dg[:, S:3 * S].astype(np.float64)
+    a_t = np.full((K, N), np.nan, dtype)
+    blocks.transpose_into(a_t, a)
+    dgp = np.full(dg.size, np.nan, dtype)
+    for p0, p1 in ((0, 1), (1, 2)):  # panels counted from column S
+        tiles.weight_grad_panels(p0, p1, S, dg, a_t, gw_t, dgp, NO_ROWS)
+    gemm.weight_grad_cols(0, 2 * S, dg, S, a, blas, S)
+    scale = max(1.0, np.sqrt(N))  # sums of N products of order 1
+    tol = dict(rtol=1e-4, atol=1e-5 * scale) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12 * scale)
+    np.testing.assert_allclose(gw_t, want, err_msg="against float64", **tol)
+    np.testing.assert_allclose(gw_t, blas, err_msg="against BLAS", **tol)
+    np.testing.assert_array_equal(gw_t[:, :S], blas[:, :S])  # outside the slice: as it was
+    np.testing.assert_array_equal(gw_t[:, 3 * S:], blas[:, 3 * S:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, G", [(1, 12), (37, 200), (150, 1030)])
+def test_input_grad_on_panels_matches_float64_and_blas(dtype, N, G):
+    """dx = dg·W_ih through ``project_panels`` with W_ih packed from the (G, I) view of its
+    stored transpose, as row ranges of two threads: the first direction writes dx, the
+    second adds (FROM_OUT). One row, depth G not a multiple of 4 or of the chunk, several
+    row blocks (G = 1030)."""
+    S = tiles.panel_width(dtype)
+    I = 2 * S
+    rng = np.random.default_rng(N + G)
+    dg = rng.standard_normal((N, G)).astype(dtype)
+    w_t = rng.standard_normal((I, G)).astype(dtype)  # W_ih as stored, (I, G)
+    assert tiles.packable_panels(w_t.T) and not tiles.packable_panels(w_t[:I - 1].T)
+    wp = np.full(w_t.size, np.nan, dtype)
+    tiles.pack_panels(wp, w_t.T)
+    dx = np.full((N, I), np.nan, dtype)
+    blas = np.full((N, I), np.nan, dtype)
+    cuts = sorted({0, N // 2, N})
+    for first, beta in ((tiles.FROM_ZERO, 0), (tiles.FROM_OUT, 1)):
+        for r0, r1 in zip(cuts, cuts[1:]):
+            tiles.project_panels(r0, r1, dg, wp, dx, np.zeros(0, dtype), NO_ROWS, first)
+            gemm.input_grad_rows(r0, r1, dg, w_t, blas, beta)
+    want = 2 * dg.astype(np.float64) @ w_t.T.astype(np.float64)
+    scale = max(1.0, np.sqrt(G))
+    tol = dict(rtol=1e-4, atol=1e-5 * scale) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12 * scale)
+    np.testing.assert_allclose(dx, want, err_msg="against float64", **tol)
+    np.testing.assert_allclose(dx, blas, err_msg="against BLAS", **tol)
+
+
+CELLS = {
+    "lstm": (nlstm.LSTM, {}, lambda: reference.LSTMCell()),
+    "gru": (nlstm.GRU, {}, lambda: reference.GRUCell(True)),
+    "gru_lbr0": (nlstm.GRU, dict(linear_before_reset=False), lambda: reference.GRUCell(False)),
+    "rnn": (nlstm.RNN, {}, lambda: reference.RNNCell("tanh")),
+}
+
+
+def _spy(monkeypatch):
+    """Switch the backward's tile products on and count their runs: the weight gradients'
+    parts (by their Split) and dx's packing of W_ih."""
+    monkeypatch.setattr(R, "BACKWARD_ON_TILES", True)  # whatever the shipped default
+    used = {"weight_grad_panels": 0, "dx": 0}
+    real_rows, real_pack = _threads.run_rows, R.RecurrentLayer._packed_panels
+
+    def run_rows(B, work, split, *rest, **kw):
+        used["weight_grad_panels"] += split is P.weight_grad_panels
+        return real_rows(B, work, split, *rest, **kw)
+
+    def packed_panels(self, k, d, w, use):
+        used["dx"] += use == "dx"
+        return real_pack(self, k, d, w, use)
+
+    monkeypatch.setattr(_threads, "run_rows", run_rows)
+    monkeypatch.setattr(R.RecurrentLayer, "_packed_panels", packed_panels)
+    return used
+
+
+def _grads(m, x, lengths, dy, threads):
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(threads)
+    try:
+        m.zero_grad()
+        m.forward(x, lengths=lengths, train=True)
+        dx, dstate = m.backward(dy)
+    finally:
+        nlstm.set_num_threads(before)
+    states = list(dstate) if isinstance(dstate, tuple) else [dstate]
+    return [dx, *states] + [m.grads[k].copy() for k in sorted(m.grads)]
+
+
+def _tiles_against_blas(monkeypatch, m, x, lengths, dy) -> list:
+    """m's gradients with the tiles on 1 and 2 threads (bitwise equal) and with BLAS (equal
+    to rounding); returns the tiles' (``_grads``)."""
+    one = _grads(m, x, lengths, dy, 1)
+    two = _grads(m, x, lengths, dy, 2)
+    for i, (a, b) in enumerate(zip(one, two)):
+        np.testing.assert_array_equal(a, b, err_msg=f"array {i}: 1 and 2 threads")
+    monkeypatch.setattr(R, "BACKWARD_ON_TILES", False)
+    blas = _grads(m, x, lengths, dy, 1)
+    monkeypatch.setattr(R, "BACKWARD_ON_TILES", True)
+    for i, (a, b) in enumerate(zip(one, blas)):
+        _close(a, b, m.dtype, f"array {i}: tiles and BLAS")
+    return one
+
+
+def _layer_case(kind, dtype, bi=True):
+    cls, extra, _ = CELLS[kind]
+    S = tiles.panel_width(dtype)
+    # H = S: every gate block a whole panel; I = S: dx on the panels; layer 1's input 2S
+    m = cls(S, S, num_layers=2, bidirectional=bi, dtype=dtype, seed=3, **extra)
+    rng = np.random.default_rng(7)
+    T, B = 9, 6
+    x = rng.standard_normal((T, B, S)).astype(dtype)
+    lengths = np.array([9, 3, 9, 1, 0, 8])  # ragged, one empty row
+    dy = rng.standard_normal((T, B, m.output_size)).astype(dtype)
+    return m, x, lengths, dy
+
+
+@pytest.mark.parametrize("kind", sorted(CELLS))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layers_on_backward_tiles_match_the_oracle_and_blas(monkeypatch, kind, dtype):
+    """Every gradient of a 2-layer bidirectional ragged layer with the backward's products
+    on the tiles: against BLAS (to rounding), the float64 oracle, and bitwise the same at
+    1 and 2 threads."""
+    monkeypatch.setattr(_threads, "SMALL_GEMM", 0)
+    monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
+    used = _spy(monkeypatch)
+    m, x, lengths, dy = _layer_case(kind, dtype)
+    one = _tiles_against_blas(monkeypatch, m, x, lengths, dy)
+    assert used["weight_grad_panels"] > 0 and used["dx"] > 0, used
+    if dtype != np.float64:
+        return
+    L, D = 2, 2
+    init = [np.zeros((L * D, x.shape[1], m.hidden_size)) for _ in m._state_sizes()]
+    params = {k: np.asarray(v, np.float64) for k, v in m.params.items()}
+    _, _, cache = reference.forward(CELLS[kind][2](), params, x, init, lengths, L, True)
+    dx, dinit, grads = reference.backward(cache, dy.astype(np.float64), init)
+    want = [dx, *dinit] + [grads[k] for k in sorted(m.grads)]
+    for i, (a, b) in enumerate(zip(one, want)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11, err_msg=f"array {i}: oracle")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("extra", [dict(peephole=True), dict(proj_size=8), dict(layer_norm=True)],
+                         ids=["peephole", "proj", "layernorm"])
+def test_lstm_variants_on_backward_tiles(monkeypatch, dtype, extra):
+    """The LSTM's variants: peepholes, a projection (W_hh's depth and layer 1's input are
+    then proj_size, no whole panel: dx of layer 1 stays on BLAS), and layer norm (its
+    backward runs through lnlstm.backward_dir, the products from its own gradient
+    buffers): the tiles' gradients equal BLAS's to rounding, bitwise at 1 and 2 threads."""
+    monkeypatch.setattr(_threads, "SMALL_GEMM", 0)
+    monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
+    used = _spy(monkeypatch)
+    S = tiles.panel_width(dtype)
+    cls = nlstm.LayerNormLSTM if extra.get("layer_norm") else nlstm.LSTM
+    kw = {k: v for k, v in extra.items() if k != "layer_norm"}
+    m = cls(S, S, num_layers=2, bidirectional=True, dtype=dtype, seed=5, **kw)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((7, 5, S)).astype(dtype)
+    lengths = np.array([7, 2, 7, 1, 5])
+    dy = rng.standard_normal((7, 5, m.output_size)).astype(dtype)
+    _tiles_against_blas(monkeypatch, m, x, lengths, dy)
+    assert used["weight_grad_panels"] > 0, used
+
+
+def test_rule_keeps_blas_where_the_tiles_do_not_apply(monkeypatch):
+    """I not a multiple of the panel width: dx stays on BLAS (the weight gradients, whose
+    columns are whole panels, still take the tiles); below SMALL_GEMM neither runs."""
+    S = tiles.panel_width(np.float32)
+    used = _spy(monkeypatch)
+    monkeypatch.setattr(_threads, "SMALL_GEMM", 0)
+    m = nlstm.LSTM(S - 3, S, dtype=np.float32, seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 4, S - 3)).astype(np.float32)
+    y, _ = m.forward(x)
+    m.backward(np.ones_like(y))
+    assert used["dx"] == 0 and used["weight_grad_panels"] == 2
+    monkeypatch.setattr(_threads, "SMALL_GEMM", 10 ** 12)
+    used["weight_grad_panels"] = 0
+    y, _ = m.forward(x)
+    m.backward(np.ones_like(y))
+    assert used["weight_grad_panels"] == 0
