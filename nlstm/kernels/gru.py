@@ -37,7 +37,8 @@ from .units import copy
 
 @inlined_kernel
 def _general(acts):
-    """Whether ``acts`` asks for the general activations (None or (0, 3): σ and tanh)."""
+    """Whether ``acts`` asks for the general activations (else it is None or (0, 3): σ and
+    tanh)."""
     return acts is not None and acts.shape[0] > 0
 
 
@@ -46,34 +47,34 @@ def _gates_rz(g, s, acts, clip, pre):
     """r and z: g ← f(g + s), g, s: (2n,) the r and z blocks of n units side by side (or any
     such pair of views); pre: (2n,) out with the general activations (the pre-activations)."""
     wide()
-    if _general(acts):
-        for j in range(g.shape[0]):
-            g[j] += s[j]
+    gen = _general(acts)
+    for j in range(g.shape[0]):
+        v = g[j] + s[j]
+        g[j] = v if gen else sigmoid(v)
+    if gen:
         gates_inplace(g, pre, acts[0], clip)
-    else:
-        for j in range(g.shape[0]):
-            g[j] = sigmoid(g[j] + s[j])
 
 
 @inlined_kernel
 def _gate_n(gn, r, sn, bn, ax, acts, clip, pre):
     """n ``lbr``: a = W_hn h + b_hn (sn + bn), saved in ax; gn ← g(gn + r ⊙ a). Without
     ``lbr`` (bn empty): gn ← g(gn + sn), sn = W_hn (r ⊙ h) (b_hn folded into gn).
-    All (n,); pre: (n,) out with the general activations."""
+    All (n,); pre: (n,) out with the general activations. (σ and tanh run in the same pass,
+    the general activations in a second one.)"""
     wide()
+    gen = _general(acts)
     if bn.shape[0] > 0:
         for j in range(gn.shape[0]):
             a = sn[j] + bn[j]
             ax[j] = a
-            gn[j] = gn[j] + r[j] * a
+            v = gn[j] + r[j] * a
+            gn[j] = v if gen else tanh(v)
     else:
         for j in range(gn.shape[0]):
-            gn[j] = gn[j] + sn[j]
-    if _general(acts):
+            v = gn[j] + sn[j]
+            gn[j] = v if gen else tanh(v)
+    if gen:
         gates_inplace(gn, pre, acts[1], clip)
-    else:
-        for j in range(gn.shape[0]):
-            gn[j] = tanh(gn[j])
 
 
 @inlined_kernel
@@ -227,6 +228,12 @@ def gru_forward_row(b, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse
     end_rows(b, b + 1, h_n, h, lengths, reverse)
 
 
+def gru_forward_row_args(*, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, zm,
+                         s, wf):
+    """``gru_forward_row``'s arguments after b, by name (as for ``gru_forward``)."""
+    return y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, zm, s, wf
+
+
 @kernel
 def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr, zm,
                 acts, clip, pre, wf, rows, times, sp1, sp2, sp3, sg):
@@ -296,6 +303,14 @@ def gru_forward(b0, b1, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
     end_rows(b0, b1, h_n, h, lengths, reverse)
 
 
+def gru_forward_args(*, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr, zm,
+                     acts, clip, pre, wf):
+    """``gru_forward``'s arguments after b0, b1 and before the scratch (which
+    nlstm.kernels.parallel's drivers add per part), by name."""
+    return (y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, lbr, zm, acts, clip,
+            pre, wf)
+
+
 @kernel
 def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths,
                  reverse, col, lbr, zm, acts, clip, pre, wc, rows, times, sp1, sp2, sp3, sg):
@@ -361,6 +376,13 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
         scatter_rows(dh0, sp2, rows, n)
 
 
+def gru_backward_args(*, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths,
+                      reverse, col, lbr, zm, acts, clip, pre, wc):
+    """``gru_backward``'s arguments after b0, b1 and before the scratch, by name."""
+    return (dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths, reverse, col,
+            lbr, zm, acts, clip, pre, wc)
+
+
 @kernel
 def gru_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, work):
     """One time step of layer k. x: (B, I) the input of layer 0 (layer k > 0 reads
@@ -378,6 +400,12 @@ def gru_step_options(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, 
                      work):
     """``gru_step`` with activations and clip (as for ``gru_forward``); work: (10H,)."""
     return _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, acts, clip, work)
+
+
+def gru_step_args(*, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, options, work):
+    """The arguments after (k, check, x, h, h_out), by name: of ``gru_step`` when options is
+    None, else of ``gru_step_options`` (options: (acts, clip))."""
+    return (w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, *(() if options is None else options), work)
 
 
 @kernel

@@ -55,6 +55,12 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
     end_rows(0, 1, h_n[:, j0:j1], h[:, :, j0:j1], lengths, reverse)
 
 
+def gru_forward_units_args(*, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse,
+                           col, w_own, acc):
+    """``gru_forward_units``' arguments after part, parts, by name."""
+    return flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, w_own, acc
+
+
 @kernel
 def gru_backward_units(part, parts, flags, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h,
                        w_hh_t, lengths, reverse, col, direct):
@@ -90,3 +96,10 @@ def gru_backward_units(part, parts, flags, dgates, dgates_hh, dh0, dy, dh_n, gat
         dhu = dh0[0, j0:j1]
         for j in range(du.shape[0]):
             dhu[j] += du[j]
+
+
+def gru_backward_units_args(*, flags, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t,
+                            lengths, reverse, col, direct):
+    """``gru_backward_units``' arguments after part, parts, by name."""
+    return (flags, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, lengths, reverse, col,
+            direct)

@@ -201,6 +201,12 @@ def lstm_forward_row(b, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths,
     end_rows(b, b + 1, c_n, c, lengths, reverse)
 
 
+def lstm_forward_row_args(*, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse,
+                          col, wp):
+    """``lstm_forward_row``'s arguments after b, by name (as for ``lstm_forward``)."""
+    return y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col, wp
+
+
 @kernel
 def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
     """One step's recurrent product for the n active rows through packed weights (see
@@ -218,7 +224,7 @@ def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
     hf = h.reshape(h.size)
     for u in range(H // W):
         u0 = u * W
-        # depth chunks only when 4-row tiles share the weights (see tiles.PANEL_BYTES)
+        # depth chunks only when 4-row tiles share the weights (see tuning.PANEL_BYTES)
         step_k = kc if n >= 4 else K
         for k0 in range(0, K, step_k):
             m = min(step_k, K - k0)
@@ -333,6 +339,14 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
         copy_out(y, h, rows, times, n, reverse, col)
     end_rows(b0, b1, h_n, h, lengths, reverse)
     end_rows(b0, b1, c_n, c, lengths, reverse)
+
+
+def lstm_forward_args(*, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
+                      opt, pre, m, wp):
+    """``lstm_forward``'s arguments after b0, b1 and before the scratch (which
+    nlstm.kernels.parallel's drivers add per part), by name; opt: an ``Options``."""
+    return (y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col, *opt, pre, m,
+            wp)
 
 
 @inlined_kernel
@@ -471,6 +485,12 @@ def lstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, len
     _backward_row(b, dgates, dh0, dc0, dy, gates, c, w_hh_t, lengths, reverse, col, dm, dm[:0])
 
 
+def lstm_backward_row_args(*, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, lengths,
+                           reverse, col, dm):
+    """``lstm_backward_row``'s arguments after b, by name."""
+    return dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, lengths, reverse, col, dm
+
+
 @kernel
 def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
                   reverse, col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all, wc,
@@ -551,6 +571,14 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
             scatter_rows(dh0, sp1, rows, n)
 
 
+def lstm_backward_args(*, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
+                       reverse, col, opt, pre, m, dh_all, wc):
+    """``lstm_backward``'s arguments after b0, b1 and before the scratch, by name; opt: an
+    ``Options``."""
+    return (dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths, reverse, col,
+            *opt, pre, m, dh_all, wc)
+
+
 @kernel
 def lstm_step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, work):
     """One time step of layer k of the plain cell (no variant options), for streaming.
@@ -573,6 +601,14 @@ def lstm_step_options(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_h
     are the fields of ``Options``; h, h_out: (L, B, P) with a projection, w_hh_t: (P, 4H)."""
     opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
     return _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work)
+
+
+def lstm_step_args(*, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
+    """The arguments after (k, check, x, h, c, h_out, c_out), by name: of ``lstm_step`` when
+    opt is None (the plain cell), else of ``lstm_step_options`` (opt an ``Options``)."""
+    if opt is None:
+        return w_ih_t, w_hh_t, b_ih, b_hh, work
+    return (w_ih_t, w_hh_t, b_ih, b_hh, *opt, work)
 
 
 @kernel

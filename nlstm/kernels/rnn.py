@@ -141,6 +141,14 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
     end_rows(b0, b1, h_n, h, lengths, reverse)
 
 
+def rnn_forward_args(*, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu, acts, clip,
+                     wf):
+    """The arguments of ``rnn_forward`` after b0, b1 and before the scratch (which
+    nlstm.kernels.parallel's drivers add per part), and of ``rnn_forward_row`` after b, by
+    name."""
+    return y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu, acts, clip, wf
+
+
 @kernel
 def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu,
                  acts, clip, wc, rows, times, sp1, sg):
@@ -176,6 +184,12 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse,
             scatter_rows(dh0, sp1, rows, n)
 
 
+def rnn_backward_args(*, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu, acts,
+                      clip, wc):
+    """``rnn_backward``'s arguments after b0, b1 and before the scratch, by name."""
+    return dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu, acts, clip, wc
+
+
 @kernel
 def rnn_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, pre):
     """One time step of layer k. x: (B, I) the input of layer 0 (layer k > 0 reads
@@ -190,6 +204,12 @@ def rnn_step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, pre):
 def rnn_step_options(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, acts, clip, pre):
     """``rnn_step`` with an activation and clip (as for ``rnn_forward``)."""
     return _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, acts, clip, pre)
+
+
+def rnn_step_args(*, w_ih_t, w_hh_t, b_ih, b_hh, relu, options, pre):
+    """The arguments after (k, check, x, h, h_out), by name: of ``rnn_step`` when options is
+    None, else of ``rnn_step_options`` (options: (acts, clip)); pre: (H,) scratch."""
+    return (w_ih_t, w_hh_t, b_ih, b_hh, relu, *(() if options is None else options), pre)
 
 
 @kernel
