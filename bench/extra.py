@@ -406,7 +406,7 @@ def _gemm_runner(shapes):
     """A call doing the whole-sequence products the layer needs, standalone, the way nlstm
     runs them: rows split over nlstm's threads, each part single-threaded BLAS."""
     from nlstm import _threads
-    from nlstm.kernels import parallel as P
+    from nlstm.kernels import parallel as P, tuning
     rng = np.random.default_rng(0)
     mats = [(rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32))
             for a, b in shapes]
@@ -418,7 +418,7 @@ def _gemm_runner(shapes):
             for (a, b), o in zip(mats, outs):
                 _threads.run_rows(a.shape[0], float(a.shape[0] * a.shape[1] * b.shape[1]),
                                   P.project_rows, (a, b, o, no_bias), [()], (),
-                                  min_work=_threads.SMALL_GEMM)
+                                  min_work=tuning.SMALL_GEMM)
     return run
 
 

@@ -33,11 +33,12 @@ def _switch(on: bool, what: str = "steps") -> None:
     """Tiles on (as shipped) or off (BLAS) for ``what``: the per-step products, the input
     projection or the backward's whole-sequence products."""
     import nlstm.recurrent as R
+    from nlstm.kernels import tuning
     if what == "projection":
-        R.PROJECT_ON_TILES = on
+        tuning.PROJECT_ON_TILES = on
         return
     if what == "backward":
-        R.BACKWARD_ON_TILES = on
+        tuning.BACKWARD_ON_TILES = on
         return
     if not hasattr(_switch, "real"):
         _switch.real = (R.RecurrentLayer._packed_gates, R.RecurrentLayer._panels_fit)

@@ -7,7 +7,8 @@ count: ``nlstm.set_num_threads`` sets ``numba.set_num_threads`` (after nlstm's c
 ``nlstm.get_num_threads`` is ``numba.get_num_threads``, and ``NUMBA_NUM_THREADS`` sets the
 default and the ceiling. Numba keeps that count per calling thread: a count set in one
 Python thread does not reach another, which starts at the default. Below
-``_MIN_PARALLEL_WORK`` a call runs on the calling thread alone, as a plain compiled call.
+``tuning.MIN_PARALLEL_WORK`` a call runs on the calling thread alone, as a plain compiled
+call.
 
 **Threading layer.** Numba chooses it, as its docs say, unless the user did
 (``NUMBA_THREADING_LAYER`` or ``numba.config.THREADING_LAYER``); nlstm never changes that
@@ -62,11 +63,7 @@ from typing import Optional
 import numba
 import numpy as np
 
-# Below this much recurrent work (multiply-adds) a second thread costs more than it saves.
-_MIN_PARALLEL_WORK = 1_000_000
-
-# Below this many multiply-adds a whole-sequence product runs on the calling thread alone.
-SMALL_GEMM = 8_000_000
+from .kernels import tuning
 
 # set_num_threads accepts up to this many threads per available CPU (within Numba's own
 # ceiling, NUMBA_NUM_THREADS): every thread costs a scratch set in every workspace.
@@ -188,8 +185,8 @@ def parts_for(B: int, work: float, min_work: Optional[float] = None) -> int:
     """How many threads share B rows of ``work`` multiply-adds: 1 (the calling thread
     alone) below ``min_work``, in a forked GNU OpenMP child, or with one thread."""
     n = min(numba.get_num_threads(), B)
-    if n <= 1 or _serial_only or (work < (_MIN_PARALLEL_WORK if min_work is None else min_work)
-                                  and not getattr(_local, "any_size", False)):
+    least = tuning.MIN_PARALLEL_WORK if min_work is None else min_work
+    if n <= 1 or _serial_only or (work < least and not getattr(_local, "any_size", False)):
         return 1
     _start_layer()
     return n
@@ -210,7 +207,7 @@ def row_bounds(B: int, n: int, row_cost=None) -> np.ndarray:
 def run_rows(B: int, work: float, split, args: tuple, parts: list, stacked: tuple,
              row_cost=None, min_work: Optional[float] = None) -> None:
     """Run the batched kernel ``split`` (a ``kernels.parallel.Split``) over B rows: on the
-    calling thread below ``min_work`` (default ``_MIN_PARALLEL_WORK``) multiply-adds of
+    calling thread below ``min_work`` (default ``tuning.MIN_PARALLEL_WORK``) multiply-adds of
     ``work``, else over Numba's threads, rows balanced by ``row_cost``. ``parts[i]``: part
     i's scratch tuple, views of ``stacked`` (a tuple of (parts, ...) arrays, as many parts
     as threads)."""

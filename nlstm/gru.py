@@ -7,6 +7,7 @@ import numpy as np
 
 from . import _threads
 from .kernels import gru as K
+from .kernels import gru_units as KU
 from .kernels import parallel as P
 from .kernels import units
 from .recurrent import RecurrentLayer
@@ -102,43 +103,52 @@ class GRU(RecurrentLayer):
     def _forward_dir(self, ws, k, d, inp) -> None:
         gates = self._project(ws, k, d, inp, self._folded_bias(k, d))
         i, H = k * self.num_directions + d, self.hidden_size
-        w = self._w("weight_hh", k, d)
-        args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], gates, ws.extra[k][d]["aux"], w,
-                self._p("bias_hh", k, d), ws.init[0][i], ws.lengths, d == 1, d * H)
+        w, ex = self._w("weight_hh", k, d), ws.extra[k][d]
+        named = dict(y=ws.y[k], h=ws.states[0][k][d], h_n=ws.final[0][i], gates=gates,
+                     aux=ex["aux"], w_hh_t=w, b_hh=self._p("bias_hh", k, d), h0=ws.init[0][i],
+                     lengths=ws.lengths, reverse=d == 1, col=d * H)
         parts = self._unit_parts(ws)
         if parts:  # a one-row batch: its hidden units split over the threads
             j0, j1 = units.unit_range(0, parts, H)  # part 0's is the widest
-            args = (self._barrier_flags(parts), *args, *self._unit_scratch(parts, H, 3 * (j1 - j0)))
+            w_own, acc = self._unit_scratch(parts, H, 3 * (j1 - j0))
+            args = KU.gru_forward_units_args(flags=self._barrier_flags(parts), w_own=w_own,
+                                             acc=acc, **named)
             _threads.run_units(parts, P.gru_forward_units, args)
             return
         wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
         if ws.key[1] == 1 and self.linear_before_reset and not self._special:
             # one row of the PyTorch form: its own kernel (see LSTM._forward_dir)
-            K.gru_forward_row(0, *args, ws.extra[k][d]["zoneout"][0], ws.scratch[0][5][0], wf)
+            K.gru_forward_row(0, *K.gru_forward_row_args(zm=ex["zoneout"][0],
+                                                         s=ws.scratch[0][5][0], wf=wf, **named))
             return
-        args = (*args, self.linear_before_reset, ws.extra[k][d]["zoneout"][0], *self._gen(d),
-                ws.extra[k][d]["pre"])
-        self._rows(ws, P.gru_forward, (*args, wf))
+        acts, clip = self._gen(d)
+        self._rows(ws, P.gru_forward, K.gru_forward_args(
+            lbr=self.linear_before_reset, zm=ex["zoneout"][0], acts=acts, clip=clip,
+            pre=ex["pre"], wf=wf, **named))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
         gates, h, ex = ws.gates[k][d], ws.states[0][k][d], ws.extra[k][d]
-        args = (gates, ex["dgates_hh"], ws.dinit[0][i], dy, ws.dfinal[0][i], gates, ex["aux"], h,
-                self._w("weight_hh", k, d))
-        tail = (ws.lengths, d == 1, d * H)
+        # dgates is gates: the kernels write the gradients over the gates they read
+        named = dict(dgates=gates, dgates_hh=ex["dgates_hh"], dh0=ws.dinit[0][i], dy=dy,
+                     dh_n=ws.dfinal[0][i], gates=gates, aux=ex["aux"], h=h,
+                     w_hh_t=self._w("weight_hh", k, d), lengths=ws.lengths, reverse=d == 1,
+                     col=d * H)
         parts = self._unit_parts(ws)
         if parts:  # as in _forward_dir
             ws.ensure_scratch(self, 1)
-            args = (self._barrier_flags(parts), *args, *tail, ws.scratch[0][4][0])
+            args = KU.gru_backward_units_args(flags=self._barrier_flags(parts),
+                                              direct=ws.scratch[0][4][0], **named)
             _threads.run_units(parts, P.gru_backward_units, args)
         else:
             wc = (self._packed_panels(k, d, self._w("weight_hh", k, d).T, "carry")
                   if self._panels_fit() else self._no_pack)
             w = (self._carry_weights(ws, k, d) if self.linear_before_reset and not wc.size
                  else self._no_carry)
-            args = (*args, w, *tail, self.linear_before_reset, ex["zoneout"][0], *self._gen(d),
-                    ex["pre"])
-            self._rows(ws, P.gru_backward, (*args, wc))
+            acts, clip = self._gen(d)
+            self._rows(ws, P.gru_backward, K.gru_backward_args(
+                w_hh=w, lbr=self.linear_before_reset, zm=ex["zoneout"][0], acts=acts, clip=clip,
+                pre=ex["pre"], wc=wc, **named))
         self._input_grads(ws, k, d, inp, gates, dx)
         hprev = self._hprev(h, d)
         if self.linear_before_reset:
@@ -151,7 +161,8 @@ class GRU(RecurrentLayer):
         return K.gru_step_options if self._special else K.gru_step
 
     def _make_step_args(self, k: int) -> tuple:
-        options = self._gen(0) if self._special else ()
-        return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
-                self._p("bias_hh", k, 0), self.linear_before_reset,
-                self.dtype.type(self.zoneout), *options, self._step_work)
+        return K.gru_step_args(
+            w_ih_t=self._w("weight_ih", k, 0), w_hh_t=self._w("weight_hh", k, 0),
+            b_ih=self._p("bias_ih", k, 0), b_hh=self._p("bias_hh", k, 0),
+            lbr=self.linear_before_reset, p=self.dtype.type(self.zoneout),
+            options=self._gen(0) if self._special else None, work=self._step_work)

@@ -7,6 +7,7 @@ import numpy as np
 
 from . import _threads
 from .kernels import lstm as K
+from .kernels import lstm_units as KU
 from .kernels import parallel as P
 from .kernels import units
 from ._validate import positive_int
@@ -152,23 +153,24 @@ class LSTM(RecurrentLayer):
         wp = self._packed_gates(k, d) if self._plain() else self._no_pack
         bias = self._p("bias_ih", k, d) + self._p("bias_hh", k, d)
         i, ex = k * self.num_directions + d, ws.extra[k][d]
-        h, c = ws.states[0][k][d], ws.states[1][k][d]
-        w, col = self._w("weight_hh", k, d), d * self._out_size
+        w = self._w("weight_hh", k, d)
+        named = dict(y=ws.y[k], h=ws.states[0][k][d], c=ws.states[1][k][d], h_n=ws.final[0][i],
+                     c_n=ws.final[1][i], gates=gates, w_hh_t=w, bias=bias, h0=ws.init[0][i],
+                     c0=ws.init[1][i], lengths=ws.lengths, reverse=d == 1,
+                     col=d * self._out_size, wp=wp)
         if parts:  # a one-row batch: its hidden units split over the threads
             j0, j1 = units.unit_range(0, parts, self.hidden_size)  # part 0's is the widest
-            args = (self._barrier_flags(parts), ws.y[k], h, c, ws.final[0][i], ws.final[1][i],
-                    gates, w, bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, col,
-                    *self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0)), wp)
+            w_own, acc = self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0))
+            args = KU.lstm_forward_units_args(flags=self._barrier_flags(parts), w_own=w_own,
+                                              acc=acc, **named)
             _threads.run_units(parts, P.lstm_forward_units, args)
-            return
-        args = (ws.y[k], h, c, ws.final[0][i], ws.final[1][i], gates, w, bias, ws.init[0][i],
-                ws.init[1][i], ws.lengths, d == 1, col)
-        if ws.key[1] == 1 and self._plain():
+        elif ws.key[1] == 1 and self._plain():
             # One plain row: its own kernel, which compiles in a fraction of lstm_forward's
             # time (it runs on the calling thread, as _rows runs one row).
-            K.lstm_forward_row(0, *args, wp)
-            return
-        self._rows(ws, P.lstm_forward, (*args, *self._options(k, d), ex["pre"], ex["m"], wp))
+            K.lstm_forward_row(0, *K.lstm_forward_row_args(**named))
+        else:
+            self._rows(ws, P.lstm_forward, K.lstm_forward_args(
+                opt=self._options(k, d), pre=ex["pre"], m=ex["m"], **named))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         if self._layer_norm or self.zoneout:
@@ -177,26 +179,26 @@ class LSTM(RecurrentLayer):
         i, ex = k * self.num_directions + d, ws.extra[k][d]
         gates = ws.gates[k][d]
         h, c = ws.states[0][k][d], ws.states[1][k][d]
-        w, col = self._w("weight_hh", k, d), d * self._out_size
+        w = self._w("weight_hh", k, d)
+        # dgates is gates: the kernels write the gradients over the gates they read
+        named = dict(dgates=gates, dh0=ws.dinit[0][i], dc0=ws.dinit[1][i], dy=dy,
+                     dh_n=ws.dfinal[0][i], dc_n=ws.dfinal[1][i], gates=gates, c=c, w_hh_t=w,
+                     lengths=ws.lengths, reverse=d == 1, col=d * self._out_size)
         parts = self._unit_parts(ws)
         if parts:  # as in _forward_dir
             ws.ensure_scratch(self, 1)
-            args = (self._barrier_flags(parts), gates, ws.dinit[0][i], ws.dinit[1][i], dy,
-                    ws.dfinal[0][i], ws.dfinal[1][i], gates, c, w, ws.lengths, d == 1, col,
-                    ws.scratch[0][5][0])
+            args = KU.lstm_backward_units_args(flags=self._barrier_flags(parts),
+                                               dm=ws.scratch[0][5][0], **named)
             _threads.run_units(parts, P.lstm_backward_units, args)
         elif ws.key[1] == 1 and self._plain():  # one plain row: as in _forward_dir
             ws.ensure_scratch(self, 1)
-            K.lstm_backward_row(0, gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i],
-                                ws.dfinal[1][i], gates, c, w, ws.lengths, d == 1, col,
-                                ws.scratch[0][5][0])
+            K.lstm_backward_row(0, *K.lstm_backward_row_args(dm=ws.scratch[0][5][0], **named))
         else:
             wc = self._packed_carry(k, d) if self._plain() and ws.key[1] > 1 else self._no_pack
-            args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i],
-                    gates, h, c, w, self._no_carry if wc.size else self._carry_weights(ws, k, d),
-                    ws.lengths, d == 1, col, *self._options(k, d), ex["pre"], ex["m"], ex["dh_all"],
-                    wc)
-            self._rows(ws, P.lstm_backward, args)
+            self._rows(ws, P.lstm_backward, K.lstm_backward_args(
+                h=h, w_hh=self._no_carry if wc.size else self._carry_weights(ws, k, d),
+                opt=self._options(k, d), pre=ex["pre"], m=ex["m"], dh_all=ex["dh_all"], wc=wc,
+                **named))
         # The gates buffer now holds the gate gradients.
         db = self._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too
         self._hidden_grads(ws, k, d, gates, self._hprev(h, d), db=db)
@@ -242,9 +244,10 @@ class LSTM(RecurrentLayer):
         if self._layer_norm or self.zoneout:
             from . import lnlstm
             return lnlstm.step_args(self, k)
-        options = () if self._plain() else tuple(self._options(k, 0))
-        return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
-                self._p("bias_hh", k, 0), *options, self._step_work)
+        return K.lstm_step_args(
+            w_ih_t=self._w("weight_ih", k, 0), w_hh_t=self._w("weight_hh", k, 0),
+            b_ih=self._p("bias_ih", k, 0), b_hh=self._p("bias_hh", k, 0),
+            opt=None if self._plain() else self._options(k, 0), work=self._step_work)
 
     def _work_size(self) -> int:
         return (16 if self.zoneout else 9) * self.hidden_size  # see lnlstm_step

@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _threads
-from .kernels import blocks, tiles
+from .kernels import blocks, tiles, tuning
 from .kernels import parallel as P
 from .kernels.sync import STRIDE
 from ._guard import GradBackup, Lockable, check_training_thread
@@ -25,43 +25,19 @@ from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_a
                         real_array)
 
 
-# The input projection of a ragged batch runs one product per batch row, skipping the
-# padding, when that skips more than this many multiply-adds per row (a NumPy call costs
-# a few microseconds, some 100k multiply-adds).
-_PER_ROW_MIN_SAVING = 200_000
-
-# Whether the input projection runs through nlstm's panel tiles (where its columns suit
-# them and it is big enough to split over the threads) rather than BLAS. A smaller one is
-# one NumPy product on the calling thread: nothing to compile for a first small call.
-PROJECT_ON_TILES = True
-
-# Whether the backward's whole-sequence products (the weight gradients, dx = dg·W_ih) run
-# through the panel tiles, by the projection's rule: where their columns suit the panels
-# and they are big enough to split over the threads; else BLAS.
-BACKWARD_ON_TILES = True
-
-# A one-row batch splits its hidden units over the threads (a spin barrier per step) when
-# each step has this many recurrent multiply-adds (the barrier and the exchange of h cost
-# about 0.3 µs a step: at H = 64 the split lost, at H = 128 it won) and the whole sequence
-# this many (starting the second thread costs 15-50 µs). Measured on the 2-core EPYC.
-_UNITS_MIN_STEP = 32_768
-_UNITS_MIN_WORK = 25_000_000
-
-
-# Weights and workspace buffers start on a cache line (64 bytes, one AVX-512 vector).
-# NumPy aligns big blocks to 16 bytes only, so the kernels' vector loads straddled two
-# lines: with W_hh aligned, S inference took 123 µs instead of 149, long 11.6 ms instead
-# of 12.1, M 2.45 ms instead of 2.49 (same process, alternating).
-ALIGN = 64
+# The tuning constants (per-row projections, the tiles, the unit split, alignment) are in
+# nlstm.kernels.tuning, read there at each call.
 
 
 def aligned_empty(shape, dtype) -> np.ndarray:
-    """An uninitialised C-contiguous array whose first element is ALIGN-byte aligned."""
+    """An uninitialised C-contiguous array whose first element is aligned to
+    ``tuning.ALIGN_BYTES`` (a cache line)."""
     dtype = np.dtype(dtype)
     shape = tuple(int(n) for n in (shape if isinstance(shape, tuple) else (shape,)))
     nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGN, np.uint8)
-    start = -raw.ctypes.data % ALIGN
+    align = tuning.ALIGN_BYTES
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
@@ -581,21 +557,21 @@ class RecurrentLayer(Lockable):
         b = self._no_pack if bias is None else bias
         # Rows split over nlstm's threads, each part single-threaded (BLAS or the tiles):
         # threaded BLAS next to the prange regions left its threads spinning on the cores.
-        if (T * B - valid) * per_step > _PER_ROW_MIN_SAVING * B:
+        if (T * B - valid) * per_step > tuning.PER_ROW_MIN_SAVING * B:
             # Ragged: one product per batch row over its own length, so the padding costs
             # nothing; the batch rows balanced by their lengths.
             _threads.run_rows(B, float(valid * per_step), P.project_ragged,
                               (inp, w, gates, b, lengths), [()], (), row_cost=lengths,
-                              min_work=_threads.SMALL_GEMM)
-        elif PROJECT_ON_TILES and T * B * per_step >= _threads.SMALL_GEMM \
+                              min_work=tuning.SMALL_GEMM)
+        elif tuning.PROJECT_ON_TILES and T * B * per_step >= tuning.SMALL_GEMM \
                 and tiles.packable_panels(w):
             wp = self._packed_panels(k, d, w, "project")
             _threads.run_rows(T * B, float(T * B * per_step), P.project_panels,
                               (x2, wp, g2, b, self._no_rows, tiles.FROM_ZERO), [()], (),
-                              min_work=_threads.SMALL_GEMM)
+                              min_work=tuning.SMALL_GEMM)
         else:
             _threads.run_rows(T * B, float(T * B * per_step), P.project_rows, (x2, w, g2, b),
-                              [()], (), min_work=_threads.SMALL_GEMM)
+                              [()], (), min_work=tuning.SMALL_GEMM)
         return gates
 
     def _rows(self, ws: Workspace, split, args: tuple, scratch: bool = True) -> None:
@@ -617,11 +593,11 @@ class RecurrentLayer(Lockable):
         """How many threads share the hidden units of a one-row batch (0: don't split; the
         row runs on one thread, see ``_rows``)."""
         per_step = self._G * self.hidden_size * self._out_size
-        if ws.key[1] != 1 or per_step < _UNITS_MIN_STEP or not self._split_units() \
-                or per_step * float(ws.lengths[0]) < _UNITS_MIN_WORK:
+        if ws.key[1] != 1 or per_step < tuning.UNITS_MIN_STEP or not self._split_units() \
+                or per_step * float(ws.lengths[0]) < tuning.UNITS_MIN_WORK:
             return 0
-        # at most one part per 16 units (units.unit_range's alignment); system calls last
-        n = min(_threads.get_num_threads(), (self.hidden_size + 15) // 16)
+        # at most one part per UNIT_ALIGN units (units.unit_range's alignment); system calls last
+        n = min(_threads.get_num_threads(), -(-self.hidden_size // tuning.UNIT_ALIGN))
         if n < 2:
             return 0
         n = min(n, _threads.cpus_available())
@@ -779,14 +755,14 @@ class RecurrentLayer(Lockable):
         # On the panel tiles (W_ih packed as panels of its (G·H, I) view) where I suits
         # them, else one BLAS call per part.
         w_t = self._w("weight_ih", k, d)
-        if BACKWARD_ON_TILES and macs >= _threads.SMALL_GEMM and tiles.packable_panels(w_t.T):
+        if tuning.BACKWARD_ON_TILES and macs >= tuning.SMALL_GEMM and tiles.packable_panels(w_t.T):
             args = (dg, self._packed_panels(k, d, w_t.T, "dx"), dx2, self._no_pack,
                     self._no_rows, tiles.FROM_ZERO if d == 0 else tiles.FROM_OUT)
             split = P.project_panels
         else:
             args, split = (dg, w_t, dx2, 0 if d == 0 else 1), P.input_grad_rows
         _threads.run_rows(T * B, float(macs), split, args, [()], (),
-                          min_work=_threads.SMALL_GEMM)
+                          min_work=tuning.SMALL_GEMM)
         return db
 
     def _weight_grads(self, ws: Workspace, dg: np.ndarray, a: np.ndarray, gw: np.ndarray,
@@ -799,7 +775,7 @@ class RecurrentLayer(Lockable):
         panels, else one single-threaded BLAS call (``kernels.gemm.weight_grad_cols``)."""
         c0, c1, _ = cols.indices(dg.shape[1])
         S = tiles.panel_width(self.dtype)
-        if BACKWARD_ON_TILES and macs >= _threads.SMALL_GEMM and c1 > c0 \
+        if tuning.BACKWARD_ON_TILES and macs >= tuning.SMALL_GEMM and c1 > c0 \
                 and c0 % S == 0 and c1 % S == 0:
             N, K = a.shape
             a_t = ws.flat("a_t", N * K, self.dtype)[:N * K].reshape(K, N)
@@ -807,11 +783,11 @@ class RecurrentLayer(Lockable):
             args = (c0, dg, a_t, gw.T, ws.flat("dg_panels", dg.size, self.dtype),
                     self._no_rows)
             _threads.run_rows((c1 - c0) // S, macs, P.weight_grad_panels, args, [()], (),
-                              min_work=_threads.SMALL_GEMM)
+                              min_work=tuning.SMALL_GEMM)
             return
         args = (dg, c0, a, gw.T, c0)
         _threads.run_rows(c1 - c0, macs, P.weight_grad_cols, args, [()], (),
-                          min_work=_threads.SMALL_GEMM)
+                          min_work=tuning.SMALL_GEMM)
 
     @staticmethod
     def _row_sum(dg: np.ndarray) -> np.ndarray:

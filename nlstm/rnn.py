@@ -73,25 +73,28 @@ class RNN(RecurrentLayer):
     def _forward_dir(self, ws, k, d, inp) -> None:
         pre = self._project(ws, k, d, inp)  # the kernel adds the biases
         i, H = k * self.num_directions + d, self.hidden_size
-        args = (ws.y[k], ws.states[0][k][d], ws.final[0][i], pre, self._w("weight_hh", k, d),
-                self._p("bias_ih", k, d) + self._p("bias_hh", k, d), ws.init[0][i], ws.lengths,
-                d == 1, d * H, self._relu, self._acts(d), self._clip)
         w = self._w("weight_hh", k, d)
         wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
+        args = K.rnn_forward_args(
+            y=ws.y[k], h=ws.states[0][k][d], h_n=ws.final[0][i], pre=pre, w_hh_t=w,
+            bias=self._p("bias_ih", k, d) + self._p("bias_hh", k, d), h0=ws.init[0][i],
+            lengths=ws.lengths, reverse=d == 1, col=d * H, relu=self._relu, acts=self._acts(d),
+            clip=self._clip, wf=wf)
         if ws.key[1] == 1:  # one row: its own kernel (see LSTM._forward_dir)
-            K.rnn_forward_row(0, *args, wf)
+            K.rnn_forward_row(0, *args)
             return
-        self._rows(ws, P.rnn_forward, (*args, wf))
+        self._rows(ws, P.rnn_forward, args)
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         i, H = k * self.num_directions + d, self.hidden_size
         dpre, h = ws.gates[k][d], ws.states[0][k][d]
         w = self._w("weight_hh", k, d)
         wc = self._packed_panels(k, d, w.T, "carry") if self._panels_fit() else self._no_pack
-        args = (dpre, ws.dinit[0][i], dy, ws.dfinal[0][i], h, w,
-                self._no_carry if wc.size else self._carry_weights(ws, k, d), ws.lengths, d == 1,
-                d * H, self._relu, self._acts(d), self._clip, wc)
-        self._rows(ws, P.rnn_backward, args)
+        self._rows(ws, P.rnn_backward, K.rnn_backward_args(
+            dpre=dpre, dh0=ws.dinit[0][i], dy=dy, dh_n=ws.dfinal[0][i], h=h, w_hh_t=w,
+            w_hh=self._no_carry if wc.size else self._carry_weights(ws, k, d),
+            lengths=ws.lengths, reverse=d == 1, col=d * H, relu=self._relu, acts=self._acts(d),
+            clip=self._clip, wc=wc))
         db = self._input_grads(ws, k, d, inp, dpre, dx)  # b_ih's gradient is b_hh's too
         self._hidden_grads(ws, k, d, dpre, self._hprev(h, d), db=db)
 
@@ -99,6 +102,8 @@ class RNN(RecurrentLayer):
         return K.rnn_step if self._act_spec is None else K.rnn_step_options
 
     def _make_step_args(self, k: int) -> tuple:
-        options = () if self._act_spec is None else (self._acts(0), self._clip)
-        return (self._w("weight_ih", k, 0), self._w("weight_hh", k, 0), self._p("bias_ih", k, 0),
-                self._p("bias_hh", k, 0), self._relu, *options, self._step_work)
+        return K.rnn_step_args(
+            w_ih_t=self._w("weight_ih", k, 0), w_hh_t=self._w("weight_hh", k, 0),
+            b_ih=self._p("bias_ih", k, 0), b_hh=self._p("bias_hh", k, 0), relu=self._relu,
+            options=None if self._act_spec is None else (self._acts(0), self._clip),
+            pre=self._step_work)

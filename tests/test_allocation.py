@@ -100,8 +100,9 @@ def test_steady_state_allocates_nothing(counted_kernels, dtype, B, cls, extra):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_unit_split_allocates_nothing(counted_kernels, monkeypatch, dtype, cls):
     """The same for a one-row batch split over threads by hidden units."""
-    monkeypatch.setattr(nlstm.recurrent, "_UNITS_MIN_STEP", 0)
-    monkeypatch.setattr(nlstm.recurrent, "_UNITS_MIN_WORK", 0)
+    from nlstm.kernels import tuning
+    monkeypatch.setattr(tuning, "UNITS_MIN_STEP", 0)
+    monkeypatch.setattr(tuning, "UNITS_MIN_WORK", 0)
     monkeypatch.setattr(nlstm._threads, "cpus_available", lambda: 2)
     before = nlstm.get_num_threads()
     nlstm.set_num_threads(2)

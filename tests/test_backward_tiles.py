@@ -4,7 +4,7 @@ its (G·H, I) view, the second direction adding), against the float64 product an
 (nlstm.kernels.gemm), and the layers that use them against BLAS, the oracle and
 themselves on 1 and 2 threads.
 
-The layers take these paths only above ``_threads.SMALL_GEMM`` multiply-adds; the layer
+The layers take these paths only above ``tuning.SMALL_GEMM`` multiply-adds; the layer
 tests lower it to 0 so that small shapes (ragged tails, sizes of one) reach them.
 """
 import numpy as np
@@ -13,7 +13,7 @@ import pytest
 import nlstm
 import nlstm.recurrent as R
 from nlstm import _threads
-from nlstm.kernels import blocks, gemm, tiles
+from nlstm.kernels import blocks, gemm, tiles, tuning
 from nlstm.kernels import parallel as P
 
 import reference
@@ -99,7 +99,7 @@ CELLS = {
 def _spy(monkeypatch):
     """Switch the backward's tile products on and count their runs: the weight gradients'
     parts (by their Split) and dx's packing of W_ih."""
-    monkeypatch.setattr(R, "BACKWARD_ON_TILES", True)  # whatever the shipped default
+    monkeypatch.setattr(tuning, "BACKWARD_ON_TILES", True)  # whatever the shipped default
     used = {"weight_grad_panels": 0, "dx": 0}
     real_rows, real_pack = _threads.run_rows, R.RecurrentLayer._packed_panels
 
@@ -136,9 +136,9 @@ def _tiles_against_blas(monkeypatch, m, x, lengths, dy) -> list:
     two = _grads(m, x, lengths, dy, 2)
     for i, (a, b) in enumerate(zip(one, two)):
         np.testing.assert_array_equal(a, b, err_msg=f"array {i}: 1 and 2 threads")
-    monkeypatch.setattr(R, "BACKWARD_ON_TILES", False)
+    monkeypatch.setattr(tuning, "BACKWARD_ON_TILES", False)
     blas = _grads(m, x, lengths, dy, 1)
-    monkeypatch.setattr(R, "BACKWARD_ON_TILES", True)
+    monkeypatch.setattr(tuning, "BACKWARD_ON_TILES", True)
     for i, (a, b) in enumerate(zip(one, blas)):
         _close(a, b, m.dtype, f"array {i}: tiles and BLAS")
     return one
@@ -163,7 +163,7 @@ def test_layers_on_backward_tiles_match_the_oracle_and_blas(monkeypatch, kind, d
     """Every gradient of a 2-layer bidirectional ragged layer with the backward's products
     on the tiles: against BLAS (to rounding), the float64 oracle, and bitwise the same at
     1 and 2 threads."""
-    monkeypatch.setattr(_threads, "SMALL_GEMM", 0)
+    monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
     monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
     used = _spy(monkeypatch)
     m, x, lengths, dy = _layer_case(kind, dtype)
@@ -189,7 +189,7 @@ def test_lstm_variants_on_backward_tiles(monkeypatch, dtype, extra):
     then proj_size, no whole panel: dx of layer 1 stays on BLAS), and layer norm (its
     backward runs through lnlstm.backward_dir, the products from its own gradient
     buffers): the tiles' gradients equal BLAS's to rounding, bitwise at 1 and 2 threads."""
-    monkeypatch.setattr(_threads, "SMALL_GEMM", 0)
+    monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
     monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
     used = _spy(monkeypatch)
     S = tiles.panel_width(dtype)
@@ -209,13 +209,13 @@ def test_rule_keeps_blas_where_the_tiles_do_not_apply(monkeypatch):
     columns are whole panels, still take the tiles); below SMALL_GEMM neither runs."""
     S = tiles.panel_width(np.float32)
     used = _spy(monkeypatch)
-    monkeypatch.setattr(_threads, "SMALL_GEMM", 0)
+    monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
     m = nlstm.LSTM(S - 3, S, dtype=np.float32, seed=0)
     x = np.random.default_rng(0).standard_normal((5, 4, S - 3)).astype(np.float32)
     y, _ = m.forward(x)
     m.backward(np.ones_like(y))
     assert used["dx"] == 0 and used["weight_grad_panels"] == 2
-    monkeypatch.setattr(_threads, "SMALL_GEMM", 10 ** 12)
+    monkeypatch.setattr(tuning, "SMALL_GEMM", 10 ** 12)
     used["weight_grad_panels"] = 0
     y, _ = m.forward(x)
     m.backward(np.ones_like(y))

@@ -138,4 +138,4 @@ def test_a_first_one_row_inference_compiles_only_what_it_runs(tmp_path):
                  "blocks.add_recurrent", "lstm.lstm_step_options", "gru.gru_forward'",
                  "rnn.rnn_forward'", "tiles.panel_rows"):
         assert name not in nested, (name, nested)
-    assert "lstm._cell_units" in nested and "lstm._forward_row" in nested, nested
+    assert "lstm._forward_row" in nested, nested  # (the cell's math is inlined: no compile of its own)

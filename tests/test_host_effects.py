@@ -169,8 +169,9 @@ _CONCURRENT_SCRIPT = textwrap.dedent("""
     import threading
     import numpy as np, numba
     import nlstm
-    from nlstm import _threads, recurrent
-    recurrent._UNITS_MIN_WORK = 0
+    from nlstm import _threads
+    from nlstm.kernels import tuning
+    tuning.UNITS_MIN_WORK = 0
     _threads.cpus_available = lambda: 2  # the unit split even on one CPU
     split = []
     run_units = _threads.run_units

@@ -368,11 +368,10 @@ def test_tiled_products_match_reference(kind, dtype, H, threads, monkeypatch):
     """Two layers, both directions, B = 7 with ragged lengths (6 then 5 active rows: both
     tails of the 4-row tiles); H = 128 in float64 runs the tiles' depth chunks; with two
     threads each runs a range of rows (4 and 3)."""
-    from nlstm import _threads
-    from nlstm.kernels import simd, tiles
+    from nlstm.kernels import simd, tiles, tuning
     if H % simd.width(dtype) or kind == "lstm_proj" and H < 64:
         pytest.skip("H off this machine's tiles")
-    monkeypatch.setattr(_threads, "_MIN_PARALLEL_WORK", 0)  # every recurrence splits its rows
+    monkeypatch.setattr(tuning, "MIN_PARALLEL_WORK", 0)  # every recurrence splits its rows
     before = nlstm.get_num_threads()
     nlstm.set_num_threads(threads)
     try:
@@ -396,10 +395,10 @@ def _tiled_case(kind, dtype, H):
 @pytest.fixture
 def unit_split(monkeypatch):
     """Split every one-row forward that can be, however small; count the parts run."""
-    from nlstm import _threads, recurrent
-    from nlstm.kernels import parallel
-    monkeypatch.setattr(recurrent, "_UNITS_MIN_STEP", 0)
-    monkeypatch.setattr(recurrent, "_UNITS_MIN_WORK", 0)
+    from nlstm import _threads
+    from nlstm.kernels import parallel, tuning
+    monkeypatch.setattr(tuning, "UNITS_MIN_STEP", 0)
+    monkeypatch.setattr(tuning, "UNITS_MIN_WORK", 0)
     cpus = max(2, _threads.cpus_available())
     monkeypatch.setattr(_threads, "cpus_available", lambda: cpus)
     calls = []

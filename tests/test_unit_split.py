@@ -7,15 +7,15 @@ import pytest
 import nlstm
 import reference as R
 from cases import TOL
-from nlstm import _threads, recurrent
-from nlstm.kernels import parallel, units
+from nlstm import _threads
+from nlstm.kernels import parallel, tuning, units
 
 
 @pytest.fixture
 def split_calls(monkeypatch):
     """Split every one-row LSTM, however small, and count the unit-split kernel calls."""
-    monkeypatch.setattr(recurrent, "_UNITS_MIN_STEP", 0)
-    monkeypatch.setattr(recurrent, "_UNITS_MIN_WORK", 0)
+    monkeypatch.setattr(tuning, "UNITS_MIN_STEP", 0)
+    monkeypatch.setattr(tuning, "UNITS_MIN_WORK", 0)
     cpus = max(2, _threads.cpus_available())  # the split needs two CPUs, or this many
     monkeypatch.setattr(_threads, "cpus_available", lambda: cpus)
     calls = {"forward": 0, "backward": 0}
@@ -90,7 +90,7 @@ def test_split_equals_one_thread_kernels(split_calls, cell):
     dy = rng.standard_normal((T, 1, H)).astype(np.float32)
     results = []
     for split in (True, False):
-        recurrent._UNITS_MIN_WORK = 0 if split else float("inf")
+        tuning.UNITS_MIN_WORK = 0 if split else float("inf")
         m = CELLS[cell][0](I, H, seed=5)
         y, final = m.forward(x)
         dx, dinit = m.backward(dy)

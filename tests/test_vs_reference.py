@@ -151,18 +151,16 @@ def test_large_batch_block_path(kind, threads):
     before = nlstm.get_num_threads()
     # Every recurrence and every whole-sequence product splits over the threads, and the
     # input projection skips the padding (one product per batch row).
-    saved = (nlstm._threads._MIN_PARALLEL_WORK, nlstm._threads.SMALL_GEMM,
-             nlstm.recurrent._PER_ROW_MIN_SAVING)
-    nlstm._threads._MIN_PARALLEL_WORK = nlstm._threads.SMALL_GEMM = 0
-    nlstm.recurrent._PER_ROW_MIN_SAVING = 0
+    from nlstm.kernels import tuning
+    saved = (tuning.MIN_PARALLEL_WORK, tuning.SMALL_GEMM, tuning.PER_ROW_MIN_SAVING)
+    tuning.MIN_PARALLEL_WORK = tuning.SMALL_GEMM = tuning.PER_ROW_MIN_SAVING = 0
     try:
         nlstm.set_num_threads(threads)
         y, _ = m.forward(x, lengths=lengths)
         dx, _ = m.backward(dy)
     finally:
         nlstm.set_num_threads(before)
-        (nlstm._threads._MIN_PARALLEL_WORK, nlstm._threads.SMALL_GEMM,
-         nlstm.recurrent._PER_ROW_MIN_SAVING) = saved
+        tuning.MIN_PARALLEL_WORK, tuning.SMALL_GEMM, tuning.PER_ROW_MIN_SAVING = saved
     init = [np.zeros((2, B, n)) for n in m._state_sizes()]
     ry, _, cache = R.forward(make_cell(), m.params, x, init, lengths, 1, True)
     np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12, err_msg="y")
@@ -190,17 +188,18 @@ def test_one_row_ranges(kind, B, threads):
     x = rng.standard_normal((T, B, I))
     lengths = np.array([4, T, 0][:B])
     init = [rng.standard_normal((4, B, n)) for n in m._state_sizes()]
-    before, saved = nlstm.get_num_threads(), nlstm._threads._MIN_PARALLEL_WORK
+    from nlstm.kernels import tuning
+    before, saved = nlstm.get_num_threads(), tuning.MIN_PARALLEL_WORK
     dy = rng.standard_normal((T, B, 2 * m._out_size))
     dfinal = [rng.standard_normal(a.shape) for a in init]
-    nlstm._threads._MIN_PARALLEL_WORK = 0  # every recurrence splits its rows
+    tuning.MIN_PARALLEL_WORK = 0  # every recurrence splits its rows
     try:
         nlstm.set_num_threads(threads)
         y, final = m.forward(x, init[0] if len(init) == 1 else tuple(init), lengths=lengths)
         dx, dinit = m.backward(dy, *dfinal)
     finally:
         nlstm.set_num_threads(before)
-        nlstm._threads._MIN_PARALLEL_WORK = saved
+        tuning.MIN_PARALLEL_WORK = saved
     ry, rfinal, cache = R.forward(make_cell(), m.params, x, init, lengths, 2, True)
     tol = dict(rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(y, ry, err_msg="y", **tol)

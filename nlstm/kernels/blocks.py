@@ -23,24 +23,10 @@ from .config import kernel
 from .simd import wide
 from .gemm import add_rows, gemm_tiles
 from .slots import slots, step_time
+from .tuning import BLAS_MIN_ROWS, SMALL_PATH_MNK, SMALL_PATH_OUT, TILES_CARRY, TILES_FWD
 
-# Where neither the small-matrix path nor its tiles fit (H in the thousands), one
-# single-threaded BLAS sgemm per step beats the loops below from this many rows on
-# (measured on a 2-core EPYC: 68 vs 53 GFLOP/s at 32×128 @ 128×512; the loops win at 16
-# rows and fewer, where the call overhead dominates). Single rows always take the loops.
-BLAS_MIN_ROWS = 32
-
-# Except where OpenBLAS's small-matrix path takes the call: then blocks of 8 (or 4) rows
-# per call beat the loops from 2 rows on (at 128×512: 4.8 vs 14.2 µs for 4 rows, 10.4 vs
-# 21.9 µs for 8, 42 vs 64 µs for 32 as four calls of 8; at 64×256 about 20% faster). Its
-# AVX-512 kernels (which OpenBLAS picks on this Zen 4) take a product when M·N·K <= 10⁶
-# and, in the transposed-weights form of the backward carry, when the output block has at
-# most 1200 values (OpenBLAS's sgemm_small_kernel_permit_skylakex). Measured
-# single-threaded: calls past those limits ran at 16-36 GFLOP/s, 2-5x slower than the
-# loops or one whole call; 4-row calls within them at 90-115 GFLOP/s, against 256×768
-# weights too (whole 32-row calls: 58-73).
-SMALL_PATH_MNK = 1_000_000
-SMALL_PATH_OUT = 1200
+# BLAS_MIN_ROWS, SMALL_PATH_MNK, SMALL_PATH_OUT, TILES_FWD, TILES_CARRY: when a step's
+# product goes to BLAS, in blocks of how many rows, or in tiles of what shape (see tuning).
 
 
 @kernel
@@ -54,15 +40,6 @@ def small_rows(w, carry):
             return r
         r //= 2
     return 0
-
-
-# Weights too big for whole-width calls in the small-matrix path are multiplied in tiles of
-# rows × output columns that each stay within it (``gemm.gemm_tiles``), the first shape of
-# these that fits. Single-threaded at 32×256 @ 256×1024 (L): 108-111 GFLOP/s for tiles of
-# 8-32 rows × 64-256 columns against 68-71 for one call; carry 98-101 (4 × 64-128) against
-# 42-47. At 64×512 @ 512×2048 (XL): 107 (16 × 64) against 78-85; carry 88-99 against 67.
-TILES_FWD = ((16, 128), (16, 64), (8, 64), (4, 64))
-TILES_CARRY = ((4, 128), (8, 32), (4, 64), (4, 32))
 
 
 @kernel

@@ -6,11 +6,12 @@ then its units' gates and new h; the parts meet at a barrier before the next ste
 the whole h. Backward: its units' gate gradients, a barrier, then dh of its units (the rows
 j0:j1 of W_hhᵀ against every unit's hidden-side gradients, plus z ⊙ dh). Without ``lbr``
 the n block's product needs r ⊙ h of every unit first (a second barrier a step); that form
-keeps the one-thread kernels. Arithmetic per element as in ``gru_forward``/``gru_backward``.
+keeps the one-thread kernels. The cell's equations are ``gru``'s own (``_gates_rz``,
+``_gate_n``, ``_new_h``, ``_cell_back``), inlined here on each part's units.
 """
-from .activations import sigmoid, tanh
 from .blocks import row_dots, row_nn
 from .config import kernel
+from .gru import _cell_back, _gate_n, _gates_rz, _new_h
 from .simd import wide
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
@@ -44,21 +45,20 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
         p, o = slots(t, reverse)
         row_nn(a, h[p, 0], w, 0, 3 * n)
         g = gates[t, 0]
-        gr, gz, gn = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1]
-        ar, az, an = a[:n], a[n:2 * n], a[2 * n:]
         ax, hp, ho = aux[t, 0, j0:j1], h[p, 0, j0:j1], h[o, 0, j0:j1]
-        for j in range(n):
-            gr[j] = sigmoid(gr[j] + ar[j])
-            gz[j] = sigmoid(gz[j] + az[j])
-        for j in range(n):
-            v = an[j] + bn[j]
-            ax[j] = v
-            gn[j] = tanh(gn[j] + gr[j] * v)
-        for j in range(n):
-            ho[j] = gn[j] + gz[j] * (hp[j] - gn[j])
+        _gates_rz(g[j0:j1], a[:n], None, 0, a[:0])
+        _gates_rz(g[H + j0:H + j1], a[n:2 * n], None, 0, a[:0])
+        _gate_n(g[2 * H + j0:2 * H + j1], g[j0:j1], a[2 * n:], bn, ax, None, 0, a[:0])
+        _new_h(ho, g[2 * H + j0:2 * H + j1], g[H + j0:H + j1], hp)
         copy(y[t, 0, col + j0:col + j1], ho)
         barrier(flags, part, parts, step + 2)  # the next step reads every unit of h
     end_rows(0, 1, h_n[:, j0:j1], h[:, :, j0:j1], lengths, reverse)
+
+
+def gru_forward_units_args(*, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse,
+                           col, w_own, acc):
+    """``gru_forward_units``' arguments after part, parts, by name."""
+    return flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, reverse, col, w_own, acc
 
 
 @kernel
@@ -84,29 +84,22 @@ def gru_backward_units(part, parts, flags, dgates, dgates_hh, dh0, dy, dh_n, gat
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
         g, dg, dgh = gates[t, 0], dgates[t, 0], dgates_hh[t, 0]  # dg may alias g
-        gr, gz, gn = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1]
-        dr, dz, dn_ = dg[j0:j1], dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1]
-        dhr, dhz, dhn = dgh[j0:j1], dgh[H + j0:H + j1], dgh[2 * H + j0:2 * H + j1]
-        dyu, dhu = dy[t, 0, col + j0:col + j1], dh0[0, j0:j1]
-        ax, hp = aux[t, 0, j0:j1], h[p, 0, j0:j1]
-        for j in range(du.shape[0]):
-            dh = dyu[j] + dhu[j]
-            r = gr[j]
-            z = gz[j]
-            nn = gn[j]
-            dn = dh - dh * z
-            dn_pre = dn - dn * nn * nn
-            dz_pre = dh * (hp[j] - nn) * (z - z * z)
-            du[j] = dh * z
-            dz[j] = dz_pre
-            dhz[j] = dz_pre
-            dn_[j] = dn_pre
-            dr_pre = dn_pre * ax[j] * (r - r * r)
-            dr[j] = dr_pre
-            dhr[j] = dr_pre
-            dhn[j] = dn_pre * r
+        blocks = (g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1])
+        _cell_back(dy[t, 0, col + j0:col + j1], dh0[0, j0:j1], du[:0], blocks, blocks,
+                   aux[t, 0, j0:j1], h[p, 0, j0:j1],
+                   (dg[j0:j1], dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1]),
+                   (dgh[j0:j1], dgh[H + j0:H + j1], dgh[2 * H + j0:2 * H + j1]), du, True,
+                   None, 0)
         count += 1
         barrier(flags, part, parts, count)  # the carry reads every unit's gradients
         row_dots(dh0[0], w_hh_t, dgh, 0, G, j0, j1)
+        dhu = dh0[0, j0:j1]
         for j in range(du.shape[0]):
             dhu[j] += du[j]
+
+
+def gru_backward_units_args(*, flags, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t,
+                            lengths, reverse, col, direct):
+    """``gru_backward_units``' arguments after part, parts, by name."""
+    return (flags, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, lengths, reverse, col,
+            direct)

@@ -27,7 +27,7 @@ from collections import namedtuple
 import numpy as np
 
 from .activations import cast_like, dgate, gate, gates_inplace, sigmoid, tanh
-from .config import kernel
+from .config import inlined_kernel, kernel
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, matmul_nt,
                      row_dots_alternating, row_nn, row_nn_add, row_out, scatter_rows)
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
@@ -49,7 +49,7 @@ def _clamp(g, lo, hi):
         g[j] = min(max(g[j], lo), hi)
 
 
-@kernel
+@inlined_kernel
 def _cell_units(g, c_prev, c_new, m, j0, j1):
     """The plain cell (σ, tanh, tanh; no variant options) for hidden units j0:j1 of one row:
     g: (4H,) pre-activations in, post-activation gates i, f, g, o out; c_prev, c_new,
@@ -201,6 +201,12 @@ def lstm_forward_row(b, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths,
     end_rows(b, b + 1, c_n, c, lengths, reverse)
 
 
+def lstm_forward_row_args(*, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse,
+                          col, wp):
+    """``lstm_forward_row``'s arguments after b, by name (as for ``lstm_forward``)."""
+    return y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col, wp
+
+
 @kernel
 def _add_bias_rows(of, gathered, bias, rows, times, n, B, G):
     """of (flat gates or gathered scratch, as ``step_tiles``): each active row += bias."""
@@ -235,7 +241,7 @@ def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
         start0 = FROM_OUT
     for u in range(H // W):
         u0 = u * W
-        # depth chunks only when 4-row tiles share the weights (see tiles.PANEL_BYTES)
+        # depth chunks only when 4-row tiles share the weights (see tuning.PANEL_BYTES)
         step_k = kc if n >= 4 else K
         for k0 in range(0, K, step_k):
             m = min(step_k, K - k0)
@@ -352,7 +358,15 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
     end_rows(b0, b1, c_n, c, lengths, reverse)
 
 
-@kernel
+def lstm_forward_args(*, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
+                      opt, pre, m, wp):
+    """``lstm_forward``'s arguments after b0, b1 and before the scratch (which
+    nlstm.kernels.parallel's drivers add per part), by name; opt: an ``Options``."""
+    return (y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col, *opt, pre, m,
+            wp)
+
+
+@inlined_kernel
 def _cell_back(g, dg, dm, dc, c_prev, c_new, j0, j1):
     """The plain cell's backward for one row and step (no variant options), for hidden
     units j0:j1, a branch-free loop the compiler vectorises. g: (4H,) post-activation gates
@@ -378,6 +392,72 @@ def _cell_back(g, dg, dm, dc, c_prev, c_new, j0, j1):
         dgg[j] = d * (ig - ig * gv * gv)
         do[j] = dmu[j] * tc * (og - og * og)
         dcu[j] = d * fg
+
+
+@kernel
+def _pointwise_back(g, dg, dm, dc, c_prev, c_new, opt, pre):
+    """``_cell_back`` for the cell with variant options (``_pointwise``'s backward), one row
+    and step, all units: arrays as there; opt: the ``Options``; pre: (4H,) the saved
+    pre-activations with clip or activations, else empty."""
+    wide()
+    H = dm.shape[0]
+    zero = cast_like(g, 0)
+    one = cast_like(g, 1)
+    clip = opt.clip < np.inf
+    peep = opt.peep.shape[0] > 0
+    gen = opt.acts.shape[0] > 0
+    for j in range(H):
+        og = g[3 * H + j]
+        ig = g[j]
+        fg = g[H + j]
+        gg = g[2 * H + j]
+        cn = c_new[j]
+        # The gates' derivatives: from the saved outputs for σ and tanh, else from the
+        # pre-activations (zero where clip cut them).
+        if gen:
+            fa, ga, ha = opt.acts[0], opt.acts[1], opt.acts[2]
+            tc = gate(ha, cn, np.inf)
+            s_c = dgate(ha, cn, tc, np.inf)
+            s_o = dgate(fa, pre[3 * H + j], og, opt.clip)
+            s_i = dgate(fa, pre[j], ig, opt.clip)
+            s_f = dgate(fa, pre[H + j], fg, opt.clip)
+            s_g = dgate(ga, pre[2 * H + j], gg, opt.clip)
+        else:
+            tc = tanh(cn)
+            s_c = one - tc * tc
+            s_o = og - og * og
+            s_i = ig - ig * ig
+            s_f = fg - fg * fg
+            s_g = one - gg * gg
+            if clip:
+                if abs(pre[3 * H + j]) > opt.clip:
+                    s_o = zero
+                if abs(pre[j]) > opt.clip:
+                    s_i = zero
+                if abs(pre[H + j]) > opt.clip:
+                    s_f = zero
+                if abs(pre[2 * H + j]) > opt.clip:
+                    s_g = zero
+        dzo = dm[j] * tc * s_o
+        d = dc[j] + dm[j] * og * s_c
+        if peep:
+            d += dzo * opt.peep[2 * H + j]
+        cp = c_prev[j]
+        dzi = d * gg
+        dzf = d * cp * s_f
+        if opt.input_forget:
+            dzi -= d * cp
+            dzf = zero
+        dzi *= s_i
+        dzg = d * ig * s_g
+        dg[j] = dzi
+        dg[H + j] = dzf
+        dg[2 * H + j] = dzg
+        dg[3 * H + j] = dzo
+        dcp = d * fg
+        if peep:
+            dcp += dzi * opt.peep[j] + dzf * opt.peep[H + j]
+        dc[j] = dcp
 
 
 @kernel
@@ -422,6 +502,12 @@ def lstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, len
     _backward_row(b, dgates, dh0, dc0, dy, gates, c, w_hh_t, lengths, reverse, col, dm, dm[:0])
 
 
+def lstm_backward_row_args(*, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, lengths,
+                           reverse, col, dm):
+    """``lstm_backward_row``'s arguments after b, by name."""
+    return dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, lengths, reverse, col, dm
+
+
 @kernel
 def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
                   reverse, col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all, wc,
@@ -449,8 +535,6 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     P = h.shape[2]
     clip = opt.clip < np.inf
     peep = opt.peep.shape[0] > 0
-    zero = cast_like(gates, 0)
-    one = cast_like(gates, 1)
     gen = opt.acts.shape[0] > 0
     plain = not (clip or peep or opt.input_forget or gen)
     copy_rows(b0, b1, dh0, dh_n)
@@ -491,62 +575,9 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
             dm = sh[i]
             if plain:
                 _cell_back(g, dg, dm, dc0[b], c[p, b], c[o, b], 0, H)
-                for j in range(G):
-                    sg[i, j] = dg[j]
-                continue
-            for j in range(H):
-                og = g[3 * H + j]
-                ig = g[j]
-                fg = g[H + j]
-                gg = g[2 * H + j]
-                cn = c[o, b, j]
-                # The gates' derivatives: from the saved outputs for σ and tanh, else from
-                # the pre-activations (zero where clip cut them).
-                if gen:
-                    pt = pre[t, b]
-                    fa, ga, ha = opt.acts[0], opt.acts[1], opt.acts[2]
-                    tc = gate(ha, cn, np.inf)
-                    s_c = dgate(ha, cn, tc, np.inf)
-                    s_o = dgate(fa, pt[3 * H + j], og, opt.clip)
-                    s_i = dgate(fa, pt[j], ig, opt.clip)
-                    s_f = dgate(fa, pt[H + j], fg, opt.clip)
-                    s_g = dgate(ga, pt[2 * H + j], gg, opt.clip)
-                else:
-                    tc = tanh(cn)
-                    s_c = one - tc * tc
-                    s_o = og - og * og
-                    s_i = ig - ig * ig
-                    s_f = fg - fg * fg
-                    s_g = one - gg * gg
-                    if clip:
-                        if abs(pre[t, b, 3 * H + j]) > opt.clip:
-                            s_o = zero
-                        if abs(pre[t, b, j]) > opt.clip:
-                            s_i = zero
-                        if abs(pre[t, b, H + j]) > opt.clip:
-                            s_f = zero
-                        if abs(pre[t, b, 2 * H + j]) > opt.clip:
-                            s_g = zero
-                dzo = dm[j] * tc * s_o
-                dc = dc0[b, j] + dm[j] * og * s_c
-                if peep:
-                    dc += dzo * opt.peep[2 * H + j]
-                cp = c[p, b, j]
-                dzi = dc * gg
-                dzf = dc * cp * s_f
-                if opt.input_forget:
-                    dzi -= dc * cp
-                    dzf = zero
-                dzi *= s_i
-                dzg = dc * ig * s_g
-                dg[j] = dzi
-                dg[H + j] = dzf
-                dg[2 * H + j] = dzg
-                dg[3 * H + j] = dzo
-                dcp = dc * fg
-                if peep:
-                    dcp += dzi * opt.peep[j] + dzf * opt.peep[H + j]
-                dc0[b, j] = dcp
+            else:
+                _pointwise_back(g, dg, dm, dc0[b], c[p, b], c[o, b], opt,
+                                pre[t, b] if gen or clip else g[:0])
             for j in range(G):
                 sg[i, j] = dg[j]
         # the carry: dz · W_hh for every active row at once
@@ -555,6 +586,14 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
         else:
             matmul_carry(sp1, sg, w_hh_t, w_hh, n)
             scatter_rows(dh0, sp1, rows, n)
+
+
+def lstm_backward_args(*, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
+                       reverse, col, opt, pre, m, dh_all, wc):
+    """``lstm_backward``'s arguments after b0, b1 and before the scratch, by name; opt: an
+    ``Options``."""
+    return (dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths, reverse, col,
+            *opt, pre, m, dh_all, wc)
 
 
 @kernel
@@ -579,6 +618,14 @@ def lstm_step_options(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_h
     are the fields of ``Options``; h, h_out: (L, B, P) with a projection, w_hh_t: (P, 4H)."""
     opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
     return _step(k, check, x, h, c, h_out, c_out, w_ih_t, w_hh_t, b_ih, b_hh, opt, work)
+
+
+def lstm_step_args(*, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
+    """The arguments after (k, check, x, h, c, h_out, c_out), by name: of ``lstm_step`` when
+    opt is None (the plain cell), else of ``lstm_step_options`` (opt an ``Options``)."""
+    if opt is None:
+        return w_ih_t, w_hh_t, b_ih, b_hh, work
+    return (w_ih_t, w_hh_t, b_ih, b_hh, *opt, work)
 
 
 @kernel

@@ -82,6 +82,13 @@ def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bia
     end_rows(0, 1, c_n[:, j0:j1], c[:, :, j0:j1], lengths, reverse)
 
 
+def lstm_forward_units_args(*, flags, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths,
+                            reverse, col, w_own, acc, wp):
+    """``lstm_forward_units``' arguments after part, parts, by name."""
+    return (flags, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col, w_own,
+            acc, wp)
+
+
 @kernel
 def lstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t,
                         lengths, reverse, col, dm):
@@ -113,3 +120,9 @@ def lstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, ga
         barrier(flags, part, parts, count)  # the carry reads every unit's dz
         # dh of units j0:j1: W_hhᵀ's rows j0:j1 · dz
         row_dots_alternating(dh0[0], w_hh_t, dg, 0, G, j0, j1, step)
+
+
+def lstm_backward_units_args(*, flags, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t,
+                             lengths, reverse, col, dm):
+    """``lstm_backward_units``' arguments after part, parts, by name."""
+    return flags, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, lengths, reverse, col, dm

@@ -12,7 +12,7 @@ import numpy as np
 from .activations import cast_like, dgate, gate, tanh
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, row_nn_add, row_out,
                      scatter_rows)
-from .config import kernel
+from .config import inlined_kernel, kernel
 from .simd import vwidth, wide
 from .tiles import FROM_OUT_AND_BIAS, panel_rows, row_blocks
 from .units import copy
@@ -20,28 +20,42 @@ from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, 
                     step_time, zero_padding, zero_rows_past)
 
 
-@kernel
-def _activate_default(pre, h_new, relu):
-    """h_new = tanh(pre) or relu(pre); pre, h_new: (H,). The callers branch to this or to
-    ``_activate_general`` themselves: through one function holding both, the B = 8 forward
-    ran 1.7x slower (it was no longer inlined)."""
+# ---- the cell's equations, each written once, inlined into every path ---------------------
+
+
+@inlined_kernel
+def _activate(pre, h_new, relu, acts, clip):
+    """h_new = act(pre): tanh or relu, or with ``acts`` (1, 3) its activation of pre
+    clamped to ±clip; pre, h_new: (H,). acts (0, 3): tanh or relu."""
     wide()
-    H = pre.shape[0]
-    if relu:
-        for j in range(H):
+    if acts.shape[0] > 0:
+        for j in range(pre.shape[0]):
+            h_new[j] = gate(acts[0], pre[j], clip)
+    elif relu:
+        for j in range(pre.shape[0]):
             h_new[j] = max(pre[j], 0)
     else:
-        for j in range(H):
+        for j in range(pre.shape[0]):
             h_new[j] = tanh(pre[j])
 
 
-@kernel
-def _activate_general(pre, h_new, acts, clip):
-    """h_new = the activation acts[0] of pre clamped to ±clip (the general path, kept out of
-    ``_activate`` so that the tanh and relu loops stay as small as they were)."""
+@inlined_kernel
+def _activate_back(d, dy, dc, h_new, relu, acts, clip, out):
+    """The pre-activations' gradient: d ← (dy + dc) ⊙ act'(pre) (d holds pre on entry, read
+    before it is written), also into out; h_new: act(pre); all (H,)."""
     wide()
-    for j in range(pre.shape[0]):
-        h_new[j] = gate(acts[0], pre[j], clip)
+    if acts.shape[0] > 0:
+        for j in range(d.shape[0]):
+            d[j] = (dy[j] + dc[j]) * dgate(acts[0], d[j], h_new[j], clip)
+            out[j] = d[j]
+    else:
+        for j in range(d.shape[0]):
+            dh = dy[j] + dc[j]
+            if relu:
+                d[j] = dh if h_new[j] > 0 else dh - dh
+            else:
+                d[j] = dh - dh * h_new[j] * h_new[j]
+            out[j] = d[j]
 
 
 @kernel
@@ -56,7 +70,6 @@ def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, 
     W = vwidth(pre)
     pf = pre.reshape(pre.size)
     hf = h.reshape(h.size)
-    gen = acts.shape[0] > 0
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
@@ -69,10 +82,7 @@ def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, 
                 g[j] += bias[j]
             row_nn_add(g, h[p, b], w_hh_t, 0, g.shape[0])
         hn = h[o, b]
-        if gen:
-            _activate_general(g, hn, acts, clip)
-        else:
-            _activate_default(g, hn, relu)
+        _activate(g, hn, relu, acts, clip)
         row_out(y, t, b, col, hn)
 
 
@@ -106,7 +116,6 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
     H = pre.shape[2]
     begin_rows(b0, b1, h, h0, lengths, reverse)
     zero_padding(b0, b1, y, lengths, col, H)
-    gen = acts.shape[0] > 0
     if b1 - b0 == 1:
         _forward_row(b0, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, clip, wf)
         T = 0  # done
@@ -127,12 +136,17 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
             add_recurrent(pre, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
         for i in range(n):
             p, o = slots(times[i], reverse)
-            if gen:
-                _activate_general(pre[times[i], rows[i]], h[o, rows[i]], acts, clip)
-            else:
-                _activate_default(pre[times[i], rows[i]], h[o, rows[i]], relu)
+            _activate(pre[times[i], rows[i]], h[o, rows[i]], relu, acts, clip)
         copy_out(y, h, rows, times, n, reverse, col)
     end_rows(b0, b1, h_n, h, lengths, reverse)
+
+
+def rnn_forward_args(*, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu, acts, clip,
+                     wf):
+    """The arguments of ``rnn_forward`` after b0, b1 and before the scratch (which
+    nlstm.kernels.parallel's drivers add per part), and of ``rnn_forward_row`` after b, by
+    name."""
+    return y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col, relu, acts, clip, wf
 
 
 @kernel
@@ -151,7 +165,6 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse,
     wide()
     T = dpre.shape[0]
     H = dpre.shape[2]
-    gen = acts.shape[0] > 0
     copy_rows(b0, b1, dh0, dh_n)
     zero_rows_past(b0, b1, dpre, lengths)
     for step in range(T - 1, -1, -1):
@@ -162,26 +175,19 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse,
             b = rows[i]
             t = times[i]
             p, o = slots(t, reverse)
-            d = dpre[t, b]
-            ho = h[o, b]
-            dyt, dhb, sgi = dy[t, b, col:col + H], dh0[b], sg[i]  # sliced: loops from 0
-            if gen:  # d[j] is still the pre-activation: read before it is written
-                for j in range(H):
-                    d[j] = (dyt[j] + dhb[j]) * dgate(acts[0], d[j], ho[j], clip)
-                    sgi[j] = d[j]
-                continue
-            for j in range(H):
-                dh = dyt[j] + dhb[j]
-                if relu:
-                    d[j] = dh if ho[j] > 0 else dh - dh
-                else:
-                    d[j] = dh - dh * ho[j] * ho[j]
-                sgi[j] = d[j]
+            _activate_back(dpre[t, b], dy[t, b, col:col + H], dh0[b], h[o, b], relu, acts, clip,
+                           sg[i])
         if wc.shape[0] > 0:
             panel_rows(dh0, sg, rows, n, wc, 0, H, 0, H, True)
         else:
             matmul_carry(sp1, sg, w_hh_t, w_hh, n)
             scatter_rows(dh0, sp1, rows, n)
+
+
+def rnn_backward_args(*, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu, acts,
+                      clip, wc):
+    """``rnn_backward``'s arguments after b0, b1 and before the scratch, by name."""
+    return dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu, acts, clip, wc
 
 
 @kernel
@@ -200,20 +206,22 @@ def rnn_step_options(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, ac
     return _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, acts, clip, pre)
 
 
+def rnn_step_args(*, w_ih_t, w_hh_t, b_ih, b_hh, relu, options, pre):
+    """The arguments after (k, check, x, h, h_out), by name: of ``rnn_step`` when options is
+    None, else of ``rnn_step_options`` (options: (acts, clip)); pre: (H,) scratch."""
+    return (w_ih_t, w_hh_t, b_ih, b_hh, relu, *(() if options is None else options), pre)
+
+
 @kernel
 def _step(k, check, x, h, h_out, w_ih_t, w_hh_t, b_ih, b_hh, relu, acts, clip, pre):
     if check and not step_inputs_finite(k, x, h, h):
         return False
     inp, hk, hn = step_layer_rows(k, x, h, h_out)
     H = hk.shape[1]
-    gen = acts.shape[0] > 0
     for b in range(inp.shape[0]):
         for j in range(H):  # the biases first, as in the LSTM's step
             pre[j] = b_ih[j] + b_hh[j]
         row_nn_add(pre, inp[b], w_ih_t, 0, H)
         row_nn_add(pre, hk[b], w_hh_t, 0, H)
-        if gen:
-            _activate_general(pre, hn[b], acts, clip)
-        else:
-            _activate_default(pre, hn[b], relu)
+        _activate(pre, hn[b], relu, acts, clip)
     return True

@@ -16,11 +16,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .config import kernel
+from .tuning import CACHE_LINE_BYTES, SPINS_BEFORE_YIELD
 
-# int64 slots between two parts' counters: 64 bytes, one cache line each.
-STRIDE = 8
-# Spins with ``pause`` before a waiting part starts yielding its CPU (some tens of µs).
-_SPINS_BEFORE_YIELD = 2000
+# int64 slots between two parts' counters: one cache line each (no false sharing).
+STRIDE = CACHE_LINE_BYTES // 8
 
 
 def _slot_pointer(context, builder, sig, args):
@@ -87,7 +86,7 @@ def barrier(flags, part, parts, count):
             continue
         spins = 0
         while _load_acquire(flags, other * STRIDE) < count:
-            if spins < _SPINS_BEFORE_YIELD:
+            if spins < SPINS_BEFORE_YIELD:
                 _pause()
                 spins += 1
             else:

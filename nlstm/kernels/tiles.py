@@ -18,6 +18,7 @@ of the state and gate buffers wherever they are (ragged batches gather no rows).
 from .config import inlined_kernel, kernel
 from .gemm import add_rows
 from .simd import vadd, vbroadcast, vfma, vload, vregisters, vsplat, vstore, vwidth, width
+from .tuning import PANEL_BYTES, ROW_BLOCK_BYTES  # (see there)
 
 
 def packable(w_t, blocks: int) -> bool:
@@ -50,12 +51,6 @@ def pack_gates(wp, w_t, blocks):
 FROM_OUT = 1
 FROM_OUT_AND_BIAS = 2
 FROM_ZERO = 3
-
-# A tile's slice of packed weights (depth × 4 vectors) is read once per tile of rows; sums
-# run over depth chunks of at most PANEL_BYTES of weights, so that the slice stays in L1
-# (32 KB or more on current x86 and ARM cores) across every tile of rows of a step.
-# Unchunked, L's 64 KB per unit block came from L2 for each tile of rows: 10-20% slower.
-PANEL_BYTES = 24 * 1024
 
 
 @kernel
@@ -259,12 +254,6 @@ def panel_rows(out, a, rows, n, wp, c0, c1, d0, d1, scatter, first=FROM_ZERO):
             for r in range(i, n):
                 o = rows[r] if scatter else r
                 tile_row(of, o * N + u * S, S // 4, of, 0, af, r * D + k0, wp, wo, m, start)
-
-
-# The input projection's rows go through the panels in blocks whose slice of the input
-# stays in L2 across all the panels (256 KB: half or less of current x86 and ARM cores'
-# L2); unblocked, XL's 5 MB input would stream from L3 once per panel.
-ROW_BLOCK_BYTES = 256 * 1024
 
 
 @kernel

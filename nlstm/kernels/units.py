@@ -7,16 +7,14 @@ its share of each step's product is one contiguous range (see ``lstm_units``).
 Every loop here runs over a slice from 0 (see nlstm.kernels.blocks).
 """
 from .config import kernel
-
-# Unit ranges start at multiples of this (one 512-bit vector of float32).
-_ALIGN = 16
+from .tuning import UNIT_ALIGN  # unit ranges start at multiples of this
 
 
 @kernel
 def unit_range(part, parts, H):
     """The hidden units j0:j1 that ``part`` of ``parts`` owns (possibly empty)."""
     per = (H + parts - 1) // parts
-    per = (per + _ALIGN - 1) // _ALIGN * _ALIGN
+    per = (per + UNIT_ALIGN - 1) // UNIT_ALIGN * UNIT_ALIGN
     j0 = min(H, part * per)
     return j0, min(H, j0 + per)
 

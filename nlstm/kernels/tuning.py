@@ -1,0 +1,112 @@
+"""Every tuning constant of nlstm, each with the rule or measurement that sets it and the
+hardware fact it rests on. Measurements are from the 2-core AMD EPYC (AVX-512) nlstm is
+developed on unless a line says otherwise; on another CPU, re-measure before changing one.
+
+Two kinds, used differently:
+
+- Compile-time (the kernels' sizes): a kernel reads these as constants when Numba compiles
+  it, so changing one here recompiles the kernels (this file is part of the kernel cache's
+  key, see ``config``) and patching it at run time changes nothing already compiled. The
+  kernels import them by name.
+- Run-time (the host's choices between paths): read as ``tuning.NAME`` at each call by
+  nlstm's Python code, so a test or a benchmark may set them on this module
+  (``monkeypatch.setattr(tuning, "NAME", v)``) and the next call follows.
+
+No constant here is chosen by CPU name: where a rule depends on a cache size or a vector
+width, the comment names which.
+"""
+
+# ---- memory layout ------------------------------------------------------------------------
+# One cache line on every current x86 and ARM server core (64 bytes; Apple's M cores have
+# 128, where these only cost some false sharing between the barrier's counters).
+CACHE_LINE_BYTES = 64
+
+# Run-time. Weights and workspace buffers start on a cache line (64 bytes, one AVX-512
+# vector). NumPy aligns big blocks to 16 bytes only, so the kernels' vector loads straddled
+# two lines: with W_hh aligned, S inference took 123 µs instead of 149, long 11.6 ms instead
+# of 12.1, M 2.45 ms instead of 2.49 (same process, alternating).
+ALIGN_BYTES = CACHE_LINE_BYTES
+
+# ---- threads (nlstm._threads, nlstm.recurrent) -----------------------------------------------
+# Run-time. Below this much recurrent work (multiply-adds) a second thread costs more than it
+# saves. The rule: the work must outweigh handing half of it to another core (a thread's
+# start and the join, some µs); the crossover was measured once and not recorded.
+MIN_PARALLEL_WORK = 1_000_000
+
+# Run-time. Below this many multiply-adds a whole-sequence product (input projection, weight
+# gradients, dx) runs on the calling thread alone. The rule as for MIN_PARALLEL_WORK, at
+# BLAS's single-core rate (~100 GFLOP/s with AVX-512 FMA: 8M multiply-adds ≈ 0.1 ms).
+SMALL_GEMM = 8_000_000
+
+# Run-time. The input projection of a ragged batch runs one product per batch row, skipping
+# the padding, when that skips more than this many multiply-adds per row (a NumPy call costs
+# a few microseconds, some 100k multiply-adds).
+PER_ROW_MIN_SAVING = 200_000
+
+# Run-time. Whether the input projection runs through nlstm's panel tiles (where its columns
+# suit them and it is big enough to split over the threads) rather than BLAS. A smaller one
+# is one NumPy product on the calling thread: nothing to compile for a first small call.
+PROJECT_ON_TILES = True
+
+# Run-time. Whether the backward's whole-sequence products (the weight gradients, dx =
+# dg·W_ih) run through the panel tiles, by the projection's rule (columns that suit the
+# panels, big enough to split over the threads) rather than BLAS.
+BACKWARD_ON_TILES = True
+
+# Run-time. A one-row batch splits its hidden units over the threads (a spin barrier per
+# step) when each step has this many recurrent multiply-adds (the barrier and the exchange
+# of h cost about 0.3 µs a step, a cross-core cache-line round trip: at H = 64 the split
+# lost, at H = 128 it won) and the whole sequence this many (starting the second thread
+# costs 15-50 µs).
+UNITS_MIN_STEP = 32_768
+UNITS_MIN_WORK = 25_000_000
+
+# Compile-time. The unit split's parts start at multiples of this many units: one 512-bit
+# vector of float32 (the widest vector of any current CPU), so each part's gate loops
+# start on a vector boundary (two 256-bit vectors with AVX2).
+UNIT_ALIGN = 16
+
+# Compile-time. Spins with x86's ``pause`` before a part waiting at the unit split's barrier
+# starts yielding its CPU: some tens of µs (``pause`` takes from ~10 to ~140 cycles by core),
+# longer than any step the split runs (UNITS_MIN_STEP), shorter than a scheduler slice.
+SPINS_BEFORE_YIELD = 2000
+
+# ---- the packed-weight tiles (nlstm.kernels.tiles) -------------------------------------------
+# Compile-time. A tile's slice of packed weights (depth × 4 vectors) is read once per tile of
+# rows; sums run over depth chunks of at most this many bytes of weights, so that the slice
+# stays in L1 (32 KB or more on current x86 and ARM cores) across every tile of rows of a
+# step. Unchunked, L's 64 KB per unit block came from L2 for each tile of rows: 10-20% slower.
+PANEL_BYTES = 24 * 1024
+
+# Compile-time. The input projection's rows go through the panels in blocks whose slice of
+# the input stays in L2 across all the panels (256 KB: half or less of current x86 and ARM
+# cores' L2); unblocked, XL's 5 MB input would stream from L3 once per panel.
+ROW_BLOCK_BYTES = 256 * 1024
+
+# ---- per-step products through BLAS (nlstm.kernels.blocks) -----------------------------------
+# Compile-time. Where neither the small-matrix path nor its tiles fit (H in the thousands),
+# one single-threaded BLAS sgemm per step beats the kernels' loops from this many rows on
+# (68 vs 53 GFLOP/s at 32×128 @ 128×512; the loops win at 16 rows and fewer, where the call
+# overhead dominates). Single rows always take the loops.
+BLAS_MIN_ROWS = 32
+
+# Compile-time. Except where OpenBLAS's small-matrix path takes the call: then blocks of 8
+# (or 4) rows per call beat the loops from 2 rows on (at 128×512: 4.8 vs 14.2 µs for 4 rows,
+# 10.4 vs 21.9 µs for 8, 42 vs 64 µs for 32 as four calls of 8; at 64×256 about 20%
+# faster). Its AVX-512 kernels (which OpenBLAS picks on Zen 4) take a product when
+# M·N·K <= 10⁶ and, in the transposed-weights form of the backward carry, when the output
+# block has at most 1200 values (OpenBLAS's sgemm_small_kernel_permit_skylakex: a fact of
+# OpenBLAS, not of the CPU). Measured single-threaded: calls past those limits ran at 16-36
+# GFLOP/s, 2-5x slower than the loops or one whole call; 4-row calls within them at 90-115
+# GFLOP/s, against 256×768 weights too (whole 32-row calls: 58-73).
+SMALL_PATH_MNK = 1_000_000
+SMALL_PATH_OUT = 1200
+
+# Compile-time. Weights too big for whole-width calls in the small-matrix path are multiplied
+# in tiles of rows × output columns that each stay within it (``gemm.gemm_tiles``), the first
+# shape of these that fits. Single-threaded at 32×256 @ 256×1024 (L): 108-111 GFLOP/s for
+# tiles of 8-32 rows × 64-256 columns against 68-71 for one call; carry 98-101 (4 × 64-128)
+# against 42-47. At 64×512 @ 512×2048 (XL): 107 (16 × 64) against 78-85; carry 88-99
+# against 67.
+TILES_FWD = ((16, 128), (16, 64), (8, 64), (4, 64))
+TILES_CARRY = ((4, 128), (8, 32), (4, 64), (4, 32))
