@@ -16,7 +16,8 @@ variants). Arrays as for ``lnlstm.lnlstm_forward`` and ``lnlstm_backward``.
 from .activations import cast_like
 from .blocks import row_out
 from .config import kernel
-from .lnlstm import EPS, _cell_back_plain, _cell_plain, add_normalized, moments, normalize_back
+from .lnlstm import (EPS, _cell_back_plain, _cell_plain, add_normalized, moments,
+                     normalize_back)
 from .simd import vwidth
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_time, zero_padding,
                     zero_rows_past)
