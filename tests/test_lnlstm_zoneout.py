@@ -431,11 +431,20 @@ def test_unit_split_matches_reference(unit_split, kind, p, dtype, H, length):
     if H % simd.width(dtype):
         pytest.skip("H off this machine's tiles")
     m = _model(kind, p, dtype=dtype, I=5, H=H)
+    _assert_one_row_batch(m, kind, p, dtype, length, ["ln_weight_hh_l0", "ln_weight_c_l1"],
+                          lambda: unit_split == [("forward", 2)] * 4 + [("backward", 2)] * 4)
+
+
+def _assert_one_row_batch(m, kind, p, dtype, length, ln_names, ran):
+    """A one-row batch (T = 6, rows of ``length``) of layer m: training forward (sampled
+    masks) and backward against the oracle, inference against the expectation, and in
+    float64 a few gradients by finite differences (of ``ln_names`` too for the LayerNorm
+    cell). ``ran()``: whether the kernels under test ran, asked after training."""
     T = 6
     x, init, _ = _data(m, T=T, B=1)
     lengths = np.array([length])
     run = _train(m, x, init, lengths, dtype, 3)
-    assert unit_split == [("forward", 2)] * 4 + [("backward", 2)] * 4, "no unit split"
+    assert ran(), "the kernels under test did not run"
     masks = _masks(m, T, 1) if p else _masks(m, T, 1, fill=0.0)
     tol = TOL[dtype]
     _assert_reference(m, kind, x, init, lengths, masks, run, tol)
@@ -449,7 +458,7 @@ def test_unit_split_matches_reference(unit_split, kind, p, dtype, H, length):
     if dtype == np.float64:
         names = ["weight_hh_l0", "bias_hh_l1_reverse"]
         if kind == "lnlstm":
-            names += ["ln_weight_hh_l0", "ln_weight_c_l1"]
+            names += ln_names
         _assert_numeric(m, x, init, lengths, dy, dfinal, names, np.random.default_rng(7), 4,
                         inits=True)
 
@@ -484,26 +493,9 @@ def test_one_row_matches_reference(one_row, kind, p, dtype, length):
     (sampled masks) and backward, and inference (the expectation), against the oracle; in
     float64 a few gradients by finite differences too."""
     m = _model(kind, p, dtype=dtype, I=5, H=_row_H(dtype))
-    T = 6
-    x, init, _ = _data(m, T=T, B=1)
-    lengths = np.array([length])
-    run = _train(m, x, init, lengths, dtype, 3)
-    assert one_row == ["forward"] * 4 + ["backward"] * 4, "the one-row kernels did not run"
-    masks = _masks(m, T, 1) if p else _masks(m, T, 1, fill=0.0)
-    tol = TOL[dtype]
-    _assert_reference(m, kind, x, init, lengths, masks, run, tol)
-    _, _, _, _, dy, dfinal = run
-    cast = [a.astype(dtype) for a in init]
-    y, _ = m(x.astype(dtype), _state(cast), lengths)
-    cell = R.Zoneout(ZONEOUT_KINDS[kind][1](), _masks(m, T, 1, fill=p))
-    ry, _, _ = R.forward(cell, m.params, x, init, lengths, 2, True)
-    np.testing.assert_allclose(y, ry, err_msg="y (inference)", **tol)
-    if dtype == np.float64:
-        names = ["weight_hh_l0", "bias_hh_l1_reverse"]
-        if kind == "lnlstm":
-            names += ["ln_weight_hh_l0", "ln_weight_c_l1", "ln_weight_ih_l1_reverse"]
-        _assert_numeric(m, x, init, lengths, dy, dfinal, names, np.random.default_rng(7), 4,
-                        inits=True)
+    _assert_one_row_batch(m, kind, p, dtype, length,
+                          ["ln_weight_hh_l0", "ln_weight_c_l1", "ln_weight_ih_l1_reverse"],
+                          lambda: one_row == ["forward"] * 4 + ["backward"] * 4)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -561,3 +553,18 @@ def _forward_with_masks(m, x, ws):
         return m.forward(x, train=True)
     finally:
         m._zoneout_masks = draw
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lnlstm", "gru"])
+def test_inference_masks_after_training(kind):
+    """Inference keeps its masks (p everywhere) from one call to the next, and a training
+    forward in between (sampled masks) does not leak into the next inference."""
+    m = _model(kind, 0.3)
+    x, init, lengths = _data(m)
+    y1, _ = m(x, _state(init), lengths)
+    y2, _ = m(x, _state(init), lengths)
+    m.forward(x, _state(init), lengths)
+    y3, _ = m(x, _state(init), lengths)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(y1, y3)
+    assert all(np.all(z == m.dtype.type(0.3)) for z in m._ws.extra[0][0]["zoneout"])
