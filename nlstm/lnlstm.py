@@ -8,6 +8,7 @@ import numpy as np
 
 from . import _threads
 from .kernels import lnlstm as K
+from .kernels import lnlstm_row as R
 from .kernels import parallel as P
 from .kernels import tiles
 from .lstm import LSTM
@@ -97,6 +98,12 @@ def splits_units(layer) -> bool:
     return layer._plain() and tiles.packable(layer._w("weight_hh", 0, 0), 4)
 
 
+def _one_row(layer, ws) -> bool:
+    """Whether a batch runs the one-row kernels (``kernels.lnlstm_row``): one row of the
+    plain cell, with H on the one-row tile and on the carry's panels."""
+    return ws.key[1] == 1 and splits_units(layer) and layer._panels_fit()
+
+
 def _norm_params(layer, k: int, d: int) -> tuple:
     """γ_hh, γ_c, β_c of layer k, direction d (empty arrays for the plain cell)."""
     if not layer._layer_norm:
@@ -153,6 +160,14 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
                 *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc, r, ct)
         _threads.run_units(parts, P.lnlstm_forward_units, args)
         return
+    if _one_row(layer, ws):  # its own kernel, on the one-row tile
+        ws.ensure_scratch(layer, 1)
+        R.lnlstm_forward_row(0, ws.y[k], ws.states[0][k][d], ws.states[1][k][d], ws.final[0][i],
+                             ws.final[1][i], gates, layer._packed_gates(k, d), bias,
+                             ws.init[0][i], ws.init[1][i], ws.lengths, d == 1,
+                             d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat,
+                             rstd, zh, zc, ws.scratch[0][5][0])
+        return
     args = (ws.y[k], ws.states[0][k][d], ws.states[1][k][d], ws.final[0][i], ws.final[1][i], gates,
             layer._w("weight_hh", k, d), bias, ws.init[0][i], ws.init[1][i], ws.lengths, d == 1,
             d * layer._out_size, ln, *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc,
@@ -177,6 +192,13 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
                 ws.lengths, d == 1, d * layer._out_size, ln, *_norm_params(layer, k, d), rhat,
                 chat, rstd, dr, du, zh, zc, sh[0], sp2[0], sg[0])
         _threads.run_units(parts, P.lnlstm_backward_units, args)
+    elif _one_row(layer, ws):  # as in forward_dir
+        ws.ensure_scratch(layer, 1)
+        sp2, sh = ws.scratch[0][3][0], ws.scratch[0][5][0]
+        R.lnlstm_backward_row(0, gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i],
+                              ws.dfinal[1][i], gates, c, layer._packed_carry(k, d), ws.lengths,
+                              d == 1, d * layer._out_size, ln, *_norm_params(layer, k, d), rhat,
+                              chat, rstd, dr, du, zh, zc, sh, sp2)
     else:
         _backward_rows(layer, ws, k, d, dy)
     # gates now holds dz, the gradients of the gate pre-activations

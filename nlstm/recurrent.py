@@ -292,13 +292,16 @@ class RecurrentLayer(Lockable):
         """Fill layer k, direction d's zoneout masks: 1 (keep the previous value) with
         probability p, else 0, from the layer's seeded stream (as dropout's masks) in
         training; p everywhere in inference, which makes the step the expectation."""
-        p = self.zoneout
-        for mask in ws.extra[k][d]["zoneout"]:
+        p, ex = self.zoneout, ws.extra[k][d]
+        if not train and ex.get("zoneout_filled") == p:
+            return  # p everywhere still, from the last inference (a pass over T·B·H each)
+        for mask in ex["zoneout"]:
             if train:
                 self._dropout_rng.random(dtype=self.dtype, out=mask)
                 np.less(mask, p, out=mask)
             else:
                 mask.fill(p)
+        ex["zoneout_filled"] = None if train else p
 
     def _work_size(self) -> int:
         """Scratch elements of one streaming step."""

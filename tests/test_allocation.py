@@ -13,7 +13,7 @@ import pytest
 from numba.core.runtime import rtsys
 
 import nlstm
-from nlstm.kernels import blocks, gru, lstm, parallel, rnn, tiles
+from nlstm.kernels import blocks, gru, lnlstm_row, lstm, parallel, rnn, tiles
 
 
 @pytest.fixture
@@ -44,12 +44,14 @@ def counted_kernels(monkeypatch):
         for name in ("step",) + extra:
             name = f"{cell}_{name}"
             monkeypatch.setattr(module, name, counting(getattr(module, name)))
+    for name in ("lnlstm_forward_row", "lnlstm_backward_row"):
+        monkeypatch.setattr(lnlstm_row, name, counting(getattr(lnlstm_row, name)))
     for name in ("project_rows", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward",
                  "rnn_forward",
                  "rnn_backward", "lstm_forward_units", "lstm_backward_units",
                  "gru_forward_units", "gru_backward_units", "project_ragged", "project_panels",
                  "weight_grad_cols", "weight_grad_panels",
-                 "input_grad_rows"):
+                 "input_grad_rows", "normalize_input", "normalize_input_back"):
         split = getattr(parallel, name)
         # (a serial side in Python, such as project_rows', adapts no array: not counted)
         serial = counting(split.serial) if hasattr(split.serial, "py_func") else split.serial
@@ -115,18 +117,38 @@ def test_unit_split_allocates_nothing(counted_kernels, monkeypatch, dtype, cls):
         parts = []
         m._unit_parts = lambda ws: parts.append(spy(ws)) or parts[-1]
 
-        def one_round():
-            m(x)
-            m.forward(x)
-            m.backward(dy)
-
-        one_round()
-        counted_kernels[0] = 0
-        before_alloc = rtsys.get_allocation_stats().alloc
-        one_round()
-        allocated = rtsys.get_allocation_stats().alloc - before_alloc
+        allocated = _second_round(counted_kernels, m, x, dy)
     finally:
         nlstm.set_num_threads(before)
     assert set(parts) == {2}
     assert counted_kernels[0] > 0
     assert allocated == counted_kernels[0], "a kernel allocated inside compiled code"
+
+
+@pytest.mark.parametrize("cls,extra", [(nlstm.LayerNormLSTM, {}), (nlstm.LSTM, dict(zoneout=0.2))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_row_layernorm_and_zoneout_allocate_nothing(counted_kernels, dtype, cls, extra):
+    """The same for a one-row batch of the LayerNorm LSTM and of LSTM with zoneout (their
+    one-row kernels, ``kernels.lnlstm_row``; H = 64 is on the tiles and the panels)."""
+    rng = np.random.default_rng(0)
+    m = cls(8, 64, num_layers=2, bidirectional=True, dtype=dtype, seed=0, **extra)
+    x = rng.standard_normal((40, 1, 8))
+    dy = rng.standard_normal((40, 1, m.output_size))
+    allocated = _second_round(counted_kernels, m, x, dy)
+    assert counted_kernels[0] > 0
+    assert allocated == counted_kernels[0], "a kernel allocated inside compiled code"
+
+
+def _second_round(counted_kernels, m, x, dy) -> int:
+    """Inference, a training forward and backward of m, twice: the compiled code's
+    allocations in the second round (the kernels' array arguments counted from zero)."""
+    def one_round():
+        m(x)
+        m.forward(x)
+        m.backward(dy)
+
+    one_round()
+    counted_kernels[0] = 0
+    before = rtsys.get_allocation_stats().alloc
+    one_round()
+    return rtsys.get_allocation_stats().alloc - before

@@ -430,11 +430,20 @@ def test_unit_split_matches_reference(unit_split, kind, p, dtype, H, length):
     if H % simd.width(dtype):
         pytest.skip("H off this machine's tiles")
     m = _model(kind, p, dtype=dtype, I=5, H=H)
+    _assert_one_row_batch(m, kind, p, dtype, length, ["ln_weight_hh_l0", "ln_weight_c_l1"],
+                          lambda: unit_split == [("forward", 2)] * 4 + [("backward", 2)] * 4)
+
+
+def _assert_one_row_batch(m, kind, p, dtype, length, ln_names, ran):
+    """A one-row batch (T = 6, rows of ``length``) of layer m: training forward (sampled
+    masks) and backward against the oracle, inference against the expectation, and in
+    float64 a few gradients by finite differences (of ``ln_names`` too for the LayerNorm
+    cell). ``ran()``: whether the kernels under test ran, asked after training."""
     T = 6
     x, init, _ = _data(m, T=T, B=1)
     lengths = np.array([length])
     run = _train(m, x, init, lengths, dtype, 3)
-    assert unit_split == [("forward", 2)] * 4 + [("backward", 2)] * 4, "no unit split"
+    assert ran(), "the kernels under test did not run"
     masks = _masks(m, T, 1) if p else _masks(m, T, 1, fill=0.0)
     tol = TOL[dtype]
     _assert_reference(m, kind, x, init, lengths, masks, run, tol)
@@ -448,6 +457,113 @@ def test_unit_split_matches_reference(unit_split, kind, p, dtype, H, length):
     if dtype == np.float64:
         names = ["weight_hh_l0", "bias_hh_l1_reverse"]
         if kind == "lnlstm":
-            names += ["ln_weight_hh_l0", "ln_weight_c_l1"]
+            names += ln_names
         _assert_numeric(m, x, init, lengths, dy, dfinal, names, np.random.default_rng(7), 4,
                         inits=True)
+
+
+# ---- a one-row batch on the one-row tile (nlstm.kernels.lnlstm_row) -----------------------
+@pytest.fixture
+def one_row(monkeypatch):
+    """Count the one-row kernels' calls."""
+    from nlstm.kernels import lnlstm_row
+    calls = []
+    for name in ("lnlstm_forward_row", "lnlstm_backward_row"):
+        kernel = getattr(lnlstm_row, name)
+
+        def call(*args, _kernel=kernel, _name=name):
+            calls.append(_name.split("_")[1])
+            return _kernel(*args)
+        monkeypatch.setattr(lnlstm_row, name, call)
+    return calls
+
+
+def _row_H(dtype):
+    """An H on the one-row tile and the carry's panels (4 vector widths) of this machine."""
+    from nlstm.kernels import simd
+    return 4 * simd.width(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind,p", [("lnlstm", 0.0), ("lnlstm", 0.4), ("lstm", 0.4)])
+@pytest.mark.parametrize("length", [6, 4, 0])
+def test_one_row_matches_reference(one_row, kind, p, dtype, length):
+    """Two layers, both directions, B = 1 of length T, shorter, or 0: training forward
+    (sampled masks) and backward, and inference (the expectation), against the oracle; in
+    float64 a few gradients by finite differences too."""
+    m = _model(kind, p, dtype=dtype, I=5, H=_row_H(dtype))
+    _assert_one_row_batch(m, kind, p, dtype, length,
+                          ["ln_weight_hh_l0", "ln_weight_c_l1", "ln_weight_ih_l1_reverse"],
+                          lambda: one_row == ["forward"] * 4 + ["backward"] * 4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind,p", [("lnlstm", 0.0), ("lnlstm", 0.4), ("lstm", 0.4)])
+def test_one_row_alone_as_in_a_batch(one_row, kind, p, threads, monkeypatch):
+    """A row run alone (the one-row kernels) gives the same bits as in a batch of 5 (the
+    batched kernels' tiles and panels; with two threads, each thread a range of rows): the
+    outputs, final states, the gate gradients and the carried state gradients. float32,
+    one layer, both directions, the row's zoneout masks copied into the batch's."""
+    from nlstm import _threads
+    monkeypatch.setattr(_threads, "_MIN_PARALLEL_WORK", 0)  # the batch splits its rows
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(threads)
+    try:
+        H, T, B, row = _row_H(np.float32), 7, 5, 3
+        cls, _ = ZONEOUT_KINDS[kind]
+        rng = np.random.default_rng(5)
+        x = rng.standard_normal((T, B, 6)).astype(np.float32)
+        dy = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+        dh = rng.standard_normal((2, B, H)).astype(np.float32)
+        dc = rng.standard_normal((2, B, H)).astype(np.float32)
+        runs = []
+        for sl in (slice(row, row + 1), slice(None)):
+            m = cls(6, H, bidirectional=True, seed=4, zoneout=p)
+            if kind == "lnlstm":
+                gains = np.random.default_rng(6)
+                for name, a in m.params.items():
+                    if name.startswith("ln_"):
+                        a[...] = gains.uniform(0.5, 1.5, a.shape)
+            y, (h_n, c_n) = m.forward(x[:, sl], train=True)
+            if p and sl.stop is None:  # the row's masks from the lone run, then again
+                ws = m._ws
+                for d in range(2):
+                    for zb, za in zip(ws.extra[0][d]["zoneout"], runs[0][-1][d]):
+                        zb[:, row] = za[:, 0]
+                y, (h_n, c_n) = _forward_with_masks(m, x, ws)
+            masks = [[z.copy() for z in m._ws.extra[0][d]["zoneout"]] for d in range(2)]
+            dx, (dh0, dc0) = m.backward(dy[:, sl], dh[:, sl], dc[:, sl])
+            dz = [m._ws.gates[0][d].copy() for d in range(2)]
+            runs.append((y, h_n, c_n, dh0, dc0, *dz, masks))
+        assert one_row == ["forward", "forward", "backward", "backward"]
+        names = ["y", "h_n", "c_n", "dh0", "dc0", "dz", "dz_reverse"]
+        for name, alone, batch in zip(names, runs[0][:-1], runs[1][:-1]):
+            np.testing.assert_array_equal(alone[:, 0], batch[:, row], err_msg=name)
+    finally:
+        nlstm.set_num_threads(before)
+
+
+def _forward_with_masks(m, x, ws):
+    """Rerun a training forward with the workspace's zoneout masks as they are (the layer's
+    forward draws new ones)."""
+    draw = m._zoneout_masks
+    m._zoneout_masks = lambda *a: None
+    try:
+        return m.forward(x, train=True)
+    finally:
+        m._zoneout_masks = draw
+
+
+@pytest.mark.parametrize("kind", ["lstm", "lnlstm", "gru"])
+def test_inference_masks_after_training(kind):
+    """Inference keeps its masks (p everywhere) from one call to the next, and a training
+    forward in between (sampled masks) does not leak into the next inference."""
+    m = _model(kind, 0.3)
+    x, init, lengths = _data(m)
+    y1, _ = m(x, _state(init), lengths)
+    y2, _ = m(x, _state(init), lengths)
+    m.forward(x, _state(init), lengths)
+    y3, _ = m(x, _state(init), lengths)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(y1, y3)
+    assert all(np.all(z == m.dtype.type(0.3)) for z in m._ws.extra[0][0]["zoneout"])

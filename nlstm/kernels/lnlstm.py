@@ -62,6 +62,10 @@ def normalize(a, out, eps):
     out may be a itself."""
     wide()
     mean, rstd = moments(a, eps)
+    if same(out, a):  # in place (see ``same``)
+        for j in range(a.shape[0]):
+            a[j] = (a[j] - mean) * rstd
+        return rstd
     for j in range(a.shape[0]):
         out[j] = (a[j] - mean) * rstd
     return rstd
@@ -73,10 +77,25 @@ def add_normalized(g, r, rh, mean, rstd, gain, bias, c0, c1):
     g[j] += gain[j]·rh[j] + bias[j]; all (G,). One pass."""
     wide()
     gc, rc, rhc, gn, bc = g[c0:c1], r[c0:c1], rh[c0:c1], gain[c0:c1], bias[c0:c1]
+    if same(rh, r):  # in place (see ``same``)
+        for j in range(c1 - c0):
+            v = (rc[j] - mean) * rstd
+            rc[j] = v
+            gc[j] += gn[j] * v + bc[j]
+        return
     for j in range(c1 - c0):
         v = (rc[j] - mean) * rstd
         rhc[j] = v
         gc[j] += gn[j] * v + bc[j]
+
+
+@numba.njit(inline="always", **options())
+def same(a, b):
+    """Whether arrays a and b start at the same element. A loop given the same array as
+    input and output under two names runs LLVM's scalar fallback (its run-time check finds
+    them overlapping): 3x slower over a 4H row. Kernels that allow ``out`` to be an input
+    take this branch to a loop that names the array once."""
+    return a.ctypes.data == b.ctypes.data
 
 
 @kernel
@@ -91,6 +110,14 @@ def normalize_back(dn, xhat, rstd, out):
     scale dn first store the scaled values."""
     wide()
     s1, s2 = back_means(dn, xhat)
+    if same(out, dn):  # in place (see ``same``)
+        for j in range(dn.shape[0]):
+            dn[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
+        return
+    if same(out, xhat):
+        for j in range(dn.shape[0]):
+            xhat[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
+        return
     for j in range(dn.shape[0]):
         out[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
 
@@ -128,9 +155,12 @@ def normalize_input(b0, b1, gates, xhat, rstd, gamma, beta, lengths):
                     xh[j] = zero
                 rstd[t, b, 0] = zero
                 continue
-            rstd[t, b, 0] = normalize(g, xh, EPS)
-            for j in range(g.shape[0]):
-                g[j] = gamma[j] * xh[j] + beta[j]
+            mean, rs = moments(g, EPS)
+            rstd[t, b, 0] = rs
+            for j in range(g.shape[0]):  # one pass: LN(W_ih x) kept, and scaled and shifted
+                v = (g[j] - mean) * rs
+                xh[j] = v
+                g[j] = gamma[j] * v + beta[j]
 
 
 @kernel
@@ -158,7 +188,7 @@ def _zoneout(hn, hp, zh, cn, ct, cp, zc):
     if zc.shape[0] > 0:
         for j in range(cn.shape[0]):
             cn[j] = ct[j] + zc[j] * (cp[j] - ct[j])
-    else:
+    elif not same(ct, cn):  # (c̃ is often the new c itself)
         for j in range(cn.shape[0]):
             cn[j] = ct[j]
 
@@ -169,13 +199,15 @@ def _gates(gi, gf, gg, go, cp, ct):
     in, their values out) and c̃ = f⊙c + i⊙g (ct out; cp: the cell state before); all
     (n,): one row's units, or a range of them (``lnlstm_units``). Inlined: called as a
     function (a kernel of its own) the LayerNorm cell ran 1.5x slower at H = 64."""
-    for j in range(cp.shape[0]):
-        gi[j] = sigmoid(gi[j])
-        gf[j] = sigmoid(gf[j])
-        gg[j] = tanh(gg[j])
+    for j in range(cp.shape[0]):  # one pass: the gates stay in registers for c̃
+        i = sigmoid(gi[j])
+        f = sigmoid(gf[j])
+        z = tanh(gg[j])
+        gi[j] = i
+        gf[j] = f
+        gg[j] = z
         go[j] = sigmoid(go[j])
-    for j in range(cp.shape[0]):
-        ct[j] = gf[j] * cp[j] + gi[j] * gg[j]
+        ct[j] = f * cp[j] + i * z
 
 
 @numba.njit(inline="always", **options())
@@ -188,9 +220,9 @@ def _out_units(g, cp, hp, cn, hn, ct, ln, g_c, b_c, chat, mean, rstd, zh, zc, j0
     if ln:
         chu, gcu, bcu = chat[j0:j1], g_c[j0:j1], b_c[j0:j1]
         for j in range(j1 - j0):
-            chu[j] = (ctu[j] - mean) * rstd
-        for j in range(j1 - j0):
-            hnu[j] = go[j] * tanh(gcu[j] * chu[j] + bcu[j])
+            v = (ctu[j] - mean) * rstd
+            chu[j] = v
+            hnu[j] = go[j] * tanh(gcu[j] * v + bcu[j])
     else:
         for j in range(j1 - j0):
             hnu[j] = go[j] * tanh(ctu[j])
@@ -281,6 +313,14 @@ def _cell_back_plain(g, dg, dht, dc, cp, ln, g_c, b_c, chat, rs, du, zc):
     di, df, dgg, do = dg[:H], dg[H:2 * H], dg[2 * H:3 * H], dg[3 * H:4 * H]
     s1 = cast_like(g, 0)
     s2 = cast_like(g, 0)
+    if same(dg, g):  # in place: the gates named once (see ``same``)
+        if ln:
+            s1, s2 = _back_ln(go, dht, chat, g_c, b_c, du, go)
+            inv_h = cast_like(g, 1.0 / H)
+            s1 *= inv_h
+            s2 *= inv_h
+        _back_gates(gi, gf, gg, go, gi, gf, gg, go, dht, dc, cp, ln, chat, rs, s1, s2, zc)
+        return
     if ln:
         s1, s2 = _back_ln(go, dht, chat, g_c, b_c, du, do)
         inv_h = cast_like(g, 1.0 / H)
