@@ -20,7 +20,7 @@ import numpy as np
 
 from .activations import cast_like, dgate, gates_inplace, sigmoid, tanh
 from .blocks import (active_rows, copy_out, matmul_carry, matmul_nn, matmul_nt, row_nn, row_out,
-                     scatter_rows)
+                     same, scatter_rows)
 from .config import inlined_kernel, kernel
 from .simd import vwidth, wide
 from .tiles import FROM_ZERO, panel_rows, row_blocks
@@ -110,6 +110,16 @@ def _cell(g, s, bn, ax, hp, hn):
 
 @inlined_kernel
 def _cell_back(dy, dc, zm, g, pre, ax, hp, dg, dgh, direct, lbr, acts, clip):
+    """``_cell_back_loop``, with the gates named once where dg is g (see blocks.same: the
+    layers' case, else LLVM's overlap check sends the loop to its scalar version)."""
+    if same(dg[0], g[0]):
+        _cell_back_loop(dy, dc, zm, g, pre, ax, hp, g, dgh, direct, lbr, acts, clip)
+    else:
+        _cell_back_loop(dy, dc, zm, g, pre, ax, hp, dg, dgh, direct, lbr, acts, clip)
+
+
+@inlined_kernel
+def _cell_back_loop(dy, dc, zm, g, pre, ax, hp, dg, dgh, direct, lbr, acts, clip):
     """The cell's backward for n units of one row and step. dy, dc: (n,) the gradients of
     h_t from the output and from the next step; zm: (n,) the zoneout mask, or empty;
     g: the r, z, n post-activations, a tuple of three (n,) views; pre: likewise, the

@@ -27,7 +27,7 @@ import numpy as np
 
 from .activations import cast_like, dact, dgate, gate, gates_inplace, sigmoid, tanh
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_dots,
-                     row_nn)
+                     row_nn, same)
 from .config import kernel, options
 from .lstm import step_tiles
 from .simd import wide
@@ -87,15 +87,6 @@ def add_normalized(g, r, rh, mean, rstd, gain, bias, c0, c1):
         v = (rc[j] - mean) * rstd
         rhc[j] = v
         gc[j] += gn[j] * v + bc[j]
-
-
-@numba.njit(inline="always", **options())
-def same(a, b):
-    """Whether arrays a and b start at the same element. A loop given the same array as
-    input and output under two names runs LLVM's scalar fallback (its run-time check finds
-    them overlapping): 3x slower over a 4H row. Kernels that allow ``out`` to be an input
-    take this branch to a loop that names the array once."""
-    return a.ctypes.data == b.ctypes.data
 
 
 @kernel

@@ -29,7 +29,7 @@ import numpy as np
 from .activations import cast_like, dgate, gate, gates_inplace, sigmoid, tanh
 from .config import inlined_kernel, kernel
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, matmul_nt,
-                     row_dots_alternating, row_nn, row_nn_add, row_out, scatter_rows)
+                     row_dots_alternating, row_nn, row_nn_add, row_out, same, scatter_rows)
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
@@ -377,10 +377,20 @@ def _cell_back(g, dg, dm, dc, c_prev, c_new, j0, j1):
     wide()
     H = dm.shape[0]
     gi, gf, gg, go = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1]
+    dmu, dcu, cp, cn = dm[j0:j1], dc[j0:j1], c_prev[j0:j1], c_new[j0:j1]
+    if same(dg, g):  # in place (the layers' case): the gates named once (see blocks.same)
+        _cell_back_loop(gi, gf, gg, go, gi, gf, gg, go, dmu, dcu, cp, cn)
+        return
     di, df, dgg, do = (dg[j0:j1], dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1],
                        dg[3 * H + j0:3 * H + j1])
-    dmu, dcu, cp, cn = dm[j0:j1], dc[j0:j1], c_prev[j0:j1], c_new[j0:j1]
-    for j in range(j1 - j0):
+    _cell_back_loop(gi, gf, gg, go, di, df, dgg, do, dmu, dcu, cp, cn)
+
+
+@inlined_kernel
+def _cell_back_loop(gi, gf, gg, go, di, df, dgg, do, dmu, dcu, cp, cn):
+    """``_cell_back``'s loop over its units' slices (each (n,)), reading index j of the
+    gates before writing index j of the gradients."""
+    for j in range(dmu.shape[0]):
         ig = gi[j]
         fg = gf[j]
         gv = gg[j]
