@@ -155,7 +155,7 @@ def test_weights_and_buffers_start_on_a_cache_line(cls):
     """The kernels stream the weights and workspace buffers with vector loads; a start
     off a 64-byte boundary made every load straddle two cache lines (S inference 21%
     slower). Shapes chosen so that NumPy's own 16-byte alignment would often miss."""
-    from nlstm.recurrent import ALIGN
+    from nlstm.kernels.tuning import ALIGN_BYTES as ALIGN
     B = nlstm.get_num_threads() + 3
     m = cls(5, 12, num_layers=2, bidirectional=True, seed=0)
     m.forward(np.ones((7, B, 5), np.float32))

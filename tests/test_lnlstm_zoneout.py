@@ -504,8 +504,8 @@ def test_one_row_alone_as_in_a_batch(one_row, kind, p, threads, monkeypatch):
     batched kernels' tiles and panels; with two threads, each thread a range of rows): the
     outputs, final states, the gate gradients and the carried state gradients. float32,
     one layer, both directions, the row's zoneout masks copied into the batch's."""
-    from nlstm import _threads
-    monkeypatch.setattr(_threads, "_MIN_PARALLEL_WORK", 0)  # the batch splits its rows
+    from nlstm.kernels import tuning
+    monkeypatch.setattr(tuning, "MIN_PARALLEL_WORK", 0)  # the batch splits its rows
     before = nlstm.get_num_threads()
     nlstm.set_num_threads(threads)
     try:

@@ -28,7 +28,7 @@ import numpy as np
 from .activations import cast_like, dact, dgate, gate, gates_inplace, sigmoid, tanh
 from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_dots,
                      row_nn, same)
-from .config import kernel, options
+from .config import inlined_kernel, kernel, options
 from .lstm import step_tiles
 from .simd import wide
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
@@ -87,6 +87,21 @@ def add_normalized(g, r, rh, mean, rstd, gain, bias, c0, c1):
         v = (rc[j] - mean) * rstd
         rhc[j] = v
         gc[j] += gn[j] * v + bc[j]
+
+
+@inlined_kernel
+def split_dh(dy, dh, zm, keep, out):
+    """The gradient of h_t, dy + dh, into out, over dy's n elements (the others: (≥n,));
+    with a zoneout mask zm (else empty), the share zm ⊙ (dy + dh) that reaches h_{t-1}
+    directly goes to keep instead."""
+    if zm.shape[0] > 0:
+        for j in range(dy.shape[0]):
+            v = dy[j] + dh[j]
+            keep[j] = zm[j] * v
+            out[j] = v - keep[j]
+    else:
+        for j in range(dy.shape[0]):
+            out[j] = dy[j] + dh[j]
 
 
 @kernel
@@ -632,15 +647,7 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
             dht = sh[i]
             dhp = sp1[i] if proj else dht  # the gradient of h̃ (sp1 is free until the carry)
             keep = sp2[i]  # the gradient that reaches h_prev directly (zoneout)
-            if zo:
-                zm = zh[t, b]
-                for j in range(P):
-                    v = dyt[j] + dh0[b, j]
-                    keep[j] = zm[j] * v
-                    dhp[j] = v - keep[j]
-            else:
-                for j in range(P):
-                    dhp[j] = dyt[j] + dh0[b, j]
+            split_dh(dyt, dh0[b], zh[t, b] if zo else none, keep, dhp)
             if proj:  # through h̃ = W_hr m: dm = W_hrᵀ dh̃
                 da = dh_all[t, b]
                 for j in range(P):

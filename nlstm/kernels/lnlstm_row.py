@@ -17,7 +17,7 @@ from .activations import cast_like
 from .blocks import row_out
 from .config import kernel
 from .lnlstm import (EPS, _cell_back_plain, _cell_plain, add_normalized, moments,
-                     normalize_back)
+                     normalize_back, split_dh)
 from .simd import vwidth
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_time, zero_padding,
                     zero_rows_past)
@@ -101,15 +101,8 @@ def lnlstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, wc, lengt
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
         dyt = dy[t, b, col:col + H]  # sliced: loops from 0 (see blocks.py)
-        if zo:  # keep: the gradient that reaches h_prev directly
-            zm = zh[t, b]
-            for j in range(H):
-                v = dyt[j] + dhb[j]
-                keep[j] = zm[j] * v
-                dht[j] = v - keep[j]
-        else:
-            for j in range(H):
-                dht[j] = dyt[j] + dhb[j]
+        # keep: the gradient that reaches h_prev directly (zoneout)
+        split_dh(dyt, dhb, zh[t, b] if zo else none, keep, dht)
         dg = dgates[t, b]
         rs = rstd[t, b, 2] if ln else cast_like(dg, 0)
         _cell_back_plain(gates[t, b], dg, dht, dcb, c[p, b], ln, g_c, b_c,

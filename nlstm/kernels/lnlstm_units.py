@@ -21,7 +21,7 @@ from .activations import cast_like
 from .blocks import row_dots
 from .config import kernel
 from .lnlstm import (EPS, _back_gates, _back_ln, _gates, _out_units, add_normalized, back_means,
-                     moments)
+                     moments, split_dh)
 from .simd import vwidth, wide
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
 from .sync import barrier
@@ -133,15 +133,7 @@ def lnlstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, 
         p, o = slots(t, reverse)
         g, dg = gates[t, 0], dgates[t, 0]  # dg may alias g (see _cell_back_plain)
         dyu, vu = dy[t, 0, col + j0:col + j1], dht[j0:j1]
-        if zo:
-            zm = zh[t, 0, j0:j1]
-            for j in range(n):
-                v = dyu[j] + dhu[j]
-                ku[j] = zm[j] * v
-                vu[j] = v - ku[j]
-        else:
-            for j in range(n):
-                vu[j] = dyu[j] + dhu[j]
+        split_dh(dyu, dhu, zh[t, 0, j0:j1] if zo else zero, ku, vu)
         go, do = g[3 * H + j0:3 * H + j1], dg[3 * H + j0:3 * H + j1]
         s1 = s2 = cast_like(dht, 0)
         rs = rstd[t, 0, 2] if ln else s1

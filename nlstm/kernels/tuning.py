@@ -50,8 +50,12 @@ PROJECT_ON_TILES = True
 
 # Run-time. Whether the backward's whole-sequence products (the weight gradients, dx =
 # dg·W_ih) run through the panel tiles, by the projection's rule (columns that suit the
-# panels, big enough to split over the threads) rather than BLAS.
-BACKWARD_ON_TILES = True
+# panels, big enough to split over the threads) rather than BLAS. Off: measured against
+# BLAS (bench.tiles --what backward, LSTM training, Emerald Rapids), the tiles were level
+# under OPENBLAS_CORETYPE=Haswell (0.94-0.99x the time) and slower with OpenBLAS's own
+# AVX-512 kernels (1.06x M, 1.11x L, 1.34x XL): these deep products (depth T·B) run the
+# tiles at 45-85 GFLOP/s against their 130-150 on the projection. The tests run both paths.
+BACKWARD_ON_TILES = False
 
 # Run-time. A one-row batch splits its hidden units over the threads (a spin barrier per
 # step) when each step has this many recurrent multiply-adds (the barrier and the exchange
