@@ -1,10 +1,12 @@
 """A second call with the same shapes allocates nothing in compiled code.
 
 Numba's runtime counts one allocation for every ndarray handed from Python into a
-compiled function (the meminfo that adapts it), and nothing can avoid that. So the test
-counts the array arguments of every kernel call and requires the runtime's allocation
-counter to have moved by exactly that much: any array a kernel allocated inside itself,
-even one per call, would show up as a difference.
+compiled function that uses the runtime (the meminfo that adapts it): the ``prange``
+drivers; the kernels themselves compile without it (``nlstm.kernels.config.options``) and
+adapt nothing. So the test counts the array arguments of every call into code with the
+runtime and requires the runtime's allocation counter to have moved by exactly that much:
+any array compiled code allocated inside itself, even one per call, would show up as a
+difference (and a kernel without the runtime cannot allocate at all).
 """
 import threading
 
@@ -25,9 +27,11 @@ def counted_kernels(monkeypatch):
         return sum(arrays(a) if isinstance(a, tuple) else isinstance(a, np.ndarray) for a in args)
 
     def counting(kernel):
+        runtime = kernel.targetoptions.get("_nrt", True)  # else it adapts no array
+
         def call(*args):
             with lock:
-                count[0] += arrays(args)
+                count[0] += arrays(args) if runtime else 0
             return kernel(*args)
         return call
 
@@ -93,7 +97,6 @@ def test_steady_state_allocates_nothing(counted_kernels, dtype, B, cls, extra):
     before = rtsys.get_allocation_stats().alloc
     one_round()
     allocated = rtsys.get_allocation_stats().alloc - before
-    assert counted_kernels[0] > 0
     assert allocated == counted_kernels[0], "a kernel allocated inside compiled code"
     assert m._ws is ws  # same shapes reuse the workspace
 
@@ -121,7 +124,6 @@ def test_unit_split_allocates_nothing(counted_kernels, monkeypatch, dtype, cls):
     finally:
         nlstm.set_num_threads(before)
     assert set(parts) == {2}
-    assert counted_kernels[0] > 0
     assert allocated == counted_kernels[0], "a kernel allocated inside compiled code"
 
 
@@ -135,7 +137,6 @@ def test_one_row_layernorm_and_zoneout_allocate_nothing(counted_kernels, dtype, 
     x = rng.standard_normal((40, 1, 8))
     dy = rng.standard_normal((40, 1, m.output_size))
     allocated = _second_round(counted_kernels, m, x, dy)
-    assert counted_kernels[0] > 0
     assert allocated == counted_kernels[0], "a kernel allocated inside compiled code"
 
 

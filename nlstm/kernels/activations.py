@@ -179,7 +179,7 @@ def gates_inplace(v, pre, spec, clip):
         v[j] = gate(spec, x, clip)
 
 
-@numba.njit(fastmath=set(FASTMATH), cache=True)
+@numba.njit(fastmath=set(FASTMATH), cache=True, _nrt=True)  # ravel may copy: Numba's runtime
 def dact_into(spec, x, out):
     """out = the derivative of ``act`` of the row ``spec`` (code, alpha, beta) at x,
     element-wise over arrays of any shape (unclipped: for the LSTM's h(c))."""

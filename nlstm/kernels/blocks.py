@@ -19,7 +19,7 @@ each access keeps its negative-index wraparound and LLVM does not vectorise it (
 import numpy as np
 
 from .activations import cast_like
-from .config import inlined_kernel, kernel
+from .config import blas_kernel, inlined_kernel, kernel
 from .simd import wide
 from .gemm import add_rows, gemm_tiles
 from .slots import slots, step_time
@@ -80,7 +80,7 @@ def dot_rows(out, a, w, n, chunk, carry):
         dot_chunks(a, w, out, n, chunk)
 
 
-@kernel
+@blas_kernel
 def project_rows(r0, r1, x, w, out, bias):
     """out[r0:r1] = x[r0:r1] @ w (+ bias if not empty), one BLAS product (single-threaded
     inside nlstm's calls) for one thread's rows of a whole-sequence input projection.
@@ -89,7 +89,7 @@ def project_rows(r0, r1, x, w, out, bias):
     add_rows(out, r0, r1, bias)
 
 
-@kernel
+@blas_kernel
 def dot_chunks(a, b, out, n, chunk):
     """out[:n] = a[:n] @ b, as BLAS calls of ``chunk`` rows (see ``blas_block``)."""
     for i0 in range(0, n, chunk):
