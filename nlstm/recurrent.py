@@ -18,7 +18,7 @@ import numpy as np
 from . import _threads
 from .kernels import blocks, tiles, tuning
 from .kernels import parallel as P
-from .kernels.sync import STRIDE
+from .kernels.sync import STRIDE, SUMS_STRIDE
 from ._guard import GradBackup, Lockable, check_training_thread
 from .stream import Stream, _entry_point
 from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
@@ -200,6 +200,7 @@ class RecurrentLayer(Lockable):
         self._step_entry = None  # see _step_run: None until the first fast step
         self._step_zeros: list = []  # see _step_fast
         self._flags = np.zeros(0, np.int64)  # see _barrier_flags
+        self._sums = np.zeros(0, self.dtype)  # see _part_sums
         self._unit_bufs: dict = {}
         self._carry_bufs: dict = {}  # see _carry_weights
         self._pack_bufs: dict = {}  # see _packed_gates
@@ -613,6 +614,14 @@ class RecurrentLayer(Lockable):
         flags = self._flags[:n * STRIDE]
         flags[:] = 0
         return flags
+
+    def _part_sums(self, n: int) -> np.ndarray:
+        """Where n parts of a unit-split kernel exchange their partial sums (one cache line
+        each; ``kernels.sync.SUMS_STRIDE``)."""
+        size = n * SUMS_STRIDE
+        if self._sums.shape[0] < size or self._sums.dtype != self.dtype:
+            self._sums = aligned_empty(size, self.dtype)
+        return self._sums[:size]
 
     def _unit_scratch(self, n: int, K: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
         """Scratch of the unit-split kernels for n parts: (n, K, width) for each part's

@@ -6,39 +6,101 @@ one-row tile over its own unit blocks of the packed W_hhᵀ. Without normalisati
 product goes straight into its units' gates, and one barrier per step (before the next
 step reads the whole h) is all the parts share. LayerNorm needs two more: LN(W_hh h)
 normalises over all 4H gates and LN(c̃) over all H units, so the parts write their units'
-W_hh h and c̃ into shared rows, meet, and then each computes the row's moments itself (a
-few hundred additions, cheaper than another barrier) and goes on with its own units.
-Backward likewise: each part takes its units' gate gradients and carries dh for its units
-(rows j0:j1 of W_hhᵀ against every gate's gradient) after one barrier; LayerNorm adds two
-(the means of LN(c̃)'s and of LN(W_hh h)'s gradients run over whole rows).
+W_hh h and c̃ into their own units of shared rows, each publishes its share's moments
+(mean and squared deviations, one cache line per part in ``sums``), they meet, and each
+combines every part's moments (Chan et al.'s pairwise formula, in part order: the same bits
+in every part) and goes on with its own units. Reading the other parts' halves of the rows
+instead moved each row across the cores every step (measured: 16 cache lines of W_hh h at
+H = 128 cost about 1.3 µs a step, the step itself 3). Backward likewise: each part takes its
+units' gate gradients and carries dh for its units (rows j0:j1 of W_hhᵀ against every gate's
+gradient) after one barrier; LayerNorm adds two, after which the parts combine their sums
+for the means of LN(c̃)'s and of LN(W_hh h)'s gradients.
 
 The cell's equations are the one-thread kernels' (``lnlstm._gates``, ``_out_units``,
 ``add_normalized``, ``_back_ln``, ``_back_gates``, inlined). Plain cell only (no variant options,
 no projection); H a multiple of the vector width (the tiles). Slots as in
 :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
 """
+import numpy as np
+
 from .activations import cast_like
 from .blocks import row_dots
 from .config import kernel
-from .lnlstm import (EPS, _back_gates, _back_ln, _gates, _out_units, add_normalized, back_means,
-                     moments, split_dh)
+from .lnlstm import EPS, _back_gates, _back_ln, _gates, _out_units, add_normalized, split_dh
 from .simd import vwidth, wide
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
-from .sync import barrier
-from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, tile_row
+from .sync import SUMS_STRIDE, barrier
+from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, row_blocks
 from .units import copy, unit_range
+
+
+@kernel
+def publish_moments(sums, slot, part, a, j0, j1, H, blocks):
+    """The moments of this part's share of a: units j0:j1 of each of a's ``blocks`` blocks
+    of H. Their mean and sum of squared deviations from it go to sums[part·SUMS_STRIDE +
+    slot] and the next element."""
+    wide()
+    n = j1 - j0
+    s = cast_like(a, 0)
+    for q in range(blocks):
+        aq = a[q * H + j0:q * H + j1]
+        for j in range(n):
+            s += aq[j]
+    mean = s / cast_like(a, max(1, n * blocks))
+    v = cast_like(a, 0)
+    for q in range(blocks):
+        aq = a[q * H + j0:q * H + j1]
+        for j in range(n):
+            d = aq[j] - mean
+            v += d * d
+    sums[part * SUMS_STRIDE + slot] = mean
+    sums[part * SUMS_STRIDE + slot + 1] = v
+
+
+@kernel
+def combined_moments(sums, slot, parts, H, blocks, eps):
+    """The mean and rstd = 1/√(var + eps) of the whole of ``blocks`` blocks of H from every
+    part's ``publish_moments`` at ``slot``: M2 = Σ M2_p + Σ n_p (mean_p − mean)² (Chan, Golub
+    and LeVeque), summed in part order."""
+    n = cast_like(sums, H * blocks)
+    s = cast_like(sums, 0)
+    for p in range(parts):
+        j0, j1 = unit_range(p, parts, H)
+        s += cast_like(sums, (j1 - j0) * blocks) * sums[p * SUMS_STRIDE + slot]
+    mean = s / n
+    v = cast_like(sums, 0)
+    for p in range(parts):
+        j0, j1 = unit_range(p, parts, H)
+        d = sums[p * SUMS_STRIDE + slot] - mean
+        v += sums[p * SUMS_STRIDE + slot + 1] + cast_like(sums, (j1 - j0) * blocks) * d * d
+    return mean, cast_like(sums, 1) / np.sqrt(v / n + cast_like(sums, eps))
+
+
+@kernel
+def combined_means(sums, slot, parts, n):
+    """The means over n elements of the two sums every part published at ``slot`` (summed
+    in part order)."""
+    s1 = cast_like(sums, 0)
+    s2 = cast_like(sums, 0)
+    for p in range(parts):
+        s1 += sums[p * SUMS_STRIDE + slot]
+        s2 += sums[p * SUMS_STRIDE + slot + 1]
+    inv_n = cast_like(sums, 1.0 / n)
+    return s1 * inv_n, s2 * inv_n
 
 
 @kernel
 def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias, h0, c0,
                          lengths, reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc,
-                         r, ct):
+                         r, ct, sums):
     """``lnlstm_forward`` of the plain cell for B = 1, the units j0:j1 of this ``part``.
 
     Every part is called at once, each on its own thread, with the same arrays (shapes and
     meanings as for ``lnlstm_forward``, B = 1; no variant options); flags:
     (parts·sync.STRIDE,) int64 zeros; wp: W_hhᵀ packed by ``tiles.pack_gates``;
-    r: (4H,) and ct: (H,) scratch shared by the parts (W_hh h and c̃ of the step).
+    r: (4H,) and ct: (H,) scratch shared by the parts (W_hh h and c̃ of the step; each
+    part reads only its own units of them); sums: (parts·SUMS_STRIDE,) scratch shared by
+    the parts (their moments).
     """
     H = c.shape[2]
     G = 4 * H
@@ -57,21 +119,22 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
     gf = gates.reshape(gates.size)
     hf = h.reshape(h.size)
     zero = gates[0, 0, :0]
-    mean_c = rstd_c = bias[0] * 0
+    mean_c = rstd_c = cast_like(bias, 0)  # (bias[0] * 0 is float64: a float32 times an int)
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
         g = gates[t, 0]
-        for u in range(j0 // W, j1 // W):
-            if ln:  # W_hh h alone, normalised below
-                tile_row(r, u * W, H, bias, u * W, hf, p * K, wp, u * K * 4 * W, K, FROM_ZERO)
-            else:
-                tile_row(gf, t * G + u * W, H, bias, u * W, hf, p * K, wp, u * K * 4 * W, K,
-                         FROM_OUT_AND_BIAS)
+        # the unit blocks in alternating order (see tiles.row_blocks)
+        if ln:  # W_hh h alone, normalised below
+            row_blocks(r, 0, H, W, bias, hf, p * K, wp, K, j0 // W, j1 // W, step, FROM_ZERO)
+        else:
+            row_blocks(gf, t * G, H, W, bias, hf, p * K, wp, K, j0 // W, j1 // W, step,
+                       FROM_OUT_AND_BIAS)
         if ln:
+            publish_moments(sums, 0, part, r, j0, j1, H, 4)
             count += 1
-            barrier(flags, part, parts, count)  # the moments read every gate of W_hh h
-            mean, rs = moments(r, EPS)
+            barrier(flags, part, parts, count)  # the moments need every part's share
+            mean, rs = combined_moments(sums, 0, parts, H, 4, EPS)
             if part == 0:
                 rstd[t, 0, 1] = rs
             for q in range(4):
@@ -80,9 +143,10 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
         _gates(g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1],
                cp[j0:j1], ct[j0:j1])
         if ln:
+            publish_moments(sums, 2, part, ct, j0, j1, H, 1)
             count += 1
-            barrier(flags, part, parts, count)  # LN(c̃)'s moments read every unit
-            mean_c, rstd_c = moments(ct, EPS)
+            barrier(flags, part, parts, count)  # LN(c̃)'s moments: every part's share
+            mean_c, rstd_c = combined_moments(sums, 2, parts, H, 1, EPS)
             if part == 0:
                 rstd[t, 0, 2] = rstd_c
         _out_units(g, cp, h[p, 0], c[o, 0], h[o, 0], ct, ln, g_c, b_c,
@@ -100,15 +164,16 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
 @kernel
 def lnlstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t,
                           lengths, reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du,
-                          zh, zc, dht, keep, sd):
+                          zh, zc, dht, keep, sd, sums):
     """``lnlstm_backward`` of the plain cell for B = 1, the units j0:j1 of this ``part``.
 
     Arrays as for ``lnlstm_backward`` (B = 1; dgates may be ``gates``; no variant options);
-    flags as for ``lnlstm_forward_units``; dht, keep: (H,) and sd: (4H,) scratch shared by
-    the parts. Each step: the units' first pass of the cell's gradient (``ln``), a barrier,
-    the means over every unit, the units' gate gradients; with ``ln`` their dz ⊙ γ_hh into
-    sd, a barrier, its means over the 4H gates, the units' dr; a barrier (the carry reads
-    every gate's gradient); then the carry for the units: rows j0:j1 of W_hhᵀ against it.
+    flags and sums as for ``lnlstm_forward_units``; dht, keep: (H,) and sd: (4H,) scratch
+    (each part uses its own units of them). Each step: the units' first pass of the cell's
+    gradient (``ln``), its sums published, a barrier, the means over every unit, the units'
+    gate gradients; with ``ln`` their dz ⊙ γ_hh into sd and its sums published, a barrier,
+    the means over the 4H gates, the units' dr; a barrier (the carry reads every gate's
+    gradient); then the carry for the units: rows j0:j1 of W_hhᵀ against it.
     """
     wide()
     H = c.shape[2]
@@ -139,24 +204,33 @@ def lnlstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, 
         rs = rstd[t, 0, 2] if ln else s1
         chu = chat[t, 0, j0:j1] if ln else zero
         if ln:
-            _back_ln(go, vu, chu, g_c[j0:j1], b_c[j0:j1], du[t, 0, j0:j1], do)
+            p1, p2 = _back_ln(go, vu, chu, g_c[j0:j1], b_c[j0:j1], du[t, 0, j0:j1], do)
+            sums[part * SUMS_STRIDE] = p1
+            sums[part * SUMS_STRIDE + 1] = p2
             count += 1
-            barrier(flags, part, parts, count)  # the means read every unit's gradient
-            s1, s2 = back_means(dht, chat[t, 0])
+            barrier(flags, part, parts, count)  # the means: every part's sums
+            s1, s2 = combined_means(sums, 0, parts, H)
         _back_gates(g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], go, dg[j0:j1],
                     dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1], do, vu, dcu, c[p, 0, j0:j1],
                     ln, chu, rs, s1, s2, zc[t, 0, j0:j1] if zo else zero)
         src = dg
         if ln:  # dr = the gradient of W_hh h through LN(W_hh h)
+            xh = rhat[t, 0]
+            p1 = p2 = cast_like(sd, 0)
             for q in range(4):
                 a, b = q * H + j0, q * H + j1
-                sq, dq, gq = sd[a:b], dg[a:b], g_hh[a:b]
+                sq, dq, gq, xq = sd[a:b], dg[a:b], g_hh[a:b], xh[a:b]
                 for j in range(n):
-                    sq[j] = dq[j] * gq[j]
+                    v = dq[j] * gq[j]
+                    sq[j] = v  # kept: see normalize_back
+                    p1 += v
+                    p2 += v * xq[j]
+            sums[part * SUMS_STRIDE + 2] = p1
+            sums[part * SUMS_STRIDE + 3] = p2
             count += 1
-            barrier(flags, part, parts, count)  # the means read every gate
-            m1, m2 = back_means(sd, rhat[t, 0])
-            r1, xh, src = rstd[t, 0, 1], rhat[t, 0], dr[t, 0]
+            barrier(flags, part, parts, count)  # the means: every part's sums
+            m1, m2 = combined_means(sums, 2, parts, G)
+            r1, src = rstd[t, 0, 1], dr[t, 0]
             for q in range(4):
                 a, b = q * H + j0, q * H + j1
                 sq, xq, oq = sd[a:b], xh[a:b], src[a:b]

@@ -20,6 +20,9 @@ from .tuning import CACHE_LINE_BYTES, SPINS_BEFORE_YIELD
 
 # int64 slots between two parts' counters: one cache line each (no false sharing).
 STRIDE = CACHE_LINE_BYTES // 8
+# elements between two parts' values in a float array the parts exchange sums through: a
+# cache line or more each (float32's 16 elements are 64 bytes, float64's 128)
+SUMS_STRIDE = CACHE_LINE_BYTES // 4
 
 
 def _slot_pointer(context, builder, sig, args):
