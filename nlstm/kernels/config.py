@@ -99,9 +99,9 @@ def options() -> dict:
     and every array they see outlives the call (the layer holds it), yet with it each view
     a kernel made (a row, a gate block) and each array it passed to another kernel cost a
     pair of atomic operations wherever LLVM's pruning could not pair them up (inside
-    branches, across calls): 20-80 a row and step in the LayerNorm and GRU kernels, 30-40%
-    of their time on one thread; on two threads sharing one row, both parts' atomics hit the
-    same counters and the LayerNorm cell's split ran 2.3x the plain LSTM's. Kernels that
+    branches, across calls): 10-80 pairs a row and step in the LayerNorm, zoneout and GRU
+    kernels and 20 in the panel tiles of the input projection (counted), 19% of the plain
+    LSTM's time and 42% of the LayerNorm cell's at M on one thread (sampled). Kernels that
     need Numba's runtime (``np.dot``: ``blas_kernel``) and the ``prange`` drivers keep it."""
     return dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy", boundscheck=False,
                 _nrt=False)

@@ -10,8 +10,8 @@ W_hh h and c̃ into their own units of shared rows, each publishes its share's m
 (mean and squared deviations, one cache line per part in ``sums``), they meet, and each
 combines every part's moments (Chan et al.'s pairwise formula, in part order: the same bits
 in every part) and goes on with its own units. Reading the other parts' halves of the rows
-instead moved each row across the cores every step (measured: 16 cache lines of W_hh h at
-H = 128 cost about 1.3 µs a step, the step itself 3). Backward likewise: each part takes its
+instead moved them across the cores every step (measured alone: reading 2 KB another core
+has just written, W_hh h at H = 128, took 1.3 µs). Backward likewise: each part takes its
 units' gate gradients and carries dh for its units (rows j0:j1 of W_hhᵀ against every gate's
 gradient) after one barrier; LayerNorm adds two, after which the parts combine their sums
 for the means of LN(c̃)'s and of LN(W_hh h)'s gradients.
