@@ -158,7 +158,7 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
                 ws.final[0][i], ws.final[1][i], gates, layer._packed_gates(k, d), bias,
                 ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, d * layer._out_size, ln,
                 *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc, r, ct,
-                layer._part_sums(parts))
+                layer._part_rows(parts, 4, layer.hidden_size))
         _threads.run_units(parts, P.lnlstm_forward_units, args)
         return
     if _one_row(layer, ws):  # its own kernel, on the one-row tile
@@ -191,7 +191,8 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
         args = (layer._barrier_flags(parts), gates, ws.dinit[0][i], ws.dinit[1][i], dy,
                 ws.dfinal[0][i], ws.dfinal[1][i], gates, c, layer._w("weight_hh", k, d),
                 ws.lengths, d == 1, d * layer._out_size, ln, *_norm_params(layer, k, d), rhat,
-                chat, rstd, dr, du, zh, zc, sh[0], sp2[0], sg[0], layer._part_sums(parts))
+                chat, rstd, dr, du, zh, zc, sh[0], sp2[0], sg[0],
+                layer._part_rows(parts, 4, layer.hidden_size))
         _threads.run_units(parts, P.lnlstm_backward_units, args)
     elif _one_row(layer, ws):  # as in forward_dir
         ws.ensure_scratch(layer, 1)

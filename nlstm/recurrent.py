@@ -18,7 +18,7 @@ import numpy as np
 from . import _threads
 from .kernels import blocks, tiles, tuning
 from .kernels import parallel as P
-from .kernels.sync import STRIDE, SUMS_STRIDE
+from .kernels.sync import STRIDE
 from ._guard import GradBackup, Lockable, check_training_thread
 from .stream import Stream, _entry_point
 from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
@@ -200,7 +200,7 @@ class RecurrentLayer(Lockable):
         self._step_entry = None  # see _step_run: None until the first fast step
         self._step_zeros: list = []  # see _step_fast
         self._flags = np.zeros(0, np.int64)  # see _barrier_flags
-        self._sums = np.zeros(0, self.dtype)  # see _part_sums
+        self._part_bufs: dict = {}  # see _part_rows
         self._unit_bufs: dict = {}
         self._carry_bufs: dict = {}  # see _carry_weights
         self._pack_bufs: dict = {}  # see _packed_gates
@@ -608,20 +608,22 @@ class RecurrentLayer(Lockable):
         return n if n >= 2 and _threads.unit_split_allowed() else 0
 
     def _barrier_flags(self, n: int) -> np.ndarray:
-        """The unit-split kernels' barrier counters for n parts, zeroed for a new call."""
-        if self._flags.shape[0] < n * STRIDE:
-            self._flags = np.zeros(n * STRIDE, np.int64)
+        """The unit-split kernels' barrier counters for n parts, zeroed for a new call: a
+        cache line each, aligned (the values ``sync.barrier_sending`` sends share it)."""
+        if self._flags.shape[0] < n * STRIDE or self._flags.ctypes.data % tuning.ALIGN_BYTES:
+            self._flags = aligned_empty(n * STRIDE, np.int64)  # (an unpickled copy is not)
         flags = self._flags[:n * STRIDE]
         flags[:] = 0
         return flags
 
-    def _part_sums(self, n: int) -> np.ndarray:
-        """Where n parts of a unit-split kernel exchange their partial sums (one cache line
-        each; ``kernels.sync.SUMS_STRIDE``)."""
-        size = n * SUMS_STRIDE
-        if self._sums.shape[0] < size or self._sums.dtype != self.dtype:
-            self._sums = aligned_empty(size, self.dtype)
-        return self._sums[:size]
+    def _part_rows(self, n: int, rows: int, width: int) -> np.ndarray:
+        """(n, rows, width) scratch in the layer's dtype: rows of each of n parts of a
+        unit-split kernel, its own (kept between calls)."""
+        key = (n, rows, width)
+        buf = self._part_bufs.get(key)
+        if buf is None:
+            buf = self._part_bufs[key] = aligned_empty(key, self.dtype)
+        return buf
 
     def _unit_scratch(self, n: int, K: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
         """Scratch of the unit-split kernels for n parts: (n, K, width) for each part's

@@ -1,6 +1,7 @@
 """A one-row batch whose hidden units are split over threads (nlstm.kernels.lstm_units,
 gru_units) gives the oracle's outputs and gradients, and the same as the one-thread
 kernels."""
+import numba
 import numpy as np
 import pytest
 
@@ -8,7 +9,7 @@ import nlstm
 import reference as R
 from cases import TOL
 from nlstm import _threads
-from nlstm.kernels import parallel, tuning, units
+from nlstm.kernels import parallel, sync, tuning, units
 
 
 @pytest.fixture
@@ -204,3 +205,43 @@ def test_layers_in_two_python_threads_do_not_deadlock(split_calls):
     (Numba's omp layer gives each calling thread its own team)."""
     assert _concurrent_layers_finish(calls=10, timeout=60), "deadlocked"
     assert split_calls["forward"] == 2 * 2 * 10
+
+
+@numba.njit(parallel=True)
+def _exchange(flags, parts, sent, got):
+    """Each part sends its pairs of ``sent`` (parts, rounds, 2) with a barrier a round, in
+    alternating slots, and records every part's pair as received: got (parts, rounds,
+    parts, 2)."""
+    for part in numba.prange(parts):
+        for k in range(sent.shape[1]):
+            sync.barrier_sending(flags, part, parts, k + 1, k % 2, sent[part, k, 0],
+                                 sent[part, k, 1])
+            for other in range(parts):
+                a, b = sync.received(flags, other, k % 2)
+                got[part, k, other, 0] = a
+                got[part, k, other, 1] = b
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_barrier_sends_values_bit_for_bit(dtype):
+    """What a part sends with its barrier reaches every part unchanged: every round, both
+    slots in turn, values of every kind (signed zeros, subnormals, infinities)."""
+    if not _threads.unit_split_allowed() or numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs the unit split's threads (two at once)")
+    parts, rounds = 2, 2000
+    rng = np.random.default_rng(0)
+    scale = 10.0 ** rng.integers(-30, 30, (parts, rounds, 2))
+    sent = (rng.standard_normal((parts, rounds, 2)) * scale).astype(dtype)
+    info = np.finfo(dtype)
+    sent[0, :5, 0] = [-0.0, info.smallest_subnormal, -np.inf, np.inf, info.max]
+    got = np.full((parts, rounds, parts, 2), np.nan)
+    flags = nlstm.LSTM(1, 1)._barrier_flags(parts)
+    before = nlstm.get_num_threads()
+    nlstm.set_num_threads(2)
+    try:
+        _exchange(flags, parts, sent, got)
+    finally:
+        nlstm.set_num_threads(before)
+    for part in range(parts):
+        np.testing.assert_array_equal(got[part].astype(dtype).view(np.uint8),
+                                      np.transpose(sent, (1, 0, 2)).view(np.uint8))

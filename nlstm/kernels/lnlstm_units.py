@@ -4,17 +4,21 @@ threads by hidden units (as :mod:`nlstm.kernels.lstm_units` does for the plain L
 Each of ``parts`` threads owns the hidden units j0:j1 (``units.unit_range``) and runs the
 one-row tile over its own unit blocks of the packed W_hhᵀ. Without normalisation its
 product goes straight into its units' gates, and one barrier per step (before the next
-step reads the whole h) is all the parts share. LayerNorm needs two more: LN(W_hh h)
-normalises over all 4H gates and LN(c̃) over all H units, so the parts write their units'
-W_hh h and c̃ into their own units of shared rows, each publishes its share's moments
-(mean and squared deviations, one cache line per part in ``sums``), they meet, and each
-combines every part's moments (Chan et al.'s pairwise formula, in part order: the same bits
-in every part) and goes on with its own units. Reading the other parts' halves of the rows
-instead moved them across the cores every step (measured alone: reading 2 KB another core
-has just written, W_hh h at H = 128, took 1.3 µs). Backward likewise: each part takes its
-units' gate gradients and carries dh for its units (rows j0:j1 of W_hhᵀ against every gate's
-gradient) after one barrier; LayerNorm adds two, after which the parts combine their sums
-for the means of LN(c̃)'s and of LN(W_hh h)'s gradients.
+step reads the whole h) is all the parts share. LayerNorm normalises W_hh h over all 4H
+gates and c̃ over all H units, so each step has two barriers, and each part sends its
+share's moments (mean and squared deviations) with its barrier, in its counter's cache
+line (``sync.barrier_sending``); every part combines them (Chan et al.'s pairwise formula,
+in part order: the same bits in every part). After the second barrier every unit's o and
+c̃ are written, so each part computes the whole new h itself into its own row, for its
+next product, and writes only its own units of the outputs: no third barrier for h.
+Backward likewise: without LayerNorm one barrier (the carry, rows j0:j1 of W_hhᵀ against
+every gate's gradient, reads them all); with it two, each sending the part's sums for the
+means of LN(c̃)'s and of LN(W_hh h)'s gradients, after which each part computes every
+gate's dr itself for its carry.
+
+Measured at long (T = 4000, H = 128, 2 threads; bench/RESULTS.md, stop 26): three barriers
+a step with the moments in a line of their own, against two with them in the counter's
+line, gave the same outputs bit for bit and 0-5% less time.
 
 The cell's equations are the one-thread kernels' (``lnlstm._gates``, ``_out_units``,
 ``add_normalized``, ``_back_ln``, ``_back_gates``, inlined). Plain cell only (no variant options,
@@ -26,19 +30,19 @@ import numpy as np
 from .activations import cast_like
 from .blocks import row_dots
 from .config import kernel
-from .lnlstm import EPS, _back_gates, _back_ln, _gates, _out_units, add_normalized, split_dh
+from .lnlstm import (EPS, _back_gates, _back_ln, _gates, _out_units, _zoneout, add_normalized,
+                     split_dh)
 from .simd import vwidth, wide
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
-from .sync import SUMS_STRIDE, barrier
+from .sync import barrier, barrier_sending, received
 from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, row_blocks
 from .units import copy, unit_range
 
 
 @kernel
-def publish_moments(sums, slot, part, a, j0, j1, H, blocks):
+def share_moments(a, j0, j1, H, blocks):
     """The moments of this part's share of a: units j0:j1 of each of a's ``blocks`` blocks
-    of H. Their mean and sum of squared deviations from it go to sums[part·SUMS_STRIDE +
-    slot] and the next element."""
+    of H: their mean and sum of squared deviations from it."""
     wide()
     n = j1 - j0
     s = cast_like(a, 0)
@@ -53,54 +57,62 @@ def publish_moments(sums, slot, part, a, j0, j1, H, blocks):
         for j in range(n):
             d = aq[j] - mean
             v += d * d
-    sums[part * SUMS_STRIDE + slot] = mean
-    sums[part * SUMS_STRIDE + slot + 1] = v
+    return mean, v
 
 
 @kernel
-def combined_moments(sums, slot, parts, H, blocks, eps):
+def combined_moments(flags, slot, parts, H, blocks, eps, like):
     """The mean and rstd = 1/√(var + eps) of the whole of ``blocks`` blocks of H from every
-    part's ``publish_moments`` at ``slot``: M2 = Σ M2_p + Σ n_p (mean_p − mean)² (Chan, Golub
-    and LeVeque), summed in part order."""
-    n = cast_like(sums, H * blocks)
-    s = cast_like(sums, 0)
+    part's ``share_moments``, received as pair ``slot`` of ``sync.barrier_sending``:
+    M2 = Σ M2_p + Σ n_p (mean_p − mean)² (Chan, Golub and LeVeque), summed in part order, in
+    the dtype of ``like``."""
+    n = cast_like(like, H * blocks)
+    s = cast_like(like, 0)
     for p in range(parts):
         j0, j1 = unit_range(p, parts, H)
-        s += cast_like(sums, (j1 - j0) * blocks) * sums[p * SUMS_STRIDE + slot]
+        mp, _ = received(flags, p, slot)
+        s += cast_like(like, (j1 - j0) * blocks) * cast_like(like, mp)
     mean = s / n
-    v = cast_like(sums, 0)
+    v = cast_like(like, 0)
     for p in range(parts):
         j0, j1 = unit_range(p, parts, H)
-        d = sums[p * SUMS_STRIDE + slot] - mean
-        v += sums[p * SUMS_STRIDE + slot + 1] + cast_like(sums, (j1 - j0) * blocks) * d * d
-    return mean, cast_like(sums, 1) / np.sqrt(v / n + cast_like(sums, eps))
+        mp, vp = received(flags, p, slot)
+        d = cast_like(like, mp) - mean
+        v += cast_like(like, vp) + cast_like(like, (j1 - j0) * blocks) * d * d
+    return mean, cast_like(like, 1) / np.sqrt(v / n + cast_like(like, eps))
 
 
 @kernel
-def combined_means(sums, slot, parts, n):
-    """The means over n elements of the two sums every part published at ``slot`` (summed
-    in part order)."""
-    s1 = cast_like(sums, 0)
-    s2 = cast_like(sums, 0)
+def combined_means(flags, slot, parts, n, like):
+    """The means over n elements of the two sums every part sent as pair ``slot`` (summed in
+    part order, in the dtype of ``like``)."""
+    s1 = cast_like(like, 0)
+    s2 = cast_like(like, 0)
     for p in range(parts):
-        s1 += sums[p * SUMS_STRIDE + slot]
-        s2 += sums[p * SUMS_STRIDE + slot + 1]
-    inv_n = cast_like(sums, 1.0 / n)
+        a, b = received(flags, p, slot)
+        s1 += cast_like(like, a)
+        s2 += cast_like(like, b)
+    inv_n = cast_like(like, 1.0 / n)
     return s1 * inv_n, s2 * inv_n
 
 
 @kernel
 def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias, h0, c0,
                          lengths, reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, zh, zc,
-                         r, ct, sums):
+                         r, ct, mine):
     """``lnlstm_forward`` of the plain cell for B = 1, the units j0:j1 of this ``part``.
 
     Every part is called at once, each on its own thread, with the same arrays (shapes and
     meanings as for ``lnlstm_forward``, B = 1; no variant options); flags:
-    (parts·sync.STRIDE,) int64 zeros; wp: W_hhᵀ packed by ``tiles.pack_gates``;
-    r: (4H,) and ct: (H,) scratch shared by the parts (W_hh h and c̃ of the step; each
-    part reads only its own units of them); sums: (parts·SUMS_STRIDE,) scratch shared by
-    the parts (their moments).
+    (parts·sync.STRIDE,) int64 zeros, cache-line aligned; wp: W_hhᵀ packed by
+    ``tiles.pack_gates``; r: (4H,) and ct: (H,) scratch shared by the parts (W_hh h and c̃
+    of the step); mine: (parts, 4, H) scratch, a row of 4 per part (``ln`` only).
+
+    Without ``ln``: the plain LSTM's split with zoneout, one barrier a step. With it, two:
+    each part sends its share's moments of W_hh h, then of c̃, with its barrier; after the
+    second, every unit's o and c̃ are written, and each part computes every unit's h itself
+    (mine[part, 0 or 1], alternating; the same bits in every part) for its next product,
+    and writes its own units of the step's outputs.
     """
     H = c.shape[2]
     G = 4 * H
@@ -119,44 +131,63 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
     gf = gates.reshape(gates.size)
     hf = h.reshape(h.size)
     zero = gates[0, 0, :0]
-    mean_c = rstd_c = cast_like(bias, 0)  # (bias[0] * 0 is float64: a float32 times an int)
-    for step in range(L):
-        t = step_time(step, L, reverse)
-        p, o = slots(t, reverse)
-        g = gates[t, 0]
-        # the unit blocks in alternating order (see tiles.row_blocks)
-        if ln:  # W_hh h alone, normalised below
-            row_blocks(r, 0, H, W, bias, hf, p * K, wp, K, j0 // W, j1 // W, step, FROM_ZERO)
-        else:
+    zo_h, zo_c = zh.shape[0] > 0, zc.shape[0] > 0
+    none = cast_like(bias, 0)  # (bias[0] * 0 is float64: a float32 times an int)
+    if not ln:
+        for step in range(L):
+            t = step_time(step, L, reverse)
+            p, o = slots(t, reverse)
+            g = gates[t, 0]
+            # the unit blocks in alternating order (see tiles.row_blocks)
             row_blocks(gf, t * G, H, W, bias, hf, p * K, wp, K, j0 // W, j1 // W, step,
                        FROM_OUT_AND_BIAS)
-        if ln:
-            publish_moments(sums, 0, part, r, j0, j1, H, 4)
+            cp = c[p, 0]
+            _gates(g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1],
+                   g[3 * H + j0:3 * H + j1], cp[j0:j1], ct[j0:j1])
+            _out_units(g, cp, h[p, 0], c[o, 0], h[o, 0], ct, False, g_c, b_c, zero, none, none,
+                       zh[t, 0] if zo_h else zero, zc[t, 0] if zo_c else zero, j0, j1)
+            copy(y[t, 0, col + j0:col + j1], h[o, 0, j0:j1])
             count += 1
-            barrier(flags, part, parts, count)  # the moments need every part's share
-            mean, rs = combined_moments(sums, 0, parts, H, 4, EPS)
+            barrier(flags, part, parts, count)  # the next step reads every unit of h
+    else:
+        mf = mine.reshape(mine.size)
+        hm = mine[part]  # rows 0, 1: h (before, after); 2: LN(c̃); 3: c (unused)
+        cur = 0
+        for step in range(L):
+            t = step_time(step, L, reverse)
+            p, o = slots(t, reverse)
+            g = gates[t, 0]
+            if step == 0:  # the initial state, every unit (the parts met above)
+                copy(hm[0], h[p, 0])
+            row_blocks(r, 0, H, W, bias, mf, (part * 4 + cur) * H, wp, K, j0 // W, j1 // W,
+                       step, FROM_ZERO)
+            m, v = share_moments(r, j0, j1, H, 4)
+            count += 1
+            barrier_sending(flags, part, parts, count, 0, m, v)
+            mean, rs = combined_moments(flags, 0, parts, H, 4, EPS, r)
             if part == 0:
                 rstd[t, 0, 1] = rs
             for q in range(4):
                 add_normalized(g, r, rhat[t, 0], mean, rs, g_hh, bias, q * H + j0, q * H + j1)
-        cp = c[p, 0]
-        _gates(g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1],
-               cp[j0:j1], ct[j0:j1])
-        if ln:
-            publish_moments(sums, 2, part, ct, j0, j1, H, 1)
+            cp = c[p, 0]
+            _gates(g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1],
+                   g[3 * H + j0:3 * H + j1], cp[j0:j1], ct[j0:j1])
+            m, v = share_moments(ct, j0, j1, H, 1)
             count += 1
-            barrier(flags, part, parts, count)  # LN(c̃)'s moments: every part's share
-            mean_c, rstd_c = combined_moments(sums, 2, parts, H, 1, EPS)
+            barrier_sending(flags, part, parts, count, 1, m, v)
+            mean_c, rstd_c = combined_moments(flags, 1, parts, H, 1, EPS, ct)
             if part == 0:
                 rstd[t, 0, 2] = rstd_c
-        _out_units(g, cp, h[p, 0], c[o, 0], h[o, 0], ct, ln, g_c, b_c,
-                   chat[t, 0] if ln else zero, mean_c, rstd_c,
-                   zh[t, 0] if zh.shape[0] > 0 else zero, zc[t, 0] if zc.shape[0] > 0 else zero,
-                   j0, j1)
-        copy(y[t, 0, col + j0:col + j1], h[o, 0, j0:j1])
-        count += 1
-        # the next step reads every unit of h (and overwrites r and ct)
-        barrier(flags, part, parts, count)
+            nxt = 1 - cur
+            # every unit's h (c's zoneout below, for this part's units alone)
+            _out_units(g, cp, hm[cur], hm[3], hm[nxt], ct, True, g_c, b_c, hm[2], mean_c,
+                       rstd_c, zh[t, 0] if zo_h else zero, zero, 0, H)
+            _zoneout(zero, zero, zero, c[o, 0, j0:j1], ct[j0:j1], cp[j0:j1],
+                     zc[t, 0, j0:j1] if zo_c else zero)
+            copy(h[o, 0, j0:j1], hm[nxt, j0:j1])
+            copy(chat[t, 0, j0:j1], hm[2, j0:j1])
+            copy(y[t, 0, col + j0:col + j1], hm[nxt, j0:j1])
+            cur = nxt
     end_rows(0, 1, h_n[:, j0:j1], h[:, :, j0:j1], lengths, reverse)
     end_rows(0, 1, c_n[:, j0:j1], c[:, :, j0:j1], lengths, reverse)
 
@@ -164,16 +195,19 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
 @kernel
 def lnlstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t,
                           lengths, reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du,
-                          zh, zc, dht, keep, sd, sums):
+                          zh, zc, dht, keep, sd, mine):
     """``lnlstm_backward`` of the plain cell for B = 1, the units j0:j1 of this ``part``.
 
     Arrays as for ``lnlstm_backward`` (B = 1; dgates may be ``gates``; no variant options);
-    flags and sums as for ``lnlstm_forward_units``; dht, keep: (H,) and sd: (4H,) scratch
-    (each part uses its own units of them). Each step: the units' first pass of the cell's
-    gradient (``ln``), its sums published, a barrier, the means over every unit, the units'
-    gate gradients; with ``ln`` their dz ⊙ γ_hh into sd and its sums published, a barrier,
-    the means over the 4H gates, the units' dr; a barrier (the carry reads every gate's
-    gradient); then the carry for the units: rows j0:j1 of W_hhᵀ against it.
+    flags and mine as for ``lnlstm_forward_units``; dht, keep: (H,) and sd: (4H,) scratch
+    shared by the parts. Each step: the units' gate gradients; without ``ln`` a barrier
+    (the carry reads every gate's gradient), then the carry for the units: rows j0:j1 of
+    W_hhᵀ against every gate's gradient. With ``ln`` two barriers, each sending the part's
+    sums: the first pass of the cell's gradient (its sums, for the means over every unit),
+    then the gate gradients and dz ⊙ γ_hh into sd (its sums, for the means over the 4H
+    gates); after the second every unit's dz ⊙ γ_hh is written, and each part computes the
+    gradient of W_hh h, dr, for every gate itself (in mine[part], the same bits in every
+    part) for its carry, and writes its own units of dr.
     """
     wide()
     H = c.shape[2]
@@ -190,6 +224,8 @@ def lnlstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, 
     L = lengths[0]
     zo = zh.shape[0] > 0
     zero = dht[:0]
+    mf = mine.reshape(mine.size)
+    drm = mf[part * G:(part + 1) * G]  # every gate's dr, this part's copy
     count = 1
     barrier(flags, part, parts, count)
     dhu, dcu, ku = dh0[0, j0:j1], dc0[0, j0:j1], keep[j0:j1]
@@ -205,15 +241,12 @@ def lnlstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, 
         chu = chat[t, 0, j0:j1] if ln else zero
         if ln:
             p1, p2 = _back_ln(go, vu, chu, g_c[j0:j1], b_c[j0:j1], du[t, 0, j0:j1], do)
-            sums[part * SUMS_STRIDE] = p1
-            sums[part * SUMS_STRIDE + 1] = p2
             count += 1
-            barrier(flags, part, parts, count)  # the means: every part's sums
-            s1, s2 = combined_means(sums, 0, parts, H)
+            barrier_sending(flags, part, parts, count, 0, p1, p2)
+            s1, s2 = combined_means(flags, 0, parts, H, dht)
         _back_gates(g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], go, dg[j0:j1],
                     dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1], do, vu, dcu, c[p, 0, j0:j1],
                     ln, chu, rs, s1, s2, zc[t, 0, j0:j1] if zo else zero)
-        src = dg
         if ln:  # dr = the gradient of W_hh h through LN(W_hh h)
             xh = rhat[t, 0]
             p1 = p2 = cast_like(sd, 0)
@@ -225,20 +258,20 @@ def lnlstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, 
                     sq[j] = v  # kept: see normalize_back
                     p1 += v
                     p2 += v * xq[j]
-            sums[part * SUMS_STRIDE + 2] = p1
-            sums[part * SUMS_STRIDE + 3] = p2
             count += 1
-            barrier(flags, part, parts, count)  # the means: every part's sums
-            m1, m2 = combined_means(sums, 2, parts, G)
-            r1, src = rstd[t, 0, 1], dr[t, 0]
+            barrier_sending(flags, part, parts, count, 1, p1, p2)
+            m1, m2 = combined_means(flags, 1, parts, G, sd)
+            r1 = rstd[t, 0, 1]
+            for j in range(G):  # every gate (the other parts' sd: written before they sent)
+                drm[j] = r1 * (sd[j] - m1 - xh[j] * m2)
+            drt = dr[t, 0]
             for q in range(4):
-                a, b = q * H + j0, q * H + j1
-                sq, xq, oq = sd[a:b], xh[a:b], src[a:b]
-                for j in range(n):
-                    oq[j] = r1 * (sq[j] - m1 - xq[j] * m2)
-        count += 1
-        barrier(flags, part, parts, count)  # the carry reads every gate's gradient
-        row_dots(dh0[0], w_hh_t, src, 0, G, j0, j1)  # dh of units j0:j1
+                copy(drt[q * H + j0:q * H + j1], drm[q * H + j0:q * H + j1])
+            row_dots(dh0[0], w_hh_t, drm, 0, G, j0, j1)  # dh of units j0:j1
+        else:
+            count += 1
+            barrier(flags, part, parts, count)  # the carry reads every gate's gradient
+            row_dots(dh0[0], w_hh_t, dg, 0, G, j0, j1)
         if zo:
             for j in range(n):
                 dhu[j] += ku[j]
