@@ -106,7 +106,8 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
     meanings as for ``lnlstm_forward``, B = 1; no variant options); flags:
     (parts·sync.STRIDE,) int64 zeros, cache-line aligned; wp: W_hhᵀ packed by
     ``tiles.pack_gates``; r: (4H,) and ct: (H,) scratch shared by the parts (W_hh h and c̃
-    of the step); mine: (parts, 4, H) scratch, a row of 4 per part (``ln`` only).
+    of the step); mine: (parts, 4, H) scratch, 4 rows per part (``ln`` only; forward uses
+    3).
 
     Without ``ln``: the plain LSTM's split with zoneout, one barrier a step. With it, two:
     each part sends its share's moments of W_hh h, then of c̃, with its barrier; after the
@@ -151,7 +152,7 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
             barrier(flags, part, parts, count)  # the next step reads every unit of h
     else:
         mf = mine.reshape(mine.size)
-        hm = mine[part]  # rows 0, 1: h (before, after); 2: LN(c̃); 3: c (unused)
+        hm = mine[part]  # rows 0, 1: h (before, after); 2: LN(c̃)
         cur = 0
         for step in range(L):
             t = step_time(step, L, reverse)
@@ -179,8 +180,8 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
             if part == 0:
                 rstd[t, 0, 2] = rstd_c
             nxt = 1 - cur
-            # every unit's h (c's zoneout below, for this part's units alone)
-            _out_units(g, cp, hm[cur], hm[3], hm[nxt], ct, True, g_c, b_c, hm[2], mean_c,
+            # every unit's h (c's zoneout below, for this part's units alone; c̃ stays)
+            _out_units(g, cp, hm[cur], ct, hm[nxt], ct, True, g_c, b_c, hm[2], mean_c,
                        rstd_c, zh[t, 0] if zo_h else zero, zero, 0, H)
             _zoneout(zero, zero, zero, c[o, 0, j0:j1], ct[j0:j1], cp[j0:j1],
                      zc[t, 0, j0:j1] if zo_c else zero)
