@@ -91,6 +91,18 @@ def _use_tiles(monkeypatch, on):
         monkeypatch.setattr(R.RecurrentLayer, "_panels_fit", lambda self: False)
 
 
+def _products_on_tiles(monkeypatch):
+    """The whole-sequence products (input projection, dx, weight gradients) through the
+    panel tiles at any size, not BLAS: OpenBLAS's sgemm gives a row different bits in
+    products of different row counts with its Haswell kernels (AVX2 machines, and any
+    machine under OPENBLAS_CORETYPE=Haswell; seen on a Zen 3), so only nlstm's own
+    kernels can promise a row the same bits alone and in a batch."""
+    from nlstm.kernels import tuning
+    monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
+    monkeypatch.setattr(tuning, "PROJECT_ON_TILES", True)
+    monkeypatch.setattr(tuning, "BACKWARD_ON_TILES", True)
+
+
 def _run(m, x, lengths, dy, threads):
     before = nlstm.get_num_threads()
     nlstm.set_num_threads(threads)
@@ -158,12 +170,15 @@ def test_tiles_agree_with_the_loops(monkeypatch, kind, dtype):
 
 
 @pytest.mark.parametrize("kind", sorted(CELLS))
-def test_rows_are_bitwise_the_same_in_any_tile(kind):
-    """A row gives the same bits in a tile of 4 rows and alone (how many rows a thread gets
-    decides which): rows 0-1 run alone and 2-5 as a tile of 4 in a batch of 6, the other
-    way round in batches of 2 and 4; forward and backward."""
+def test_rows_are_bitwise_the_same_in_any_tile(kind, monkeypatch):
+    """A row gives the same bits in any tile and alone (how many rows a thread gets decides
+    which): in a batch of 6, rows 0-1 run as a tile of 4 with rows 2-3 (32 vector
+    registers) or of 3 with row 2 (16), in batches of 2 and 4 as a pair and a tile of 4 (or
+    of 3 and a row alone); forward and backward, the whole-sequence products on the panels
+    too (``_products_on_tiles``)."""
+    _products_on_tiles(monkeypatch)
     rng = np.random.default_rng(7)
-    T, I, H = 6, 8, 64
+    T, I, H = 6, 64, 64
     x = rng.standard_normal((T, 6, I)).astype(np.float32)
     dy = rng.standard_normal((T, 6, H)).astype(np.float32)
     whole = _run(_layer(kind, np.float32, H, layers=1, I=I), x, None, dy, 1)
@@ -252,9 +267,9 @@ def _avx2_case():
                     reason="x86 assembly")
 def test_avx2_target_tiles_fit_its_16_registers(tmp_path):
     """Compiled for an AVX2 machine (16 vector registers of 256 bits), the tiles run their
-    rows in pairs, whose 8 accumulators, 4 weight vectors and broadcast fit the registers:
-    the 4-row tile's 16 accumulators spilled to the stack every k there (5x slower than
-    BLAS). The layer's results there agree with this target's."""
+    rows in threes (``tiles.tile_height``), whose 12 accumulators, 3 broadcasts and weight
+    vector fit the registers: the 4-row tile's 16 accumulators spilled to the stack every
+    k there (5x slower than BLAS). The layer's results there agree with this target's."""
     import os
     import subprocess
     import sys
@@ -271,12 +286,14 @@ def test_avx2_target_tiles_fit_its_16_registers(tmp_path):
         np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=1e-5, atol=1e-6)
 
 
-def test_one_row_batch_is_bitwise_a_row_of_a_tile():
+def test_one_row_batch_is_bitwise_a_row_of_a_tile(monkeypatch):
     """A batch of one row runs each step's product as the one-row tile over the unit blocks,
     in alternating order step to step (``tiles.row_blocks``); the order of each sum is the
-    4-row tile's, so every row alone gives the same bits as in a batch of 4."""
+    tiles', so every row alone gives the same bits as in a batch of 4 (the whole-sequence
+    products on the panels: ``_products_on_tiles``)."""
+    _products_on_tiles(monkeypatch)
     rng = np.random.default_rng(8)
-    T, I, H = 7, 8, 64  # H / W >= 2 unit blocks, so the alternate steps run them reversed
+    T, I, H = 7, 64, 64  # H / W >= 2 unit blocks, so the alternate steps run them reversed
     x = rng.standard_normal((T, 4, I)).astype(np.float32)
     dy = rng.standard_normal((T, 4, H)).astype(np.float32)
     whole = _run(_layer("lstm", np.float32, H, layers=1, I=I), x, None, dy, 1)

@@ -34,8 +34,7 @@ from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, 
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
 from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, panel_rows, row_blocks,
-                    tile_row,
-                    tile_rows4)
+                    tile_height, tile_row, tile_rows2, tile_rows3, tile_rows4)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty; acts: (3, 3) rows (code, alpha, beta) of f, g, h, or
@@ -221,9 +220,10 @@ def _add_bias_rows(of, gathered, bias, rows, times, n, B, G):
 @kernel
 def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
     """One step's recurrent product for the n active rows through packed weights (see
-    nlstm.kernels.tiles): for each block of W hidden units, the rows in tiles of 4 (then
-    single rows), over depth chunks. out: the gates (T, B, 4H), row i's product added at
-    gates[times[i], rows[i]], or with ``gathered`` a scratch (≥n, 4H), written at row i;
+    nlstm.kernels.tiles): for each block of W hidden units, the rows in tiles
+    (``tiles.tile_height``), over depth chunks. out: the gates (T, B, 4H), row i's product
+    added at gates[times[i], rows[i]], or with ``gathered`` a scratch (≥n, 4H), written at
+    row i;
     h: (T+1, B, K) state slots; wp: W_hhᵀ packed by ``tiles.pack_gates``; start0: what the
     first depth chunk starts from (``tiles.FROM_*``; bias read with FROM_OUT_AND_BIAS)."""
     B, K = h.shape[1], h.shape[2]
@@ -231,6 +231,7 @@ def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
     H = G // 4
     W = vwidth(out)
     kc = depth_chunk(out)
+    R = tile_height(out)
     of = out.reshape(out.size)
     hf = h.reshape(h.size)
     if start0 == FROM_OUT_AND_BIAS:
@@ -241,35 +242,44 @@ def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
         start0 = FROM_OUT
     for u in range(H // W):
         u0 = u * W
-        # depth chunks only when 4-row tiles share the weights (see tuning.PANEL_BYTES)
+        # depth chunks only when tiles of 4 rows share the weights (see tuning.PANEL_BYTES)
         step_k = kc if n >= 4 else K
         for k0 in range(0, K, step_k):
             m = min(step_k, K - k0)
             wo = (u * K + k0) * 4 * W
             start = start0 if k0 == 0 else FROM_OUT
             i = 0
-            while i + 4 <= n:
-                r0, r1, r2, r3 = rows[i], rows[i + 1], rows[i + 2], rows[i + 3]
-                t0, t1, t2, t3 = times[i], times[i + 1], times[i + 2], times[i + 3]
-                if gathered:
-                    o0, o1, o2, o3 = i * G, (i + 1) * G, (i + 2) * G, (i + 3) * G
+            while i + R <= n:  # then a pair, then single rows (see tiles.tile_height)
+                o0, a0 = _tile_row_at(i, rows, times, B, G, K, reverse, gathered)
+                o1, a1 = _tile_row_at(i + 1, rows, times, B, G, K, reverse, gathered)
+                o2, a2 = _tile_row_at(i + 2, rows, times, B, G, K, reverse, gathered)
+                if R == 4:
+                    o3, a3 = _tile_row_at(i + 3, rows, times, B, G, K, reverse, gathered)
+                    tile_rows4(of, o0 + u0, o1 + u0, o2 + u0, o3 + u0, H, of, 0, hf, a0 + k0,
+                               a1 + k0, a2 + k0, a3 + k0, wp, wo, m, start)
                 else:
-                    o0, o1 = (t0 * B + r0) * G, (t1 * B + r1) * G
-                    o2, o3 = (t2 * B + r2) * G, (t3 * B + r3) * G
-                p0 = slots(t0, reverse)[0]
-                p1 = slots(t1, reverse)[0]
-                p2 = slots(t2, reverse)[0]
-                p3 = slots(t3, reverse)[0]
-                tile_rows4(of, o0 + u0, o1 + u0, o2 + u0, o3 + u0, H, of, 0, hf,
-                           (p0 * B + r0) * K + k0, (p1 * B + r1) * K + k0,
-                           (p2 * B + r2) * K + k0, (p3 * B + r3) * K + k0, wp, wo, m, start)
-                i += 4
+                    tile_rows3(of, o0 + u0, o1 + u0, o2 + u0, H, of, 0, hf, a0 + k0, a1 + k0,
+                               a2 + k0, wp, wo, m, start)
+                i += R
+            if i + 2 <= n:
+                o0, a0 = _tile_row_at(i, rows, times, B, G, K, reverse, gathered)
+                o1, a1 = _tile_row_at(i + 1, rows, times, B, G, K, reverse, gathered)
+                tile_rows2(of, o0 + u0, o1 + u0, H, of, 0, hf, a0 + k0, a1 + k0, wp, wo, m,
+                           start)
+                i += 2
             for r in range(i, n):
-                b = rows[r]
-                t = times[r]
-                o = r * G if gathered else (t * B + b) * G
-                p = slots(t, reverse)[0]
-                tile_row(of, o + u0, H, of, 0, hf, (p * B + b) * K + k0, wp, wo, m, start)
+                o, a = _tile_row_at(r, rows, times, B, G, K, reverse, gathered)
+                tile_row(of, o + u0, H, of, 0, hf, a + k0, wp, wo, m, start)
+
+
+@inlined_kernel
+def _tile_row_at(i, rows, times, B, G, K, reverse, gathered):
+    """``step_tiles``' active row i: the flat offsets of its gate row (in the gates, or row i
+    of the gathered scratch) and of its previous state h_{t-1} in the slots."""
+    b = rows[i]
+    t = times[i]
+    o = i * G if gathered else (t * B + b) * G
+    return o, (slots(t, reverse)[0] * B + b) * K
 
 
 @kernel
