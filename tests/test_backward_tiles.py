@@ -129,13 +129,17 @@ def _grads(m, x, lengths, dy, threads):
     return [dx, *states] + [m.grads[k].copy() for k in sorted(m.grads)]
 
 
-def _tiles_against_blas(monkeypatch, m, x, lengths, dy) -> list:
-    """m's gradients with the tiles on 1 and 2 threads (bitwise equal) and with BLAS (equal
-    to rounding); returns the tiles' (``_grads``)."""
+def _tiles_against_blas(monkeypatch, m, x, lengths, dy, bitwise=True) -> list:
+    """m's gradients with the tiles on 1 and 2 threads (bitwise equal, or with ``bitwise``
+    False equal to rounding) and with BLAS (equal to rounding); returns the tiles'
+    (``_grads``)."""
     one = _grads(m, x, lengths, dy, 1)
     two = _grads(m, x, lengths, dy, 2)
     for i, (a, b) in enumerate(zip(one, two)):
-        np.testing.assert_array_equal(a, b, err_msg=f"array {i}: 1 and 2 threads")
+        if bitwise:
+            np.testing.assert_array_equal(a, b, err_msg=f"array {i}: 1 and 2 threads")
+        else:
+            _close(a, b, m.dtype, f"array {i}: 1 and 2 threads")
     monkeypatch.setattr(tuning, "BACKWARD_ON_TILES", False)
     blas = _grads(m, x, lengths, dy, 1)
     monkeypatch.setattr(tuning, "BACKWARD_ON_TILES", True)
@@ -188,7 +192,10 @@ def test_lstm_variants_on_backward_tiles(monkeypatch, dtype, extra):
     """The LSTM's variants: peepholes, a projection (W_hh's depth and layer 1's input are
     then proj_size, no whole panel: dx of layer 1 stays on BLAS), and layer norm (its
     backward runs through lnlstm.backward_dir, the products from its own gradient
-    buffers): the tiles' gradients equal BLAS's to rounding, bitwise at 1 and 2 threads."""
+    buffers): the tiles' gradients equal BLAS's to rounding, bitwise at 1 and 2 threads
+    (with the projection to rounding: layer 1's dx goes to BLAS, each thread its rows,
+    and OpenBLAS's Haswell sgemm gives a row other bits in products of other row counts;
+    seen on a Zen 3)."""
     monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
     monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
     used = _spy(monkeypatch)
@@ -200,7 +207,7 @@ def test_lstm_variants_on_backward_tiles(monkeypatch, dtype, extra):
     x = rng.standard_normal((7, 5, S)).astype(dtype)
     lengths = np.array([7, 2, 7, 1, 5])
     dy = rng.standard_normal((7, 5, m.output_size)).astype(dtype)
-    _tiles_against_blas(monkeypatch, m, x, lengths, dy)
+    _tiles_against_blas(monkeypatch, m, x, lengths, dy, bitwise="proj_size" not in extra)
     assert used["weight_grad_panels"] > 0, used
 
 
