@@ -7,19 +7,34 @@ import reference as R
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-9, atol=1e-11)}
 
 
-def tolerance(kind, dtype, want=None):
-    """TOL[dtype]; for the LayerNorm cells in float32 an absolute tolerance scaled to the
-    largest magnitude in ``want``: gradients through a normalisation are scaled by 1/σ, so
-    with a few features (4H = 4-24 here) they run to 1e3-1e4 and float32's rounding in
-    them grows with the largest (seen: 5e-6 of the largest for the plain cell, up to 9e-4
-    with the variants, whose clip and input_forget sharpen the conditioning). float64's
-    absolute 1e-11 scales the same way (seen: 7e-11 beside a largest of 1.8e3)."""
+def tolerance(kind, dtype, want=None, spread=0.0):
+    """TOL[dtype]; for the LayerNorm cells an absolute tolerance scaled to the largest
+    magnitude in ``want``, and in float32 also ``4 * spread``, how far one float32 ulp in
+    the weights moves the oracle's answer (``test_vs_reference.rounding_spread``).
+    Gradients through a normalisation are scaled by 1/σ, so with a few features (4H = 4-24
+    here) they run to 1e3-1e4, and a σ near zero or a clip near its edge makes the answer
+    itself this sensitive: float32 nlstm lands 0.7-1.7x the spread off (seen: 1.2e-3 of
+    the largest for lnlstm_clip seed 15, 1.3e-3 for lnlstm_all_onnx seed 8 on an AVX2
+    machine), which no fixed tolerance both admits and stays tight for the others. The
+    spread misses the rounding inside the step (seen: errors up to 7x it where it is small,
+    1.3e-4 of the largest with the variants), hence the fixed part too.
+    float64's absolute 1e-11 scales the same way (seen: 7e-11 beside a largest of 1.8e3)."""
     if not kind.startswith("lnlstm"):
         return TOL[dtype]
     scale = 1.0 if want is None else max(1.0, float(np.abs(want).max(initial=0)))
     if dtype == np.float32:
-        return dict(rtol=1e-4, atol=(1e-4 if kind == "lnlstm" else 1e-3) * scale)
+        return dict(rtol=1e-4, atol=(1e-4 if kind == "lnlstm" else 3e-4) * scale + 4 * spread)
     return dict(TOL[dtype], atol=TOL[dtype]["atol"] * scale)
+
+
+def answer_arrays(r):
+    """An answer's arrays by name: y, dx, final[i], dinit[i] and each gradient's name."""
+    out = {n: r[n] for n in ("y", "dx") if n in r}
+    for n in ("final", "dinit"):
+        out.update({f"{n}[{i}]": a for i, a in enumerate(r.get(n, ()))})
+    out.update(r.get("grads", {}))
+    return out
+
 
 # kind -> (constructor, extra kwargs, reference cell)
 KINDS = {
