@@ -21,11 +21,16 @@ CELLS = [nlstm.LSTM, nlstm.GRU, nlstm.RNN]
 
 
 def run_threads(fn, n=2, timeout=120.0):
-    """Run fn(i) on n daemon threads at once; fail (not hang) if one does not finish."""
-    errors, start = [], threading.Barrier(n)
+    """Run fn(i) on n daemon threads at once; fail (not hang) if one does not finish. Each
+    runs nlstm at the caller's thread count: Numba's count is per thread and a new thread
+    starts at the ceiling (3 here, conftest.py), and the count may change a result's last
+    bit (rows split over threads make BLAS products of other row counts; seen on Zen 5 for
+    H whose gate width is no multiple of the 64-column panels)."""
+    errors, start, count = [], threading.Barrier(n), nlstm.get_num_threads()
 
     def body(i):
         try:
+            nlstm.set_num_threads(count)
             start.wait(timeout)
             fn(i)
         except BaseException as e:  # noqa: B036 - reported below

@@ -2,6 +2,7 @@
 twice in one process at 1 and at 2 threads, and ``fit`` bitwise identical run to run
 (in this process and in a fresh one)."""
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -74,7 +75,7 @@ def test_fit_is_bitwise_identical_run_to_run(monkeypatch):
     code = _FIT + "import nlstm._threads as t; t.cpus_available = lambda: 2\n" \
                   "print(fit_digest(1), fit_digest(2))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
-                                                     "NUMBA_NUM_THREADS": "2"})
+                         timeout=300, cwd=ROOT,  # the same environment (OPENBLAS_CORETYPE, caches)
+                         env=dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="2"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [here[1], here[2]]
