@@ -33,13 +33,18 @@ def configure_threads(n: int) -> None:
     """
     global _threads
     _threads = int(n)
-    # nlstm's kernels run on Numba's threading layer, and its default OpenMP layer (the
-    # system libgomp) next to torch's own libgomp made torch.nn.LSTM 10-100x slower in the
-    # same process (ragged: 20 ms -> 1.5 s; measured when nlstm only started Numba's pool).
-    # The workqueue layer has no such pool, so the peers are timed as they run on their
-    # own; nlstm runs on it too (one caller: its process-wide lock costs nothing here).
-    # NUMBA_THREADING_LAYER=omp in the environment times nlstm on omp instead.
-    os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
+    # Each engine on the OpenMP it runs on alone. Numba's omp layer (nlstm's default where
+    # tbb is absent) loads the system's libgomp.so.1; torch's wheel carries its own file of
+    # the same soname, and a torch imported after Numba's layer started binds to the system
+    # one: both pools in one OpenMP runtime, and torch's ragged LSTM (thousands of small
+    # regions) took 2.6-2.7 s instead of 10.9 ms (Zen 5, torch 2.13). Imported first, torch
+    # keeps its own runtime and neither slows (bench/RESULTS.md, stop 28). The harness used
+    # to run nlstm on workqueue instead, which made nlstm 1.3-1.7x slower than on omp (M, L
+    # and XL inference, Zen 5) and noisy. NUMBA_THREADING_LAYER still chooses nlstm's layer.
+    try:
+        import torch  # noqa: F401 - before Numba's layer starts (below)
+    except ImportError:
+        pass
     flags = os.environ.get("XLA_FLAGS", "")
     if n == 1 and "xla_cpu_multi_thread_eigen" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()

@@ -158,20 +158,32 @@ def _chunk(fn, k, chunk_s, min_samples, max_samples):
     return got, load.others()
 
 
-def sgemm_rate(M: int = 2560, K: int = 512, N: int = 2048, budget_s: float = 0.25) -> float:
-    """float32 GFLOP/s of NumPy's matmul at (M, K)·(K, N), the median of a few calls.
-
-    The default shape is the grid's largest product (XL's input projection).
-    """
+def sgemm_rate(M: int = 2560, K: int = 512, N: int = 2048, budget_s: float = 0.25,
+               library: str = "numpy") -> float:
+    """float32 GFLOP/s of NumPy's (or torch's) matmul at (M, K)·(K, N), the median of a few
+    calls. The default shape is the grid's largest product (XL's input projection)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((M, K)).astype(np.float32)
     b = rng.standard_normal((K, N)).astype(np.float32)
     c = np.empty((M, N), np.float32)
-    np.matmul(a, b, out=c)
+    matmul = np.matmul
+    if library == "torch":
+        import torch
+        a, b, c = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+        matmul = torch.matmul
+    matmul(a, b, out=c)
     ts = []
     t_end = time.perf_counter() + budget_s
     while len(ts) < 3 or time.perf_counter() < t_end:
         t0 = time.perf_counter()
-        np.matmul(a, b, out=c)
+        matmul(a, b, out=c)
         ts.append(time.perf_counter() - t0)
     return 2.0 * M * K * N / float(np.median(ts)) / 1e9
+
+
+def matmul_rates(with_torch: bool) -> Dict[str, float]:
+    """``sgemm_rate`` of NumPy and, if asked, torch: the floor's rate is the faster one."""
+    rates = {"numpy": sgemm_rate()}
+    if with_torch:
+        rates["torch"] = sgemm_rate(library="torch")
+    return rates
