@@ -266,3 +266,30 @@ def test_kernel_clock_times_the_recurrence_and_not_the_products():
     assert clk.ok
     assert clk.calls == 2 + 2  # one recurrence per layer, one step kernel per layer
     assert clk.kernel_s > 0
+
+
+def test_harness_keeps_torch_on_its_own_openmp():
+    """bench.compare's setup leaves nlstm's threading layer to Numba and imports torch
+    before that layer starts, so torch keeps the libgomp its wheel carries: imported after
+    Numba's omp layer loaded the system's file of the same soname, torch binds to that one
+    and its small parallel regions slow down 100x and more (bench/RESULTS.md, stop 28)."""
+    pytest.importorskip("torch")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/maps")
+    import subprocess
+    code = ("import os, sys; sys.path.insert(0, os.getcwd())\n"
+            "from bench import engines; engines.configure_threads(2)\n"
+            "import numba, torch\n"
+            "print(numba.threading_layer())\n"
+            "print(os.path.dirname(torch.__file__))\n"
+            "print(','.join(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'gomp' in l})))\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env)
+    assert out.returncode == 0, out.stderr
+    layer, torch_dir, gomps = out.stdout.split("\n")[:3]
+    assert layer != "workqueue" or "NUMBA_THREADING_LAYER" in env
+    own = [g for g in gomps.split(",") if g.startswith(torch_dir)]
+    import glob
+    if glob.glob(os.path.join(torch_dir, "lib", "libgomp*")):  # a wheel with its own OpenMP
+        assert own, f"torch bound to another libgomp: {gomps}"
