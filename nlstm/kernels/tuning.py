@@ -54,7 +54,10 @@ PROJECT_ON_TILES = True
 # BLAS (bench.tiles --what backward, LSTM training, Emerald Rapids), the tiles were level
 # under OPENBLAS_CORETYPE=Haswell (0.94-0.99x the time) and slower with OpenBLAS's own
 # AVX-512 kernels (1.06x M, 1.11x L, 1.34x XL): these deep products (depth T·B) run the
-# tiles at 45-85 GFLOP/s against their 130-150 on the projection. The tests run both paths.
+# tiles at 45-85 GFLOP/s against their 130-150 on the projection. On Zen 5 the tiles won
+# under Haswell (0.76-0.88x the time, every cell) and lost with OpenBLAS's own kernels
+# (0.96-1.28x), packing the gate gradients being the difference (bench/RESULTS.md, stop 28).
+# The tests run both paths.
 BACKWARD_ON_TILES = False
 
 # Run-time. A one-row batch splits its hidden units over the threads (a spin barrier per
