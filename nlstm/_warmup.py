@@ -59,8 +59,10 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
     or loaded from the cache (later runs).
 
     cells: names among "LSTM", "GRU", "RNN"; dtypes: float32 and/or float64;
-    training: also the backward kernels; streaming: also the one-step kernels.
-    Kernels compile lazily anyway: this only moves the cost to a moment you choose.
+    training: also the backward kernels; streaming: also the one-step kernels. Besides the
+    tiny calls, one call per dtype has sizes that suit nlstm's tiles (tens of MFLOP), whose
+    own kernels only such calls run. Kernels compile lazily anyway: this only moves the
+    cost to a moment you choose.
 
     Returns a WarmupReport: a float, the seconds it took, whose ``compiled`` lists each
     kernel compiled with its dtypes and seconds (empty when all came from the cache) and
@@ -70,6 +72,7 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
     from . import _threads
 
     start, mark = time.perf_counter(), compile_mark()
+    cells, dtypes = tuple(cells), tuple(dtypes)
     for name in cells:
         cls = getattr(nlstm, name, None)
         if cls is None or not isinstance(cls, type) or not issubclass(cls, nlstm.RecurrentLayer):
@@ -91,4 +94,22 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
                         layer.backward(np.zeros((2, 2, 2), layer.dtype))
             if streaming:
                 layer.step(x[0])
+    for dtype in dtypes if cells else ():  # the tiles' own kernels serve every cell: one call
+        _tile_call(getattr(nlstm, cells[0]), dtype, training)
     return WarmupReport(time.perf_counter() - start, compiled_since(mark))
+
+
+def _tile_call(cls, dtype, training: bool) -> None:
+    """One call of a cell whose sizes suit the panel tiles (input and hidden size one panel
+    wide) with an input projection past ``tuning.SMALL_GEMM``, so that what only such calls
+    run (the projection's panel driver, the packing of the weights) compiles here too: after
+    a warmup on tiny sizes alone, the first LSTM call at H = 128 still compiled for 7 s."""
+    from .kernels import tiles, tuning
+
+    S = tiles.panel_width(np.dtype(dtype))
+    layer = cls(S, S, dtype=dtype, seed=0)
+    B = 8
+    T = -(-tuning.SMALL_GEMM // (S * layer._G * S * B))  # rows · I · gate columns ≥ SMALL_GEMM
+    layer.forward(np.zeros((T, B, S), layer.dtype), train=training)
+    if training:
+        layer.backward(np.zeros((T, B, layer.output_size), layer.dtype))

@@ -22,10 +22,14 @@ def test_cache_dir_is_user_level_and_versioned(monkeypatch, tmp_path):
 
 def test_kernels_cache_to_the_given_directory_in_a_fresh_process(tmp_path):
     """...and a first run says on stderr, once, that it compiles and what; warmup() reports
-    what it compiled and how long it took; a later run loads from the cache and says nothing."""
-    code = ("import numpy as np, nlstm; from nlstm.kernels import blocks\n"
+    what it compiled and how long it took, and a call at the grid's M after it compiles
+    nothing more; a later run loads from the cache and says nothing."""
+    code = ("import numpy as np, nlstm; from nlstm.kernels import blocks, config\n"
             "r = nlstm.warmup(streaming=False)\n"
             "print(repr(r)); print(r)\n"
+            "mark = len(config.compiled)\n"
+            "nlstm.LSTM(64, 128, seed=0)(np.zeros((100, 16, 64), np.float32))  # the grid's M\n"
+            "print('after warmup:', [k for k, _, _ in config.compiled[mark:]])\n"
             "nlstm.LSTM(2, 3, dtype=np.float64)(np.zeros((2, 1, 2)))  # compiles again: no second notice\n")
     env = dict(os.environ, NLSTM_CACHE_DIR=str(tmp_path))
     env.pop("NLSTM_COMPILE_NOTICE", None)
@@ -44,6 +48,7 @@ def test_kernels_cache_to_the_given_directory_in_a_fresh_process(tmp_path):
         and "('lstm.lstm_forward', 'float32', " in first.stdout, first.stdout
     assert re.search(r"warmup took [0-9.]+ s, [0-9.]+ s of it compiling \d+ kernels? .*lstm.lstm_forward "
                      r"\(float32\)", first.stdout), first.stdout
+    assert "after warmup: []" in first.stdout, first.stdout  # M compiled nothing more
 
     again = subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600,
                            capture_output=True, text=True)
