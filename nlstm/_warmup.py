@@ -60,9 +60,9 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
 
     cells: names among "LSTM", "GRU", "RNN"; dtypes: float32 and/or float64;
     training: also the backward kernels; streaming: also the one-step kernels. Besides the
-    tiny calls, one call per dtype has sizes that suit nlstm's tiles (tens of MFLOP), whose
-    own kernels only such calls run. Kernels compile lazily anyway: this only moves the
-    cost to a moment you choose.
+    tiny calls, one call per cell and dtype has sizes that suit nlstm's tiles (tens of
+    MFLOP), whose own kernels only such calls run. Kernels compile lazily anyway: this only
+    moves the cost to a moment you choose.
 
     Returns a WarmupReport: a float, the seconds it took, whose ``compiled`` lists each
     kernel compiled with its dtypes and seconds (empty when all came from the cache) and
@@ -72,7 +72,7 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
     from . import _threads
 
     start, mark = time.perf_counter(), compile_mark()
-    cells, dtypes = tuple(cells), tuple(dtypes)
+    cells, dtypes = tuple(cells), tuple(dtypes)  # iterated more than once
     for name in cells:
         cls = getattr(nlstm, name, None)
         if cls is None or not isinstance(cls, type) or not issubclass(cls, nlstm.RecurrentLayer):
@@ -94,8 +94,7 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
                         layer.backward(np.zeros((2, 2, 2), layer.dtype))
             if streaming:
                 layer.step(x[0])
-    for dtype in dtypes if cells else ():  # the tiles' own kernels serve every cell: one call
-        _tile_call(getattr(nlstm, cells[0]), dtype, training)
+            _tile_call(cls, dtype, training)
     return WarmupReport(time.perf_counter() - start, compiled_since(mark))
 
 
