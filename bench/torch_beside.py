@@ -1,6 +1,9 @@
 """``python -m bench.torch_beside``: torch's LSTM timed in one process before and after
 nlstm started Numba's threading layer (Numba's omp layer loads the system's GNU OpenMP,
-torch carries its own): does nlstm's presence slow torch down?
+torch carries its own): does nlstm's presence slow torch down? torch is imported before
+Numba's layer starts, as ``bench.compare`` does: imported after it, torch binds to the
+system's libgomp.so.1 and its small regions slow down 100x and more (bench/RESULTS.md,
+stop 28).
 
     python -m bench.torch_beside
     NUMBA_THREADING_LAYER=workqueue python -m bench.torch_beside
