@@ -395,7 +395,7 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - t_start
     meta.update(sgemm_gflops=gflops, floor_library=fastest, matmul_gflops=medians,
                 matmul_rounds=by_lib, sgemm_shape=[2560, 512, 2048], elapsed_s=elapsed)
-    rates = by_lib[fastest]
+    floor_rounds = by_lib[fastest]
     rate_text = ", ".join(f"{k} {v:.1f}" for k, v in medians.items())
 
     engines = [e for e in ENGINE_ORDER if e in a.engines]
@@ -426,8 +426,8 @@ def main(argv=None) -> int:
                or "no OPENBLAS_/NUMBA_CPU_/ONEDNN_/ATEN_CPU_/MKL_ variable") + "  ",
             "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v) + "  ",
             f"Floor rate: {gflops:.1f} GFLOP/s, {fastest}'s float32 matmul, the faster of {rate_text} "
-            f"(medians of {len(rates)} rounds at 2560x512x2048; {fastest}'s range "
-            f"{min(rates):.1f}-{max(rates):.1f})  ",
+            f"(medians of {len(floor_rounds)} rounds at 2560x512x2048; {fastest}'s range "
+            f"{min(floor_rounds):.1f}-{max(floor_rounds):.1f})  ",
             f"Timing: {a.repeat} rounds x {a.chunk:g} s chunks per engine; medians of all samples",
             "", markdown_table(h1, r1), "",
             f"`*`: some chunks were timed while other processes kept a core busy (see {json_name}).",

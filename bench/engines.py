@@ -41,10 +41,7 @@ def configure_threads(n: int) -> None:
     # keeps its own runtime and neither slows (bench/RESULTS.md, stop 28). The harness used
     # to run nlstm on workqueue instead, which made nlstm 1.3-1.7x slower than on omp (M, L
     # and XL inference, Zen 5) and noisy. NUMBA_THREADING_LAYER still chooses nlstm's layer.
-    try:
-        import torch  # noqa: F401 - before Numba's layer starts (below)
-    except ImportError:
-        pass
+    import_torch_first()
     flags = os.environ.get("XLA_FLAGS", "")
     if n == 1 and "xla_cpu_multi_thread_eigen" not in flags:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
@@ -53,6 +50,16 @@ def configure_threads(n: int) -> None:
     import scipy.linalg  # noqa: F401 - SciPy's OpenBLAS (Numba's np.dot) loaded, then set too
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=n, user_api="blas")  # the numpy peer and the sgemm floor
+
+
+def import_torch_first() -> bool:
+    """Import torch, if installed, before Numba's threading layer starts (see
+    ``configure_threads``); whether it is installed."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def num_threads() -> int:

@@ -586,11 +586,8 @@ def main(argv=None) -> int:
     bad = [s for s in a.sections if s not in SECTIONS]
     if bad:
         p.error(f"unknown sections {bad}; choose from {SECTIONS}")
-    try:
-        import torch  # noqa: F401 - before Numba's layer starts: see engines.configure_threads
-        with_torch = True
-    except ImportError:
-        with_torch = False
+    from .engines import import_torch_first
+    with_torch = import_torch_first()  # before Numba's layer starts: see configure_threads
     import nlstm
     from .timing import matmul_rates, wait_quiet
     nlstm.set_num_threads(a.threads)
