@@ -141,9 +141,10 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
     gates = layer._project(ws, k, d, inp)
     if ln:
         sfx = layer._suffixes()[d]
-        args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"],
+        xhat = ex["xhat"] if ws.train else layer._empty3  # only backward reads it
+        args = (gates, xhat, ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"],
                 layer._p("bias_ih", k, d), ws.lengths)
-        layer._rows(ws, P.normalize_input, args, scratch=False)
+        _flat_rows(layer, ws, P.normalize_input, args)
         bias = layer._p("bias_hh", k, d)
     else:
         bias = layer._p("bias_ih", k, d) + layer._p("bias_hh", k, d)
@@ -214,24 +215,55 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
         db = layer._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too
         layer._hidden_grads(ws, k, d, gates, hprev, db=db)
         return
-    T, B = ws.key
     sfx = layer._suffixes()[d]
-    G = 4 * layer.hidden_size
-    dz = gates.reshape(T * B, G)
+    G, H = 4 * layer.hidden_size, layer.hidden_size
+    # xhat becomes the gradient of W_ih x, gates dz⊙γ_ih; every LayerNorm parameter's
+    # gradient is summed on the way, each part of the rows into its own (5, G) sums
+    n = _flat_parts(ws)
+    sums = layer._part_rows(n, 5, G)
+    sums[...] = 0
+    args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"], ws.lengths,
+            rhat, du, chat)
+    _flat_rows(layer, ws, P.normalize_input_back, args, (sums,))
+    total = sums[0] if n == 1 else sums.sum(axis=0)
     gr = layer.grads
-    gr[f"ln_weight_ih_l{k}{sfx}"] += np.einsum("nj,nj->j", dz, ex["xhat"].reshape(T * B, G))
-    gr[f"ln_weight_hh_l{k}{sfx}"] += np.einsum("nj,nj->j", dz, rhat.reshape(T * B, G))
-    du2, H = du.reshape(T * B, -1), layer.hidden_size
-    gr[f"ln_weight_c_l{k}{sfx}"] += np.einsum("nj,nj->j", du2, chat.reshape(T * B, H))
-    if layer.bias:
-        gr[f"ln_bias_c_l{k}{sfx}"] += layer._row_sum(du2)
-    db = layer._row_sum(dz) if layer.bias else None  # b_ih's and b_hh's: both add to z
-    # xhat becomes the gradient of W_ih x (xhat is not needed after the sum above), gates
-    # dz⊙γ_ih (dz is not needed after the sums above either)
-    args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"], ws.lengths)
-    layer._rows(ws, P.normalize_input_back, args, scratch=False)
+    gr[f"ln_weight_ih_l{k}{sfx}"] += total[0]
+    gr[f"ln_weight_hh_l{k}{sfx}"] += total[1]
+    gr[f"ln_weight_c_l{k}{sfx}"] += total[3, :H]
+    db = None
+    if layer.bias:  # b_ih's and b_hh's: both add to z
+        gr[f"ln_bias_c_l{k}{sfx}"] += total[4, :H]
+        db = total[2]
     layer._input_grads(ws, k, d, inp, ex["xhat"], dx, db=db)
     layer._hidden_grads(ws, k, d, dr, hprev, db=db)
+
+
+def _flat_parts(ws) -> int:
+    """How many threads share the T·B (step, batch row) pairs of ``_flat_rows``."""
+    T, B = ws.key
+    return _threads.parts_for(T * B, _flat_work(ws))
+
+
+def _flat_work(ws) -> float:
+    T, B = ws.key
+    return float(T) * B * ws.gates[0][0].shape[2] * 4  # a few operations per gate value
+
+
+def _flat_rows(layer, ws, split, args: tuple, stacked: tuple = ()) -> None:
+    """Run the kernel ``split`` over the T·B (step, batch row) pairs on nlstm's threads
+    (a whole sequence splits however small B is), part i's scratch ``s[i]`` of each array
+    s of ``stacked`` ((parts, ...) each)."""
+    T, B = ws.key
+    n = _flat_parts(ws)
+    parts = [tuple(s[i] for s in stacked) for i in range(n)]
+    _threads.run_rows(T * B, _flat_work(ws), split, args, parts, stacked,
+                      row_cost=_flat_cost(ws) if ws.valid < T * B else None)
+
+
+def _flat_cost(ws) -> np.ndarray:
+    """The cost of each (step, batch row) pair, flat: 1 within its row's length, else 0."""
+    T, B = ws.key
+    return (np.arange(T)[:, None] < ws.lengths[None, :]).reshape(T * B)
 
 
 def _backward_rows(layer, ws, k: int, d: int, dy: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _threads
-from .kernels import blocks, tiles, tuning
+from .kernels import blocks, masks, tiles, tuning
 from .kernels import parallel as P
 from .kernels.sync import STRIDE
 from ._guard import GradBackup, Lockable, check_training_thread
@@ -94,6 +94,7 @@ class Workspace:
         self.masks = [e(T, B, D * O) for _ in range(L - 1)] if layer.dropout else []
         self.extra = [[layer._extra_buffers(T, B, e) for _ in range(D)] for _ in range(L)]
         self.stacked, self.scratch = (), []
+        self.train = False  # whether the forward running (or the last one) is a training one
         self.ensure_scratch(layer, _threads.get_num_threads())
         self.lengths = np.empty(B, np.int64)
         self.valid = T * B  # steps summed over the rows: lengths.sum(), set by each forward
@@ -298,11 +299,17 @@ class RecurrentLayer(Lockable):
             return  # p everywhere still, from the last inference (a pass over T·B·H each)
         for mask in ex["zoneout"]:
             if train:
-                self._dropout_rng.random(dtype=self.dtype, out=mask)
-                np.less(mask, p, out=mask)
+                self._bernoulli(mask, p, 1.0)
             else:
                 mask.fill(p)
         ex["zoneout_filled"] = None if train else p
+
+    def _bernoulli(self, mask: np.ndarray, prob: float, value: float) -> None:
+        """Fill mask (C-contiguous) with ``value`` at probability ``prob``, else 0: one key
+        from the layer's seeded stream, then ``kernels.masks.bernoulli`` (the draws)."""
+        key = np.uint64(self._dropout_rng.integers(0, 2 ** 64, dtype=np.uint64))
+        threshold = np.uint64(min(round(prob * 2.0 ** 32), 2 ** 32))
+        masks.bernoulli(mask.reshape(-1), key, threshold, value)
 
     def _work_size(self) -> int:
         """Scratch elements of one streaming step."""
@@ -529,6 +536,7 @@ class RecurrentLayer(Lockable):
 
     def _run_forward(self, ws: Workspace, train: bool, x: np.ndarray) -> None:
         """Every layer forward; x: the input (T, B, I) in the layer's dtype, C-contiguous."""
+        ws.train = train
         inp = x
         for k in range(self.num_layers):
             for d in range(self.num_directions):
@@ -541,9 +549,7 @@ class RecurrentLayer(Lockable):
                 # except as that input, so it is masked in place.
                 mask = ws.masks[k]
                 keep = 1.0 - self.dropout
-                self._dropout_rng.random(dtype=self.dtype, out=mask)
-                np.less(mask, keep, out=mask)
-                mask *= self.dtype.type(1.0 / keep)
+                self._bernoulli(mask, keep, 1.0 / keep)
                 y *= mask
             inp = y
 

@@ -52,3 +52,28 @@ def test_dropout_is_off_in_inference_and_reproducible_from_seed():
 def test_dropout_rejects_bad_values(p):
     with pytest.raises(ValueError, match="dropout"):
         nlstm.LSTM(3, 4, dropout=p)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("prob", [0.1, 0.5, 0.9])
+def test_mask_draws_have_the_rate_asked_and_no_pattern(dtype, prob):
+    """The counter-based draws behind dropout and zoneout masks (``kernels.masks``): the
+    rate asked overall and in every column of a (T, B, H) mask, neighbours independent, and
+    another key another mask. Bounds at 5 standard deviations: a draw that ignored the
+    threshold, a short period or a key that did not reach the draws fails them."""
+    from nlstm.kernels.masks import bernoulli
+    n, H = 256_000, 128
+    out = np.full(n, -1.0, dtype)
+    bernoulli(out, np.uint64(7), np.uint64(round(prob * 2 ** 32)), 2.5)
+    assert set(np.unique(out).tolist()) <= {0.0, 2.5}
+    hit = out != 0
+    sd = lambda q, m: 5 * np.sqrt(q * (1 - q) / m)
+    assert abs(hit.mean() - prob) < sd(prob, n)
+    assert np.all(np.abs(hit.reshape(-1, H).mean(0) - prob) < sd(prob, n // H) * 1.3)
+    for lag in (1, H):  # the next unit, the same unit a step later
+        both = np.mean(hit[lag:] & hit[:-lag])
+        assert abs(both - prob ** 2) < sd(prob ** 2, n - lag), lag
+    other = np.empty_like(out)
+    bernoulli(other, np.uint64(8), np.uint64(round(prob * 2 ** 32)), 2.5)
+    agree = np.mean((other != 0) == hit)  # independent masks agree at p² + (1-p)²
+    assert abs(agree - (prob ** 2 + (1 - prob) ** 2)) < 0.01

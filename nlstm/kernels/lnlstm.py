@@ -143,45 +143,74 @@ def back_means(dn, xhat):
 
 
 @kernel
-def normalize_input(b0, b1, gates, xhat, rstd, gamma, beta, lengths):
-    """The input side, for batch rows b0:b1: xhat = LN(W_ih x) and gates = γ_ih ⊙ xhat + b_ih
-    at every valid step (zeros past each row's length, which the projection leaves unwritten).
-    gates: (T, B, 4H) in: W_ih x; xhat: (T, B, 4H) out; rstd: (T, B, 3) out at [..., 0];
-    gamma, beta: (4H,)."""
+def normalize_input(r0, r1, gates, xhat, rstd, gamma, beta, lengths):
+    """The input side, for the flat rows r0:r1 of the T·B (step, batch row) pairs (row r is
+    step r // B of batch row r % B: a whole sequence splits over threads however small B
+    is): xhat = LN(W_ih x) and gates = γ_ih ⊙ xhat + b_ih at every valid step (zeros past
+    each row's length, which the projection leaves unwritten). gates: (T, B, 4H) in:
+    W_ih x; xhat: (T, B, 4H) out, or empty, (1, 1, 0) (inference: only backward reads it); rstd:
+    (T, B, 3) out at [..., 0]; gamma, beta: (4H,)."""
     wide()
-    T = gates.shape[0]
+    B = gates.shape[1]
+    keep = xhat.shape[2] > 0  # empty is (1, 1, 0)
     zero = cast_like(gates, 0)
-    for b in range(b0, b1):
-        for t in range(T):
-            g = gates[t, b]
-            xh = xhat[t, b]
-            if t >= lengths[b]:
+    for r in range(r0, r1):
+        t = r // B
+        b = r - t * B
+        g = gates[t, b]
+        if t >= lengths[b]:
+            for j in range(g.shape[0]):
+                g[j] = zero
+            if keep:
+                xh = xhat[t, b]
                 for j in range(g.shape[0]):
-                    g[j] = zero
                     xh[j] = zero
-                rstd[t, b, 0] = zero
-                continue
-            mean, rs = moments(g, EPS)
-            rstd[t, b, 0] = rs
+            rstd[t, b, 0] = zero
+            continue
+        mean, rs = moments(g, EPS)
+        rstd[t, b, 0] = rs
+        if keep:
+            xh = xhat[t, b]
             for j in range(g.shape[0]):  # one pass: LN(W_ih x) kept, and scaled and shifted
                 v = (g[j] - mean) * rs
                 xh[j] = v
                 g[j] = gamma[j] * v + beta[j]
+        else:
+            for j in range(g.shape[0]):
+                g[j] = gamma[j] * ((g[j] - mean) * rs) + beta[j]
 
 
 @kernel
-def normalize_input_back(b0, b1, dgates, xhat, rstd, gamma, lengths):
+def normalize_input_back(r0, r1, dgates, xhat, rstd, gamma, lengths, rhat, du, chat, sums):
     """xhat = the gradient of W_ih x (in place, for the dW_ih and dx products) from the gate
-    gradients dgates (T, B, 4H), for batch rows b0:b1 (zero past each length: dgates is).
-    dgates is overwritten by dgates⊙γ_ih (see ``normalize_back``)."""
+    gradients dgates (T, B, 4H), for the flat rows r0:r1 as in ``normalize_input`` (zero
+    past each length: dgates is). dgates is overwritten by dgates⊙γ_ih (see
+    ``normalize_back``). On the way, this range's share of the LayerNorm parameters'
+    gradients is added into sums (5, 4H), one pass over what the rows already read:
+    [0] Σ dz⊙xhat (γ_ih), [1] Σ dz⊙rhat (γ_hh), [2] Σ dz (b_ih and b_hh), [3, :H] Σ du⊙chat
+    (γ_c), [4, :H] Σ du (β_c); rhat (T, B, 4H), du and chat (T, B, H) as the forward and
+    backward kernels left them."""
     wide()
-    T = dgates.shape[0]
-    for b in range(b0, b1):
-        for t in range(min(T, lengths[b])):
-            dg = dgates[t, b]
-            for j in range(dg.shape[0]):
-                dg[j] *= gamma[j]
-            normalize_back(dg, xhat[t, b], rstd[t, b, 0], xhat[t, b])
+    B = dgates.shape[1]
+    H = chat.shape[2]
+    s_ih, s_hh, s_b, s_c, s_bc = sums[0], sums[1], sums[2], sums[3, :H], sums[4, :H]
+    for r in range(r0, r1):
+        t = r // B
+        b = r - t * B
+        if t >= lengths[b]:
+            continue
+        dg, xh, rh = dgates[t, b], xhat[t, b], rhat[t, b]
+        for j in range(dg.shape[0]):
+            v = dg[j]
+            s_ih[j] += v * xh[j]
+            s_hh[j] += v * rh[j]
+            s_b[j] += v
+            dg[j] = v * gamma[j]
+        dut, cht = du[t, b], chat[t, b]
+        for j in range(H):
+            s_c[j] += dut[j] * cht[j]
+            s_bc[j] += dut[j]
+        normalize_back(dg, xh, rstd[t, b, 0], xh)
 
 
 @kernel
