@@ -123,6 +123,14 @@ def _saved(layer, ex: dict) -> tuple:
     return ex["rhat"], ex["chat"], ex["rstd"], ex["dr"], ex["du"]
 
 
+def _input_side(layer, ws, k: int, d: int) -> tuple:
+    """γ_ih and xhat of layer k, direction d, for a backward kernel that runs
+    ``input_back`` itself (empty for the plain cell)."""
+    if not layer._layer_norm:
+        return layer._empty1, layer._empty3
+    return layer.params[f"ln_weight_ih_l{k}{layer._suffixes()[d]}"], ws.extra[k][d]["xhat"]
+
+
 def _variants(layer, k: int, d: int) -> tuple:
     """peep, clip, input_forget, acts, proj, w_hr_t: the kernels' variant options of layer k,
     direction d."""
@@ -186,6 +194,7 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     zh, zc = ex["zoneout"]
     rhat, chat, rstd, dr, du = _saved(layer, ex)
     parts = layer._unit_parts(ws)
+    fused = None  # the LayerNorm parameters' gradient sums if the kernel ran input_back
     if parts:  # as in forward_dir
         ws.ensure_scratch(layer, 1)
         sp2, sg, sh = ws.scratch[0][3:6]  # shared by the parts
@@ -198,13 +207,16 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     elif _one_row(layer, ws):  # as in forward_dir
         ws.ensure_scratch(layer, 1)
         sp2, sh = ws.scratch[0][3][0], ws.scratch[0][5][0]
+        fused = layer._part_rows(1, 5, 4 * layer.hidden_size * ln)
+        fused[...] = 0
         R.lnlstm_backward_row(0, gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i],
                               ws.dfinal[1][i], gates, c, layer._packed_carry(k, d), ws.lengths,
                               d == 1, d * layer._out_size, ln, *_norm_params(layer, k, d), rhat,
-                              chat, rstd, dr, du, zh, zc, sh, sp2)
+                              chat, rstd, dr, du, zh, zc, *_input_side(layer, ws, k, d),
+                              fused[0], sh, sp2)
     else:
-        _backward_rows(layer, ws, k, d, dy)
-    # gates now holds dz, the gradients of the gate pre-activations
+        fused = _backward_rows(layer, ws, k, d, dy)
+    # gates now holds dz, the gradients of the gate pre-activations (or, fused, dz⊙γ_ih)
     hprev = layer._hprev(h, d)
     if layer.proj_size:
         layer._proj_grads(ws, k, d)
@@ -219,13 +231,14 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     G, H = 4 * layer.hidden_size, layer.hidden_size
     # xhat becomes the gradient of W_ih x, gates dz⊙γ_ih; every LayerNorm parameter's
     # gradient is summed on the way, each part of the rows into its own (5, G) sums
-    n = _flat_parts(ws)
-    sums = layer._part_rows(n, 5, G)
-    sums[...] = 0
-    args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"], ws.lengths,
-            rhat, du, chat)
-    _flat_rows(layer, ws, P.normalize_input_back, args, (sums,))
-    total = sums[0] if n == 1 else sums.sum(axis=0)
+    sums = fused
+    if sums is None:
+        sums = layer._part_rows(_flat_parts(ws), 5, G)
+        sums[...] = 0
+        args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"],
+                ws.lengths, rhat, du, chat)
+        _flat_rows(layer, ws, P.normalize_input_back, args, (sums,))
+    total = sums[0] if len(sums) == 1 else sums.sum(axis=0)
     gr = layer.grads
     gr[f"ln_weight_ih_l{k}{sfx}"] += total[0]
     gr[f"ln_weight_hh_l{k}{sfx}"] += total[1]
@@ -266,9 +279,13 @@ def _flat_cost(ws) -> np.ndarray:
     return (np.arange(T)[:, None] < ws.lengths[None, :]).reshape(T * B)
 
 
-def _backward_rows(layer, ws, k: int, d: int, dy: np.ndarray) -> None:
-    """``lnlstm_backward`` over the batch's rows on nlstm's threads."""
+def _backward_rows(layer, ws, k: int, d: int, dy: np.ndarray) -> Optional[np.ndarray]:
+    """``lnlstm_backward`` over the batch's rows on nlstm's threads. With LayerNorm and no
+    peepholes the kernel also runs each row's ``input_back`` (in place of the flat
+    ``normalize_input_back`` after it): then the per-thread (threads, 5, 4H) sums of the
+    LayerNorm parameters' gradients it returns; else None."""
     ln, ex, i = layer._layer_norm, ws.extra[k][d], k * layer.num_directions + d
+    fuse = ln and not layer.peephole  # (the peepholes' gradients read dz after the kernel)
     gates, h, c = ws.gates[k][d], ws.states[0][k][d], ws.states[1][k][d]
     zh, zc = ex["zoneout"]
     rhat, chat, rstd, dr, du = _saved(layer, ex)
@@ -278,8 +295,12 @@ def _backward_rows(layer, ws, k: int, d: int, dy: np.ndarray) -> None:
             c, layer._w("weight_hh", k, d), layer._no_carry if wc.size else
             layer._carry_weights(ws, k, d), ws.lengths, d == 1, d * layer._out_size, ln,
             *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
-            *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"], wc)
-    layer._rows(ws, P.lnlstm_backward, args)
+            *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"], wc,
+            *_input_side(layer, ws, k, d))
+    sums = layer._part_rows(_threads.get_num_threads(), 5, 4 * layer.hidden_size * fuse)
+    sums[...] = 0
+    layer._rows(ws, P.lnlstm_backward, args, more=(sums,))
+    return sums if fuse else None
 
 
 def step_kernel():

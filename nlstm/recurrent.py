@@ -584,14 +584,20 @@ class RecurrentLayer(Lockable):
                               [()], (), min_work=tuning.SMALL_GEMM)
         return gates
 
-    def _rows(self, ws: Workspace, split, args: tuple, scratch: bool = True) -> None:
+    def _rows(self, ws: Workspace, split, args: tuple, scratch: bool = True,
+              more: tuple = ()) -> None:
         """Run the batched kernel ``split`` (``kernels.parallel.Split``) over the batch on
-        nlstm's threads, with each thread's scratch after ``args`` (if ``scratch``)."""
+        nlstm's threads, with each thread's scratch after ``args`` (if ``scratch``), then its
+        part of each array of ``more`` ((threads, ...) each, threads = ``get_num_threads()``
+        now)."""
         T, B = ws.key
         n = _threads.get_num_threads()
         ws.ensure_scratch(self, n)
         work = float(T) * B * self._G * self.hidden_size * self._out_size
         stacked, parts = (ws.stacked, ws.scratch) if scratch else ((), [()])
+        if more:
+            stacked = stacked + more
+            parts = [sc + tuple(a[i] for a in more) for i, sc in enumerate(parts[:n])]
         # ragged rows cost their lengths
         _threads.run_rows(B, work, split, args, parts, stacked, row_cost=ws.lengths)
 

@@ -14,8 +14,10 @@ masks are 0 or 1; inference fills them with the probability p, which gives the e
 As in the paper, h̃ reads c̃, not the zoned-out c.
 
 The layer does the whole-sequence products and the input side's normalisation outside the
-recurrence (``normalize_input`` after the one big product, ``normalize_input_back`` before the
-dW_ih and dx products). Slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o. The
+recurrence (``normalize_input`` after the one big product); its backward (``input_back``)
+runs inside the backward kernels, on each row as soon as its dz is known, except in the
+unit split and with peepholes, which leave it to ``normalize_input_back`` before the dW_ih
+and dx products. Slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o. The
 per-step products W_hh h and the backward carry run as the LSTM's do: on the micro-kernels of
 :mod:`nlstm.kernels.tiles` (``lstm.step_tiles``, ``tiles.panel_rows``) for ranges of more than
 one row when H fits them, else the block products of :mod:`nlstm.kernels.blocks` (one row:
@@ -113,19 +115,54 @@ def normalize_back(dn, xhat, rstd, out):
     second pass can be contracted into an FMA that skips the rounding the first pass's sum
     saw, and rstd (1/√ε ≈ 316 for a row of equal values) multiplies the mismatch (measured:
     1e-3 relative error in float32 gradients where every row was constant). Callers that
-    scale dn first store the scaled values."""
+    scale dn first store the scaled values (``scaled_back``)."""
     wide()
     s1, s2 = back_means(dn, xhat)
+    apply_back(dn, xhat, rstd, s1, s2, out)
+
+
+@kernel
+def apply_back(dn, xhat, rstd, m1, m2, out):
+    """``normalize_back``'s second pass, its means m1 = mean dn and m2 = mean(dn⊙xhat)
+    given: out = rstd·(dn − m1 − xhat·m2). out may be dn or xhat."""
+    wide()
     if same(out, dn):  # in place (see ``same``)
         for j in range(dn.shape[0]):
-            dn[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
+            dn[j] = rstd * (dn[j] - m1 - xhat[j] * m2)
         return
     if same(out, xhat):
         for j in range(dn.shape[0]):
-            xhat[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
+            xhat[j] = rstd * (dn[j] - m1 - xhat[j] * m2)
         return
     for j in range(dn.shape[0]):
-        out[j] = rstd * (dn[j] - s1 - xhat[j] * s2)
+        out[j] = rstd * (dn[j] - m1 - xhat[j] * m2)
+
+
+@kernel
+def scaled_back(dz, gain, xhat, rstd, out, also):
+    """The gradient of a where z = gain ⊙ LN(a) + ...: ``normalize_back`` of dn = dz⊙gain,
+    in two passes (dn stored into out, as ``normalize_back`` asks, while its sums run; then
+    the result over it), and copied into ``also`` in the second pass unless that is empty.
+    All (n,); out may be dz itself."""
+    wide()
+    n = dz.shape[0]
+    s1 = cast_like(dz, 0)
+    s2 = cast_like(dz, 0)
+    for j in range(n):
+        v = dz[j] * gain[j]
+        out[j] = v
+        s1 += v
+        s2 += v * xhat[j]
+    inv_n = cast_like(dz, 1.0 / n)
+    m1 = s1 * inv_n
+    m2 = s2 * inv_n
+    if also.shape[0] > 0:
+        for j in range(n):
+            w = rstd * (out[j] - m1 - xhat[j] * m2)
+            out[j] = w
+            also[j] = w
+        return
+    apply_back(out, xhat, rstd, m1, m2, out)
 
 
 @kernel
@@ -182,35 +219,49 @@ def normalize_input(r0, r1, gates, xhat, rstd, gamma, beta, lengths):
 
 @kernel
 def normalize_input_back(r0, r1, dgates, xhat, rstd, gamma, lengths, rhat, du, chat, sums):
-    """xhat = the gradient of W_ih x (in place, for the dW_ih and dx products) from the gate
-    gradients dgates (T, B, 4H), for the flat rows r0:r1 as in ``normalize_input`` (zero
-    past each length: dgates is). dgates is overwritten by dgates⊙γ_ih (see
-    ``normalize_back``). On the way, this range's share of the LayerNorm parameters'
-    gradients is added into sums (5, 4H), one pass over what the rows already read:
-    [0] Σ dz⊙xhat (γ_ih), [1] Σ dz⊙rhat (γ_hh), [2] Σ dz (b_ih and b_hh), [3, :H] Σ du⊙chat
-    (γ_c), [4, :H] Σ du (β_c); rhat (T, B, 4H), du and chat (T, B, H) as the forward and
-    backward kernels left them."""
+    """``input_back`` for the flat rows r0:r1 of the T·B (step, batch row) pairs, as in
+    ``normalize_input`` (rows past their length skipped: dgates is zero there, and so is
+    xhat from the forward). dgates (T, B, 4H) the gate gradients; xhat (T, B, 4H), rhat
+    (T, B, 4H), du and chat (T, B, H) as the forward and backward kernels left them; rstd
+    (T, B, 3): [..., 0] read; sums (5, 4H) this range's share of the LayerNorm parameters'
+    gradients, added to."""
     wide()
     B = dgates.shape[1]
-    H = chat.shape[2]
-    s_ih, s_hh, s_b, s_c, s_bc = sums[0], sums[1], sums[2], sums[3, :H], sums[4, :H]
     for r in range(r0, r1):
         t = r // B
         b = r - t * B
-        if t >= lengths[b]:
-            continue
-        dg, xh, rh = dgates[t, b], xhat[t, b], rhat[t, b]
-        for j in range(dg.shape[0]):
-            v = dg[j]
-            s_ih[j] += v * xh[j]
-            s_hh[j] += v * rh[j]
-            s_b[j] += v
-            dg[j] = v * gamma[j]
-        dut, cht = du[t, b], chat[t, b]
-        for j in range(H):
-            s_c[j] += dut[j] * cht[j]
-            s_bc[j] += dut[j]
-        normalize_back(dg, xh, rstd[t, b, 0], xh)
+        if t < lengths[b]:
+            input_back(dgates[t, b], xhat[t, b], rstd[t, b, 0], gamma, rhat[t, b], du[t, b],
+                       chat[t, b], sums)
+
+
+@numba.njit(inline="always", **options())
+def input_back(dg, xh, rs, gamma, rh, du, chat, sums):
+    """One (step, row)'s input side of backward: xh = LN(W_ih x) (4H,) becomes the gradient
+    of W_ih x (for the dW_ih and dx products) from the gate gradients dg (4H,), which is
+    overwritten by dg⊙γ_ih (see ``normalize_back``); rs: that LN's rstd. On the way, the
+    LayerNorm parameters' gradients are added into sums (5, 4H), one pass over what the
+    row already reads: [0] Σ dz⊙xhat (γ_ih), [1] Σ dz⊙rhat (γ_hh), [2] Σ dz (b_ih and b_hh),
+    [3, :H] Σ du⊙chat (γ_c), [4, :H] Σ du (β_c); rh: LN(W_hh h) (4H,); du, chat: (H,).
+    Inlined: the batched backward kernel runs it for each row, right after the row's dz."""
+    H = chat.shape[0]
+    s_ih, s_hh, s_b, s_c, s_bc = sums[0], sums[1], sums[2], sums[3, :H], sums[4, :H]
+    s1 = cast_like(dg, 0)
+    s2 = cast_like(dg, 0)
+    for j in range(dg.shape[0]):  # with the sums of normalize_back's first pass
+        v = dg[j]
+        s_ih[j] += v * xh[j]
+        s_hh[j] += v * rh[j]
+        s_b[j] += v
+        w = v * gamma[j]
+        dg[j] = w  # kept: see normalize_back
+        s1 += w
+        s2 += w * xh[j]
+    for j in range(H):
+        s_c[j] += du[j] * chat[j]
+        s_bc[j] += du[j]
+    inv_n = cast_like(dg, 1.0 / dg.shape[0])
+    apply_back(dg, xh, rs, s1 * inv_n, s2 * inv_n, xh)
 
 
 @kernel
@@ -633,8 +684,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
 @kernel
 def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
                     reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, peep,
-                    clip, input_forget, acts, pre, proj, w_hr_t, dh_all, wc, rows, times, sp1,
-                    sp2, sg, sh):
+                    clip, input_forget, acts, pre, proj, w_hr_t, dh_all, wc, g_ih, xhat, rows,
+                    times, sp1, sp2, sg, sh, sums):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 4H) out: the gradients dz of the gate pre-activations (zero past each
@@ -646,6 +697,12 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     that of γ_c ⊙ LN(c̃) + β_c (both empty without ``ln``)
     dh_all: (T, B, P) out with ``proj``: the gradient of each step's W_hr m, else empty
     wc: W_hh packed for the carry's panels (``tiles.pack_panels``), or empty
+    g_ih: (4H,) γ_ih; xhat: (T, B, 4H) LN(W_ih x) from ``normalize_input``; sums: (5, 4H)
+    this range's, or (5, 0): with ``ln`` and sums not empty, each row's ``input_back`` runs
+    as soon as its dz is known (while dz, rhat and du are in cache): xhat becomes the
+    gradient of W_ih x, dgates dz⊙γ_ih (so not with peepholes, whose gradients read dz
+    after this kernel), and sums gains the range's share of the LayerNorm parameters'
+    gradients
     the rest as given to ``lnlstm_forward`` (dh0, dh_n and dy have P features)
     """
     T = gates.shape[0]
@@ -655,6 +712,7 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     P = h.shape[2]
     G = 4 * H
     zo = zh.shape[0] > 0
+    fuse = ln and sums.shape[1] > 0
     none = sh[0, :0]
     copy_rows(b0, b1, dh0, dh_n)
     copy_rows(b0, b1, dc0, dc_n)
@@ -695,16 +753,14 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
                 _cell_back_plain(gates[t, b], dg, dht, dc0[b], c[p, b], ln, g_c, b_c, chat_tb,
                                  rs, du_tb, zc_tb)
             src = sg[i]
-            if ln:
-                d = dr[t, b]
-                for j in range(G):
-                    d[j] = dg[j] * g_hh[j]
-                normalize_back(d, rhat[t, b], rstd[t, b, 1], d)
-                for j in range(G):
-                    src[j] = d[j]
-            else:
+            if not ln:
                 for j in range(G):
                     src[j] = dg[j]
+                continue
+            scaled_back(dg, g_hh, rhat[t, b], rstd[t, b, 1], dr[t, b], src)
+            if fuse:
+                input_back(dg, xhat[t, b], rstd[t, b, 0], g_ih, rhat[t, b], du_tb, chat_tb,
+                           sums)
         # the carry: dz · W_hh for every active row
         if wc.shape[0] > 0:
             if not zo:

@@ -16,8 +16,8 @@ variants). Arrays as for ``lnlstm.lnlstm_forward`` and ``lnlstm_backward``.
 from .activations import cast_like
 from .blocks import row_out
 from .config import kernel
-from .lnlstm import (EPS, _cell_back_plain, _cell_plain, add_normalized, moments,
-                     normalize_back, split_dh)
+from .lnlstm import (EPS, _cell_back_plain, _cell_plain, add_normalized, input_back, moments,
+                     scaled_back, split_dh)
 from .simd import vwidth
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_time, zero_padding,
                     zero_rows_past)
@@ -75,12 +75,14 @@ def lnlstm_forward_row(b, y, h, c, h_n, c_n, gates, wp, bias, h0, c0, lengths, r
 
 @kernel
 def lnlstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, wc, lengths, reverse, col,
-                        ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, dht, keep):
+                        ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, g_ih, xhat, sums,
+                        dht, keep):
     """``lnlstm_backward`` of the plain cell for the one batch row b.
 
     wc: W_hh packed by ``tiles.pack_panels`` (H a multiple of 4 vector widths); dht, keep:
-    (H,) scratch; the rest as for ``lnlstm_backward`` (no variant options, no projection;
-    dgates may be ``gates``)."""
+    (H,) scratch; g_ih, xhat, sums: as for ``lnlstm_backward`` (sums (5, 4H), each step's
+    ``input_back`` run here); the rest as for ``lnlstm_backward`` (no variant options, no
+    projection; dgates may be ``gates``)."""
     T, B, G = gates.shape
     H = G // 4
     S = 4 * vwidth(dht)
@@ -110,10 +112,9 @@ def lnlstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, wc, lengt
                          zc[t, b] if zo else none)
         src, so = dgf, (t * B + b) * G
         if ln:  # the carry goes through LN(W_hh h)
-            d = dr[t, b]
-            for j in range(G):
-                d[j] = dg[j] * g_hh[j]
-            normalize_back(d, rhat[t, b], rstd[t, b, 1], d)
+            scaled_back(dg, g_hh, rhat[t, b], rstd[t, b, 1], dr[t, b], none)
+            input_back(dg, xhat[t, b], rstd[t, b, 0], g_ih, rhat[t, b], du[t, b], chat[t, b],
+                       sums)
             src = drf
         # the carry: dz · W_hh, panels in alternating order
         row_blocks(dhf, b * H, S // 4, S, dhf, src, so, wc, G, 0, H // S, step, FROM_ZERO)
