@@ -15,7 +15,10 @@ same weights, the same threads, in one process:
 Before anything is timed, lnlstm's outputs (inference: y, h_n, c_n; training: also dx and
 every parameter gradient) are checked against torch-ln's, and lnlstm+zo's inference (the
 expectation) against torch-ln with zoneout's; an engine that disagrees is not timed.
-Timing as bench.compare's (rotating chunks, median; bench.timing).
+Timing as bench.compare's (rotating chunks, median; bench.timing). The ratios to lstm are
+paired: per round, one engine's chunk median over lstm's from the same round, then the median
+of those; chunks of one round run within a second or two of each other, so the host's slow
+swings (the same code reads 1.4x apart in runs minutes apart here) cancel out of the ratios.
 
 Targets (issue 20): lnlstm and lstm+zo at most 1.3x lstm's time; torch-ln (the faster of
 eager and compiled) at least 3x lnlstm's, at S, M and long.
@@ -217,11 +220,17 @@ def run_case(case, mode: str, repeat: int, chunk_s: float, compile_torch: bool) 
     stats = time_chunked({k: r[0] for k, r in runners.items()}, repeat=repeat, chunk_s=chunk_s)
     times = {k: s.median for k, s in stats.items()}
     row = dict(case=case.name, mode=mode, describe=case.describe(), times=times, notes=notes)
-    row["ratios"] = {k: times[k] / times[base] for k, (base, _) in TARGETS.items() if k in times}
+    row["ratios"] = {k: paired_ratio(stats[k].chunk_medians, stats[base].chunk_medians)
+                     for k, (base, _) in TARGETS.items() if k in times}
     torch_best = min((times[k] for k in times if k.startswith("torch")), default=None)
     if torch_best is not None:
         row["torch_over_lnlstm"] = torch_best / times["lnlstm"]
     return row
+
+
+def paired_ratio(num, den) -> float:
+    """Median over rounds of num's chunk median over den's from the same round."""
+    return float(np.median(np.asarray(num) / np.asarray(den)))
 
 
 def fmt(s: Optional[float]) -> str:
@@ -250,7 +259,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default="S,M,long", help="grid cases (default S,M,long)")
     ap.add_argument("--modes", default="infer,train")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="short timing, long at T=400")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")

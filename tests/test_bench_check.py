@@ -293,3 +293,13 @@ def test_harness_keeps_torch_on_its_own_openmp():
     own = [g for g in gomps.split(",") if g.startswith(torch_dir)]
     if glob.glob(os.path.join(torch_dir, "lib", "libgomp*")):  # a wheel with its own OpenMP
         assert own, f"torch bound to another libgomp: {gomps}"
+
+
+def test_lnlstm_ratios_pair_each_round():
+    # A host that slows everything 2x in one round: ratios of whole-run medians would move,
+    # the per-round pairs do not.
+    from bench.lnlstm import paired_ratio
+    base = [1.0, 1.0, 2.0, 2.0, 2.0]
+    assert paired_ratio([1.2 * b for b in base], base) == pytest.approx(1.2)
+    assert paired_ratio([1.2, 1.2, 1.2, 2.4, 2.4], base) == pytest.approx(1.2)
+    assert np.median([1.2, 1.2, 1.2, 2.4, 2.4]) / np.median(base) == pytest.approx(0.6)
