@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 try:
+    import dask
     import dask.array as da
     from dask.core import flatten
     from distributed import Client, KilledWorker, wait
@@ -175,8 +176,8 @@ def predict(client, model, X, lengths=None, batch_size: int = 256):
     bit for bit when every chunk but the last is a multiple of batch_size rows (the
     BLAS rounds a product differently for other batch sizes: then to float rounding);
     for a layer its output y batch-first (N, T, D·O). The model goes to every worker
-    once, as the bytes of ``nlstm.save``; a chunk lost with a worker is recomputed by
-    Dask elsewhere.
+    once, as the bytes of ``nlstm.save`` in one key of the graph; a chunk or the model
+    lost with a worker (even with every worker) is recomputed by Dask elsewhere.
     """
     _check_client(client)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -192,7 +193,10 @@ def predict(client, model, X, lengths=None, batch_size: int = 256):
     else:
         O, last = model.output_size, False
     token = uuid.uuid4().hex
-    [blob] = client.scatter([data], broadcast=True, hash=False)
+    # The model's bytes as a key of the graph, not a scattered future: Dask recomputes a
+    # graph key lost with the workers that held it, while losing every copy of scattered
+    # data cancels everything that reads it ("lost dependencies").
+    blob = dask.delayed(data, name=f"nlstm-model-{token}")
     out = "ij" if last else "itj"
     args = [X, "itf"] + ([L, "i"] if L is not None else [])
     meta = np.empty((0,) * len(out), dtype)

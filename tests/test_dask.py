@@ -104,6 +104,22 @@ def test_predict_survives_a_killed_worker(client):
     np.testing.assert_array_equal(future.result(timeout=120), want)
 
 
+def test_predict_survives_losing_every_worker(client):
+    # The model must come from the graph: a scattered copy lost with every worker that held
+    # it cannot be recomputed, and everything reading it is cancelled.
+    X, _, lengths = _data(3, N=600, T=20)
+    m = _model()
+    want = m.predict(X, lengths, batch_size=100)
+    result = nd.predict(client, m, da.from_array(X, chunks=(100, -1, -1)), lengths, batch_size=100)
+    client.wait_for_workers(N_WORKERS, timeout=60)
+    pids = client.run(os.getpid)
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
+    _wait_for_exactly(client, 0)
+    _wait_for_exactly(client, N_WORKERS)
+    np.testing.assert_array_equal(client.compute(result).result(timeout=120), want)
+
+
 # ---- fit ----------------------------------------------------------------------------------
 FIT = dict(epochs=2, batch_size=8, seed=5, verbose=0)
 
