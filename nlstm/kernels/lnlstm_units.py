@@ -28,7 +28,7 @@ no projection); H a multiple of the vector width (the tiles). Slots as in
 import numpy as np
 
 from .activations import cast_like
-from .blocks import row_dots
+from .blocks import row_dots_alternating, same
 from .config import kernel
 from .lnlstm import (EPS, _back_gates, _back_ln, _gates, _out_units, _zoneout, add_normalized,
                      split_dh)
@@ -227,27 +227,38 @@ def lnlstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, 
     zero = dht[:0]
     mf = mine.reshape(mine.size)
     drm = mf[part * G:(part + 1) * G]  # every gate's dr, this part's copy
+    # dgates is gates in the layers: the loops then name each gate slice once, or LLVM's
+    # run-time overlap check sends them to its scalar loop (see blocks.same)
+    inplace = same(dgates, gates)
     count = 1
     barrier(flags, part, parts, count)
     dhu, dcu, ku = dh0[0, j0:j1], dc0[0, j0:j1], keep[j0:j1]
     for step in range(L - 1, -1, -1):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
-        g, dg = gates[t, 0], dgates[t, 0]  # dg may alias g (see _cell_back_plain)
+        g, dg = gates[t, 0], dgates[t, 0]
         dyu, vu = dy[t, 0, col + j0:col + j1], dht[j0:j1]
         split_dh(dyu, dhu, zh[t, 0, j0:j1] if zo else zero, ku, vu)
         go, do = g[3 * H + j0:3 * H + j1], dg[3 * H + j0:3 * H + j1]
         s1 = s2 = cast_like(dht, 0)
         rs = rstd[t, 0, 2] if ln else s1
         chu = chat[t, 0, j0:j1] if ln else zero
+        gi, gf, gg = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1]
+        cpu, zcu = c[p, 0, j0:j1], zc[t, 0, j0:j1] if zo else zero
         if ln:
-            p1, p2 = _back_ln(go, vu, chu, g_c[j0:j1], b_c[j0:j1], du[t, 0, j0:j1], do)
+            gcu, bcu, duu = g_c[j0:j1], b_c[j0:j1], du[t, 0, j0:j1]
+            if inplace:  # the gates named once (see blocks.same)
+                p1, p2 = _back_ln(go, vu, chu, gcu, bcu, duu, go)
+            else:
+                p1, p2 = _back_ln(go, vu, chu, gcu, bcu, duu, do)
             count += 1
             barrier_sending(flags, part, parts, count, 0, p1, p2)
             s1, s2 = combined_means(flags, 0, parts, H, dht)
-        _back_gates(g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], go, dg[j0:j1],
-                    dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1], do, vu, dcu, c[p, 0, j0:j1],
-                    ln, chu, rs, s1, s2, zc[t, 0, j0:j1] if zo else zero)
+        if inplace:
+            _back_gates(gi, gf, gg, go, gi, gf, gg, go, vu, dcu, cpu, ln, chu, rs, s1, s2, zcu)
+        else:
+            _back_gates(gi, gf, gg, go, dg[j0:j1], dg[H + j0:H + j1], dg[2 * H + j0:2 * H + j1],
+                        do, vu, dcu, cpu, ln, chu, rs, s1, s2, zcu)
         if ln:  # dr = the gradient of W_hh h through LN(W_hh h)
             xh = rhat[t, 0]
             p1 = p2 = cast_like(sd, 0)
@@ -268,11 +279,11 @@ def lnlstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, 
             drt = dr[t, 0]
             for q in range(4):
                 copy(drt[q * H + j0:q * H + j1], drm[q * H + j0:q * H + j1])
-            row_dots(dh0[0], w_hh_t, drm, 0, G, j0, j1)  # dh of units j0:j1
+            row_dots_alternating(dh0[0], w_hh_t, drm, 0, G, j0, j1, step)  # dh of units j0:j1
         else:
             count += 1
             barrier(flags, part, parts, count)  # the carry reads every gate's gradient
-            row_dots(dh0[0], w_hh_t, dg, 0, G, j0, j1)
+            row_dots_alternating(dh0[0], w_hh_t, dg, 0, G, j0, j1, step)
         if zo:
             for j in range(n):
                 dhu[j] += ku[j]
