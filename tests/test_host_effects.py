@@ -220,3 +220,16 @@ def test_concurrent_calls_finish_on_the_threading_layer(layer):
     want = "workqueue" if layer == "workqueue" else ("tbb", "omp")
     words = out.stdout.split()
     assert words[:1] == ["layer"] and words[1] in want and words[2:] == ["bad", "[]"], out.stdout
+
+
+def test_the_users_own_numba_functions_still_compile():
+    """nlstm's compile notice listens to every Numba compile in the process; a user's
+    function whose ``__module__`` is None (made by exec() without ``__name__`` in its
+    globals) failed to compile once nlstm was imported (AttributeError in the listener)."""
+    namespace: dict = {}
+    exec("def twice(a):\n    return 2 * a\n", namespace)
+    assert namespace["twice"].__module__ is None
+    assert numba.njit(namespace["twice"])(21) == 42
+    before = len(nlstm.kernels.config.compiled)
+    numba.njit(lambda a: a + 1)(1)  # a function of the user's module: not reported as nlstm's
+    assert len(nlstm.kernels.config.compiled) == before

@@ -143,7 +143,9 @@ _notice_shown = False
 
 
 def _ours(dispatcher) -> bool:
-    return getattr(getattr(dispatcher, "py_func", None), "__module__", "").startswith(__package__ + ".")
+    # (a function made by exec() without __name__ in its globals has __module__ None)
+    module = getattr(getattr(dispatcher, "py_func", None), "__module__", None)
+    return isinstance(module, str) and module.startswith(__package__ + ".")
 
 
 def _describe(dispatcher, args) -> tuple:
