@@ -233,3 +233,16 @@ def test_the_users_own_numba_functions_still_compile():
     before = len(nlstm.kernels.config.compiled)
     numba.njit(lambda a: a + 1)(1)  # a function of the user's module: not reported as nlstm's
     assert len(nlstm.kernels.config.compiled) == before
+
+
+def test_the_users_own_numba_functions_are_not_reported_as_nlstms(capfd):
+    """A user's function that calls nlstm's overloaded float32 tanh compiles the overload's
+    lambda inside it, uncached: that is not nlstm compiling (the notice once said so, and
+    blamed an unwritable cache)."""
+    from nlstm.kernels import activations
+
+    before = len(nlstm.kernels.config.compiled)
+    f = numba.njit(lambda a: activations.tanh(a[0]))
+    assert f(np.array([0.5], np.float32)) == pytest.approx(np.tanh(0.5), rel=1e-6)
+    assert nlstm.kernels.config.compiled[before:] == []
+    assert "nlstm: compiling" not in capfd.readouterr().err

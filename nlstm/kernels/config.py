@@ -143,9 +143,14 @@ _notice_shown = False
 
 
 def _ours(dispatcher) -> bool:
+    """Whether ``dispatcher`` is one of nlstm's kernels. Not the lambdas of its
+    ``@overload``s (tanh, sigmoid, cast_like): Numba compiles those, uncached, into each
+    function that calls them, the user's own too, where no nlstm kernel is compiling."""
+    fn = getattr(dispatcher, "py_func", None)
     # (a function made by exec() without __name__ in its globals has __module__ None)
-    module = getattr(getattr(dispatcher, "py_func", None), "__module__", None)
-    return isinstance(module, str) and module.startswith(__package__ + ".")
+    module = getattr(fn, "__module__", None)
+    return (isinstance(module, str) and module.startswith(__package__ + ".")
+            and getattr(fn, "__name__", "") != "<lambda>")
 
 
 def _describe(dispatcher, args) -> tuple:
