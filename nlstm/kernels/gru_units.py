@@ -9,7 +9,7 @@ the n block's product needs r ⊙ h of every unit first (a second barrier a step
 keeps the one-thread kernels. The cell's equations are ``gru``'s own (``_gates_rz``,
 ``_gate_n``, ``_new_h``, ``_cell_back``), inlined here on each part's units.
 """
-from .blocks import row_dots, row_nn
+from .blocks import row_dots_alternating, row_nn
 from .config import kernel
 from .gru import _cell_back, _gate_n, _gates_rz, _new_h
 from .simd import wide
@@ -92,7 +92,7 @@ def gru_backward_units(part, parts, flags, dgates, dgates_hh, dh0, dy, dh_n, gat
                    None, 0)
         count += 1
         barrier(flags, part, parts, count)  # the carry reads every unit's gradients
-        row_dots(dh0[0], w_hh_t, dgh, 0, G, j0, j1)
+        row_dots_alternating(dh0[0], w_hh_t, dgh, 0, G, j0, j1, step)
         dhu = dh0[0, j0:j1]
         for j in range(du.shape[0]):
             dhu[j] += du[j]
