@@ -167,7 +167,7 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
                 ws.final[0][i], ws.final[1][i], gates, layer._packed_gates(k, d), bias,
                 ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, d * layer._out_size, ln,
                 *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc, r, ct,
-                layer._part_rows(parts, 4, layer.hidden_size))
+                layer._part_rows("forward units", parts, 4, layer.hidden_size))
         _threads.run_units(parts, P.lnlstm_forward_units, args)
         return
     if _one_row(layer, ws):  # its own kernel, on the one-row tile
@@ -202,12 +202,12 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
                 ws.dfinal[0][i], ws.dfinal[1][i], gates, c, layer._w("weight_hh", k, d),
                 ws.lengths, d == 1, d * layer._out_size, ln, *_norm_params(layer, k, d), rhat,
                 chat, rstd, dr, du, zh, zc, sh[0], sp2[0], sg[0],
-                layer._part_rows(parts, 4, layer.hidden_size))
+                layer._part_rows("backward units", parts, 4, layer.hidden_size))
         _threads.run_units(parts, P.lnlstm_backward_units, args)
     elif _one_row(layer, ws):  # as in forward_dir
         ws.ensure_scratch(layer, 1)
         sp2, sh = ws.scratch[0][3][0], ws.scratch[0][5][0]
-        fused = layer._part_rows(1, 5, 4 * layer.hidden_size * ln)
+        fused = layer._part_rows("ln sums", 1, 5, 4 * layer.hidden_size * ln)
         fused[...] = 0
         R.lnlstm_backward_row(0, gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i],
                               ws.dfinal[1][i], gates, c, layer._packed_carry(k, d), ws.lengths,
@@ -233,7 +233,7 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     # gradient is summed on the way, each part of the rows into its own (5, G) sums
     sums = fused
     if sums is None:
-        sums = layer._part_rows(_flat_parts(ws), 5, G)
+        sums = layer._part_rows("ln sums", _flat_parts(ws), 5, G)
         sums[...] = 0
         args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"],
                 ws.lengths, rhat, du, chat)
@@ -297,7 +297,7 @@ def _backward_rows(layer, ws, k: int, d: int, dy: np.ndarray) -> Optional[np.nda
             *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
             *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"], wc,
             *_input_side(layer, ws, k, d))
-    sums = layer._part_rows(_threads.get_num_threads(), 5, 4 * layer.hidden_size * fuse)
+    sums = layer._part_rows("ln sums", _threads.get_num_threads(), 5, 4 * layer.hidden_size * fuse)
     sums[...] = 0
     layer._rows(ws, P.lnlstm_backward, args, more=(sums,))
     return sums if fuse else None

@@ -628,13 +628,14 @@ class RecurrentLayer(Lockable):
         flags[:] = 0
         return flags
 
-    def _part_rows(self, n: int, rows: int, width: int) -> np.ndarray:
-        """(n, rows, width) scratch in the layer's dtype: rows of each of n parts of a
-        unit-split kernel, its own (kept between calls)."""
-        key = (n, rows, width)
+    def _part_rows(self, use: str, n: int, rows: int, width: int) -> np.ndarray:
+        """(n, rows, width) scratch in the layer's dtype for ``use``: rows of each of n parts
+        of a kernel, its own (kept between calls). Keyed by ``use`` as well as the shape, so
+        that two uses never share a buffer because their shapes happen to match."""
+        key = (use, n, rows, width)
         buf = self._part_bufs.get(key)
         if buf is None:
-            buf = self._part_bufs[key] = aligned_empty(key, self.dtype)
+            buf = self._part_bufs[key] = aligned_empty((n, rows, width), self.dtype)
         return buf
 
     def _unit_scratch(self, n: int, K: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
