@@ -34,9 +34,16 @@ from .lnlstm import (EPS, _back_gates, _back_ln, _gates, _out_units, _zoneout, a
                      split_dh)
 from .simd import vwidth, wide
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
-from .sync import barrier, barrier_sending, received
+from .sync import SLOTS, barrier, barrier_sending, received
 from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, row_blocks
 from .units import copy, unit_range
+
+
+# Each part sends two pairs with its meetings (slots 0 and 1: the moments or sums of the two
+# normalisations), in its counter's cache line.
+if SLOTS < 2:
+    raise ImportError(f"lnlstm_units sends 2 pairs per part with its meetings; a cache line "
+                      f"of tuning.CACHE_LINE_BYTES holds {SLOTS}")
 
 
 @kernel
