@@ -202,7 +202,6 @@ class RecurrentLayer(Lockable):
         self._step_zeros: list = []  # see _step_fast
         self._flags = np.zeros(0, np.int64)  # see _barrier_flags
         self._part_bufs: dict = {}  # see _part_rows
-        self._unit_bufs: dict = {}
         self._carry_bufs: dict = {}  # see _carry_weights
         self._pack_bufs: dict = {}  # see _packed_gates
         # One call at a time uses the workspace and the step scratch above: forward,
@@ -641,12 +640,8 @@ class RecurrentLayer(Lockable):
     def _unit_scratch(self, n: int, K: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
         """Scratch of the unit-split kernels for n parts: (n, K, width) for each part's
         weight columns and (n, width + 16) for its gates (padded apart by a cache line)."""
-        key = (n, K, width)
-        bufs = self._unit_bufs.get(key)
-        if bufs is None:
-            bufs = self._unit_bufs[key] = (aligned_empty((n, K, width), self.dtype),
-                                           aligned_empty((n, width + 16), self.dtype))
-        return bufs
+        return (self._part_rows("unit weights", n, K, width),
+                self._part_rows("unit gates", n, 1, width + 16)[:, 0])
 
     def _carry_weights(self, ws: Workspace, k: int, d: int) -> np.ndarray:
         """W_hh of layer k, direction d, as a C-contiguous (G·H, O) copy of the parameters
