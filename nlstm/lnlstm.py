@@ -210,7 +210,7 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
         fused = layer._part_rows("ln sums", 1, 5, 4 * layer.hidden_size * ln)
         fused[...] = 0
         R.lnlstm_backward_row(0, gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i],
-                              ws.dfinal[1][i], gates, c, layer._packed_carry(k, d), ws.lengths,
+                              ws.dfinal[1][i], gates, c, layer._w("weight_hh", k, d), ws.lengths,
                               d == 1, d * layer._out_size, ln, *_norm_params(layer, k, d), rhat,
                               chat, rstd, dr, du, zh, zc, *_input_side(layer, ws, k, d),
                               fused[0], sh, sp2)

@@ -6,15 +6,19 @@ A one-row step is a matrix-vector product that streams all of W_hh from the cach
 cell's pointwise math over a few hundred values. Here the product runs through the packed
 weights (``tiles.row_blocks``, blocks in alternating order), W_hh h straight into the slot it
 is saved in (LN(W_hh h) normalises it in place) or, without the normalisation, into the
-gates; the cell's math is ``lnlstm``'s (``_cell_plain``, ``_cell_back_plain``). Backward
-carries dh through W_hh packed in panels (``tiles.pack_panels``), blocks in alternating
-order too. The sums run in the order the batched kernels' tiles (``tiles.tile_row``,
-``tile_rows4``) and panels run them, so a row's results have the same bits alone as in a
-batch. Each kernel compiles only this path (seconds, against ``lnlstm_forward``'s minutes of
-variants). Arrays as for ``lnlstm.lnlstm_forward`` and ``lnlstm_backward``.
+gates; the cell's math is ``lnlstm``'s (``_cell_plain``, ``_cell_back_plain``). The
+forward's sums run in the order the batched kernels' tiles (``tiles.tile_row``,
+``tile_rows4``) run them, so a row's outputs have the same bits alone as in a batch.
+Backward carries dh through the rows of W_hhᵀ as the parameters hold it
+(``blocks.row_dots_alternating``, as ``lstm_backward_row`` does), not through W_hh packed in
+panels as the batched kernel does: packing took 5.5 µs a call at H = 64, and S training ran
+2-10% faster without it (bench/RESULTS.md, stop 31). Its gradients agree with a batch's to
+float32 rounding. Each kernel compiles only this path (seconds, against
+``lnlstm_forward``'s minutes of variants). Arrays as for ``lnlstm.lnlstm_forward`` and
+``lnlstm_backward``.
 """
 from .activations import cast_like
-from .blocks import row_out
+from .blocks import row_dots_alternating, row_out
 from .config import kernel
 from .lnlstm import (EPS, _cell_back_plain, _cell_plain, add_normalized, input_back, moments,
                      scaled_back, split_dh)
@@ -74,18 +78,18 @@ def lnlstm_forward_row(b, y, h, c, h_n, c_n, gates, wp, bias, h0, c0, lengths, r
 
 
 @kernel
-def lnlstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, wc, lengths, reverse, col,
+def lnlstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, lengths, reverse,
+                        col,
                         ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, g_ih, xhat, sums,
                         dht, keep):
     """``lnlstm_backward`` of the plain cell for the one batch row b.
 
-    wc: W_hh packed by ``tiles.pack_panels`` (H a multiple of 4 vector widths); dht, keep:
-    (H,) scratch; g_ih, xhat, sums: as for ``lnlstm_backward`` (sums (5, 4H), each step's
+    w_hh_t: (H, 4H) W_hhᵀ, as the parameters hold it (not packed: see the module docstring);
+    dht, keep: (H,) scratch; g_ih, xhat, sums: as for ``lnlstm_backward`` (sums (5, 4H), each step's
     ``input_back`` run here); the rest as for ``lnlstm_backward`` (no variant options, no
     projection; dgates may be ``gates``)."""
     T, B, G = gates.shape
     H = G // 4
-    S = 4 * vwidth(dht)
     copy_rows(b, b + 1, dh0, dh_n)
     copy_rows(b, b + 1, dc0, dc_n)
     zero_rows_past(b, b + 1, dgates, lengths)
@@ -95,9 +99,6 @@ def lnlstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, wc, lengt
     zo = zh.shape[0] > 0
     none = dht[:0]
     dhb, dcb = dh0[b], dc0[b]
-    dhf = dh0.reshape(dh0.size)
-    dgf = dgates.reshape(dgates.size)
-    drf = dr.reshape(dr.size)
     L = lengths[b]
     for step in range(L - 1, -1, -1):
         t = step_time(step, L, reverse)
@@ -110,14 +111,14 @@ def lnlstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, wc, lengt
         _cell_back_plain(gates[t, b], dg, dht, dcb, c[p, b], ln, g_c, b_c,
                          chat[t, b] if ln else none, rs, du[t, b] if ln else none,
                          zc[t, b] if zo else none)
-        src, so = dgf, (t * B + b) * G
+        src = dg
         if ln:  # the carry goes through LN(W_hh h)
             scaled_back(dg, g_hh, rhat[t, b], rstd[t, b, 1], dr[t, b], none)
             input_back(dg, xhat[t, b], rstd[t, b, 0], g_ih, rhat[t, b], du[t, b], chat[t, b],
                        sums)
-            src = drf
-        # the carry: dz · W_hh, panels in alternating order
-        row_blocks(dhf, b * H, S // 4, S, dhf, src, so, wc, G, 0, H // S, step, FROM_ZERO)
+            src = dr[t, b]
+        # the carry: dz · W_hh, groups of rows of W_hhᵀ in alternating order
+        row_dots_alternating(dhb, w_hh_t, src, 0, G, 0, H, step)
         if zo:
             for j in range(H):
                 dhb[j] += keep[j]
