@@ -79,15 +79,14 @@ def lnlstm_forward_row(b, y, h, c, h_n, c_n, gates, wp, bias, h0, c0, lengths, r
 
 @kernel
 def lnlstm_backward_row(b, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t, lengths, reverse,
-                        col,
-                        ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, g_ih, xhat, sums,
-                        dht, keep):
+                        col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, g_ih, xhat,
+                        sums, dht, keep):
     """``lnlstm_backward`` of the plain cell for the one batch row b.
 
     w_hh_t: (H, 4H) W_hhᵀ, as the parameters hold it (not packed: see the module docstring);
-    dht, keep: (H,) scratch; g_ih, xhat, sums: as for ``lnlstm_backward`` (sums (5, 4H), each step's
-    ``input_back`` run here); the rest as for ``lnlstm_backward`` (no variant options, no
-    projection; dgates may be ``gates``)."""
+    dht, keep: (H,) scratch; g_ih, xhat, sums: as for ``lnlstm_backward`` (sums (5, 4H), each
+    step's ``input_back`` run here); the rest as for ``lnlstm_backward`` (no variant options,
+    no projection; dgates may be ``gates``)."""
     T, B, G = gates.shape
     H = G // 4
     copy_rows(b, b + 1, dh0, dh_n)
