@@ -123,6 +123,16 @@ def _saved(layer, ex: dict) -> tuple:
     return ex["rhat"], ex["chat"], ex["rstd"], ex["dr"], ex["du"]
 
 
+def _zeroed_sums(layer, n: int, width: int) -> np.ndarray:
+    """(n, 5, width) zeros: each of n parts' sums of the LayerNorm parameters' gradients
+    (see ``kernels.lnlstm.input_back``; width 0 where no kernel sums them). One buffer for
+    the three ways backward sums them: one runs per ``backward_dir``, and its sums are added
+    to the gradients before the next starts."""
+    sums = layer._part_rows("ln sums", n, 5, width)
+    sums[...] = 0
+    return sums
+
+
 def _input_side(layer, ws, k: int, d: int) -> tuple:
     """γ_ih and xhat of layer k, direction d, for a backward kernel that runs
     ``input_back`` itself (empty for the plain cell)."""
@@ -207,8 +217,7 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     elif _one_row(layer, ws):  # as in forward_dir
         ws.ensure_scratch(layer, 1)
         sp2, sh = ws.scratch[0][3][0], ws.scratch[0][5][0]
-        fused = layer._part_rows("ln sums", 1, 5, 4 * layer.hidden_size * ln)
-        fused[...] = 0
+        fused = _zeroed_sums(layer, 1, 4 * layer.hidden_size * ln)
         R.lnlstm_backward_row(0, gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i],
                               ws.dfinal[1][i], gates, c, layer._w("weight_hh", k, d), ws.lengths,
                               d == 1, d * layer._out_size, ln, *_norm_params(layer, k, d), rhat,
@@ -233,8 +242,7 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
     # gradient is summed on the way, each part of the rows into its own (5, G) sums
     sums = fused
     if sums is None:
-        sums = layer._part_rows("ln sums", _flat_parts(ws), 5, G)
-        sums[...] = 0
+        sums = _zeroed_sums(layer, _flat_parts(ws), G)
         args = (gates, ex["xhat"], ex["rstd"], layer.params[f"ln_weight_ih_l{k}{sfx}"],
                 ws.lengths, rhat, du, chat)
         _flat_rows(layer, ws, P.normalize_input_back, args, (sums,))
@@ -297,8 +305,7 @@ def _backward_rows(layer, ws, k: int, d: int, dy: np.ndarray) -> Optional[np.nda
             *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
             *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"], wc,
             *_input_side(layer, ws, k, d))
-    sums = layer._part_rows("ln sums", _threads.get_num_threads(), 5, 4 * layer.hidden_size * fuse)
-    sums[...] = 0
+    sums = _zeroed_sums(layer, _threads.get_num_threads(), 4 * layer.hidden_size * fuse)
     layer._rows(ws, P.lnlstm_backward, args, more=(sums,))
     return sums if fuse else None
 
