@@ -233,8 +233,7 @@ def backward_dir(layer, ws, k: int, d: int, inp: np.ndarray, dy: np.ndarray, dx:
         c_new = ex["ctil"] if layer.zoneout else (c[:-1] if d == 1 else c[1:])
         layer._peephole_grads(k, d, gates, layer._hprev(c, d), c_new)
     if not ln:
-        db = layer._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too
-        layer._hidden_grads(ws, k, d, gates, hprev, db=db)
+        layer._input_grads(ws, k, d, inp, gates, dx, hprev=hprev)
         return
     sfx = layer._suffixes()[d]
     G, H = 4 * layer.hidden_size, layer.hidden_size

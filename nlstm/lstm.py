@@ -200,8 +200,7 @@ class LSTM(RecurrentLayer):
                 opt=self._options(k, d), pre=ex["pre"], m=ex["m"], dh_all=ex["dh_all"], wc=wc,
                 **named))
         # The gates buffer now holds the gate gradients.
-        db = self._input_grads(ws, k, d, inp, gates, dx)  # b_ih's gradient is b_hh's too
-        self._hidden_grads(ws, k, d, gates, self._hprev(h, d), db=db)
+        self._input_grads(ws, k, d, inp, gates, dx, hprev=self._hprev(h, d))
         if self.proj_size:
             self._proj_grads(ws, k, d)
         if self.peephole:

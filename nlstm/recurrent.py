@@ -754,7 +754,8 @@ class RecurrentLayer(Lockable):
                 self._pack_state([g.reshape(s).copy() for g, s in zip(ws.dinit, shapes)]))
 
     def _input_grads(self, ws: Workspace, k: int, d: int, inp: np.ndarray, dgates: np.ndarray,
-                     dx: np.ndarray, db: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+                     dx: np.ndarray, db: Optional[np.ndarray] = None,
+                     hprev: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """Whole-sequence products for the input side, after the sequential pass.
 
         dgates: (T, B, G·H) gradients of the input-side gate pre-activations; inp: the
@@ -762,17 +763,29 @@ class RecurrentLayer(Lockable):
         or adds to it. Returns b_ih's gradient, Σ dgates over (T, B) (None without bias),
         for ``_hidden_grads`` to reuse where b_hh's is the same; or, if given, adds and
         returns ``db`` instead (where b_ih does not enter the pre-activations directly).
+        hprev: the recurrent input of each step (T, B, H), given where the hidden side's
+        gate gradients are dgates too (and b_hh's gradient b_ih's): W_hh's and b_hh's
+        gradients are then added here, W_hh's in the same pass over dgates as W_ih's.
         """
         T, B = ws.key
         dg, x2, dx2 = dgates.reshape(T * B, -1), inp.reshape(T * B, -1), dx.reshape(T * B, -1)
         macs = T * B * x2.shape[1] * dg.shape[1]
-        self._weight_grads(ws, dg, x2, self._g("weight_ih", k, d), macs)
+        if hprev is None:
+            self._weight_grads(ws, dg, [(x2, self._g("weight_ih", k, d))], macs)
+        else:
+            h2 = hprev.reshape(T * B, -1)
+            self._weight_grads(ws, dg, [(x2, self._g("weight_ih", k, d)),
+                                        (h2, self._g("weight_hh", k, d))],
+                               macs + T * B * h2.shape[1] * dg.shape[1])
         gb = self._g("bias_ih", k, d)
         if gb is None:
             db = None
         else:
             db = self._row_sum(dg) if db is None else db
             gb += db
+            gbh = None if hprev is None else self._g("bias_hh", k, d)
+            if gbh is not None:
+                gbh += db
         # dx = dg·W_ih, rows split over nlstm's threads; the second direction adds to it.
         # On the panel tiles (W_ih packed as panels of its (G·H, I) view) where I suits
         # them, else one BLAS call per part.
@@ -787,29 +800,32 @@ class RecurrentLayer(Lockable):
                           min_work=tuning.SMALL_GEMM)
         return db
 
-    def _weight_grads(self, ws: Workspace, dg: np.ndarray, a: np.ndarray, gw: np.ndarray,
-                      macs: float, cols: slice = slice(None)) -> None:
-        """gw[cols] += dg[:, cols]ᵀ·a; dg: (N, G'), a: (N, K), gw: (G', K), a parameter's
-        gradient (stored transposed: gwᵀ has contiguous rows). The columns split over
+    def _weight_grads(self, ws: Workspace, dg: np.ndarray, pairs: list, macs: float,
+                      cols: slice = slice(None)) -> None:
+        """gw[cols] += dg[:, cols]ᵀ·a for each (a, gw) of ``pairs`` (one or two); dg: (N, G'),
+        a: (N, K), gw: (G', K), a parameter's gradient (stored transposed: gwᵀ has
+        contiguous rows); macs: the multiply-adds of all of them. The columns split over
         nlstm's threads, each part adding into its own columns of gwᵀ: no reduction, no
         copies. Each part runs on the panel tiles (``kernels.tiles.weight_grad_panels``,
-        whole panels of columns, from aᵀ transposed here once) where the columns are whole
-        panels, else one single-threaded BLAS call (``kernels.gemm.weight_grad_cols``)."""
+        whole panels of columns, both products from one packing of dg) where the columns
+        are whole panels, else one single-threaded BLAS call per product
+        (``kernels.gemm.weight_grad_cols``)."""
         c0, c1, _ = cols.indices(dg.shape[1])
         S = tiles.panel_width(self.dtype)
         if tuning.BACKWARD_ON_TILES and macs >= tuning.SMALL_GEMM and c1 > c0 \
                 and c0 % S == 0 and c1 % S == 0:
-            N, K = a.shape
-            a_t = ws.flat("a_t", N * K, self.dtype)[:N * K].reshape(K, N)
-            blocks.transpose_into(a_t, a)
-            args = (c0, dg, a_t, gw.T, ws.flat("dg_panels", dg.size, self.dtype),
+            (a, gw), none = pairs[0], self._no_carry
+            b, gv_t = (pairs[1][0], pairs[1][1].T) if len(pairs) > 1 else (none, none)
+            size = dg.shape[1] * tiles.grad_block(dg, a, b)
+            args = (c0, dg, a, gw.T, b, gv_t, ws.flat("dg_panels", size, self.dtype),
                     self._no_rows)
             _threads.run_rows((c1 - c0) // S, macs, P.weight_grad_panels, args, [()], (),
                               min_work=tuning.SMALL_GEMM)
             return
-        args = (dg, c0, a, gw.T, c0)
-        _threads.run_rows(c1 - c0, macs, P.weight_grad_cols, args, [()], (),
-                          min_work=tuning.SMALL_GEMM)
+        for a, gw in pairs:
+            args = (dg, c0, a, gw.T, c0)
+            _threads.run_rows(c1 - c0, macs * a.shape[1] / sum(p[0].shape[1] for p in pairs),
+                              P.weight_grad_cols, args, [()], (), min_work=tuning.SMALL_GEMM)
 
     @staticmethod
     def _row_sum(dg: np.ndarray) -> np.ndarray:
@@ -827,7 +843,7 @@ class RecurrentLayer(Lockable):
         T, B = ws.key
         dg = dgates.reshape(T * B, -1)
         c0, c1, _ = rows.indices(dg.shape[1])
-        self._weight_grads(ws, dg, hprev.reshape(T * B, -1), self._g("weight_hh", k, d),
+        self._weight_grads(ws, dg, [(hprev.reshape(T * B, -1), self._g("weight_hh", k, d))],
                            T * B * hprev.shape[2] * (c1 - c0), rows)
         gb = self._g("bias_hh", k, d)
         if gb is not None:

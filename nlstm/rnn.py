@@ -95,8 +95,7 @@ class RNN(RecurrentLayer):
             w_hh=self._no_carry if wc.size else self._carry_weights(ws, k, d),
             lengths=ws.lengths, reverse=d == 1, col=d * H, relu=self._relu, acts=self._acts(d),
             clip=self._clip, wc=wc))
-        db = self._input_grads(ws, k, d, inp, dpre, dx)  # b_ih's gradient is b_hh's too
-        self._hidden_grads(ws, k, d, dpre, self._hprev(h, d), db=db)
+        self._input_grads(ws, k, d, inp, dpre, dx, hprev=self._hprev(h, d))
 
     def _step_kernel(self):
         return K.rnn_step if self._act_spec is None else K.rnn_step_options

@@ -13,7 +13,7 @@ import pytest
 import nlstm
 import nlstm.recurrent as R
 from nlstm import _threads
-from nlstm.kernels import blocks, gemm, tiles, tuning
+from nlstm.kernels import gemm, tiles, tuning
 from nlstm.kernels import parallel as P
 
 import reference
@@ -31,32 +31,38 @@ def _close(a, b, dtype, msg):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N, K", [(1, 3), (37, 5), (250, 700), (203, 1), (4, 4)])
-def test_weight_grad_panels_matches_float64_and_blas(dtype, N, K):
-    """gwᵀ[:, cols] += aᵀ·dg[:, cols] on a column slice of whole panels (columns S:3S of
-    4S), as two threads' parts, adding into what is there; nothing outside the slice
-    written. One row, N not a multiple of 4 nor of the depth chunk, K = 700 (depth blocks
-    of one chunk, the last one partial), K = 1 (no tile of 4 rows)."""
+@pytest.mark.parametrize("N, K, K2", [(1, 3, 0), (37, 5, 0), (250, 700, 0), (203, 1, 0),
+                                      (4, 4, 0), (37, 5, 6), (250, 700, 64), (203, 1, 1)])
+def test_weight_grad_panels_matches_float64_and_blas(dtype, N, K, K2):
+    """gwᵀ[:, cols] += aᵀ·dg[:, cols] (and, with K2 > 0, gvᵀ[:, cols] += bᵀ·dg[:, cols] from
+    the same packing of dg) on a column slice of whole panels (columns S:3S of 4S), as
+    two threads' parts, adding into what is there; nothing outside the slice written.
+    One row, N not a multiple of 4 nor of the depth chunk, K = 700 (depth blocks of one
+    chunk, the last one partial), K = 1 (no tile of 4 rows)."""
     S = tiles.panel_width(dtype)
-    rng = np.random.default_rng(N + K)
+    rng = np.random.default_rng(N + K + K2)
     dg = rng.standard_normal((N, 4 * S)).astype(dtype)
-    a = rng.standard_normal((N, K)).astype(dtype)
-    gw_t = rng.standard_normal((K, 4 * S)).astype(dtype)
-    blas = gw_t.copy()
-    want = gw_t.astype(np.float64)
-    want[:, S:3 * S] += a.T.astype(np.float64) @ dg[:, S:3 * S].astype(np.float64)
-    a_t = np.full((K, N), np.nan, dtype)
-    blocks.transpose_into(a_t, a)
-    dgp = np.full(dg.size, np.nan, dtype)
+    got, blas, want, ins = [], [], [], []
+    for k in (K, K2):
+        a = rng.standard_normal((N, k)).astype(dtype)
+        gw_t = rng.standard_normal((k, 4 * S)).astype(dtype)
+        got.append(gw_t)
+        blas.append(gw_t.copy())
+        want.append(gw_t.astype(np.float64))
+        want[-1][:, S:3 * S] += a.T.astype(np.float64) @ dg[:, S:3 * S].astype(np.float64)
+        ins.append(a)
+        if k:
+            gemm.weight_grad_cols(0, 2 * S, dg, S, a, blas[-1], S)
+    dgp = np.full(dg.shape[1] * tiles.grad_block(dg, *ins), np.nan, dtype)
     for p0, p1 in ((0, 1), (1, 2)):  # panels counted from column S
-        tiles.weight_grad_panels(p0, p1, S, dg, a_t, gw_t, dgp, NO_ROWS)
-    gemm.weight_grad_cols(0, 2 * S, dg, S, a, blas, S)
+        tiles.weight_grad_panels(p0, p1, S, dg, ins[0], got[0], ins[1], got[1], dgp, NO_ROWS)
     scale = max(1.0, np.sqrt(N))  # sums of N products of order 1
     tol = dict(rtol=1e-4, atol=1e-5 * scale) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12 * scale)
-    np.testing.assert_allclose(gw_t, want, err_msg="against float64", **tol)
-    np.testing.assert_allclose(gw_t, blas, err_msg="against BLAS", **tol)
-    np.testing.assert_array_equal(gw_t[:, :S], blas[:, :S])  # outside the slice: as it was
-    np.testing.assert_array_equal(gw_t[:, 3 * S:], blas[:, 3 * S:])
+    for i, (g, b, w) in enumerate(zip(got, blas, want)):
+        np.testing.assert_allclose(g, w, err_msg=f"{i}: against float64", **tol)
+        np.testing.assert_allclose(g, b, err_msg=f"{i}: against BLAS", **tol)
+        np.testing.assert_array_equal(g[:, :S], b[:, :S])  # outside the slice: as it was
+        np.testing.assert_array_equal(g[:, 3 * S:], b[:, 3 * S:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -221,7 +227,7 @@ def test_rule_keeps_blas_where_the_tiles_do_not_apply(monkeypatch):
     x = np.random.default_rng(0).standard_normal((5, 4, S - 3)).astype(np.float32)
     y, _ = m.forward(x)
     m.backward(np.ones_like(y))
-    assert used["dx"] == 0 and used["weight_grad_panels"] == 2
+    assert used["dx"] == 0 and used["weight_grad_panels"] == 1  # W_ih's and W_hh's at once
     monkeypatch.setattr(tuning, "SMALL_GEMM", 10 ** 12)
     used["weight_grad_panels"] = 0
     y, _ = m.forward(x)

@@ -154,10 +154,10 @@ def test_an_interrupted_backward_leaves_the_gradients_as_they_were(cls, rng, mon
     before = {k: g.copy() for k, g in layer.grads.items()}
     real = type(layer)._input_grads
 
-    def stop_in_layer_0(self, ws, k, d, *args):
+    def stop_in_layer_0(self, ws, k, d, *args, **kw):
         if k == 0 and d == 1:
             raise Interrupt
-        return real(self, ws, k, d, *args)
+        return real(self, ws, k, d, *args, **kw)
 
     monkeypatch.setattr(type(layer), "_input_grads", stop_in_layer_0)
     with pytest.raises(Interrupt):

@@ -76,10 +76,12 @@ def _start(out, o, stride, bias, bo, start):
 
 
 @inlined_kernel
-def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo, K, start):
-    """For 4 rows r: the 4 vectors out[o_r + q·stride : +W] (q = 0..3) = s + a[a_r : a_r+K] ·
-    (K rows of 4 vectors of packed weights from wp[wo]), s as ``start`` says (FROM_*; the
-    bias read at bo + q·stride). The LSTM's gate tiles take stride H (one block of units of
+def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo, K, start,
+               step=1):
+    """For 4 rows r: the 4 vectors out[o_r + q·stride : +W] (q = 0..3) = s + Σ_k a[a_r + k·step]
+    · (row k of K rows of 4 vectors of packed weights from wp[wo]), s as ``start`` says
+    (FROM_*; the bias read at bo + q·stride). step: 1 where a's rows hold the sums' inputs,
+    a's row length where its columns do (``weight_grad_panels``). The LSTM's gate tiles take stride H (one block of units of
     each gate, ``pack_gates``), the panels stride W (4W consecutive columns, ``pack_panels``).
     All arrays flat; offsets in elements.
 
@@ -90,8 +92,8 @@ def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo,
     and this one, called anyway, runs two tiles of 2 rows, each row's sum in the same
     order."""
     if vregisters(out) < 32:
-        tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start)
-        tile_rows2(out, o2, o3, stride, bias, bo, a, a2, a3, wp, wo, K, start)
+        tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start, step)
+        tile_rows2(out, o2, o3, stride, bias, bo, a, a2, a3, wp, wo, K, start, step)
         return
     W = vwidth(out)
     c00, c01, c02, c03 = _start(out, o0, stride, bias, bo, start)
@@ -104,22 +106,22 @@ def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo,
         w1 = vload(wp, w + W)
         w2 = vload(wp, w + 2 * W)
         w3 = vload(wp, w + 3 * W)
-        x = vbroadcast(a, a0 + k)
+        x = vbroadcast(a, a0 + k * step)
         c00 = vfma(x, w0, c00)
         c01 = vfma(x, w1, c01)
         c02 = vfma(x, w2, c02)
         c03 = vfma(x, w3, c03)
-        x = vbroadcast(a, a1 + k)
+        x = vbroadcast(a, a1 + k * step)
         c10 = vfma(x, w0, c10)
         c11 = vfma(x, w1, c11)
         c12 = vfma(x, w2, c12)
         c13 = vfma(x, w3, c13)
-        x = vbroadcast(a, a2 + k)
+        x = vbroadcast(a, a2 + k * step)
         c20 = vfma(x, w0, c20)
         c21 = vfma(x, w1, c21)
         c22 = vfma(x, w2, c22)
         c23 = vfma(x, w3, c23)
-        x = vbroadcast(a, a3 + k)
+        x = vbroadcast(a, a3 + k * step)
         c30 = vfma(x, w0, c30)
         c31 = vfma(x, w1, c31)
         c32 = vfma(x, w2, c32)
@@ -147,7 +149,7 @@ def tile_height(out):
 
 
 @inlined_kernel
-def tile_rows3(out, o0, o1, o2, stride, bias, bo, a, a0, a1, a2, wp, wo, K, start):
+def tile_rows3(out, o0, o1, o2, stride, bias, bo, a, a0, a1, a2, wp, wo, K, start, step=1):
     """``tile_rows4`` for 3 rows, with the same order of operations: the tile for targets
     with 16 vector registers (AVX2), where its 12 accumulators, 3 broadcasts and one
     weight vector at a time fill them. The 2-row tile's 8 accumulators only just cover
@@ -160,9 +162,9 @@ def tile_rows3(out, o0, o1, o2, stride, bias, bo, a, a0, a1, a2, wp, wo, K, star
     c20, c21, c22, c23 = _start(out, o2, stride, bias, bo, start)
     for k in range(K):
         w = wo + 4 * W * k
-        x0 = vbroadcast(a, a0 + k)
-        x1 = vbroadcast(a, a1 + k)
-        x2 = vbroadcast(a, a2 + k)
+        x0 = vbroadcast(a, a0 + k * step)
+        x1 = vbroadcast(a, a1 + k * step)
+        x2 = vbroadcast(a, a2 + k * step)
         v = vload(wp, w)
         c00 = vfma(x0, v, c00)
         c10 = vfma(x1, v, c10)
@@ -185,7 +187,7 @@ def tile_rows3(out, o0, o1, o2, stride, bias, bo, a, a0, a1, a2, wp, wo, K, star
 
 
 @inlined_kernel
-def tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start):
+def tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start, step=1):
     """``tile_rows4`` for 2 rows, with the same order of operations."""
     W = vwidth(out)
     c00, c01, c02, c03 = _start(out, o0, stride, bias, bo, start)
@@ -196,12 +198,12 @@ def tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start):
         w1 = vload(wp, w + W)
         w2 = vload(wp, w + 2 * W)
         w3 = vload(wp, w + 3 * W)
-        x = vbroadcast(a, a0 + k)
+        x = vbroadcast(a, a0 + k * step)
         c00 = vfma(x, w0, c00)
         c01 = vfma(x, w1, c01)
         c02 = vfma(x, w2, c02)
         c03 = vfma(x, w3, c03)
-        x = vbroadcast(a, a1 + k)
+        x = vbroadcast(a, a1 + k * step)
         c10 = vfma(x, w0, c10)
         c11 = vfma(x, w1, c11)
         c12 = vfma(x, w2, c12)
@@ -211,7 +213,7 @@ def tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start):
 
 
 @inlined_kernel
-def tile_row(out, o, stride, bias, bo, a, a0, wp, wo, K, start):
+def tile_row(out, o, stride, bias, bo, a, a0, wp, wo, K, start, step=1):
     """``tile_rows4`` for one row, with the same order of operations, so that a row's result
     does not depend on whether it ran in a tile of 4 or alone (and so not on how many
     threads split the batch)."""
@@ -219,7 +221,7 @@ def tile_row(out, o, stride, bias, bo, a, a0, wp, wo, K, start):
     c0, c1, c2, c3 = _start(out, o, stride, bias, bo, start)
     for k in range(K):
         w = wo + 4 * W * k
-        x = vbroadcast(a, a0 + k)
+        x = vbroadcast(a, a0 + k * step)
         c0 = vfma(x, vload(wp, w), c0)
         c1 = vfma(x, vload(wp, w + W), c1)
         c2 = vfma(x, vload(wp, w + 2 * W), c2)
@@ -272,51 +274,54 @@ def pack_panels(wp, w):
                 dst[v] = src[v]
 
 
-# What compiled callers call: the name ``pack_panels`` may be wrapped in Python on the host
-# (the allocation test counts its calls), and a kernel typed against such a wrapper fails.
-_pack_panels = pack_panels
-
-
 @kernel
 def panel_rows(out, a, rows, n, wp, c0, c1, d0, d1, scatter, first=FROM_ZERO):
     """out[o_i, c0:c1] = a[i, d0:d1] @ w[d0:d1, c0:c1] for i < n, where o_i = rows[i] if
     ``scatter`` else i, through w (D, N) packed by ``pack_panels``. out: (≥, N) and a: (≥n,
     D), C-contiguous; c0, c1: multiples of 4 vector widths. ``first``: FROM_OUT adds the
     product to out's values instead (a sum continued over several calls)."""
-    N = out.shape[1]
     D = a.shape[1]
     S = 4 * vwidth(out)
     of = out.reshape(out.size)
     af = a.reshape(a.size)
     kc = depth_chunk(out)
-    R = tile_height(out)
     for u in range(c0 // S, c1 // S):
         for k0 in range(d0, d1, kc):
-            m = min(kc, d1 - k0)
-            wo = (u * D + k0) * S
-            start = FROM_OUT if k0 > d0 else first
-            i = 0
-            while i + R <= n:  # then a pair, then single rows (see tile_height)
-                o0 = _panel_at(rows, i, N, S, u, scatter)
-                o1 = _panel_at(rows, i + 1, N, S, u, scatter)
-                o2 = _panel_at(rows, i + 2, N, S, u, scatter)
-                if R == 4:
-                    o3 = _panel_at(rows, i + 3, N, S, u, scatter)
-                    tile_rows4(of, o0, o1, o2, o3, S // 4, of, 0, af, i * D + k0,
-                               (i + 1) * D + k0, (i + 2) * D + k0, (i + 3) * D + k0, wp, wo, m,
-                               start)
-                else:
-                    tile_rows3(of, o0, o1, o2, S // 4, of, 0, af, i * D + k0, (i + 1) * D + k0,
-                               (i + 2) * D + k0, wp, wo, m, start)
-                i += R
-            if i + 2 <= n:
-                tile_rows2(of, _panel_at(rows, i, N, S, u, scatter),
-                           _panel_at(rows, i + 1, N, S, u, scatter), S // 4, of, 0, af,
-                           i * D + k0, (i + 1) * D + k0, wp, wo, m, start)
-                i += 2
-            for r in range(i, n):
-                tile_row(of, _panel_at(rows, r, N, S, u, scatter), S // 4, of, 0, af, r * D + k0,
-                         wp, wo, m, start)
+            _panel_chunk(of, out.shape[1], rows, n, scatter, u, af, k0, D, 1,
+                         wp, (u * D + k0) * S, min(kc, d1 - k0), FROM_OUT if k0 > d0 else first)
+
+
+@inlined_kernel
+def _panel_chunk(of, N, rows, n, scatter, u, af, k0, rs, ks, wp, wo, m, start):
+    """``panel_rows``' sums over one chunk of the depth, k0:k0+m, of panel u for its n
+    rows: of flat (rows of N), row i's inputs at af[i·rs + k·ks] (rs = D, ks = 1 for the
+    rows of a (n, D); rs = 1, ks = n for the columns of an (·, n)), the chunk's packed
+    weights at wp[wo]."""
+    S = 4 * vwidth(of)
+    R = tile_height(of)
+    i = 0
+    while i + R <= n:  # then a pair, then single rows (see tile_height)
+        o0 = _panel_at(rows, i, N, S, u, scatter)
+        o1 = _panel_at(rows, i + 1, N, S, u, scatter)
+        o2 = _panel_at(rows, i + 2, N, S, u, scatter)
+        a0 = i * rs + k0 * ks
+        if R == 4:
+            o3 = _panel_at(rows, i + 3, N, S, u, scatter)
+            tile_rows4(of, o0, o1, o2, o3, S // 4, of, 0, af, a0, a0 + rs, a0 + 2 * rs,
+                       a0 + 3 * rs, wp, wo, m, start, ks)
+        else:
+            tile_rows3(of, o0, o1, o2, S // 4, of, 0, af, a0, a0 + rs, a0 + 2 * rs, wp, wo,
+                       m, start, ks)
+        i += R
+    if i + 2 <= n:
+        a0 = i * rs + k0 * ks
+        tile_rows2(of, _panel_at(rows, i, N, S, u, scatter),
+                   _panel_at(rows, i + 1, N, S, u, scatter), S // 4, of, 0, af, a0, a0 + rs,
+                   wp, wo, m, start, ks)
+        i += 2
+    for r in range(i, n):
+        tile_row(of, _panel_at(rows, r, N, S, u, scatter), S // 4, of, 0, af, r * rs + k0 * ks,
+                 wp, wo, m, start, ks)
 
 
 @inlined_kernel
@@ -341,22 +346,53 @@ def project_panels(r0, r1, x, wp, out, bias, no_rows, first):
 
 
 @kernel
-def weight_grad_panels(p0, p1, c0, dg, a_t, gw_t, dgp, no_rows):
-    """gw_t[:, c] += a_t @ dg[:, c] for the columns c of panels p0:p1 (4 vector widths each)
-    counted from column c0: one thread's panels of a weight gradient through the panel
-    tiles. dg: (N, G') gate gradients, a_t: (K, N) the product's other input transposed,
-    gw_t: (K, G') the gradient as stored (gwᵀ), C-contiguous; dgp: flat, ≥ N·G' elements,
-    where this part packs its panels of dg (``pack_panels``; each part its own, so the
-    packing is split over the threads too); no_rows: an empty int64 array.
+def grad_block(dg, a, b):
+    """How many rows of the depth (of N = dg's rows) ``weight_grad_panels`` takes at a time:
+    whole depth chunks whose rows of a and b stay in L2 across every panel together
+    (ROW_BLOCK_BYTES, as ``project_panels``' rows), at most N."""
+    kc = depth_chunk(dg)
+    K = a.shape[1] + b.shape[1]
+    return min(dg.shape[0], max(kc, ROW_BLOCK_BYTES // (K * dg.itemsize) // kc * kc))
 
-    The depth (N = T·B, thousands) runs in blocks whose slice of a_t stays in L2 across
-    every panel (as ``project_panels``' rows); each block's sums continue gw_t's."""
+
+@kernel
+def weight_grad_panels(p0, p1, c0, dg, a, gw_t, b, gv_t, dgp, no_rows):
+    """gw_t[:, c] += aᵀ @ dg[:, c], and gv_t[:, c] += bᵀ @ dg[:, c] unless b has no
+    columns, for the columns c of panels p0:p1 (4 vector widths each) counted from column
+    c0: one thread's panels of one or two weight gradients from the same gate gradients
+    through the panel tiles. dg: (N, G') gate gradients; a: (N, K) and b: (N, K') the
+    products' other inputs; gw_t: (K, G') and gv_t: (K', G') the gradients as stored
+    (gwᵀ), all C-contiguous; dgp: flat scratch of at least G'·``grad_block`` elements
+    (each part packs into its own slice of it); no_rows: an empty int64 array.
+
+    A tile's 4 rows of gw_t are 4 adjacent columns of a, read where they are (step K
+    along the depth: no transposed copy of a). The depth (N = T·B, thousands) runs in
+    blocks (``grad_block``) whose rows of a and b stay in L2 across every panel; each
+    block's sums continue the gradients'. Each panel's rows of a block are packed (dg's
+    rows are G' apart, at 4 KB and more they would fall into a few L1 sets) and then
+    serve both products while in L1 and L2: packed whole beforehand, dg went out to
+    memory and back, once for each product."""
     S = 4 * vwidth(gw_t)
-    N, K = dg.shape[0], a_t.shape[0]
-    lo, hi = c0 + p0 * S, c0 + p1 * S
-    _pack_panels(dgp[lo * N:hi * N], dg[:, lo:hi])
+    W = vwidth(gw_t)
+    N, G = dg.shape
+    K, K2 = a.shape[1], b.shape[1]
     kc = depth_chunk(gw_t)
-    nb = max(kc, ROW_BLOCK_BYTES // (K * a_t.itemsize) // kc * kc)
+    nb = grad_block(dg, a, b)
+    lo = c0 + p0 * S
+    buf = dgp[lo * nb:(lo + S) * nb]
+    gf, af = gw_t.reshape(gw_t.size), a.reshape(a.size)
+    vf, bf = gv_t.reshape(gv_t.size), b.reshape(b.size)
     for d0 in range(0, N, nb):
-        panel_rows(gw_t, a_t, no_rows, K, dgp, lo, hi, d0, min(N, d0 + nb), False, FROM_OUT)
-
+        d1 = min(N, d0 + nb)
+        for u in range(lo // S, c0 // S + p1):
+            for k in range(d0, d1):
+                row = dg[k]
+                o = (k - d0) * S
+                for q in range(4):
+                    vstore(buf, o + q * W, vload(row, u * S + q * W))
+            for k0 in range(d0, d1, kc):
+                m, wo = min(kc, d1 - k0), (k0 - d0) * S
+                _panel_chunk(gf, G, no_rows, K, False, u, af, k0, 1, K, buf, wo, m, FROM_OUT)
+                if K2 > 0:
+                    _panel_chunk(vf, G, no_rows, K2, False, u, bf, k0, 1, K2, buf, wo, m,
+                                 FROM_OUT)

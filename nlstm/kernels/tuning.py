@@ -50,15 +50,14 @@ PROJECT_ON_TILES = True
 
 # Run-time. Whether the backward's whole-sequence products (the weight gradients, dx =
 # dg·W_ih) run through the panel tiles, by the projection's rule (columns that suit the
-# panels, big enough to split over the threads) rather than BLAS. Off: measured against
-# BLAS (bench.tiles --what backward, LSTM training, Emerald Rapids), the tiles were level
-# under OPENBLAS_CORETYPE=Haswell (0.94-0.99x the time) and slower with OpenBLAS's own
-# AVX-512 kernels (1.06x M, 1.11x L, 1.34x XL): these deep products (depth T·B) run the
-# tiles at 45-85 GFLOP/s against their 130-150 on the projection. On Zen 5 the tiles won
-# under Haswell (0.76-0.88x the time, every cell) and lost with OpenBLAS's own kernels
-# (0.96-1.28x), packing the gate gradients being the difference (bench/RESULTS.md, stop 28).
-# The tests run both paths.
-BACKWARD_ON_TILES = False
+# panels, big enough to split over the threads) rather than BLAS. The rule: the tiles where
+# they are at least level with BLAS under every OpenBLAS kernel choice measured. On Zen 5
+# (bench.tiles --what backward, M, L, XL training, every cell) they took 0.72-0.79x BLAS's
+# time under OPENBLAS_CORETYPE=Haswell and about the same time (0.95-1.02x) with OpenBLAS's
+# own AVX-512 kernels, once the weight gradients read a and b in place and packed dg a
+# block at a time for both products (bench/RESULTS.md, stop 32; before that, off: 1.03-1.16x
+# with OpenBLAS's own kernels). The tests run both paths.
+BACKWARD_ON_TILES = True
 
 # Run-time. A one-row batch splits its hidden units over the threads (a spin barrier per
 # step) when each step has this many recurrent multiply-adds (the barrier and the exchange
