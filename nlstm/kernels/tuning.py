@@ -52,11 +52,11 @@ PROJECT_ON_TILES = True
 # dg·W_ih) run through the panel tiles, by the projection's rule (columns that suit the
 # panels, big enough to split over the threads) rather than BLAS. The rule: the tiles where
 # they are at least level with BLAS under every OpenBLAS kernel choice measured. On Zen 5
-# (bench.tiles --what backward, M, L, XL training, every cell) they took 0.72-0.79x BLAS's
-# time under OPENBLAS_CORETYPE=Haswell and about the same time (0.95-1.02x) with OpenBLAS's
-# own AVX-512 kernels, once the weight gradients read a and b in place and packed dg a
-# block at a time for both products (bench/RESULTS.md, stop 32; before that, off: 1.03-1.16x
-# with OpenBLAS's own kernels). The tests run both paths.
+# (bench.tiles --what backward, M, L, XL training, every cell) they took 0.69-0.74x BLAS's
+# time under OPENBLAS_CORETYPE=Haswell and 0.86-1.01x with OpenBLAS's own AVX-512 kernels,
+# once the weight gradients read a and b in place and packed dg a block at a time for both
+# products (bench/RESULTS.md, stop 32; before that they lost with OpenBLAS's own kernels,
+# 1.03-1.16x, and were off). The tests run both paths.
 BACKWARD_ON_TILES = True
 
 # Run-time. A one-row batch splits its hidden units over the threads (a spin barrier per
