@@ -566,14 +566,19 @@ class RecurrentLayer(Lockable):
         b = self._no_pack if bias is None else bias
         # Rows split over nlstm's threads, each part single-threaded (BLAS or the tiles):
         # threaded BLAS next to the prange regions left its threads spinning on the cores.
+        tiled = tuning.PROJECT_ON_TILES and tiles.packable_panels(w)
         if (T * B - valid) * per_step > tuning.PER_ROW_MIN_SAVING * B:
             # Ragged: one product per batch row over its own length, so the padding costs
             # nothing; the batch rows balanced by their lengths.
-            _threads.run_rows(B, float(valid * per_step), P.project_ragged,
-                              (inp, w, gates, b, lengths), [()], (), row_cost=lengths,
-                              min_work=tuning.SMALL_GEMM)
-        elif tuning.PROJECT_ON_TILES and T * B * per_step >= tuning.SMALL_GEMM \
-                and tiles.packable_panels(w):
+            if tiled and valid * per_step >= tuning.SMALL_GEMM:
+                split = P.project_ragged_panels
+                args = (inp, self._packed_panels(k, d, w, "project"), gates, b, lengths,
+                        self._no_rows)
+            else:
+                split, args = P.project_ragged, (inp, w, gates, b, lengths)
+            _threads.run_rows(B, float(valid * per_step), split, args, [()], (),
+                              row_cost=lengths, min_work=tuning.SMALL_GEMM)
+        elif tiled and T * B * per_step >= tuning.SMALL_GEMM:
             wp = self._packed_panels(k, d, w, "project")
             _threads.run_rows(T * B, float(T * B * per_step), P.project_panels,
                               (x2, wp, g2, b, self._no_rows, tiles.FROM_ZERO), [()], (),

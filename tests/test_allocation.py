@@ -54,6 +54,7 @@ def counted_kernels(monkeypatch):
                  "rnn_forward",
                  "rnn_backward", "lstm_forward_units", "lstm_backward_units",
                  "gru_forward_units", "gru_backward_units", "project_ragged", "project_panels",
+                 "project_ragged_panels",
                  "weight_grad_cols", "weight_grad_panels",
                  "input_grad_rows", "normalize_input", "normalize_input_back"):
         split = getattr(parallel, name)

@@ -341,3 +341,72 @@ def test_project_panels_matches_numpy(dtype, with_bias):
     # sums of 1024 products of order 1: float32's rounding, relative to their size (~32)
     tol = dict(rtol=1e-4, atol=5e-4) if dtype == np.float32 else _tol(dtype)
     np.testing.assert_allclose(out, want, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_project_ragged_panels_matches_numpy_and_blas(dtype, with_bias):
+    """A ragged batch's input projection through the panels, each batch row over its own
+    steps (empty, one, several L2-sized blocks of steps: I = 1024 gives 64 steps a block
+    in float32), as two threads' batch rows: against the float64 product and BLAS's
+    ``gemm.project_ragged``; the padding left as it was."""
+    from nlstm.kernels import gemm
+    rng = np.random.default_rng(12)
+    T, B, I = 150, 5, 1024
+    G = 2 * tiles.panel_width(dtype)
+    lengths = np.array([150, 0, 1, 70, 129])
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    w = rng.standard_normal((I, G)).astype(dtype)
+    bias = rng.standard_normal(G).astype(dtype) if with_bias else np.zeros(0, dtype)
+    wp = np.empty(w.size, dtype)
+    tiles.pack_panels(wp, w)
+    out = np.full((T, B, G), np.nan, dtype)
+    blas = out.copy()
+    for b0, b1 in ((0, 2), (2, B)):
+        tiles.project_ragged_panels(b0, b1, x, wp, out, bias, lengths, np.zeros(0, np.int64))
+    gemm.project_ragged(0, B, x, w, blas, bias, lengths)
+    valid = np.arange(T)[:, None] < lengths[None, :]
+    want = x.astype(np.float64) @ w.astype(np.float64) + (bias if with_bias else 0)
+    tol = dict(rtol=1e-4, atol=5e-4) if dtype == np.float32 else _tol(dtype)
+    np.testing.assert_allclose(out[valid], want[valid], **tol)
+    np.testing.assert_allclose(out[valid], blas[valid], **tol)
+    assert np.isnan(out[~valid]).all()
+
+
+@pytest.mark.parametrize("kind", sorted(k for k in CELLS if "clip" not in k))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ragged_projection_on_tiles_in_the_layers(monkeypatch, kind, dtype):
+    """Layers whose ragged batches take the per-batch-row projection: through the panels
+    (counted) against the float64 oracle, and against the same layer's BLAS path. (Not the
+    clipped cell: where a pre-activation sits at the clip, a last-bit difference between
+    the two paths flips its gradient between 0 and 1.)"""
+    from nlstm.kernels import parallel as P, tuning
+    from nlstm import _threads
+    monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
+    monkeypatch.setattr(tuning, "PER_ROW_MIN_SAVING", 0)
+    monkeypatch.setattr(tuning, "PROJECT_ON_TILES", True)
+    used = []
+    real_rows = _threads.run_rows
+    monkeypatch.setattr(_threads, "run_rows", lambda B, w, split, *a, **k: (
+        used.append(split is P.project_ragged_panels), real_rows(B, w, split, *a, **k))[1])
+    rng = np.random.default_rng(3)
+    T, B, I, H, L = 9, 6, tiles.panel_width(dtype), 64, 2
+    m = _layer(kind, dtype, H, True, L, I)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    lengths = np.array([9, 3, 9, 1, 0, 8])
+    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    got = _run(m, x, lengths, dy, 2)
+    assert sum(used) >= 2 * L, "the ragged projection did not run on the panels"
+    monkeypatch.setattr(tuning, "PROJECT_ON_TILES", False)
+    blas = _run(m, x, lengths, dy, 2)
+    for a, b in zip(got, blas):
+        np.testing.assert_allclose(a, b, **_tol(dtype))
+    S = len(m._state_sizes())
+    init = [np.zeros((L * 2, B, H)) for _ in range(S)]
+    params = {k: np.asarray(v, np.float64) for k, v in m.params.items()}
+    y, final, cache = reference.forward(CELLS[kind][2](), params, x, init, lengths, L, True)
+    dx, dinit, grads = reference.backward(cache, dy.astype(np.float64), init)
+    want = [y, *final, dx, *dinit] + [grads[k] for k in sorted(m.grads)]
+    tol = dict(rtol=2e-3, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-11)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, **tol)

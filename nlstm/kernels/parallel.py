@@ -128,6 +128,12 @@ def _project_ragged(bounds, args, stacked):
 
 
 @parallel_kernel
+def _project_ragged_panels(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        tiles.project_ragged_panels(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
+@parallel_kernel
 def _weight_grad_cols(bounds, args, stacked):
     for i in prange(bounds.shape[0] - 1):
         gemm.weight_grad_cols(bounds[i], bounds[i + 1], *args, *part(stacked, i))
@@ -196,6 +202,7 @@ def _project_rows_numpy(r0, r1, x, w, out, bias):
 
 project_rows = Split(_project_rows_numpy, _project_rows)
 project_ragged = Split(gemm.project_ragged, _project_ragged)
+project_ragged_panels = Split(tiles.project_ragged_panels, _project_ragged_panels)
 project_panels = Split(tiles.project_panels, _project_panels)
 weight_grad_cols = Split(gemm.weight_grad_cols, _weight_grad_cols)
 weight_grad_panels = Split(tiles.weight_grad_panels, _weight_grad_panels)

@@ -346,6 +346,33 @@ def project_panels(r0, r1, x, wp, out, bias, no_rows, first):
 
 
 @kernel
+def project_ragged_panels(b0, b1, x, wp, gates, bias, lengths, no_rows):
+    """gates[:L, b] = x[:L, b] @ w (+ bias if not empty) for the batch rows b in b0:b1, L
+    their lengths: one thread's rows of a ragged batch's input projection through the
+    panel tiles, each batch row over its own steps where they are (rows B·I apart in x,
+    B·G in gates), so the padding costs nothing. w (I, G) packed by ``pack_panels``; x:
+    (T, B, I), gates: (T, B, G), C-contiguous; bias (G,) or empty; no_rows: an empty int64
+    array. The steps in blocks whose rows of x stay in L2 across all the panels (as
+    ``project_panels``)."""
+    T, B, I = x.shape
+    G = gates.shape[2]
+    S = 4 * vwidth(gates)
+    kc = depth_chunk(gates)
+    rb = max(4, ROW_BLOCK_BYTES // (I * x.itemsize) // 4 * 4)
+    xf, gf = x.reshape(x.size), gates.reshape(gates.size)
+    for b in range(b0, b1):
+        for t0 in range(0, lengths[b], rb):
+            n = min(lengths[b], t0 + rb) - t0
+            xb, gb = xf[(t0 * B + b) * I:], gf[(t0 * B + b) * G:]
+            for u in range(G // S):
+                for k0 in range(0, I, kc):
+                    _panel_chunk(gb, B * G, no_rows, n, False, u, xb, k0, B * I, 1, wp,
+                                 (u * I + k0) * S, min(kc, I - k0),
+                                 FROM_OUT if k0 > 0 else FROM_ZERO)
+        add_rows(gates[:, b], 0, max(0, lengths[b]), bias)
+
+
+@kernel
 def grad_block(dg, a, b):
     """How many rows of the depth (of N = dg's rows) ``weight_grad_panels`` takes at a time:
     whole depth chunks whose rows of a and b stay in L2 across every panel together

@@ -46,6 +46,9 @@ PER_ROW_MIN_SAVING = 200_000
 # Run-time. Whether the input projection runs through nlstm's panel tiles (where its columns
 # suit them and it is big enough to split over the threads) rather than BLAS. A smaller one
 # is one NumPy product on the calling thread: nothing to compile for a first small call.
+# Ragged batches too, each batch row over its own steps: on Zen 5, ragged inference (200,
+# 32, 64, 128) took 0.74-0.85x the time of BLAS's per-row products under
+# OPENBLAS_CORETYPE=Haswell and 0.91-0.99x with OpenBLAS's own kernels (stop 32).
 PROJECT_ON_TILES = True
 
 # Run-time. Whether the backward's whole-sequence products (the weight gradients, dx =
