@@ -78,12 +78,13 @@ def _start(out, o, stride, bias, bo, start):
 @inlined_kernel
 def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo, K, start,
                step=1):
-    """For 4 rows r: the 4 vectors out[o_r + q·stride : +W] (q = 0..3) = s + Σ_k a[a_r + k·step]
-    · (row k of K rows of 4 vectors of packed weights from wp[wo]), s as ``start`` says
-    (FROM_*; the bias read at bo + q·stride). step: 1 where a's rows hold the sums' inputs,
-    a's row length where its columns do (``weight_grad_panels``). The LSTM's gate tiles take stride H (one block of units of
-    each gate, ``pack_gates``), the panels stride W (4W consecutive columns, ``pack_panels``).
-    All arrays flat; offsets in elements.
+    """For 4 rows r: the 4 vectors out[o_r + q·stride : +W] (q = 0..3) = s + Σ_k a[a_r +
+    k·step] · (row k of K rows of 4 vectors of packed weights from wp[wo]), s as ``start``
+    says (FROM_*; the bias read at bo + q·stride). step: 1 where a's rows hold the sums'
+    inputs, a's row length where its columns do (``weight_grad_panels``). The LSTM's gate
+    tiles take stride H (one block of units of each gate, ``pack_gates``), the panels
+    stride W (4W consecutive columns, ``pack_panels``). All arrays flat; offsets in
+    elements.
 
     With 32 vector registers (AVX-512, AArch64) the 4 rows' 16 accumulators, 4 weight
     vectors and a broadcast stay in registers through the sum. With 16 (AVX2) they do not:
@@ -295,8 +296,9 @@ def panel_rows(out, a, rows, n, wp, c0, c1, d0, d1, scatter, first=FROM_ZERO):
 def _panel_chunk(of, N, rows, n, scatter, u, af, k0, rs, ks, wp, wo, m, start):
     """``panel_rows``' sums over one chunk of the depth, k0:k0+m, of panel u for its n
     rows: of flat (rows of N), row i's inputs at af[i·rs + k·ks] (rs = D, ks = 1 for the
-    rows of a (n, D); rs = 1, ks = n for the columns of an (·, n)), the chunk's packed
-    weights at wp[wo]."""
+    rows of an (n, D); rs = 1, ks = K for the columns of an (N, K), ``weight_grad_panels``;
+    rs = B·I, ks = 1 for one batch row's steps of a (T, B, I), ``project_ragged_panels``),
+    the chunk's packed weights at wp[wo]."""
     S = 4 * vwidth(of)
     R = tile_height(of)
     i = 0
