@@ -760,14 +760,13 @@ class RecurrentLayer(Lockable):
 
     def _input_grads(self, ws: Workspace, k: int, d: int, inp: np.ndarray, dgates: np.ndarray,
                      dx: np.ndarray, db: Optional[np.ndarray] = None,
-                     hprev: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+                     hprev: Optional[np.ndarray] = None) -> None:
         """Whole-sequence products for the input side, after the sequential pass.
 
         dgates: (T, B, G·H) gradients of the input-side gate pre-activations; inp: the
         layer's input (T, B, I). Adds into W_ih's and b_ih's gradients; writes dx (d == 0)
-        or adds to it. Returns b_ih's gradient, Σ dgates over (T, B) (None without bias),
-        for ``_hidden_grads`` to reuse where b_hh's is the same; or, if given, adds and
-        returns ``db`` instead (where b_ih does not enter the pre-activations directly).
+        or adds to it. b_ih's gradient is Σ dgates over (T, B), or ``db`` if given (where
+        b_ih does not enter the pre-activations directly).
         hprev: the recurrent input of each step (T, B, H), given where the hidden side's
         gate gradients are dgates too (and b_hh's gradient b_ih's): W_hh's and b_hh's
         gradients are then added here, W_hh's in the same pass over dgates as W_ih's.
@@ -783,9 +782,7 @@ class RecurrentLayer(Lockable):
                                         (h2, self._g("weight_hh", k, d))],
                                macs + T * B * h2.shape[1] * dg.shape[1])
         gb = self._g("bias_ih", k, d)
-        if gb is None:
-            db = None
-        else:
+        if gb is not None:
             db = self._row_sum(dg) if db is None else db
             gb += db
             gbh = None if hprev is None else self._g("bias_hh", k, d)
@@ -803,7 +800,6 @@ class RecurrentLayer(Lockable):
             args, split = (dg, w_t, dx2, 0 if d == 0 else 1), P.input_grad_rows
         _threads.run_rows(T * B, float(macs), split, args, [()], (),
                           min_work=tuning.SMALL_GEMM)
-        return db
 
     def _weight_grads(self, ws: Workspace, dg: np.ndarray, pairs: list, macs: float,
                       cols: slice = slice(None)) -> None:
@@ -844,7 +840,7 @@ class RecurrentLayer(Lockable):
                       rows: slice = slice(None), db: Optional[np.ndarray] = None) -> None:
         """The hidden side: W_hh[rows] and b_hh[rows] gradients from the gate gradients
         dgates (T, B, G·H) and the recurrent input of each step hprev (T, B, ·). db: Σ of
-        dgates[..., rows] over (T, B) if already computed (``_input_grads`` returns it)."""
+        dgates[..., rows] over (T, B) if already computed."""
         T, B = ws.key
         dg = dgates.reshape(T * B, -1)
         c0, c1, _ = rows.indices(dg.shape[1])
