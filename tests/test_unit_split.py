@@ -101,6 +101,28 @@ def test_split_equals_one_thread_kernels(split_calls, cell):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_long_row_fetching_gates_ahead_matches_reference(split_calls, split):
+    """A row whose gates outgrow tuning.PREFETCH_GATES_BYTES, so that each step fetches the
+    next step's gates ahead (tiles.prefetch_span), in the one-row kernel and split over the
+    units, both directions: the oracle's outputs and final state."""
+    rng = np.random.default_rng(11)
+    H, I = 64, 3
+    T = tuning.PREFETCH_GATES_BYTES // (4 * H * 4) + 50  # float32 gates just past the bound
+    tuning.UNITS_MIN_WORK = 0 if split else float("inf")
+    m = nlstm.LSTM(I, H, bidirectional=True, seed=7)
+    x = rng.standard_normal((T, 1, I)).astype(np.float32)
+    y, final = m(x)
+    assert m._ws.gates[0][0].nbytes > tuning.PREFETCH_GATES_BYTES
+    assert split_calls["forward"] == (4 if split else 0)  # 2 parts a direction
+    ry, rfinal, _ = R.forward(R.LSTMCell(), m.params, x.astype(np.float64),
+                              [np.zeros((2, 1, H))] * 2, np.array([T]), 1, True)
+    tol = TOL[np.float32]
+    np.testing.assert_allclose(y, ry, **tol)
+    for got, want in zip(final, rfinal):
+        np.testing.assert_allclose(got, want, **tol)
+
+
 def test_three_parts_on_two_cpus(split_calls, monkeypatch):
     """More parts than CPUs: the waiting parts yield their CPU, and the result is the same."""
     monkeypatch.setattr(_threads, "cpus_available", lambda: 3)

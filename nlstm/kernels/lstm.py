@@ -33,8 +33,9 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
-from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, panel_rows, row_blocks,
-                    tile_height, tile_row, tile_rows2, tile_rows3, tile_rows4)
+from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, gates_far, panel_rows,
+                    prefetch_span, row_blocks, tile_height, tile_row, tile_rows2, tile_rows3,
+                    tile_rows4)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty; acts: (3, 3) rows (code, alpha, beta) of f, g, h, or
@@ -170,9 +171,12 @@ def _forward_row_tiled(b, y, h, c, gates, wp, bias, lengths, reverse, col):
     gf = gates.reshape(gates.size)
     hf = h.reshape(h.size)
     L = lengths[b]
+    far = gates_far(gates)
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
+        if far and step + 1 < L:
+            prefetch_span(gf, (step_time(step + 1, L, reverse) * B + b) * G, G)
         row_blocks(gf, (t * B + b) * G, H, W, bias, hf, (p * B + b) * K, wp, K, 0, H // W, step,
                    FROM_OUT_AND_BIAS)
         hn = h[o, b]

@@ -19,7 +19,7 @@ from .blocks import row_dots_alternating, row_nn_add
 from .config import kernel
 from .lstm import _cell_back, _cell_units
 from .simd import vwidth, wide
-from .tiles import FROM_OUT_AND_BIAS, row_blocks
+from .tiles import FROM_OUT_AND_BIAS, gates_far, prefetch_span, row_blocks
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
 from .units import copy, gather_blocks, gather_blocks_add, scatter_blocks, unit_range
@@ -59,9 +59,13 @@ def lstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, w_hh_t, bia
         gf = gates.reshape(gates.size)
         hf = h.reshape(h.size)
         G = 4 * H
+        far = gates_far(gates)
         for step in range(L):
             t = step_time(step, L, reverse)
             p, o = slots(t, reverse)
+            if far and step + 1 < L:  # this part's units of the next step's gates
+                for q in range(4):
+                    prefetch_span(gf, step_time(step + 1, L, reverse) * G + q * H + j0, j1 - j0)
             row_blocks(gf, t * G, H, W, bias, hf, p * K, wp, K, j0 // W, j1 // W, step,
                        FROM_OUT_AND_BIAS)
             _cell_units(gates[t, 0], c[p, 0], c[o, 0], h[o, 0], j0, j1)

@@ -224,3 +224,26 @@ def vbroadcast(typingctx, a, i):
         mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.count), [0] * vt.count)
         return builder.shuffle_vector(v, undef, mask)
     return vt(a, i), codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, i):
+    """Ask the caches for the line holding a's flat element i, without waiting for it
+    (``llvm.prefetch``: a read, kept in every level). Never faults, whatever the address;
+    a no-op on targets without such an instruction."""
+    if not (_float_array(a) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        i8p = builder.bitcast(p, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        # (address, read, keep in all levels, data); the typed-pointer name, which LLVMs with
+        # opaque pointers accept as well
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32]),
+            "llvm.prefetch.p0i8")
+        builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(a, i), codegen
+

@@ -70,6 +70,13 @@ BACKWARD_ON_TILES = True
 UNITS_MIN_STEP = 32_768
 UNITS_MIN_WORK = 25_000_000
 
+# Compile-time. One-row steps fetch the next step's row of gates ahead (``tiles.prefetch_span``)
+# when the call's gates exceed this: the projection wrote them before the recurrence, and past
+# L2 (1-2 MB a core on current x86 and ARM server cores) each step waited for its row's lines.
+# On Zen 4, alternating with and without: long inference (4000 steps, 8 MB of gates) 0.96-0.98x
+# the time; S (100 KB, in L2) 1.02x with them (the requests cost more than they saved).
+PREFETCH_GATES_BYTES = 1 << 20
+
 # Compile-time. The unit split's parts start at multiples of this many units: one 512-bit
 # vector of float32 (the widest vector of any current CPU), so each part's gate loops
 # start on a vector boundary (two 256-bit vectors with AVX2).
