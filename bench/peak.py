@@ -103,6 +103,17 @@ def _read_together(bufs, reps, sums):
         sums[i] = _read(bufs[i], reps)  # kept (see _together)
 
 
+def _alternate(solo_fn, both_fn, repeat: int) -> tuple:
+    """Seconds of each of ``repeat`` calls of solo_fn and of both_fn, alternating."""
+    solo, both = [], []
+    for _ in range(repeat):
+        for fn, out in ((solo_fn, solo), (both_fn, both)):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return solo, both
+
+
 def _bandwidth(n: int, repeat: int) -> None:
     """Print the read rate of each buffer size, 1 thread and n at once (GB/s)."""
     for kb in SIZES_KB:
@@ -111,14 +122,8 @@ def _bandwidth(n: int, repeat: int) -> None:
         sums = np.zeros(n)
         _read(bufs[0], 1)
         _read_together(bufs, 1, sums)
-        solo, both = [], []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            _read(bufs[0], reps)
-            solo.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            _read_together(bufs, reps, sums)
-            both.append(time.perf_counter() - t0)
+        solo, both = _alternate(lambda: _read(bufs[0], reps),
+                                lambda: _read_together(bufs, reps, sums), repeat)
         b = kb * 1024 * reps / 1e9
         print(f"read {kb:>4} KB again and again: 1 thread {b / np.median(solo):.0f} GB/s "
               f"(best {b / min(solo):.0f}); {n} threads at once, each its own buffer, "
@@ -141,14 +146,8 @@ def main(argv=None) -> None:
     sums = np.zeros(n)
     _chains(outs[0], 10)
     _together(outs, 10, sums)
-    solo, both = [], []
-    for _ in range(a.repeat):
-        t0 = time.perf_counter()
-        _chains(outs[0], ITERS)
-        solo.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        _together(outs, ITERS, sums)
-        both.append(time.perf_counter() - t0)
+    solo, both = _alternate(lambda: _chains(outs[0], ITERS),
+                            lambda: _together(outs, ITERS, sums), a.repeat)
     r1 = _rate(float(np.median(solo)), 1, lanes)
     rn = _rate(float(np.median(both)), n, lanes)
     print(f"float32 FMA peak, {lanes} lanes a vector: 1 thread {r1:.0f} GFLOP/s "
