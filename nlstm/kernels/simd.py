@@ -246,4 +246,3 @@ def prefetch(typingctx, a, i):
         builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
     return types.void(a, i), codegen
-
