@@ -160,7 +160,9 @@ class LSTM(RecurrentLayer):
                      col=d * self._out_size, wp=wp)
         if parts:  # a one-row batch: its hidden units split over the threads
             j0, j1 = units.unit_range(0, parts, self.hidden_size)  # part 0's is the widest
-            w_own, acc = self._unit_scratch(parts, w.shape[0], 4 * (j1 - j0))
+            # with wp each part reads its units' blocks where they lie: no copy of W_hh's
+            # columns (16 MB at H = 1024 otherwise), so its scratch has no rows
+            w_own, acc = self._unit_scratch(parts, 0 if wp.size else w.shape[0], 4 * (j1 - j0))
             args = KU.lstm_forward_units_args(flags=self._barrier_flags(parts), w_own=w_own,
                                               acc=acc, **named)
             _threads.run_units(parts, P.lstm_forward_units, args)

@@ -123,6 +123,18 @@ def test_long_row_fetching_gates_ahead_matches_reference(split_calls, split):
         np.testing.assert_allclose(got, want, **tol)
 
 
+@pytest.mark.parametrize("H,tiled", [(64, True), (17, False)])
+def test_split_copies_weight_columns_only_without_tiles(split_calls, H, tiled):
+    """The tiled split reads its units' blocks of the packed weights where they lie: its
+    per-part copy of W_hh's columns has no rows; the loops' split (H off the tiles) has one
+    row per input of the product."""
+    m = nlstm.LSTM(3, H, seed=1)
+    m(np.random.default_rng(0).standard_normal((5, 1, 3)).astype(np.float32))
+    assert split_calls["forward"] == 2
+    rows = [key[2] for key in m._part_bufs if key[0] == "unit weights"]
+    assert rows == [0 if tiled else H]
+
+
 def test_three_parts_on_two_cpus(split_calls, monkeypatch):
     """More parts than CPUs: the waiting parts yield their CPU, and the result is the same."""
     monkeypatch.setattr(_threads, "cpus_available", lambda: 3)
