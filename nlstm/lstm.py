@@ -9,6 +9,7 @@ from . import _threads
 from .kernels import lstm as K
 from .kernels import lstm_units as KU
 from .kernels import parallel as P
+from .kernels import tiles
 from .kernels import units
 from ._validate import positive_int
 from .recurrent import RecurrentLayer, Workspace
@@ -255,4 +256,6 @@ class LSTM(RecurrentLayer):
 
     def _scratch(self, B: int, e) -> tuple:
         H, P = self.hidden_size, self._out_size
-        return (np.empty(B, np.int64), np.empty(B, np.int64), e(B, P), e(B, P), e(B, 4 * H), e(B, H))
+        # sg's spare rows: the tiled forward keeps B gate rows there at a padded stride
+        sg = e(tiles.padded_rows(B, 4 * H, self.dtype.itemsize), 4 * H)
+        return (np.empty(B, np.int64), np.empty(B, np.int64), e(B, P), e(B, P), sg, e(B, H))

@@ -116,6 +116,24 @@ def _run(m, x, lengths, dy, threads):
     return [y, *as_list(state), dx, *as_list(dstate)] + [m.grads[k].copy() for k in sorted(m.grads)]
 
 
+def test_gathered_gate_rows_lie_apart_in_l1():
+    """The LSTM's tiled forward gathers each step's gate rows into its scratch at
+    ``tiles.padded_stride``: an odd number of cache lines (so that rows whose length is a
+    multiple of 4 KB do not all fall in the same L1 sets), each row on a line's start, never
+    shorter than a row; and the layer's scratch has the rows that takes for the batch."""
+    for itemsize in (4, 8):
+        for G in (16, 48, 64, 256, 1008, 1024, 2048, 4096):
+            S = tiles.padded_stride(G, itemsize)
+            assert S >= G and (S * itemsize) % 64 == 0 and (S * itemsize // 64) % 2 == 1, (G, S)
+            for B in (1, 2, 3, 64, 129):
+                assert tiles.padded_rows(B, G, itemsize) * G >= (B - 1) * S + G
+    for dtype in (np.float32, np.float64):
+        m = nlstm.LSTM(8, 256, dtype=dtype)
+        sg = m._scratch(64, lambda *s: np.empty(s, dtype))[4]
+        assert sg.shape == (tiles.padded_rows(64, 1024, sg.itemsize), 1024)
+        assert sg.size >= 63 * tiles.padded_stride(1024, sg.itemsize) + 1024
+
+
 @pytest.mark.parametrize("kind", sorted(CELLS))
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("H,B,bi", [(64, 1, False), (64, 9, True), (32, 6, False), (48, 5, True)])

@@ -35,7 +35,7 @@ from .lstm import step_tiles
 from .simd import wide
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     zero_padding, zero_rows_past)
-from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, panel_rows
+from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, padded_stride, panel_rows
 
 EPS = 1e-5  # the ε of every normalisation (PyTorch's LayerNorm default)
 
@@ -600,7 +600,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
     h = W_hr m, zoneout's zh applies to that)
     wp: W_hhᵀ packed for the tiles (``tiles.pack_gates``), or empty: each step's W_hh h
     then runs on the tiles for batch ranges of more than one row
-    rows, times: (B,) int64 scratch; sp1, sp2: (B, H), sg: (B, 4H), sh: (B, H) scratch
+    rows, times: (B,) int64 scratch; sp1, sp2: (B, H), sg: (``tiles.padded_rows(B, 4H)``, 4H),
+    sh: (B, H) scratch
     """
     T = gates.shape[0]
     save = clip < np.inf or acts.shape[0] > 0
@@ -618,6 +619,7 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
     none = sh[0, :0]
     # one row: the row loops (as lstm_forward: faster than the one-row tile)
     tiled = wp.shape[0] > 0 and b1 - b0 > 1
+    st = sg.reshape(sg.size)
     if ln:  # the gradient products read every row of these
         zero_rows_past(b0, b1, rhat, lengths)
         zero_rows_past(b0, b1, chat, lengths)
@@ -627,9 +629,11 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break  # lengths only shrink the active set as steps go on
-        if ln:
-            if tiled:
-                step_tiles(sg, True, h, wp, bias, rows, times, n, reverse, FROM_ZERO)
+        if ln:  # W_hh h into sg's rows, at stride S
+            S = G
+            if tiled:  # rows apart in L1, as lstm_forward's
+                S = padded_stride(G, sg.itemsize)
+                step_tiles(st, S, h, wp, bias, rows, times, n, reverse, FROM_ZERO)
             else:
                 for i in range(n):
                     p, o = slots(times[i], reverse)
@@ -640,11 +644,12 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
             for i in range(n):
                 b = rows[i]
                 t = times[i]
-                mean, rs = moments(sg[i], EPS)
+                r = st[i * S:i * S + G]
+                mean, rs = moments(r, EPS)
                 rstd[t, b, 1] = rs
-                add_normalized(gates[t, b], sg[i], rhat[t, b], mean, rs, g_hh, bias, 0, G)
+                add_normalized(gates[t, b], r, rhat[t, b], mean, rs, g_hh, bias, 0, G)
         elif tiled:
-            step_tiles(gates, False, h, wp, bias, rows, times, n, reverse, FROM_OUT_AND_BIAS)
+            step_tiles(gates, 0, h, wp, bias, rows, times, n, reverse, FROM_OUT_AND_BIAS)
         else:
             add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
         for i in range(n):

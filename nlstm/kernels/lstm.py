@@ -33,9 +33,9 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
-from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, gates_far, panel_rows,
-                    prefetch_span, row_blocks, tile_height, tile_row, tile_rows2, tile_rows3,
-                    tile_rows4)
+from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, gates_far,
+                    padded_stride, panel_rows, prefetch_span, row_blocks, tile_height, tile_row,
+                    tile_rows2, tile_rows3, tile_rows4)
 
 # peep: (3H,) p_i, p_f, p_o, or empty; clip: scalar, inf when off; input_forget, proj: bool;
 # w_hr_t: (H, P) = W_hrᵀ, or empty; acts: (3, 3) rows (code, alpha, beta) of f, g, h, or
@@ -50,6 +50,18 @@ def _clamp(g, lo, hi):
 
 
 @inlined_kernel
+def _cell(zi, zf, zz, zo, cp):
+    """The plain cell's math for one unit: the pre-activations of i, f, g, o and c_{t-1} in;
+    the gates i, f, g, o, c_t and o⊙tanh(c_t) out."""
+    i = sigmoid(zi)
+    f = sigmoid(zf)
+    z = tanh(zz)
+    o = sigmoid(zo)
+    cv = f * cp + i * z
+    return i, f, z, o, cv, o * tanh(cv)
+
+
+@inlined_kernel
 def _cell_units(g, c_prev, c_new, m, j0, j1):
     """The plain cell (σ, tanh, tanh; no variant options) for hidden units j0:j1 of one row:
     g: (4H,) pre-activations in, post-activation gates i, f, g, o out; c_prev, c_new,
@@ -59,17 +71,19 @@ def _cell_units(g, c_prev, c_new, m, j0, j1):
     gi, gf, gg, go = g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1], g[3 * H + j0:3 * H + j1]
     cp, cn, mu = c_prev[j0:j1], c_new[j0:j1], m[j0:j1]
     for j in range(j1 - j0):
-        i = sigmoid(gi[j])
-        f = sigmoid(gf[j])
-        z = tanh(gg[j])
-        o = sigmoid(go[j])
-        cv = f * cp[j] + i * z
-        gi[j] = i
-        gf[j] = f
-        gg[j] = z
-        go[j] = o
-        cn[j] = cv
-        mu[j] = o * tanh(cv)
+        gi[j], gf[j], gg[j], go[j], cn[j], mu[j] = _cell(gi[j], gf[j], gg[j], go[j], cp[j])
+
+
+@inlined_kernel
+def _cell_units_from(s, g, c_prev, c_new, m, H):
+    """``_cell_units`` for all H units with the pre-activations read from s (4H,) and the
+    gates written to g (4H,), another array: one loop doing both in place in one array and
+    from another did not vectorise (10x slower)."""
+    wide()
+    si, sf, sz, so = s[:H], s[H:2 * H], s[2 * H:3 * H], s[3 * H:4 * H]
+    gi, gf, gg, go = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:4 * H]
+    for j in range(H):
+        gi[j], gf[j], gg[j], go[j], c_new[j], m[j] = _cell(si[j], sf[j], sz[j], so[j], c_prev[j])
 
 
 @kernel
@@ -211,27 +225,41 @@ def lstm_forward_row_args(*, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, len
 
 
 @kernel
-def _add_bias_rows(of, gathered, bias, rows, times, n, B, G):
-    """of (flat gates or gathered scratch, as ``step_tiles``): each active row += bias."""
+def _add_bias_rows(of, S, bias, rows, times, n, B, G):
+    """of (flat gates, or a gathered scratch with rows at stride S, as ``step_tiles``): each
+    active row += bias."""
     wide()
     for i in range(n):
-        o = i * G if gathered else (times[i] * B + rows[i]) * G
+        o = i * S if S else (times[i] * B + rows[i]) * G
         dst = of[o:o + G]
         for j in range(G):
             dst[j] += bias[j]
 
 
 @kernel
-def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
+def _gather_rows(st, S, gates, bias, rows, times, n):
+    """Row i of the scratch st (flat, rows at stride S) = gates[times[i], rows[i]] + bias,
+    for the n active rows."""
+    wide()
+    G = gates.shape[2]
+    for i in range(n):
+        src = gates[times[i], rows[i]]
+        dst = st[i * S:i * S + G]
+        for j in range(G):
+            dst[j] = src[j] + bias[j]
+
+
+@kernel
+def step_tiles(out, S, h, wp, bias, rows, times, n, reverse, start0):
     """One step's recurrent product for the n active rows through packed weights (see
     nlstm.kernels.tiles): for each block of W hidden units, the rows in tiles
     (``tiles.tile_height``), over depth chunks. out: the gates (T, B, 4H), row i's product
-    added at gates[times[i], rows[i]], or with ``gathered`` a scratch (≥n, 4H), written at
-    row i;
+    added at gates[times[i], rows[i]] (S = 0), or a gathered scratch, row i at out's flat
+    element i·S (S > 0: ``tiles.padded_stride`` keeps its rows apart in L1);
     h: (T+1, B, K) state slots; wp: W_hhᵀ packed by ``tiles.pack_gates``; start0: what the
     first depth chunk starts from (``tiles.FROM_*``; bias read with FROM_OUT_AND_BIAS)."""
     B, K = h.shape[1], h.shape[2]
-    G = out.shape[-1]
+    G = wp.shape[0] // K
     H = G // 4
     W = vwidth(out)
     kc = depth_chunk(out)
@@ -242,7 +270,7 @@ def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
         # The bias goes in by a pass of its own, and the tiles never see the bias array:
         # given one, the tiles ran at 55-60% of their rate without (79 against 140 GFLOP/s
         # at L's shapes in one process; same inner loop, the cause not found).
-        _add_bias_rows(of, gathered, bias, rows, times, n, B, G)
+        _add_bias_rows(of, S, bias, rows, times, n, B, G)
         start0 = FROM_OUT
     for u in range(H // W):
         u0 = u * W
@@ -254,11 +282,11 @@ def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
             start = start0 if k0 == 0 else FROM_OUT
             i = 0
             while i + R <= n:  # then a pair, then single rows (see tiles.tile_height)
-                o0, a0 = _tile_row_at(i, rows, times, B, G, K, reverse, gathered)
-                o1, a1 = _tile_row_at(i + 1, rows, times, B, G, K, reverse, gathered)
-                o2, a2 = _tile_row_at(i + 2, rows, times, B, G, K, reverse, gathered)
+                o0, a0 = _tile_row_at(i, rows, times, B, G, K, reverse, S)
+                o1, a1 = _tile_row_at(i + 1, rows, times, B, G, K, reverse, S)
+                o2, a2 = _tile_row_at(i + 2, rows, times, B, G, K, reverse, S)
                 if R == 4:
-                    o3, a3 = _tile_row_at(i + 3, rows, times, B, G, K, reverse, gathered)
+                    o3, a3 = _tile_row_at(i + 3, rows, times, B, G, K, reverse, S)
                     tile_rows4(of, o0 + u0, o1 + u0, o2 + u0, o3 + u0, H, of, 0, hf, a0 + k0,
                                a1 + k0, a2 + k0, a3 + k0, wp, wo, m, start)
                 else:
@@ -266,42 +294,48 @@ def step_tiles(out, gathered, h, wp, bias, rows, times, n, reverse, start0):
                                a2 + k0, wp, wo, m, start)
                 i += R
             if i + 2 <= n:
-                o0, a0 = _tile_row_at(i, rows, times, B, G, K, reverse, gathered)
-                o1, a1 = _tile_row_at(i + 1, rows, times, B, G, K, reverse, gathered)
+                o0, a0 = _tile_row_at(i, rows, times, B, G, K, reverse, S)
+                o1, a1 = _tile_row_at(i + 1, rows, times, B, G, K, reverse, S)
                 tile_rows2(of, o0 + u0, o1 + u0, H, of, 0, hf, a0 + k0, a1 + k0, wp, wo, m,
                            start)
                 i += 2
             for r in range(i, n):
-                o, a = _tile_row_at(r, rows, times, B, G, K, reverse, gathered)
+                o, a = _tile_row_at(r, rows, times, B, G, K, reverse, S)
                 tile_row(of, o + u0, H, of, 0, hf, a + k0, wp, wo, m, start)
 
 
 @inlined_kernel
-def _tile_row_at(i, rows, times, B, G, K, reverse, gathered):
+def _tile_row_at(i, rows, times, B, G, K, reverse, S):
     """``step_tiles``' active row i: the flat offsets of its gate row (in the gates, or row i
-    of the gathered scratch) and of its previous state h_{t-1} in the slots."""
+    of the gathered scratch, at stride S) and of its previous state h_{t-1} in the slots."""
     b = rows[i]
     t = times[i]
-    o = i * G if gathered else (t * B + b) * G
+    o = i * S if S else (t * B + b) * G
     return o, (slots(t, reverse)[0] * B + b) * K
 
 
 @kernel
-def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows, times):
+def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows, times, sg):
     """``lstm_forward``'s recurrence for the plain cell with packed weights: each step, the
-    product of the active rows in tiles (``step_tiles``), then the cell's math for every
-    active row."""
-    H = gates.shape[2] // 4
-    T = gates.shape[0]
+    active rows' gates and bias gathered into the scratch sg (rows at ``tiles.padded_stride``:
+    at XL's 8 KB gate rows the tiles ran 0.84x as fast in place), the product added there in
+    tiles (``step_tiles``), then the cell's math from there into the gates (which keep the
+    post-activation gates, in the same order of sums as a row alone)."""
+    T, B, G = gates.shape
+    H = G // 4
+    S = padded_stride(G, gates.itemsize)
+    st = sg.reshape(sg.size)
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break  # lengths only shrink the active set as steps go on
-        step_tiles(gates, False, h, wp, bias, rows, times, n, reverse, FROM_OUT_AND_BIAS)
+        _gather_rows(st, S, gates, bias, rows, times, n)
+        step_tiles(st, S, h, wp, bias, rows, times, n, reverse, FROM_OUT)
         for r in range(n):
             b = rows[r]
             p, o = slots(times[r], reverse)
-            _cell_units(gates[times[r], b], c[p, b], c[o, b], h[o, b], 0, H)
+            _cell_units_from(st[r * S:r * S + G], gates[times[r], b], c[p, b], c[o, b], h[o, b],
+                             H)
         copy_out(y, h, rows, times, n, reverse, col)
 
 
@@ -320,8 +354,8 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
     Numba types a tuple argument in Python, which costs microseconds per call)
     pre: (T, B, 4H) out with clip or acts, else empty: pre-activations before clipping
     m: (T, B, H) out with projection, else empty: o⊙tanh(c) of every step
-    rows, times: (B,) int64 scratch; sp1, sp2: (B, P), sg: (B, 4H), sh: (B, H) scratch
-    (one set per concurrent call; see nlstm.kernels.blocks)
+    rows, times: (B,) int64 scratch; sp1, sp2: (B, P), sg: (``tiles.padded_rows(B, 4H)``,
+    4H), sh: (B, H) scratch (one set per concurrent call; see nlstm.kernels.blocks)
     wp: W_hhᵀ packed for the tiles (``tiles.pack_gates``), plain cell only, or empty
     """
     opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
@@ -342,7 +376,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
         _forward_row(b0, y, h, c, gates, w_hh_t, bias, lengths, reverse, col, opt, pre)
         T = 0  # done
     elif wp.shape[0] > 0:
-        _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows, times)
+        _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows, times, sg)
         T = 0  # done
     for step in range(T):
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)

@@ -5,16 +5,18 @@ product runs in tiles of 4 rows × one block of W hidden units of all 4 gates (W
 vector width, ``simd.width``): 16 vector accumulators that stay in registers for the whole
 sum over the K inputs, each k costing 4 vector loads of weights, 4 broadcasts of h and
 16 fused multiply-adds (on targets with 16 vector registers, tiles of 3 rows: see
-``tile_height``). The epilogue (the cell's gate math for those rows and units) runs
-right after each tile, while its gate values are still in L1.
+``tile_height``).
 
 The weights are packed once per call (``pack_gates``) so that the tile reads them as one
 contiguous stream: for unit block u, input k, gate q, the W weights of units u·W..u·W+W.
 The tiles need H to be a multiple of W; other sizes take the loops of ``blocks``.
 
 Every array here is flat (1-D, C order) with element offsets, so a tile can address rows
-of the state and gate buffers wherever they are (ragged batches gather no rows).
+of the state and gate buffers wherever they are: in place, or gathered into a scratch
+whose rows lie apart in L1 (``padded_stride``; the LSTM's batched forward).
 """
+from numba.extending import register_jitable
+
 from .config import inlined_kernel, kernel
 from .gemm import add_rows
 from .simd import (prefetch, vadd, vbroadcast, vfma, vload, vregisters, vsplat, vstore, vwidth,
@@ -267,6 +269,27 @@ def gates_far(gates):
     projection wrote them all before the first step, and past L2 each tile waited for its
     row's first lines (0.3 µs of a 3 µs step at H = 128; ``tuning.PREFETCH_GATES_BYTES``)."""
     return gates.size * gates.itemsize > PREFETCH_GATES_BYTES
+
+
+@register_jitable
+def padded_stride(G: int, itemsize: int) -> int:
+    """The row stride (elements) of a scratch whose rows of G elements a step's tiles
+    accumulate into: an odd number of cache lines, at least G. The gate rows' length
+    4H·itemsize is a multiple of a large power of two for most H (4 KB at H = 256), and an
+    L1 cache picks a line's set from its address modulo sets × 64 bytes (4 KB on current
+    x86 and ARM cores): rows at such a stride all fall in the same few sets, more of them
+    than the sets have ways, and every tile's sums went to L2 and back (taking the weights'
+    lines in those sets with them). At an odd number of lines, consecutive rows start in
+    different sets. (Plain Python too: the layers size the scratch with it.)"""
+    lines = -(-G * itemsize // CACHE_LINE_BYTES)
+    if lines % 2 == 0:
+        lines += 1
+    return lines * CACHE_LINE_BYTES // itemsize
+
+
+def padded_rows(B: int, G: int, itemsize: int) -> int:
+    """Rows of G elements a (rows, G) scratch needs to hold B rows at ``padded_stride``."""
+    return -(-B * padded_stride(G, itemsize) // G)
 
 
 def panel_width(dtype) -> int:
