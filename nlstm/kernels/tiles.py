@@ -383,7 +383,7 @@ def project_panels(r0, r1, x, wp, out, bias, no_rows, first):
     ``pack_panels``. x: (n, I), out: (n, G), C-contiguous; bias: (G,) or empty; no_rows:
     an empty int64 array (``panel_rows``' unused row list)."""
     I, G = x.shape[1], out.shape[1]
-    rb = max(4, ROW_BLOCK_BYTES // (I * x.itemsize) // 4 * 4)
+    rb = _row_block(x, I)
     for i0 in range(r0, r1, rb):
         i1 = min(r1, i0 + rb)
         panel_rows(out[i0:i1], x[i0:i1], no_rows, i1 - i0, wp, 0, G, 0, I, False, first)
@@ -403,7 +403,7 @@ def project_ragged_panels(b0, b1, x, wp, gates, bias, lengths, no_rows):
     G = gates.shape[2]
     S = 4 * vwidth(gates)
     kc = depth_chunk(gates)
-    rb = max(4, ROW_BLOCK_BYTES // (I * x.itemsize) // 4 * 4)
+    rb = _row_block(x, I)
     xf, gf = x.reshape(x.size), gates.reshape(gates.size)
     for b in range(b0, b1):
         for t0 in range(0, lengths[b], rb):
@@ -415,6 +415,13 @@ def project_ragged_panels(b0, b1, x, wp, gates, bias, lengths, no_rows):
                                  (u * I + k0) * S, min(kc, I - k0),
                                  FROM_OUT if k0 > 0 else FROM_ZERO)
         add_rows(gates[:, b], 0, max(0, lengths[b]), bias)
+
+
+@inlined_kernel
+def _row_block(x, I):
+    """How many rows of x (I inputs each) the projections take at a time: a multiple of
+    the 4-row tile whose rows stay in L2 across all the panels (ROW_BLOCK_BYTES)."""
+    return max(4, ROW_BLOCK_BYTES // (I * x.itemsize) // 4 * 4)
 
 
 @kernel
