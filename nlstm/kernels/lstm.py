@@ -33,6 +33,7 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
+from .units import gather_blocks_add
 from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, gates_far,
                     padded_stride, panel_rows, prefetch_span, row_blocks, tile_height, tile_row,
                     tile_rows2, tile_rows3, tile_rows4)
@@ -240,13 +241,9 @@ def _add_bias_rows(of, S, bias, rows, times, n, B, G):
 def _gather_rows(st, S, gates, bias, rows, times, n):
     """Row i of the scratch st (flat, rows at stride S) = gates[times[i], rows[i]] + bias,
     for the n active rows."""
-    wide()
     G = gates.shape[2]
     for i in range(n):
-        src = gates[times[i], rows[i]]
-        dst = st[i * S:i * S + G]
-        for j in range(G):
-            dst[j] = src[j] + bias[j]
+        gather_blocks_add(st[i * S:i * S + G], gates[times[i], rows[i]], bias, 1, G, 0, G)
 
 
 @kernel

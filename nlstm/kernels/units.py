@@ -7,6 +7,7 @@ its share of each step's product is one contiguous range (see ``lstm_units``).
 Every loop here runs over a slice from 0 (see nlstm.kernels.blocks).
 """
 from .config import kernel
+from .simd import wide
 from .tuning import UNIT_ALIGN  # unit ranges start at multiples of this
 
 
@@ -42,6 +43,7 @@ def gather_blocks(dst, src, blocks, H, j0, j1):
 @kernel
 def gather_blocks_add(dst, src, b, blocks, H, j0, j1):
     """dst[q·n + j] = src[q·H + j0 + j] + b[q·H + j0 + j]."""
+    wide()
     n = j1 - j0
     for q in range(blocks):
         d, s, bq = dst[q * n:(q + 1) * n], src[q * H + j0:q * H + j1], b[q * H + j0:q * H + j1]
