@@ -169,6 +169,8 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
     i = k * layer.num_directions + d
     zh, zc = ex["zoneout"]
     rhat, chat, rstd, _, _ = _saved(layer, ex)
+    if ln and not ws.train:  # only backward reads them: one row, rewritten every step
+        rhat, chat = rhat[:1], chat[:1]  # (kernels.slots.saved_at)
     parts = layer._unit_parts(ws)
     if parts:  # a one-row batch: its hidden units split over the threads
         ws.ensure_scratch(layer, 1)

@@ -33,8 +33,8 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_
 from .config import inlined_kernel, kernel, options
 from .lstm import step_tiles
 from .simd import wide
-from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
-                    zero_padding, zero_rows_past)
+from .slots import (begin_rows, copy_rows, end_rows, saved_at, slots, step_inputs_finite,
+                    step_layer_rows, zero_padding, zero_rows_past)
 from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, padded_stride, panel_rows
 
 EPS = 1e-5  # the ε of every normalisation (PyTorch's LayerNorm default)
@@ -589,7 +589,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
     lengths: (B,) int64; reverse, ln: bool; col: int
     g_hh: (4H,) γ_hh; g_c, b_c: (H,) γ_c, β_c (empty without ``ln``)
     rhat: (T, B, 4H) out: LN(W_hh h); chat: (T, B, H) out: LN(c̃); rstd: (T, B, 3) out at
-    [..., 1] and [..., 2]: their rstd (all three empty without ``ln``)
+    [..., 1] and [..., 2]: their rstd (all three empty without ``ln``); rhat and chat may
+    have one time row instead (inference: every step writes that row, ``slots.saved_at``)
     zh, zc: (T, B, H) zoneout masks of h and c, or empty
     peep: (3H,) or empty; clip: inf when off; input_forget: bool; acts: (3, 3) or (0, 3)
     (as in :mod:`nlstm.kernels.lstm`); pre: (T, B, 4H) out with clip or acts: the
@@ -647,7 +648,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
                 r = st[i * S:i * S + G]
                 mean, rs = moments(r, EPS)
                 rstd[t, b, 1] = rs
-                add_normalized(gates[t, b], r, rhat[t, b], mean, rs, g_hh, bias, 0, G)
+                add_normalized(gates[t, b], r, rhat[saved_at(rhat, t), b], mean, rs, g_hh, bias,
+                               0, G)
         elif tiled:
             step_tiles(gates, 0, h, wp, bias, rows, times, n, reverse, FROM_OUT_AND_BIAS)
         else:
@@ -660,14 +662,15 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
             zh_tb = zh[t, b] if zo and not proj else none
             zc_tb = zc[t, b] if zo else none
             if variants:
-                rs = _cell(gates[t, b], c[p, b], h[p, b], c[o, b], hn, sh[i], ln, g_c, b_c,
-                           chat[t, b] if ln else none, zh_tb, zc_tb, peep, clip, input_forget,
-                           acts, pre[t, b] if save else none)
+                ch = chat[saved_at(chat, t), b] if ln else none
+                rs = _cell(gates[t, b], c[p, b], h[p, b], c[o, b], hn, sh[i], ln, g_c, b_c, ch,
+                           zh_tb, zc_tb, peep, clip, input_forget, acts,
+                           pre[t, b] if save else none)
             else:  # the callers branch: one function holding both is not inlined (see rnn.py)
                 # (c̃ is the new c itself unless zoneout keeps them apart)
                 rs = _cell_plain(gates[t, b], c[p, b], h[p, b], c[o, b], hn,
                                  sh[i] if zo else c[o, b], ln, g_c, b_c,
-                                 chat[t, b] if ln else none, zh_tb, zc_tb)
+                                 chat[saved_at(chat, t), b] if ln else none, zh_tb, zc_tb)
             if proj:  # h = W_hr m, then zoneout on it
                 ho = h[o, b]
                 row_nn(ho, hn, w_hr_t, 0, P)

@@ -23,8 +23,8 @@ from .config import kernel
 from .lnlstm import (EPS, _cell_back_plain, _cell_plain, add_normalized, input_back, moments,
                      scaled_back, split_dh)
 from .simd import vwidth
-from .slots import (begin_rows, copy_rows, end_rows, slots, step_time, zero_padding,
-                    zero_rows_past)
+from .slots import (begin_rows, copy_rows, end_rows, saved_at, slots, step_time,
+                    zero_padding, zero_rows_past)
 from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, row_blocks
 
 
@@ -58,8 +58,9 @@ def lnlstm_forward_row(b, y, h, c, h_n, c_n, gates, wp, bias, h0, c0, lengths, r
         g = gates[t, b]
         ho = (p * B + b) * K
         if ln:  # W_hh h into its saved slot, normalised there
-            r = rhat[t, b]
-            row_blocks(rf, (t * B + b) * G, H, W, bias, hf, ho, wp, K, 0, H // W, step,
+            ts = saved_at(rhat, t)
+            r = rhat[ts, b]
+            row_blocks(rf, (ts * B + b) * G, H, W, bias, hf, ho, wp, K, 0, H // W, step,
                        FROM_ZERO)
             mean, rs = moments(r, EPS)
             rstd[t, b, 1] = rs
@@ -67,9 +68,9 @@ def lnlstm_forward_row(b, y, h, c, h_n, c_n, gates, wp, bias, h0, c0, lengths, r
         else:
             row_blocks(gf, (t * B + b) * G, H, W, bias, hf, ho, wp, K, 0, H // W, step,
                        FROM_OUT_AND_BIAS)
+        ch = chat[saved_at(chat, t), b] if ln else none
         rs = _cell_plain(g, c[p, b], h[p, b], c[o, b], h[o, b], ct if zo else c[o, b], ln, g_c,
-                         b_c, chat[t, b] if ln else none, zh[t, b] if zo else none,
-                         zc[t, b] if zo else none)
+                         b_c, ch, zh[t, b] if zo else none, zc[t, b] if zo else none)
         if ln:
             rstd[t, b, 2] = rs
         row_out(y, t, b, col, h[o, b])

@@ -33,7 +33,8 @@ from .config import kernel
 from .lnlstm import (EPS, _back_gates, _back_ln, _gates, _out_units, _zoneout, add_normalized,
                      split_dh)
 from .simd import vwidth, wide
-from .slots import begin_rows, end_rows, slots, step_time, zero_padding, zero_rows_past
+from .slots import (begin_rows, end_rows, saved_at, slots, step_time, zero_padding,
+                    zero_rows_past)
 from .sync import SLOTS, barrier, barrier_sending, received
 from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, row_blocks
 from .units import copy, unit_range
@@ -176,7 +177,8 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
             if part == 0:
                 rstd[t, 0, 1] = rs
             for q in range(4):
-                add_normalized(g, r, rhat[t, 0], mean, rs, g_hh, bias, q * H + j0, q * H + j1)
+                add_normalized(g, r, rhat[saved_at(rhat, t), 0], mean, rs, g_hh, bias, q * H + j0,
+                               q * H + j1)
             cp = c[p, 0]
             _gates(g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1],
                    g[3 * H + j0:3 * H + j1], cp[j0:j1], ct[j0:j1])
@@ -193,7 +195,7 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
             _zoneout(zero, zero, zero, c[o, 0, j0:j1], ct[j0:j1], cp[j0:j1],
                      zc[t, 0, j0:j1] if zo_c else zero)
             copy(h[o, 0, j0:j1], hm[nxt, j0:j1])
-            copy(chat[t, 0, j0:j1], hm[2, j0:j1])
+            copy(chat[saved_at(chat, t), 0, j0:j1], hm[2, j0:j1])
             copy(y[t, 0, col + j0:col + j1], hm[nxt, j0:j1])
             cur = nxt
     end_rows(0, 1, h_n[:, j0:j1], h[:, :, j0:j1], lengths, reverse)
