@@ -47,10 +47,12 @@ def _states(a):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("H,length", [(17, 7), (20, 4), (40, 7), (37, 0), (64, 6)])
+@pytest.mark.parametrize("H,length", [(17, 7), (20, 4), (40, 7), (37, 0), (64, 6), (128, 5)])
 def test_split_matches_reference(split_calls, monkeypatch, cell, dtype, H, length):
     """Two layers, both directions, an initial state, a row shorter than T (and one of
-    length 0); H = 17, 20 and 37 split unevenly (parts start at multiples of 16)."""
+    length 0); H = 17, 20 and 37 split unevenly (parts start at multiples of 16). At H = 128
+    each part's 64 units fill whole panels of the GRU's one-row tile (4 vectors: 64 floats
+    or fewer on every target), which its split runs then; the others take its loops."""
     if not _threads.cpus_available() >= 2:
         monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
     cls, ref_cell = CELLS[cell]
@@ -81,12 +83,13 @@ def test_split_matches_reference(split_calls, monkeypatch, cell, dtype, H, lengt
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_split_equals_one_thread_kernels(split_calls, cell):
+@pytest.mark.parametrize("H", [48, 128])
+def test_split_equals_one_thread_kernels(split_calls, cell, H):
     """The same as the one-thread kernels, to float32 rounding (each element is computed
     with the same products in the same order; the compiler's vectorisation and FMA
-    contraction may still differ)."""
+    contraction may still differ). H = 128: the tiles (see above)."""
     rng = np.random.default_rng(3)
-    T, I, H = 30, 4, 48
+    T, I = 30, 4
     x = rng.standard_normal((T, 1, I)).astype(np.float32)
     dy = rng.standard_normal((T, 1, H)).astype(np.float32)
     results = []

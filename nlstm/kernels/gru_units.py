@@ -1,8 +1,10 @@
 """The GRU's recurrence (PyTorch's form, ``lbr``) for a batch of one row, split across
 threads by hidden units, as :mod:`nlstm.kernels.lstm_units` does for the LSTM.
 
-Each part owns the units j0:j1 of the r, z and n blocks. Forward: its share of h·W_hhᵀ,
-then its units' gates and new h; the parts meet at a barrier before the next step reads
+Each part owns the units j0:j1 of the r, z and n blocks. Forward: its share of h·W_hhᵀ
+(the one-row tile over panels of its columns, packed once per call, where its units fill
+whole panels, as the one-thread kernel's; else loops over a copy of its columns), then its
+units' gates and new h; the parts meet at a barrier before the next step reads
 the whole h. Backward: its units' gate gradients, a barrier, then dh of its units (the rows
 j0:j1 of W_hhᵀ against every unit's hidden-side gradients, plus z ⊙ dh). Without ``lbr``
 the n block's product needs r ⊙ h of every unit first (a second barrier a step); that form
@@ -12,10 +14,11 @@ keeps the one-thread kernels. The cell's equations are ``gru``'s own (``_gates_r
 from .blocks import row_dots_alternating, row_nn
 from .config import kernel
 from .gru import _cell_back, _gate_n, _gates_rz, _new_h
-from .simd import wide
+from .simd import vwidth, wide
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
-from .units import copy, gather_blocks, unit_range
+from .tiles import FROM_ZERO, row_blocks
+from .units import copy, gather_blocks, gather_panels, unit_range
 
 
 @kernel
@@ -23,8 +26,9 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
                       reverse, col, w_own, acc):
     """``gru_forward`` with ``lbr`` for B = 1, the units j0:j1 of this ``part``.
 
-    Arrays as for ``gru_forward`` (B = 1); flags, w_own (parts, K, ≥3n), acc (parts, ≥3n):
-    as for ``lstm_units.lstm_forward_units``.
+    Arrays as for ``gru_forward`` (B = 1); flags as for ``lstm_units.lstm_forward_units``;
+    w_own (parts, K, ≥3n): scratch for the part's columns of W_hhᵀ (packed in panels,
+    ``units.gather_panels``, or as rows); acc (parts, ≥3n): its share of the product.
     """
     wide()
     H = gates.shape[2] // 3
@@ -32,8 +36,17 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
     j0, j1 = unit_range(part, parts, H)
     n = j1 - j0
     w, a = w_own[part], acc[part, :3 * n]
-    for k in range(K):
-        gather_blocks(w[k], w_hh_t[k], 3, H, j0, j1)
+    W = vwidth(acc)
+    # the one-row tile over panels of the part's columns (blocks in alternating order, see
+    # tiles.row_blocks) where its units fill whole panels, else the loops
+    tiled = n > 0 and n % (4 * W) == 0
+    wf = w.reshape(w.size)
+    if tiled:
+        gather_panels(wf, w_hh_t, 3, H, j0, j1, 4 * W)
+    else:
+        for k in range(K):
+            gather_blocks(w[k], w_hh_t[k], 3, H, j0, j1)
+    hf = h.reshape(h.size)
     begin_rows(0, 1, h[:, :, j0:j1], h0[:, j0:j1], lengths, reverse)
     zero_padding(0, 1, y, lengths, col + j0, n)
     zero_padding(0, 1, aux, lengths, j0, n)
@@ -43,7 +56,10 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
-        row_nn(a, h[p, 0], w, 0, 3 * n)
+        if tiled:
+            row_blocks(a, 0, W, 4 * W, a, hf, p * K, wf, K, 0, 3 * n // (4 * W), step, FROM_ZERO)
+        else:
+            row_nn(a, h[p, 0], w, 0, 3 * n)
         g = gates[t, 0]
         ax, hp, ho = aux[t, 0, j0:j1], h[p, 0, j0:j1], h[o, 0, j0:j1]
         _gates_rz(g[j0:j1], a[:n], None, 0, a[:0])
