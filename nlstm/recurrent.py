@@ -695,7 +695,10 @@ class RecurrentLayer(Lockable):
         buf = self._pack_bufs.get((k, d, use))
         if buf is None:
             buf = self._pack_bufs[(k, d, use)] = aligned_empty(w.size, self.dtype)
-        tiles.pack_panels(buf, w)
+        if not w.flags.c_contiguous and w.T.flags.c_contiguous:  # the transpose of weights
+            tiles.pack_panels_of_transpose(buf, w.T)
+        else:
+            tiles.pack_panels(buf, w)
         return buf
 
     # ---- backward -------------------------------------------------------------------------

@@ -49,6 +49,29 @@ def test_pack_panels_layout(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", [7, 200])
+def test_pack_panels_of_transpose_layout(dtype, D):
+    """The transpose of a C-contiguous array packs as ``pack_panels`` packs the transposed
+    view, its depth in one block (7) or in several, the last one short (200 rows: 96-row
+    blocks of float32, 192 of float64 on AVX-512, smaller ones with AVX2); the layers take
+    it for such views."""
+    S = 4 * simd.width(dtype)
+    N = 2 * S
+    w_t = np.arange(D * N, dtype=dtype).reshape(N, D)
+    want = np.full(w_t.size, np.nan, dtype)
+    tiles.pack_panels(want, w_t.T)
+    wp = np.full(w_t.size, np.nan, dtype)
+    tiles.pack_panels_of_transpose(wp, w_t)
+    np.testing.assert_array_equal(wp, want)
+    m = nlstm.LSTM(3, N, dtype=dtype, seed=0)
+    w = m._w("weight_hh", 0, 0).T  # W_hh (4N, N): the backward carry's
+    got = m._packed_panels(0, 0, w, "carry")
+    want = np.full(w.size, np.nan, dtype)
+    tiles.pack_panels(want, w)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 9])
 @pytest.mark.parametrize("D", [1, 6, 7, 301])  # odd: the one-row tile's unpaired k; 301: chunks
 @pytest.mark.parametrize("scatter", [False, True])

@@ -306,8 +306,8 @@ def packable_panels(w) -> bool:
 @kernel
 def pack_panels(wp, w):
     """wp = w (D, N) in panels of S = 4W of its columns: wp[(u·D + k)·S + v] = w[k, u·S + v],
-    for products a (n, D) @ w (see ``panel_rows``). w may be any view (the backward carry
-    packs W_hh as the transpose of W_hhᵀ)."""
+    for products a (n, D) @ w (see ``panel_rows``). w may be any view; the transpose of a
+    C-contiguous array packs faster by ``pack_panels_of_transpose``."""
     D, N = w.shape
     S = 4 * vwidth(wp)
     for u in range(N // S):
@@ -316,6 +316,27 @@ def pack_panels(wp, w):
             src = w[k, u * S:u * S + S]
             for v in range(S):
                 dst[v] = src[v]
+
+
+@kernel
+def pack_panels_of_transpose(wp, w_t):
+    """``pack_panels(wp, w_t.T)`` for a C-contiguous w_t (N, D): wp[(u·D + k)·S + v] =
+    w_t[u·S + v, k]. Each source row read along its length and the panel written a
+    column at a time, in blocks of depth whose panel rows stay in L1 (``depth_chunk``):
+    ``pack_panels`` on the transposed view read a column of w_t per panel row, 5-6x slower
+    (the backward carry's and dx's weights, packed every training step: 0.73 against 0.12
+    ms at L's W_hh, 2.9 against 0.5 ms at XL's, on Zen 4)."""
+    N, D = w_t.shape
+    S = 4 * vwidth(wp)
+    kb = depth_chunk(wp)
+    for u in range(N // S):
+        for k0 in range(0, D, kb):
+            m = min(kb, D - k0)
+            for v in range(S):
+                src = w_t[u * S + v, k0:k0 + m]
+                o = (u * D + k0) * S + v
+                for k in range(m):
+                    wp[o + k * S] = src[k]
 
 
 @kernel
