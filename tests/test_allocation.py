@@ -62,7 +62,7 @@ def counted_kernels(monkeypatch):
         serial = counting(split.serial) if hasattr(split.serial, "py_func") else split.serial
         monkeypatch.setattr(parallel, name, parallel.Split(serial, counting_region(split.parallel)))
     monkeypatch.setattr(blocks, "transpose_into", counting(blocks.transpose_into))
-    for name in ("pack_gates", "pack_panels"):
+    for name in ("pack_gates", "pack_panels", "pack_panels_of_transpose"):
         monkeypatch.setattr(tiles, name, counting(getattr(tiles, name)))
     return count
 

@@ -200,8 +200,9 @@ def test_tiles_agree_with_the_loops(monkeypatch, kind, dtype):
     dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
     used = []
     real = tiles.panel_rows
-    monkeypatch.setattr(tiles, "pack_panels",
-                        lambda *a, _real=tiles.pack_panels: used.append(1) or _real(*a))
+    for name in ("pack_panels", "pack_panels_of_transpose"):
+        monkeypatch.setattr(tiles, name,
+                            lambda *a, _real=getattr(tiles, name): used.append(1) or _real(*a))
     with_tiles = _run(_layer(kind, dtype, H, True, 1, I), x, lengths, dy, 1)
     assert used and real is tiles.panel_rows, "the micro-kernels did not run"
     _use_tiles(monkeypatch, False)
