@@ -17,8 +17,8 @@ from .gru import _cell_back, _gate_n, _gates_rz, _new_h
 from .simd import vwidth, wide
 from .slots import begin_rows, end_rows, slots, step_time, zero_padding
 from .sync import barrier
-from .tiles import FROM_ZERO, row_blocks
-from .units import copy, gather_blocks, gather_panels, unit_range
+from .tiles import FROM_ZERO, pack_panels, row_blocks
+from .units import copy, gather_blocks, unit_range
 
 
 @kernel
@@ -28,7 +28,7 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
 
     Arrays as for ``gru_forward`` (B = 1); flags as for ``lstm_units.lstm_forward_units``;
     w_own (parts, K, ≥3n): scratch for the part's columns of W_hhᵀ (packed in panels,
-    ``units.gather_panels``, or as rows); acc (parts, ≥3n): its share of the product.
+    ``tiles.pack_panels``, or as rows); acc (parts, ≥3n): its share of the product.
     """
     wide()
     H = gates.shape[2] // 3
@@ -41,8 +41,9 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
     # tiles.row_blocks) where its units fill whole panels, else the loops
     tiled = n > 0 and n % (4 * W) == 0
     wf = w.reshape(w.size)
-    if tiled:
-        gather_panels(wf, w_hh_t, 3, H, j0, j1, 4 * W)
+    if tiled:  # each gate block's columns as panels, one block after another
+        for q in range(3):
+            pack_panels(wf[q * K * n:(q + 1) * K * n], w_hh_t[:, q * H + j0:q * H + j1])
     else:
         for k in range(K):
             gather_blocks(w[k], w_hh_t[k], 3, H, j0, j1)

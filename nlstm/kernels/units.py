@@ -41,23 +41,6 @@ def gather_blocks(dst, src, blocks, H, j0, j1):
 
 
 @kernel
-def gather_panels(wp, w_t, blocks, H, j0, j1, S):
-    """The columns ``gather_blocks`` puts side by side in each row of w_t (K, blocks·H) (the
-    units j0:j1 of every gate block), packed as ``tiles.pack_panels`` packs a matrix's:
-    wp[(u·K + k)·S + v] = that row k's column u·S + v. wp: flat, K·blocks·(j1 - j0); S:
-    the panel width, and j1 - j0 a multiple of it (no panel spans two blocks)."""
-    K = w_t.shape[0]
-    per = (j1 - j0) // S
-    for q in range(blocks):
-        for i in range(per):
-            u = q * per + i
-            c = q * H + j0 + i * S
-            for k in range(K):
-                o = (u * K + k) * S
-                copy(wp[o:o + S], w_t[k, c:c + S])
-
-
-@kernel
 def gather_blocks_add(dst, src, b, blocks, H, j0, j1):
     """dst[q·n + j] = src[q·H + j0 + j] + b[q·H + j0 + j]."""
     wide()
