@@ -47,7 +47,6 @@ def configure_threads(n: int) -> None:
         os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
     import nlstm
     nlstm.set_num_threads(n)  # Numba's threads: nlstm's kernels
-    import scipy.linalg  # noqa: F401 - SciPy's OpenBLAS (Numba's np.dot) loaded, then set too
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=n, user_api="blas")  # the numpy peer and the sgemm floor
 

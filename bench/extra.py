@@ -331,7 +331,7 @@ class KernelClock:
     """Time spent in nlstm's recurrence while active, measured from the calling thread.
 
     Wraps ``nlstm._threads.run_rows`` (the recurrence over the rows: its wall time; not
-    the whole-sequence products, which run through it too),
+    the whole-sequence products on the panel tiles, which run through it too),
     ``run_units`` (a one-row batch's recurrence split by hidden units) and every
     Numba dispatcher in ``nlstm.kernels.*`` (kernel calls made outside run_rows, e.g. by
     ``step``). Diagnostic only: relies on those internals and reports ``ok=False`` when
@@ -369,9 +369,8 @@ class KernelClock:
             rows = timed(thr.run_rows)
             untimed = thr.run_rows
 
-            products = (parallel.project_rows, parallel.project_ragged, parallel.project_panels,
-                        parallel.weight_grad_cols, parallel.weight_grad_panels,
-                        parallel.input_grad_rows)
+            products = (parallel.project_panels, parallel.project_ragged_panels,
+                        parallel.weight_grad_panels)
 
             def run_rows(B, work, split, *a, **k):  # the whole-sequence products are not
                 if split in products:  # the recurrence
@@ -404,21 +403,41 @@ class KernelClock:
 
 def _gemm_runner(shapes):
     """A call doing the whole-sequence products the layer needs, standalone, the way nlstm
-    runs them: rows split over nlstm's threads, each part single-threaded BLAS."""
+    runs them: a product of at least ``tuning.SMALL_GEMM`` multiply-adds on nlstm's panel
+    tiles (``project_panels``), rows split over nlstm's threads; a smaller one by one NumPy
+    ``matmul`` on the calling thread. b is packed once, before the timed calls (nlstm packs
+    its weights at every call: that packing is not in this time). Every product here is a
+    plain a @ b on ``project_panels``: nlstm's weight gradients run on
+    ``weight_grad_panels`` (the same tiles, columns split over the threads, dg packed
+    inside), so those are an approximation."""
     from nlstm import _threads
-    from nlstm.kernels import parallel as P, tuning
+    from nlstm.kernels import parallel as P, tiles, tuning
+    from nlstm.recurrent import aligned_empty
     rng = np.random.default_rng(0)
     mats = [(rng.standard_normal(a).astype(np.float32), rng.standard_normal(b).astype(np.float32))
             for a, b in shapes]
     outs = [np.empty((a.shape[0], b.shape[1]), np.float32) for a, b in mats]
     no_bias = np.empty(0, np.float32)
+    no_rows = np.empty(0, np.int64)
+    packed = []
+    for a, b in mats:
+        work = float(a.shape[0] * a.shape[1] * b.shape[1])
+        if work >= tuning.SMALL_GEMM:
+            wp = aligned_empty(tiles.panels_size(b), np.float32)
+            tiles.pack_panels(wp, b)
+        else:
+            wp = None
+        packed.append((work, wp))
 
     def run():
         with _threads.single_threaded_blas:
-            for (a, b), o in zip(mats, outs):
-                _threads.run_rows(a.shape[0], float(a.shape[0] * a.shape[1] * b.shape[1]),
-                                  P.project_rows, (a, b, o, no_bias), [()], (),
-                                  min_work=tuning.SMALL_GEMM)
+            for (a, b), o, (work, wp) in zip(mats, outs, packed):
+                if wp is None:
+                    np.matmul(a, b, out=o)
+                else:
+                    _threads.run_rows(a.shape[0], work, P.project_panels,
+                                      (a, wp, o, no_bias, no_rows, tiles.FROM_ZERO), [()], (),
+                                      min_work=tuning.SMALL_GEMM)
     return run
 
 

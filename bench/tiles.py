@@ -1,25 +1,19 @@
-"""``python -m bench.tiles``: nlstm's own micro-kernels against BLAS.
+"""``python -m bench.tiles``: nlstm's per-step micro-kernels against its plain loops.
 
 Times each cell on issue 3's grid twice in the same process, alternating call by call:
-as shipped and with one use of the tiles switched off. ``--what steps`` (the default): the
-per-step products and carries in ``kernels/tiles.py`` against the block products of
-``kernels/blocks.py`` (SciPy's OpenBLAS and loops); ``--what projection``: the input
-projection through the panel tiles (``tiles.project_panels``) against BLAS; ``--what
-backward``: the backward's whole-sequence products (the weight gradients,
-``tiles.weight_grad_panels``, and dx) through the panel tiles against BLAS, in training
-(``--modes train``; inference does not run them). All use the same weights and data, and
-their outputs (with ``backward``, the gradients too) are checked against each other
-first. Run it under each OpenBLAS setting to see what the tiles change:
+as shipped and with the per-step tiles switched off. ``--what steps`` (the only choice
+left): the per-step products and carries in ``kernels/tiles.py`` against the block
+products of ``kernels/blocks.py`` (plain loops: no compiled kernel calls BLAS). The
+whole-sequence products run the same way in both (the panel tiles, or one NumPy matmul
+below ``tuning.SMALL_GEMM``). Both use the same weights and data, and their outputs (in
+training, the gradients too) are checked against each other first.
 
     python -m bench.tiles
-    OPENBLAS_CORETYPE=Haswell python -m bench.tiles
-    python -m bench.tiles --what projection --cases M,L,XL
-    python -m bench.tiles --what backward --cases M,L,XL --modes train
+    python -m bench.tiles --cases M,L,XL --modes train
 """
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import time
 
@@ -29,24 +23,19 @@ CASES = {"S": (100, 1, 32, 64), "M": (100, 16, 64, 128), "L": (50, 64, 256, 256)
          "XL": (20, 128, 512, 512), "long": (4000, 1, 32, 128)}
 
 
-def _switch(on: bool, what: str = "steps") -> None:
-    """Tiles on (as shipped) or off (BLAS) for ``what``: the per-step products, the input
-    projection or the backward's whole-sequence products."""
+def _switch(on: bool) -> None:
+    """The per-step tiles on (as shipped) or off (the loops of ``kernels/blocks.py``): the
+    forward's packed gates and panels, and the backward carry's panels."""
     import nlstm.recurrent as R
-    from nlstm.kernels import tuning
-    if what == "projection":
-        tuning.PROJECT_ON_TILES = on
-        return
-    if what == "backward":
-        tuning.BACKWARD_ON_TILES = on
-        return
+    L = R.RecurrentLayer
     if not hasattr(_switch, "real"):
-        _switch.real = (R.RecurrentLayer._packed_gates, R.RecurrentLayer._panels_fit)
+        _switch.real = (L._packed_gates, L._packed_carry, L._panels_fit)
     if on:
-        R.RecurrentLayer._packed_gates, R.RecurrentLayer._panels_fit = _switch.real
+        L._packed_gates, L._packed_carry, L._panels_fit = _switch.real
     else:
-        R.RecurrentLayer._packed_gates = lambda self, *a: self._no_pack
-        R.RecurrentLayer._panels_fit = lambda self: False
+        L._packed_gates = lambda self, *a: self._no_pack
+        L._packed_carry = lambda self, *a: self._no_pack
+        L._panels_fit = lambda self: False
 
 
 def _time(cell: str, case: str, mode: str, seconds: float, what: str) -> tuple:
@@ -66,22 +55,22 @@ def _time(cell: str, case: str, mode: str, seconds: float, what: str) -> tuple:
 
     outs = []
     for on in (True, False):
-        _switch(on, what)
+        _switch(on)
         m.zero_grad()
         outs.append([run()] + ([g.copy() for g in m.grads.values()] if mode == "train" else []))
     for a, b in zip(*outs):  # y, then each gradient
         tol = 1e-4 * max(1.0, float(np.abs(b).max()))
         if not np.allclose(a, b, rtol=1e-4, atol=tol):
-            raise SystemExit(f"{cell} {case} {mode}: tiles and BLAS disagree ({what})")
+            raise SystemExit(f"{cell} {case} {mode}: tiles and loops disagree ({what})")
     on_t, off_t = [], []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end or len(on_t) < 5:
         for on, out in ((True, on_t), (False, off_t)):
-            _switch(on, what)
+            _switch(on)
             t0 = time.perf_counter()
             run()
             out.append(time.perf_counter() - t0)
-    _switch(True, what)
+    _switch(True)
     return float(np.median(on_t)), float(np.median(off_t)), len(on_t)
 
 
@@ -96,17 +85,16 @@ def main(argv=None) -> None:
     ap.add_argument("--modes", default="infer,train")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=2.0, help="per case and mode")
-    ap.add_argument("--what", choices=("steps", "projection", "backward"), default="steps")
+    ap.add_argument("--what", choices=("steps",), default="steps",
+                    help="what to switch off: the per-step tiles (the only choice)")
     args = ap.parse_args(argv)
     import nlstm
     nlstm.set_num_threads(args.threads)
     from nlstm.kernels import simd
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
     print(f"# bench.tiles: {platform.processor() or platform.machine()}, {args.threads} threads, "
-          f"float32, vector width {simd.target_vector_bits()} bits, "
-          f"{env or 'no OPENBLAS_* variable'}; medians, tiles and BLAS alternating "
-          f"({args.what})")
-    print("| cell | case | mode | tiles | BLAS | tiles / BLAS |")
+          f"float32, vector width {simd.target_vector_bits()} bits; medians, tiles and loops "
+          f"alternating ({args.what})")
+    print("| cell | case | mode | tiles | loops | tiles / loops |")
     print("|---|---|---|---|---|---|")
     for cell in args.cells.split(","):
         for case in args.cases.split(","):

@@ -39,15 +39,14 @@ then too.)
 
 **BLAS.** The process's BLAS thread counts, as threadpoolctl reports them, are the same
 after every nlstm call as before it, errors included: while any nlstm call runs, every
-BLAS library loaded in the process runs single-threaded (Numba's ``np.dot`` inside the
-kernels calls SciPy's OpenBLAS, and threaded BLAS inside parallel regions oversubscribes
-the cores); the first call in saves the counts, the last call out puts them back. The
-whole-sequence products (the input projection, and in backward the weight gradients and
-dx) run split over nlstm's threads too, each part single-threaded: nlstm's panel tiles
-where the shapes suit them (``kernels.tiles``), else one BLAS call
-(``kernels.blocks.project_rows``, ``kernels.gemm``): OpenBLAS's idle threads spin after a
-threaded call, and on two cores that spinning took a core from the prange region that
-followed (M inference 8.0 ms against 3.0 ms single-threaded).
+BLAS library loaded in the process runs single-threaded (the small whole-sequence products
+are NumPy calls between the parallel regions); the first call in saves the counts, the
+last call out puts them back. No compiled kernel calls BLAS: the big whole-sequence
+products (the input projection, and in backward the weight gradients and dx) run on
+nlstm's panel tiles (``kernels.tiles``), split over nlstm's threads. A threaded BLAS there
+lost: OpenBLAS's idle threads spin after a threaded call, and on two cores that spinning
+took a core from the prange region that followed (M inference 8.0 ms against 3.0 ms
+single-threaded).
 
 nlstm pins no thread to a CPU.
 """
@@ -233,7 +232,6 @@ _blas_lock = threading.Lock()
 _blas_users = 0  # nlstm calls in progress, in any thread
 _blas_saved: list = []  # [(library, its thread count before the first call)]
 _blas_libs: Optional[list] = None  # the BLAS libraries loaded (_Blas)
-_scanned_with_scipy = False
 
 
 class _Blas:
@@ -255,21 +253,13 @@ class _Blas:
 
 
 def _libraries() -> list:
-    """The BLAS libraries loaded in this process, as threadpoolctl finds them. SciPy's
-    OpenBLAS is loaded late (when Numba first links np.dot): scanned once more then."""
-    global _blas_libs, _scanned_with_scipy
-    scipy_loaded = "scipy.linalg.cython_blas" in sys.modules
-    if _blas_libs is None or (scipy_loaded and not _scanned_with_scipy):
+    """The BLAS libraries loaded in this process, as threadpoolctl finds them at nlstm's
+    first call (NumPy's, the one nlstm calls, is loaded by then)."""
+    global _blas_libs
+    if _blas_libs is None:
         from threadpoolctl import ThreadpoolController
-        if not scipy_loaded:
-            try:  # Numba loads it at the first kernel that calls np.dot: now, so it is seen
-                import scipy.linalg.cython_blas  # noqa: F401
-                scipy_loaded = True
-            except ImportError:
-                pass
         _blas_libs = [_Blas(c) for c in ThreadpoolController().lib_controllers
                       if c.user_api == "blas"]
-        _scanned_with_scipy = scipy_loaded
     return _blas_libs
 
 

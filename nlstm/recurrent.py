@@ -564,28 +564,25 @@ class RecurrentLayer(Lockable):
         lengths = ws.lengths
         valid = ws.valid
         b = self._no_pack if bias is None else bias
-        # Rows split over nlstm's threads, each part single-threaded (BLAS or the tiles):
-        # threaded BLAS next to the prange regions left its threads spinning on the cores.
-        tiled = tuning.PROJECT_ON_TILES and tiles.packable_panels(w)
+        # On the panel tiles, rows split over nlstm's threads (threaded BLAS next to the
+        # prange regions left its threads spinning on the cores); a small product is one
+        # NumPy call on the calling thread (nothing to compile for a first small call).
         if (T * B - valid) * per_step > tuning.PER_ROW_MIN_SAVING * B:
-            # Ragged: one product per batch row over its own length, so the padding costs
-            # nothing; the batch rows balanced by their lengths.
-            if tiled and valid * per_step >= tuning.SMALL_GEMM:
-                split = P.project_ragged_panels
-                args = (inp, self._packed_panels(k, d, w, "project"), gates, b, lengths,
-                        self._no_rows)
-            else:
-                split, args = P.project_ragged, (inp, w, gates, b, lengths)
-            _threads.run_rows(B, float(valid * per_step), split, args, [()], (),
-                              row_cost=lengths, min_work=tuning.SMALL_GEMM)
-        elif tiled and T * B * per_step >= tuning.SMALL_GEMM:
+            # Ragged: each batch row over its own length, so the padding costs nothing; the
+            # batch rows balanced by their lengths.
+            args = (inp, self._packed_panels(k, d, w, "project"), gates, b, lengths,
+                    self._no_rows)
+            _threads.run_rows(B, float(valid * per_step), P.project_ragged_panels, args, [()],
+                              (), row_cost=lengths, min_work=tuning.SMALL_GEMM)
+        elif T * B * per_step >= tuning.SMALL_GEMM:
             wp = self._packed_panels(k, d, w, "project")
             _threads.run_rows(T * B, float(T * B * per_step), P.project_panels,
                               (x2, wp, g2, b, self._no_rows, tiles.FROM_ZERO), [()], (),
                               min_work=tuning.SMALL_GEMM)
         else:
-            _threads.run_rows(T * B, float(T * B * per_step), P.project_rows, (x2, w, g2, b),
-                              [()], (), min_work=tuning.SMALL_GEMM)
+            np.matmul(x2, w, out=g2)
+            if b.shape[0]:
+                g2 += b
         return gates
 
     def _rows(self, ws: Workspace, split, args: tuple, scratch: bool = True,
@@ -694,7 +691,7 @@ class RecurrentLayer(Lockable):
             return self._no_pack
         buf = self._pack_bufs.get((k, d, use))
         if buf is None:
-            buf = self._pack_bufs[(k, d, use)] = aligned_empty(w.size, self.dtype)
+            buf = self._pack_bufs[(k, d, use)] = aligned_empty(tiles.panels_size(w), self.dtype)
         if not w.flags.c_contiguous and w.T.flags.c_contiguous:  # the transpose of weights
             tiles.pack_panels_of_transpose(buf, w.T)
         else:
@@ -791,45 +788,46 @@ class RecurrentLayer(Lockable):
             gbh = None if hprev is None else self._g("bias_hh", k, d)
             if gbh is not None:
                 gbh += db
-        # dx = dg·W_ih, rows split over nlstm's threads; the second direction adds to it.
-        # On the panel tiles (W_ih packed as panels of its (G·H, I) view) where I suits
-        # them, else one BLAS call per part.
+        # dx = dg·W_ih; the second direction adds to it. On the panel tiles (W_ih packed as
+        # panels of its (G·H, I) view), rows split over nlstm's threads; a small one by NumPy
+        # on the calling thread.
         w_t = self._w("weight_ih", k, d)
-        if tuning.BACKWARD_ON_TILES and macs >= tuning.SMALL_GEMM and tiles.packable_panels(w_t.T):
+        if macs >= tuning.SMALL_GEMM:
             args = (dg, self._packed_panels(k, d, w_t.T, "dx"), dx2, self._no_pack,
                     self._no_rows, tiles.FROM_ZERO if d == 0 else tiles.FROM_OUT)
-            split = P.project_panels
+            _threads.run_rows(T * B, float(macs), P.project_panels, args, [()], (),
+                              min_work=tuning.SMALL_GEMM)
+        elif d == 0:
+            np.matmul(dg, w_t.T, out=dx2)
         else:
-            args, split = (dg, w_t, dx2, 0 if d == 0 else 1), P.input_grad_rows
-        _threads.run_rows(T * B, float(macs), split, args, [()], (),
-                          min_work=tuning.SMALL_GEMM)
+            part = ws.flat("dx part", dx2.size, self.dtype)[:dx2.size].reshape(dx2.shape)
+            dx2 += np.matmul(dg, w_t.T, out=part)
 
     def _weight_grads(self, ws: Workspace, dg: np.ndarray, pairs: list, macs: float,
                       cols: slice = slice(None)) -> None:
         """gw[cols] += dg[:, cols]ᵀ·a for each (a, gw) of ``pairs`` (one or two); dg: (N, G'),
         a: (N, K), gw: (G', K), a parameter's gradient (stored transposed: gwᵀ has
-        contiguous rows); macs: the multiply-adds of all of them. The columns split over
-        nlstm's threads, each part adding into its own columns of gwᵀ: no reduction, no
-        copies. Each part runs on the panel tiles (``kernels.tiles.weight_grad_panels``,
-        whole panels of columns, both products from one packing of dg) where the columns
-        are whole panels, else one single-threaded BLAS call per product
-        (``kernels.gemm.weight_grad_cols``)."""
+        contiguous rows); macs: the multiply-adds of all of them. On the panel tiles
+        (``kernels.tiles.weight_grad_panels``, both products from one packing of dg), the
+        panels of columns split over nlstm's threads, each part adding into its own columns
+        of gwᵀ: no reduction, no copies. A small one by NumPy on the calling thread."""
         c0, c1, _ = cols.indices(dg.shape[1])
+        if c1 <= c0:
+            return
         S = tiles.panel_width(self.dtype)
-        if tuning.BACKWARD_ON_TILES and macs >= tuning.SMALL_GEMM and c1 > c0 \
-                and c0 % S == 0 and c1 % S == 0:
+        if macs >= tuning.SMALL_GEMM:
             (a, gw), none = pairs[0], self._no_carry
             b, gv_t = (pairs[1][0], pairs[1][1].T) if len(pairs) > 1 else (none, none)
-            size = dg.shape[1] * tiles.grad_block(dg, a, b)
-            args = (c0, dg, a, gw.T, b, gv_t, ws.flat("dg_panels", size, self.dtype),
+            size = (c1 - c0 + S) * tiles.grad_block(dg, a, b)
+            args = (c0, c1, dg, a, gw.T, b, gv_t, ws.flat("dg_panels", size, self.dtype),
                     self._no_rows)
-            _threads.run_rows((c1 - c0) // S, macs, P.weight_grad_panels, args, [()], (),
+            _threads.run_rows(-(-(c1 - c0) // S), macs, P.weight_grad_panels, args, [()], (),
                               min_work=tuning.SMALL_GEMM)
             return
         for a, gw in pairs:
-            args = (dg, c0, a, gw.T, c0)
-            _threads.run_rows(c1 - c0, macs * a.shape[1] / sum(p[0].shape[1] for p in pairs),
-                              P.weight_grad_cols, args, [()], (), min_work=tuning.SMALL_GEMM)
+            n = a.shape[1] * (c1 - c0)
+            part = ws.flat("dw part", n, self.dtype)[:n].reshape(a.shape[1], c1 - c0)
+            gw.T[:, c0:c1] += np.matmul(a.T, dg[:, c0:c1], out=part)
 
     @staticmethod
     def _row_sum(dg: np.ndarray) -> np.ndarray:

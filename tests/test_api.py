@@ -162,9 +162,12 @@ def test_weights_and_buffers_start_on_a_cache_line(cls):
     m.backward(np.ones((7, B, m.output_size), np.float32))
     ws = m._ws
     arrays = list(m._wt.values()) + list(m._carry_bufs.values()) + [m._step_work, ws.x, ws.dx]
+    arrays += list(m._pack_bufs.values())
     # The last layer's y is a fresh output array for the caller (see _output_buffer).
     arrays += [g for layer in ws.gates for g in layer] + ws.y[:-1]
-    assert len(m._carry_bufs) == 4
+    # the backward carry's weights, a copy (GRU, RNN at this H) or packed (the LSTM's panels)
+    carry = [key for key in m._pack_bufs if key[-1] == "carry"]
+    assert len(m._carry_bufs) + len(carry) == 4
     for a in arrays:
         assert a.ctypes.data % ALIGN == 0 and a.flags.c_contiguous
 

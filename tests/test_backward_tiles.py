@@ -1,11 +1,13 @@
 """The backward's whole-sequence products on the panel tiles (nlstm.kernels.tiles): the
 weight gradients (``weight_grad_panels``) and dx (``project_panels`` with W_ih packed from
-its (G·H, I) view, the second direction adding), against the float64 product and BLAS
-(nlstm.kernels.gemm), and the layers that use them against BLAS, the oracle and
-themselves on 1 and 2 threads.
+its (G·H, I) view, the second direction adding), against the float64 product and NumPy's,
+on whole and partial panels, and the layers that use them against the NumPy path, the
+oracle and themselves on 1 and 2 threads.
 
-The layers take these paths only above ``tuning.SMALL_GEMM`` multiply-adds; the layer
-tests lower it to 0 so that small shapes (ragged tails, sizes of one) reach them.
+The layers take these paths only from ``tuning.SMALL_GEMM`` multiply-adds on (below it,
+one NumPy product on the calling thread); the layer tests lower it to 0 so that small
+shapes (ragged tails, sizes of one) reach them, and raise it past every product for the
+NumPy path.
 """
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ import pytest
 import nlstm
 import nlstm.recurrent as R
 from nlstm import _threads
-from nlstm.kernels import gemm, tiles, tuning
+from nlstm.kernels import tiles, tuning
 from nlstm.kernels import parallel as P
 
 import reference
@@ -33,65 +35,73 @@ def _close(a, b, dtype, msg):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N, K, K2", [(1, 3, 0), (37, 5, 0), (250, 700, 0), (203, 1, 0),
                                       (4, 4, 0), (37, 5, 6), (250, 700, 64), (203, 1, 1)])
-def test_weight_grad_panels_matches_float64_and_blas(dtype, N, K, K2):
-    """gwᵀ[:, cols] += aᵀ·dg[:, cols] (and, with K2 > 0, gvᵀ[:, cols] += bᵀ·dg[:, cols] from
-    the same packing of dg) on a column slice of whole panels (columns S:3S of 4S), as
-    two threads' parts, adding into what is there; nothing outside the slice written.
-    One row, N not a multiple of 4 nor of the depth chunk, K = 700 (depth blocks of one
-    chunk, the last one partial), K = 1 (no tile of 4 rows)."""
+@pytest.mark.parametrize("cols", ["panels", "partial"])
+def test_weight_grad_panels_matches_float64_and_numpy(dtype, N, K, K2, cols):
+    """gwᵀ[:, c0:c1] += aᵀ·dg[:, c0:c1] (and, with K2 > 0, gvᵀ[:, c0:c1] += bᵀ·dg[:, c0:c1]
+    from the same packing of dg) on a column slice of 4S columns, as two threads' parts,
+    adding into what is there; nothing outside the slice written. The slice whole panels
+    (S:3S), or starting and ending inside panels (S+3:3S-5: the second part's panel
+    partial, read and written through masks). One row, N not a multiple of 4 nor of the
+    depth chunk, K = 700 (depth blocks of one chunk, the last one partial), K = 1 (no
+    tile of 4 rows)."""
     S = tiles.panel_width(dtype)
+    c0, c1 = (S, 3 * S) if cols == "panels" else (S + 3, 3 * S - 5)
     rng = np.random.default_rng(N + K + K2)
     dg = rng.standard_normal((N, 4 * S)).astype(dtype)
-    got, blas, want, ins = [], [], [], []
+    got, ref, want, ins = [], [], [], []
     for k in (K, K2):
         a = rng.standard_normal((N, k)).astype(dtype)
         gw_t = rng.standard_normal((k, 4 * S)).astype(dtype)
         got.append(gw_t)
-        blas.append(gw_t.copy())
+        ref.append(gw_t.copy())
+        ref[-1][:, c0:c1] += a.T @ dg[:, c0:c1]
         want.append(gw_t.astype(np.float64))
-        want[-1][:, S:3 * S] += a.T.astype(np.float64) @ dg[:, S:3 * S].astype(np.float64)
+        want[-1][:, c0:c1] += a.T.astype(np.float64) @ dg[:, c0:c1].astype(np.float64)
         ins.append(a)
-        if k:
-            gemm.weight_grad_cols(0, 2 * S, dg, S, a, blas[-1], S)
-    dgp = np.full(dg.shape[1] * tiles.grad_block(dg, *ins), np.nan, dtype)
-    for p0, p1 in ((0, 1), (1, 2)):  # panels counted from column S
-        tiles.weight_grad_panels(p0, p1, S, dg, ins[0], got[0], ins[1], got[1], dgp, NO_ROWS)
+    dgp = np.full((c1 - c0 + S) * tiles.grad_block(dg, *ins), np.nan, dtype)
+    for p0, p1 in ((0, 1), (1, 2)):  # panels counted from column c0
+        tiles.weight_grad_panels(p0, p1, c0, c1, dg, ins[0], got[0], ins[1], got[1], dgp,
+                                 NO_ROWS)
     scale = max(1.0, np.sqrt(N))  # sums of N products of order 1
     tol = dict(rtol=1e-4, atol=1e-5 * scale) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12 * scale)
-    for i, (g, b, w) in enumerate(zip(got, blas, want)):
+    for i, (g, r, w) in enumerate(zip(got, ref, want)):
         np.testing.assert_allclose(g, w, err_msg=f"{i}: against float64", **tol)
-        np.testing.assert_allclose(g, b, err_msg=f"{i}: against BLAS", **tol)
-        np.testing.assert_array_equal(g[:, :S], b[:, :S])  # outside the slice: as it was
-        np.testing.assert_array_equal(g[:, 3 * S:], b[:, 3 * S:])
+        np.testing.assert_allclose(g, r, err_msg=f"{i}: against NumPy", **tol)
+        np.testing.assert_array_equal(g[:, :c0], r[:, :c0])  # outside the slice: as it was
+        np.testing.assert_array_equal(g[:, c1:], r[:, c1:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N, G", [(1, 12), (37, 200), (150, 1030)])
-def test_input_grad_on_panels_matches_float64_and_blas(dtype, N, G):
+@pytest.mark.parametrize("wide", [2, 1.25, 0.25])
+def test_input_grad_on_panels_matches_float64_and_numpy(dtype, N, G, wide):
     """dx = dg·W_ih through ``project_panels`` with W_ih packed from the (G, I) view of its
     stored transpose, as row ranges of two threads: the first direction writes dx, the
-    second adds (FROM_OUT). One row, depth G not a multiple of 4 or of the chunk, several
-    row blocks (G = 1030)."""
+    second adds (FROM_OUT). I whole panels (2S), or not (1.25S, 0.25S: the last panel
+    partial, padded with zeros in the packing and written through masks, the next row's
+    first columns untouched). One row, depth G not a multiple of 4 or of the chunk,
+    several row blocks (G = 1030)."""
     S = tiles.panel_width(dtype)
-    I = 2 * S
+    I = int(wide * S)
     rng = np.random.default_rng(N + G)
     dg = rng.standard_normal((N, G)).astype(dtype)
     w_t = rng.standard_normal((I, G)).astype(dtype)  # W_ih as stored, (I, G)
-    assert tiles.packable_panels(w_t.T) and not tiles.packable_panels(w_t[:I - 1].T)
-    wp = np.full(w_t.size, np.nan, dtype)
+    wp = np.full(tiles.panels_size(w_t.T), np.nan, dtype)
     tiles.pack_panels(wp, w_t.T)
-    dx = np.full((N, I), np.nan, dtype)
-    blas = np.full((N, I), np.nan, dtype)
+    packed = np.full_like(wp, np.nan)
+    tiles.pack_panels_of_transpose(packed, w_t)
+    np.testing.assert_array_equal(packed, wp)  # the padding zero in both
+    dx = np.full((N + 1, I), np.nan, dtype)[:N]  # a row of NaN after: never read or written
     cuts = sorted({0, N // 2, N})
-    for first, beta in ((tiles.FROM_ZERO, 0), (tiles.FROM_OUT, 1)):
+    for first in (tiles.FROM_ZERO, tiles.FROM_OUT):
         for r0, r1 in zip(cuts, cuts[1:]):
             tiles.project_panels(r0, r1, dg, wp, dx, np.zeros(0, dtype), NO_ROWS, first)
-            gemm.input_grad_rows(r0, r1, dg, w_t, blas, beta)
+    assert np.isnan(dx.base[N]).all()
     want = 2 * dg.astype(np.float64) @ w_t.T.astype(np.float64)
     scale = max(1.0, np.sqrt(G))
     tol = dict(rtol=1e-4, atol=1e-5 * scale) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12 * scale)
     np.testing.assert_allclose(dx, want, err_msg="against float64", **tol)
-    np.testing.assert_allclose(dx, blas, err_msg="against BLAS", **tol)
+    np.testing.assert_allclose(dx, 2 * (dg @ w_t.T), err_msg="against NumPy", **tol)
 
 
 CELLS = {
@@ -103,9 +113,8 @@ CELLS = {
 
 
 def _spy(monkeypatch):
-    """Switch the backward's tile products on and count their runs: the weight gradients'
-    parts (by their Split) and dx's packing of W_ih."""
-    monkeypatch.setattr(tuning, "BACKWARD_ON_TILES", True)  # whatever the shipped default
+    """Count the backward's tile products' runs: the weight gradients' parts (by their
+    Split) and dx's packing of W_ih."""
     used = {"weight_grad_panels": 0, "dx": 0}
     real_rows, real_pack = _threads.run_rows, R.RecurrentLayer._packed_panels
 
@@ -135,22 +144,20 @@ def _grads(m, x, lengths, dy, threads):
     return [dx, *states] + [m.grads[k].copy() for k in sorted(m.grads)]
 
 
-def _tiles_against_blas(monkeypatch, m, x, lengths, dy, bitwise=True) -> list:
-    """m's gradients with the tiles on 1 and 2 threads (bitwise equal, or with ``bitwise``
-    False equal to rounding) and with BLAS (equal to rounding); returns the tiles'
+def _tiles_against_numpy(monkeypatch, m, x, lengths, dy) -> list:
+    """m's gradients with the tiles (SMALL_GEMM 0) on 1 and 2 threads (bitwise equal) and
+    with every whole-sequence product by NumPy (equal to rounding); returns the tiles'
     (``_grads``)."""
     one = _grads(m, x, lengths, dy, 1)
     two = _grads(m, x, lengths, dy, 2)
     for i, (a, b) in enumerate(zip(one, two)):
-        if bitwise:
-            np.testing.assert_array_equal(a, b, err_msg=f"array {i}: 1 and 2 threads")
-        else:
-            _close(a, b, m.dtype, f"array {i}: 1 and 2 threads")
-    monkeypatch.setattr(tuning, "BACKWARD_ON_TILES", False)
-    blas = _grads(m, x, lengths, dy, 1)
-    monkeypatch.setattr(tuning, "BACKWARD_ON_TILES", True)
-    for i, (a, b) in enumerate(zip(one, blas)):
-        _close(a, b, m.dtype, f"array {i}: tiles and BLAS")
+        np.testing.assert_array_equal(a, b, err_msg=f"array {i}: 1 and 2 threads")
+    small = tuning.SMALL_GEMM
+    monkeypatch.setattr(tuning, "SMALL_GEMM", 10 ** 15)
+    ref = _grads(m, x, lengths, dy, 1)
+    monkeypatch.setattr(tuning, "SMALL_GEMM", small)
+    for i, (a, b) in enumerate(zip(one, ref)):
+        _close(a, b, m.dtype, f"array {i}: tiles and NumPy")
     return one
 
 
@@ -169,15 +176,15 @@ def _layer_case(kind, dtype, bi=True):
 
 @pytest.mark.parametrize("kind", sorted(CELLS))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_layers_on_backward_tiles_match_the_oracle_and_blas(monkeypatch, kind, dtype):
+def test_layers_on_backward_tiles_match_the_oracle_and_numpy(monkeypatch, kind, dtype):
     """Every gradient of a 2-layer bidirectional ragged layer with the backward's products
-    on the tiles: against BLAS (to rounding), the float64 oracle, and bitwise the same at
-    1 and 2 threads."""
+    on the tiles: against NumPy's (to rounding), the float64 oracle, and bitwise the same
+    at 1 and 2 threads."""
     monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
     monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
     used = _spy(monkeypatch)
     m, x, lengths, dy = _layer_case(kind, dtype)
-    one = _tiles_against_blas(monkeypatch, m, x, lengths, dy)
+    one = _tiles_against_numpy(monkeypatch, m, x, lengths, dy)
     assert used["weight_grad_panels"] > 0 and used["dx"] > 0, used
     if dtype != np.float64:
         return
@@ -196,12 +203,10 @@ def test_layers_on_backward_tiles_match_the_oracle_and_blas(monkeypatch, kind, d
                          ids=["peephole", "proj", "layernorm"])
 def test_lstm_variants_on_backward_tiles(monkeypatch, dtype, extra):
     """The LSTM's variants: peepholes, a projection (W_hh's depth and layer 1's input are
-    then proj_size, no whole panel: dx of layer 1 stays on BLAS), and layer norm (its
-    backward runs through lnlstm.backward_dir, the products from its own gradient
-    buffers): the tiles' gradients equal BLAS's to rounding, bitwise at 1 and 2 threads
-    (with the projection to rounding: layer 1's dx goes to BLAS, each thread its rows,
-    and OpenBLAS's Haswell sgemm gives a row other bits in products of other row counts;
-    seen on a Zen 3)."""
+    then proj_size, less than a panel: dx of layer 1 on a partial panel), and layer norm
+    (its backward runs through lnlstm.backward_dir, the products from its own gradient
+    buffers): the tiles' gradients equal NumPy's to rounding, bitwise at 1 and 2
+    threads."""
     monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
     monkeypatch.setattr(_threads, "cpus_available", lambda: 2)
     used = _spy(monkeypatch)
@@ -213,23 +218,29 @@ def test_lstm_variants_on_backward_tiles(monkeypatch, dtype, extra):
     x = rng.standard_normal((7, 5, S)).astype(dtype)
     lengths = np.array([7, 2, 7, 1, 5])
     dy = rng.standard_normal((7, 5, m.output_size)).astype(dtype)
-    _tiles_against_blas(monkeypatch, m, x, lengths, dy, bitwise="proj_size" not in extra)
+    _tiles_against_numpy(monkeypatch, m, x, lengths, dy)
     assert used["weight_grad_panels"] > 0, used
 
 
-def test_rule_keeps_blas_where_the_tiles_do_not_apply(monkeypatch):
-    """I not a multiple of the panel width: dx stays on BLAS (the weight gradients, whose
-    columns are whole panels, still take the tiles); below SMALL_GEMM neither runs."""
+def test_rule_takes_the_tiles_at_any_shape_from_small_gemm(monkeypatch):
+    """I not a multiple of the panel width: dx takes the tiles too (a partial panel), the
+    weight gradients of W_ih and W_hh in one run; below SMALL_GEMM neither runs (NumPy on
+    the calling thread), and the gradients agree to rounding."""
     S = tiles.panel_width(np.float32)
     used = _spy(monkeypatch)
     monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
     m = nlstm.LSTM(S - 3, S, dtype=np.float32, seed=0)
     x = np.random.default_rng(0).standard_normal((5, 4, S - 3)).astype(np.float32)
     y, _ = m.forward(x)
-    m.backward(np.ones_like(y))
-    assert used["dx"] == 0 and used["weight_grad_panels"] == 1  # W_ih's and W_hh's at once
+    dx, _ = m.backward(np.ones_like(y))
+    grads = {k: v.copy() for k, v in m.grads.items()}
+    assert used["dx"] == 1 and used["weight_grad_panels"] == 1  # W_ih's and W_hh's at once
     monkeypatch.setattr(tuning, "SMALL_GEMM", 10 ** 12)
-    used["weight_grad_panels"] = 0
+    used.update(dx=0, weight_grad_panels=0)
+    m.zero_grad()
     y, _ = m.forward(x)
-    m.backward(np.ones_like(y))
-    assert used["weight_grad_panels"] == 0
+    dx2, _ = m.backward(np.ones_like(y))
+    assert used == {"dx": 0, "weight_grad_panels": 0}
+    _close(dx, dx2, np.float32, "dx")
+    for k in grads:
+        _close(grads[k], m.grads[k], np.float32, k)

@@ -16,8 +16,8 @@ import numpy as np
 import nlstm.kernels
 from nlstm.kernels import config, tiles
 
-# Kernels that keep Numba's runtime: np.dot (``config.blas_kernel``) and ravel may allocate.
-WITH_RUNTIME = {"blocks.project_rows", "blocks.dot_chunks", "activations.dact_into"}
+# Kernels that keep Numba's runtime: ravel may allocate.
+WITH_RUNTIME = {"activations.dact_into"}
 
 
 def _dispatchers():

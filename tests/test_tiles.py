@@ -41,11 +41,32 @@ def test_pack_panels_layout(dtype):
     D, N = 7, 2 * S
     w = np.arange(D * N, dtype=dtype).reshape(D, N)
     wp = np.full(w.size, np.nan, dtype)
-    assert tiles.packable_panels(w) and not tiles.packable_panels(w[:, :S - 1])
+    assert tiles.packable_panels(w) and tiles.panels_size(w) == w.size
     tiles.pack_panels(wp, w)
     np.testing.assert_array_equal(wp, w.reshape(D, N // S, S).transpose(1, 0, 2).ravel())
     tiles.pack_panels(wp, np.ascontiguousarray(w.T).T)  # any view
     np.testing.assert_array_equal(wp, w.reshape(D, N // S, S).transpose(1, 0, 2).ravel())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 5, 70])
+def test_pack_panels_pads_the_last_panel_with_zeros(dtype, N):
+    """N not a multiple of the panel width: the last panel's columns past N are zero, from
+    either pack kernel (the tiles multiply them and never store their sums)."""
+    S = 4 * simd.width(dtype)
+    D = 9
+    w = np.arange(1, D * N + 1, dtype=dtype).reshape(D, N)
+    n = -(-N // S) * S
+    assert tiles.packable_panels(w) and tiles.panels_size(w) == D * n
+    padded = np.zeros((D, n), dtype)
+    padded[:, :N] = w
+    want = padded.reshape(D, n // S, S).transpose(1, 0, 2).ravel()
+    wp = np.full(tiles.panels_size(w), np.nan, dtype)
+    tiles.pack_panels(wp, w)
+    np.testing.assert_array_equal(wp, want)
+    wp[:] = np.nan
+    tiles.pack_panels_of_transpose(wp, np.ascontiguousarray(w.T))
+    np.testing.assert_array_equal(wp, want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -108,7 +129,7 @@ def _layer(kind, dtype, H, bi=False, layers=2, I=24, seed=0):
 
 
 def _use_tiles(monkeypatch, on):
-    """Switch the micro-kernels on (as shipped) or off (the loops and BLAS of blocks.py)."""
+    """Switch the micro-kernels on (as shipped) or off (the loops of blocks.py)."""
     if not on:
         monkeypatch.setattr(R.RecurrentLayer, "_packed_gates", lambda self, *a: self._no_pack)
         monkeypatch.setattr(R.RecurrentLayer, "_panels_fit", lambda self: False)
@@ -116,14 +137,12 @@ def _use_tiles(monkeypatch, on):
 
 def _products_on_tiles(monkeypatch):
     """The whole-sequence products (input projection, dx, weight gradients) through the
-    panel tiles at any size, not BLAS: OpenBLAS's sgemm gives a row different bits in
-    products of different row counts with its Haswell kernels (AVX2 machines, and any
-    machine under OPENBLAS_CORETYPE=Haswell; seen on a Zen 3), so only nlstm's own
-    kernels can promise a row the same bits alone and in a batch."""
+    panel tiles at any size, not NumPy's small-product path: OpenBLAS's sgemm gives a row
+    different bits in products of different row counts with its Haswell kernels (AVX2
+    machines, and any machine under OPENBLAS_CORETYPE=Haswell; seen on a Zen 3), so only
+    nlstm's own kernels can promise a row the same bits alone and in a batch."""
     from nlstm.kernels import tuning
     monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
-    monkeypatch.setattr(tuning, "PROJECT_ON_TILES", True)
-    monkeypatch.setattr(tuning, "BACKWARD_ON_TILES", True)
 
 
 def _run(m, x, lengths, dy, threads):
@@ -164,9 +183,9 @@ def test_gathered_gate_rows_lie_apart_in_l1():
 def test_cells_with_tiles_match_the_oracle(kind, dtype, H, B, bi, threads):
     """Forward and every gradient against the float64 oracle, ragged (tails of 1-3 rows
     as rows run out), on 1 and 2 threads. Which tiles run depends on H and the vector
-    width W: the LSTM's gate tiles when W divides H, the panel tiles (the carry, and every
-    product of the GRU and RNN) when 4W does; H = 48 and 32 leave some products to the
-    loops and BLAS in float32 but not in float64."""
+    width W: the LSTM's gate tiles when W divides H, the panel tiles for every product of
+    the GRU and RNN when 4W does, and for the LSTM's carry at any H (a partial last panel);
+    H = 48 and 32 leave some products to the loops in float32 but not in float64."""
     rng = np.random.default_rng(H + B)
     T, I, L = 11, 24, 2
     m = _layer(kind, dtype, H, bi, L, I)
@@ -387,31 +406,30 @@ def test_project_panels_matches_numpy(dtype, with_bias):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_project_ragged_panels_matches_numpy_and_blas(dtype, with_bias):
+@pytest.mark.parametrize("panels", [2, 1.5])
+def test_project_ragged_panels_matches_numpy(dtype, with_bias, panels):
     """A ragged batch's input projection through the panels, each batch row over its own
     steps (empty, one, several L2-sized blocks of steps: I = 1024 gives 64 steps a block
-    in float32), as two threads' batch rows: against the float64 product and BLAS's
-    ``gemm.project_ragged``; the padding left as it was."""
-    from nlstm.kernels import gemm
+    in float32), as two threads' batch rows: against the float64 product and NumPy's;
+    the padding left as it was; G whole panels or not (1.5: the last one partial, masked,
+    the next batch row's gates untouched)."""
     rng = np.random.default_rng(12)
     T, B, I = 150, 5, 1024
-    G = 2 * tiles.panel_width(dtype)
+    G = int(panels * tiles.panel_width(dtype))
     lengths = np.array([150, 0, 1, 70, 129])
     x = rng.standard_normal((T, B, I)).astype(dtype)
     w = rng.standard_normal((I, G)).astype(dtype)
     bias = rng.standard_normal(G).astype(dtype) if with_bias else np.zeros(0, dtype)
-    wp = np.empty(w.size, dtype)
+    wp = np.empty(tiles.panels_size(w), dtype)
     tiles.pack_panels(wp, w)
     out = np.full((T, B, G), np.nan, dtype)
-    blas = out.copy()
     for b0, b1 in ((0, 2), (2, B)):
         tiles.project_ragged_panels(b0, b1, x, wp, out, bias, lengths, np.zeros(0, np.int64))
-    gemm.project_ragged(0, B, x, w, blas, bias, lengths)
     valid = np.arange(T)[:, None] < lengths[None, :]
     want = x.astype(np.float64) @ w.astype(np.float64) + (bias if with_bias else 0)
     tol = dict(rtol=1e-4, atol=5e-4) if dtype == np.float32 else _tol(dtype)
     np.testing.assert_allclose(out[valid], want[valid], **tol)
-    np.testing.assert_allclose(out[valid], blas[valid], **tol)
+    np.testing.assert_allclose(out[valid], (x @ w + (bias if with_bias else 0))[valid], **tol)
     assert np.isnan(out[~valid]).all()
 
 
@@ -419,14 +437,14 @@ def test_project_ragged_panels_matches_numpy_and_blas(dtype, with_bias):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ragged_projection_on_tiles_in_the_layers(monkeypatch, kind, dtype):
     """Layers whose ragged batches take the per-batch-row projection: through the panels
-    (counted) against the float64 oracle, and against the same layer's BLAS path. (Not the
-    clipped cell: where a pre-activation sits at the clip, a last-bit difference between
-    the two paths flips its gradient between 0 and 1.)"""
+    (counted) against the float64 oracle, and against the same layer's NumPy path (every
+    whole-sequence product below SMALL_GEMM). (Not the clipped cell: where a
+    pre-activation sits at the clip, a last-bit difference between the two paths flips its
+    gradient between 0 and 1.)"""
     from nlstm.kernels import parallel as P, tuning
     from nlstm import _threads
     monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
     monkeypatch.setattr(tuning, "PER_ROW_MIN_SAVING", 0)
-    monkeypatch.setattr(tuning, "PROJECT_ON_TILES", True)
     used = []
     real_rows = _threads.run_rows
     monkeypatch.setattr(_threads, "run_rows", lambda B, w, split, *a, **k: (
@@ -439,9 +457,10 @@ def test_ragged_projection_on_tiles_in_the_layers(monkeypatch, kind, dtype):
     dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
     got = _run(m, x, lengths, dy, 2)
     assert sum(used) >= 2 * L, "the ragged projection did not run on the panels"
-    monkeypatch.setattr(tuning, "PROJECT_ON_TILES", False)
-    blas = _run(m, x, lengths, dy, 2)
-    for a, b in zip(got, blas):
+    monkeypatch.setattr(tuning, "PER_ROW_MIN_SAVING", 10 ** 15)
+    monkeypatch.setattr(tuning, "SMALL_GEMM", 10 ** 15)
+    ref = _run(m, x, lengths, dy, 2)
+    for a, b in zip(got, ref):
         np.testing.assert_allclose(a, b, **_tol(dtype))
     S = len(m._state_sizes())
     init = [np.zeros((L * 2, B, H)) for _ in range(S)]

@@ -123,21 +123,20 @@ def test_variant_gradients_match_reference(kind, seed, dtype):
 @pytest.mark.parametrize("B,full,D", [(9, 6, 1), (40, 34, 2)])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_large_weights(kind, B, full, D):
-    """Weights too big for OpenBLAS's small-matrix path (see blocks.small_rows) multiply
-    blocks of 2+ rows as BLAS tiles (blocks.dot_rows, gemm.gemm_tiles), forward and carry,
-    and single rows (the ragged ends) in the loops: ``full`` rows active at every step, the
-    rest ragged; one direction or both; against the oracle."""
+    """Big weights whose H the tiles do not take (not a multiple of the vector width, or
+    of the panel width for the GRU and RNN): blocks of rows in the loops of blocks.py
+    (four rows sharing each weight row, forward and the carry over W_hh's copy) and single
+    rows (the ragged ends): ``full`` rows active at every step, the rest ragged; one
+    direction or both; against the oracle."""
     import nlstm
-    from nlstm.kernels import blocks
+    from nlstm.kernels import tiles
     cls, extra, make_cell = ALL_KINDS[kind]
     rng = np.random.default_rng(6)
-    # the smallest round H past the path's limit (4·H·G > 10⁶) for each cell's G gates
+    # H past what L1 holds of W_hh, none a multiple of the vector width's panels
     T, I, H = 3, 2, {nlstm.LSTM: 260, nlstm.LayerNormLSTM: 260, nlstm.GRU: 300,
                      nlstm.RNN: 510}[cls]
     m = cls(I, H, bidirectional=D == 2, dtype=np.float64, seed=4, **extra)
-    w = m._w("weight_hh", 0, 0)
-    assert blocks.small_rows(w, False) == blocks.small_rows(w, True) == 0
-    assert blocks.tile_shape(w, False)[0] > 0 and blocks.tile_shape(w, True)[0] > 0
+    assert H % tiles.panel_width(np.float64) and not m._panels_fit()
     x = rng.standard_normal((T, B, I))
     lengths = rng.integers(0, T + 1, B)
     lengths[:full] = T
@@ -161,7 +160,7 @@ def test_large_weights(kind, B, full, D):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", list(KINDS) + ["lstm_proj", "lnlstm_proj"])
 def test_large_batch_block_path(kind, threads):
-    """Batches big enough for the BLAS block product per step (and, with 2 threads, row
+    """Batches big enough for the block products per step (and, with 2 threads, row
     ranges per thread, and whole-sequence products split by rows and gate columns), with
     ragged lengths and both directions."""
     import nlstm
@@ -244,8 +243,9 @@ def test_one_row_ranges(kind, B, threads):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_wide_small_weights_carry(dtype):
-    """The backward carry against small weights with more than 128 outputs goes to BLAS in
-    4-row calls (see blocks.matmul_nt): an RNN with H = 160 over 6 rows, against the oracle."""
+    """The backward carry against small weights with more than 128 outputs (H = 160, not a
+    whole number of panels in float32 with AVX-512: the loops over W_hh's copy, see
+    blocks.matmul_carry): an RNN over 6 rows, against the oracle."""
     import nlstm
     rng = np.random.default_rng(7)
     T, B, I, H = 3, 6, 4, 160
@@ -267,63 +267,77 @@ def test_wide_small_weights_carry(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N, K, G", [(37, 9, 20), (1, 5, 12), (6, 1, 8), (4, 3, 1)])
+@pytest.mark.parametrize("N, K, G", [(37, 9, 20), (1, 5, 12), (6, 1, 8), (4, 3, 1), (9, 4, 150)])
 def test_backward_products_in_parts(dtype, N, K, G):
-    """The backward's whole-sequence products (kernels.gemm), run as the threads' parts: the
-    weight gradient by column ranges (at a column offset, adding into what is there), dx by
-    row ranges (written, then added to). Against the float64 product, one-row and
-    one-column shapes included (NumPy's strides there are not BLAS's leading dimension)."""
-    from nlstm.kernels.gemm import input_grad_rows, weight_grad_cols
+    """The backward's whole-sequence products on the panel tiles, run as the threads'
+    parts: the weight gradient by panels of columns (from column 2, adding into what is
+    there, the last panel partial), dx by row ranges (written, then added to), at shapes
+    with no whole panel or tile of rows: one row, one column, one input. Against the
+    float64 product; nothing outside the columns written."""
+    from nlstm.kernels import tiles
+    no_rows = np.zeros(0, np.int64)
     rng = np.random.default_rng(N * 100 + K + G)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    S = tiles.panel_width(dtype)
     dg = rng.standard_normal((N, G + 3)).astype(dtype)
     a = rng.standard_normal((N, K)).astype(dtype)
     gw_t = rng.standard_normal((K, G + 3)).astype(dtype)  # as stored: gwᵀ, rows contiguous
     start = gw_t.astype(np.float64)
-    cuts = sorted({0, G // 3, G // 2, G})
-    for c0, c1 in zip(cuts, cuts[1:]):  # columns 2:2+G of dg into columns 1:1+G of gw
-        weight_grad_cols(c0, c1, dg, 2, a, gw_t, 1)
+    none = np.zeros((N, 0), dtype)
+    dgp = np.full((G + S) * tiles.grad_block(dg, a, none), np.nan, dtype)
+    panels = -(-G // S)
+    for p0, p1 in zip(range(panels), range(1, panels + 1)):  # columns 2:2+G, a part a panel
+        tiles.weight_grad_panels(p0, p1, 2, 2 + G, dg, a, gw_t, none, np.zeros((0, G + 3), dtype),
+                                 dgp, no_rows)
     want = start.copy()
-    want[:, 1:1 + G] += a.T.astype(np.float64) @ dg[:, 2:2 + G].astype(np.float64)
+    want[:, 2:2 + G] += a.T.astype(np.float64) @ dg[:, 2:2 + G].astype(np.float64)
     np.testing.assert_allclose(gw_t, want, **tol)
+    np.testing.assert_array_equal(gw_t[:, :2], start[:, :2])
+    np.testing.assert_array_equal(gw_t[:, 2 + G:], start[:, 2 + G:])
     w_t = rng.standard_normal((K, G + 3)).astype(dtype)  # W_ih as stored, (I, G)
+    wp = np.empty(tiles.panels_size(w_t.T), dtype)
+    tiles.pack_panels_of_transpose(wp, w_t)
     dx = np.full((N, K), np.nan, dtype)
     rows = sorted({0, N // 2, N})
-    for beta in (0, 1):  # the first direction writes dx, the second adds
+    for first in (tiles.FROM_ZERO, tiles.FROM_OUT):  # the first direction writes, the second adds
         for r0, r1 in zip(rows, rows[1:]):
-            input_grad_rows(r0, r1, dg, w_t, dx, beta)
+            tiles.project_panels(r0, r1, dg, wp, dx, np.zeros(0, dtype), no_rows, first)
     want = 2 * dg.astype(np.float64) @ w_t.T.astype(np.float64)
     np.testing.assert_allclose(dx, want, **tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("carry", [False, True])
-def test_gemm_tiles_on_views(dtype, carry):
-    """gemm_tiles on blocks that tiles do not divide, with row strides wider than the rows
-    (views into bigger arrays), against NumPy; nothing outside the block is written."""
-    from nlstm.kernels.gemm import gemm_tiles
-    rng = np.random.default_rng(9)
-    n, K, G = 33, 130, 70
-    a_big = rng.standard_normal((n + 5, (G if carry else K) + 3)).astype(dtype)
-    w_big = rng.standard_normal((K + 2, G + 7)).astype(dtype)
-    out_big = np.full((n + 4, (K if carry else G) + 9), 7.0, dtype)
-    a, w = a_big[2:2 + n, 1:1 + (G if carry else K)], w_big[1:1 + K, 3:3 + G]
-    out = out_big[1:1 + n, 4:4 + (K if carry else G)]
-    for rows, cols in [(16, 64), (4, 32), (8, 128)]:
-        out_big.fill(7.0)
-        gemm_tiles(out, a, w, n, carry, rows, cols)
-        want = a @ (w.T if carry else w)
-        np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
-                                   atol=1e-4 if dtype == np.float32 else 1e-10)
-        mask = np.ones(out_big.shape, bool)
-        mask[1:1 + n, 4:4 + out.shape[1]] = False
-        assert (out_big[mask] == 7.0).all()
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_block_products(dtype, n):
+    """blocks.matmul_nn over all columns (groups of four rows, then single rows) and a
+    column range, and blocks.matmul_carry through W_hh's copy and without it, against
+    NumPy: the per-step products where the tiles do not apply."""
+    from nlstm.kernels import blocks
+    rng = np.random.default_rng(n)
+    K, G = 13, 4 * 13
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    w_t = rng.standard_normal((K, G)).astype(dtype)
+    a = rng.standard_normal((n, K)).astype(dtype)
+    out = np.full((n + 1, G), np.nan, dtype)
+    blocks.matmul_nn(out, a, w_t, n, 0, G)
+    np.testing.assert_allclose(out[:n], a @ w_t, **tol)
+    assert np.isnan(out[n]).all()
+    out[:] = 7
+    blocks.matmul_nn(out, a, w_t, n, K, 3 * K)
+    np.testing.assert_allclose(out[:n, K:3 * K], a @ w_t[:, K:3 * K], **tol)
+    assert (out[:, :K] == 7).all() and (out[:, 3 * K:] == 7).all() and (out[n] == 7).all()
+    dg = rng.standard_normal((n, G)).astype(dtype)
+    for w in (np.ascontiguousarray(w_t.T), np.zeros((0, 0), dtype)):
+        carry = np.full((n + 1, K), np.nan, dtype)
+        blocks.matmul_carry(carry, dg, w_t, w, n)
+        np.testing.assert_allclose(carry[:n], dg @ w_t.T, **tol)
+        assert np.isnan(carry[n]).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_row_loops(dtype):
     """The hand-blocked loops (four rows sharing each load of the weights, and one row),
-    which run where no BLAS path fits (H in the thousands), against NumPy."""
+    which run where the tiles do not, against NumPy."""
     from nlstm.kernels.blocks import _rows4_nn_add, row_nn_add
     rng = np.random.default_rng(10)
     K, G = 7, 37  # a remainder after the groups of four weight rows
@@ -339,18 +353,6 @@ def test_row_loops(dtype):
     want[5:30] += a[0] @ w[:, 5:30]
     row_nn_add(o, a[0], w, 5, 30)
     np.testing.assert_allclose(o, want, **tol)
-
-
-def test_small_rows_follows_openblas_small_path_limits():
-    """Rows per BLAS call: 8 while 8·K·G <= 10⁶ (and, for the carry, 8·K <= 1200 outputs),
-    else 4 within the same limits, else 0 (loops or one whole call)."""
-    from nlstm.kernels.blocks import small_rows
-    cases = {(128, 512): (8, 8), (64, 256): (8, 8), (256, 256): (8, 4), (160, 384): (8, 4),
-             (256, 768): (4, 4), (300, 300): (8, 4), (256, 1024): (0, 0), (512, 512): (0, 0),
-             (400, 400): (4, 0)}
-    for (K, G), want in cases.items():
-        w = np.zeros((K, G), np.float32)
-        assert (small_rows(w, False), small_rows(w, True)) == want, (K, G)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -7,94 +7,22 @@ matrix-vector product per row, each weight row is loaded once for several batch 
 which is what the recurrence is bound by (the weights stream from L2). Rows past their
 length are skipped, so ragged batches cost what their lengths add up to.
 
+These loops are the products of the cells and sizes the register tiles (``tiles``) do not
+take (H not a multiple of the vector width, the LSTM's variants); no BLAS is called from
+compiled code, so nlstm needs no SciPy (Numba's ``np.dot`` calls SciPy's BLAS).
 Weights arrive transposed, b = Wᵀ of shape (K, G), C-contiguous (see RecurrentLayer).
-Which code multiplies a block depends on its rows and the weights' size (``blas_block``):
-SciPy's BLAS, single-threaded, or the loops here, where the forward product a @ b runs
-as row-axpys over b and the backward carry a @ bᵀ as dot products along b's rows. The
-loops can be limited to the columns c0:c1 of b (a gate block); they slice first and loop
+The forward product a @ b runs as row updates over b (four rows of a sharing each load of
+b's rows), the backward carry a @ bᵀ as the same over a C-contiguous copy of bᵀ where the
+layer makes one, else as dot products along b's rows. The loops can be limited to the columns c0:c1 of b (a gate block); they slice first and loop
 from 0: a loop over range(c0, c1) indexes with a value Numba cannot prove non-negative, so
 each access keeps its negative-index wraparound and LLVM does not vectorise it (measured:
 4x slower at 128×512).
 """
-import numpy as np
 
 from .activations import cast_like
-from .config import blas_kernel, inlined_kernel, kernel
+from .config import inlined_kernel, kernel
 from .simd import wide
-from .gemm import add_rows, gemm_tiles
 from .slots import slots, step_time
-from .tuning import BLAS_MIN_ROWS, SMALL_PATH_MNK, SMALL_PATH_OUT, TILES_CARRY, TILES_FWD
-
-# BLAS_MIN_ROWS, SMALL_PATH_MNK, SMALL_PATH_OUT, TILES_FWD, TILES_CARRY: when a step's
-# product goes to BLAS, in blocks of how many rows, or in tiles of what shape (see tuning).
-
-
-@kernel
-def small_rows(w, carry):
-    """Rows per BLAS call (8 or 4) that keep a product against w (K, G) in OpenBLAS's
-    small-matrix path, or 0: a @ w, or with ``carry`` a @ wᵀ (K outputs per row)."""
-    kg = w.shape[0] * w.shape[1]
-    r = 8
-    while r >= 4:
-        if r * kg <= SMALL_PATH_MNK and not (carry and r * w.shape[0] > SMALL_PATH_OUT):
-            return r
-        r //= 2
-    return 0
-
-
-@kernel
-def tile_shape(w, carry):
-    """(rows, columns) of the tiles for a product against w (K, G), (0, 0) if none fits."""
-    depth = w.shape[1] if carry else w.shape[0]  # the summed dimension
-    for r, c in TILES_CARRY if carry else TILES_FWD:
-        if r * c * depth <= SMALL_PATH_MNK and not (carry and r * c > SMALL_PATH_OUT):
-            return r, c
-    return 0, 0
-
-
-@kernel
-def blas_block(n, w, carry):
-    """Rows per BLAS call for a block of n rows times w (``carry``: times wᵀ), 0: use the
-    loops. n itself: one call for the block, or tiles (see ``dot_rows``)."""
-    chunk = small_rows(w, carry)
-    if n >= 2 and chunk:
-        return chunk
-    # tiles beat the loops from 4 rows on against big weights (L: 97-111 vs 49-71 GFLOP/s
-    # forward, 100-109 vs 55-57 carry; XL: 88-111 vs 37-77, 91-100 vs 39-40)
-    if (n >= 2 and tile_shape(w, carry)[0] > 0) or n >= BLAS_MIN_ROWS:
-        return n
-    return 0
-
-
-@kernel
-def dot_rows(out, a, w, n, chunk, carry):
-    """out[:n] = a[:n] @ w, or with ``carry`` a[:n] @ wᵀ, by BLAS: in calls of ``chunk``
-    rows when the weights suit the small-matrix path, else in tiles that do (whole calls
-    where none fits). out, a, w: 2-D, rows contiguous; w: (K, G)."""
-    r, c = tile_shape(w, carry)
-    if small_rows(w, carry) == 0 and r > 0:
-        gemm_tiles(out, a, w, n, carry, r, c)
-    elif carry:
-        dot_chunks(a, w.T, out, n, chunk)
-    else:
-        dot_chunks(a, w, out, n, chunk)
-
-
-@blas_kernel
-def project_rows(r0, r1, x, w, out, bias):
-    """out[r0:r1] = x[r0:r1] @ w (+ bias if not empty), one BLAS product (single-threaded
-    inside nlstm's calls) for one thread's rows of a whole-sequence input projection.
-    x: (n, I), w: (I, G), out: (n, G), all C-contiguous; bias: (G,) or empty."""
-    np.dot(x[r0:r1], w, out[r0:r1])
-    add_rows(out, r0, r1, bias)
-
-
-@blas_kernel
-def dot_chunks(a, b, out, n, chunk):
-    """out[:n] = a[:n] @ b, as BLAS calls of ``chunk`` rows (see ``blas_block``)."""
-    for i0 in range(0, n, chunk):
-        i1 = min(n, i0 + chunk)
-        np.dot(a[i0:i1], b, out[i0:i1])
 
 
 @kernel
@@ -151,41 +79,33 @@ def row_nn(o, a, b, c0, c1):
 
 @kernel
 def matmul_nn(out, a, b, n, c0, c1):
-    """out[:n, c0:c1] = a[:n] @ b[:, c0:c1]. out: (≥n, G); a: (≥n, K); b: (K, G)."""
-    chunk = blas_block(n, b, False)
-    if chunk and c0 == 0 and c1 == b.shape[1]:
-        dot_rows(out, a, b, n, chunk, False)
-        return
-    for r in range(n):
-        row_nn(out[r], a[r], b, c0, c1)
+    """out[:n, c0:c1] = a[:n] @ b[:, c0:c1]. out: (≥n, G); a: (≥n, K); b: (K, G). All
+    columns: four rows at a time share each load of b's rows."""
+    r = 0
+    if c0 == 0 and c1 == b.shape[1]:
+        zero = cast_like(out, 0)
+        while r + 4 <= n:
+            for i in range(r, r + 4):
+                o = out[i]
+                for j in range(c1):
+                    o[j] = zero
+            _rows4_nn_add(out[r], out[r + 1], out[r + 2], out[r + 3], a[r], a[r + 1],
+                          a[r + 2], a[r + 3], b)
+            r += 4
+    for i in range(r, n):
+        row_nn(out[i], a[i], b, c0, c1)
 
 
 @kernel
-def add_recurrent(gates, h, w_t, bias, rows, times, n, reverse, sp1, sg):
-    """gates[t_i, b_i] += h[slot before t_i, b_i] @ w_t + bias for the n active rows.
+def add_recurrent(gates, h, w_t, bias, rows, times, n, reverse):
+    """gates[t_i, b_i] += h[slot before t_i, b_i] @ w_t + bias for the n active rows,
+    straight into each row's gates (no gather), four rows sharing each load of w_t's rows.
 
     gates: (T, B, G); h: (T+1, B, K) state slots; w_t: (K, G); bias: (G,) (added here
     rather than with the input projection: one pass over the gates less, 5-7% of a ragged
-    forward); sp1: (≥n, K) and sg: (≥n, G) scratch. Blocks that BLAS does faster (see
-    ``blas_block``) gather the states for sgemm calls; the others add straight into each
-    row's gates (no gather).
+    forward). The cells whose H suits the tiles take them instead (``tiles``).
     """
     wide()
-    chunk = blas_block(n, w_t, False)
-    if chunk:
-        for i in range(n):
-            p, o = slots(times[i], reverse)
-            hp = h[p, rows[i]]
-            dst = sp1[i]
-            for k in range(hp.shape[0]):
-                dst[k] = hp[k]
-        dot_rows(sg, sp1, w_t, n, chunk, False)
-        for i in range(n):
-            g = gates[times[i], rows[i]]
-            src = sg[i]
-            for j in range(g.shape[0]):
-                g[j] += src[j] + bias[j]
-        return
     for i in range(n):
         g = gates[times[i], rows[i]]
         for j in range(g.shape[0]):
@@ -269,12 +189,9 @@ def scatter_rows(dst, src, rows, n):
 
 @kernel
 def matmul_nt(out, a, w, n, c0, c1):
-    """out[:n] = a[:n, c0:c1] @ w[:, c0:c1]ᵀ. out: (≥n, K); a: (≥n, G); w: (K, G)."""
+    """out[:n] = a[:n, c0:c1] @ w[:, c0:c1]ᵀ, as dot products along w's rows (four rows of
+    a at a time). out: (≥n, K); a: (≥n, G); w: (K, G)."""
     wide()
-    chunk = blas_block(n, w, True)
-    if chunk and c0 == 0 and c1 == w.shape[1]:
-        dot_rows(out, a, w, n, chunk, True)
-        return
     K = w.shape[0]
     zero = cast_like(out, 0)
     b = 0
@@ -307,16 +224,13 @@ def matmul_nt(out, a, w, n, c0, c1):
 @kernel
 def matmul_carry(out, a, w_t, w, n):
     """out[:n] = a[:n] @ w_tᵀ, the backward carry, through ``w`` = w_tᵀ, a (G, K) C-
-    contiguous copy, when BLAS takes the block. With both threads multiplying at once,
-    OpenBLAS's transposed form (a @ w_tᵀ) ran at 100-168 GFLOP/s and the plain one against
-    the copy at 176-204 (LSTM H = 128, 256, 512; single-threaded the two are within 5-8%):
-    LSTM L training 9% faster. Else, or with w empty, ``matmul_nt``.
+    contiguous copy, where it is given (more than one row per thread): as ``matmul_nn``'s
+    row updates, 1.5-2.5x the rate of ``matmul_nt``'s dot products (LSTM, H = 100-500, 8-128
+    rows, Zen 4). Else, with w empty, ``matmul_nt``.
     out: (≥n, K); a: (≥n, G); w_t: (K, G); w: (G, K) or (0, 0)."""
-    if w.shape[0] == w_t.shape[1]:
-        chunk = blas_block(n, w, False)
-        if chunk:
-            dot_rows(out, a, w, n, chunk, False)
-            return
+    if w.shape[0] == w_t.shape[1] and n > 1:
+        matmul_nn(out, a, w, n, 0, w.shape[1])
+        return
     matmul_nt(out, a, w_t, n, 0, w_t.shape[1])
 
 

@@ -101,8 +101,8 @@ def options() -> dict:
     pair of atomic operations wherever LLVM's pruning could not pair them up (inside
     branches, across calls): 10-80 pairs a row and step in the LayerNorm, zoneout and GRU
     kernels and 20 in the panel tiles of the input projection (counted), 19% of the plain
-    LSTM's time and 42% of the LayerNorm cell's at M on one thread (sampled). Kernels that
-    need Numba's runtime (``np.dot``: ``blas_kernel``) and the ``prange`` drivers keep it."""
+    LSTM's time and 42% of the LayerNorm cell's at M on one thread (sampled). The ``prange``
+    drivers keep it."""
     return dict(nogil=True, fastmath=set(FASTMATH), error_model="numpy", boundscheck=False,
                 _nrt=False)
 
@@ -111,12 +111,6 @@ def kernel(fn):
     """``numba.njit`` with nlstm's policy: cached, nogil, fastmath without nnan/ninf, no
     reference counts."""
     return numba.njit(cache=True, **options())(fn)
-
-
-def blas_kernel(fn):
-    """``kernel`` with Numba's runtime, for kernels that call ``np.dot`` (its
-    implementation may allocate)."""
-    return numba.njit(cache=True, **dict(options(), _nrt=True))(fn)
 
 
 def inlined_kernel(fn):

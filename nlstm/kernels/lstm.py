@@ -379,7 +379,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break  # lengths only shrink the active set as steps go on
-        add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
+        add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse)
         for i in range(n):
             b = rows[i]
             t = times[i]

@@ -15,12 +15,10 @@ itself when one thread is enough.
 """
 from typing import Callable, NamedTuple
 
-import numpy as np
-
 from numba import prange
 from numba.extending import overload
 
-from . import blocks, gemm, gru, gru_units, lnlstm, lnlstm_units, lstm, lstm_units, rnn, tiles
+from . import gru, gru_units, lnlstm, lnlstm_units, lstm, lstm_units, rnn, tiles
 from .config import parallel_kernel
 
 
@@ -110,21 +108,9 @@ def _normalize_input_back(bounds, args, stacked):
 
 
 @parallel_kernel
-def _project_rows(bounds, args, stacked):
-    for i in prange(bounds.shape[0] - 1):
-        blocks.project_rows(bounds[i], bounds[i + 1], *args, *part(stacked, i))
-
-
-@parallel_kernel
 def _project_panels(bounds, args, stacked):
     for i in prange(bounds.shape[0] - 1):
         tiles.project_panels(bounds[i], bounds[i + 1], *args, *part(stacked, i))
-
-
-@parallel_kernel
-def _project_ragged(bounds, args, stacked):
-    for i in prange(bounds.shape[0] - 1):
-        gemm.project_ragged(bounds[i], bounds[i + 1], *args, *part(stacked, i))
 
 
 @parallel_kernel
@@ -134,21 +120,9 @@ def _project_ragged_panels(bounds, args, stacked):
 
 
 @parallel_kernel
-def _weight_grad_cols(bounds, args, stacked):
-    for i in prange(bounds.shape[0] - 1):
-        gemm.weight_grad_cols(bounds[i], bounds[i + 1], *args, *part(stacked, i))
-
-
-@parallel_kernel
 def _weight_grad_panels(bounds, args, stacked):
     for i in prange(bounds.shape[0] - 1):
         tiles.weight_grad_panels(bounds[i], bounds[i + 1], *args, *part(stacked, i))
-
-
-@parallel_kernel
-def _input_grad_rows(bounds, args, stacked):
-    for i in prange(bounds.shape[0] - 1):
-        gemm.input_grad_rows(bounds[i], bounds[i + 1], *args, *part(stacked, i))
 
 
 # ---- unit-split drivers: every part of ``parts`` at once (one per thread; see the module doc)
@@ -189,24 +163,9 @@ def _gru_backward_units(parts, args):
         gru_units.gru_backward_units(i, parts, *args)
 
 
-def _project_rows_numpy(r0, r1, x, w, out, bias):
-    """``blocks.project_rows`` on the calling thread, by NumPy: the same product (NumPy's
-    BLAS, single-threaded inside nlstm's calls) run without compiled code, so a call whose
-    other kernels call no BLAS (one-row LSTM inference) needs neither this kernel compiled
-    or loaded nor SciPy's BLAS, which Numba's np.dot calls, imported (0.45 s of a first-ever
-    compile, 0.15 s of a cold start)."""
-    np.matmul(x[r0:r1], w, out=out[r0:r1])
-    if bias.shape[0] > 0:
-        out[r0:r1] += bias
-
-
-project_rows = Split(_project_rows_numpy, _project_rows)
-project_ragged = Split(gemm.project_ragged, _project_ragged)
 project_ragged_panels = Split(tiles.project_ragged_panels, _project_ragged_panels)
 project_panels = Split(tiles.project_panels, _project_panels)
-weight_grad_cols = Split(gemm.weight_grad_cols, _weight_grad_cols)
 weight_grad_panels = Split(tiles.weight_grad_panels, _weight_grad_panels)
-input_grad_rows = Split(gemm.input_grad_rows, _input_grad_rows)
 lstm_forward = Split(lstm.lstm_forward, _lstm_forward)
 lstm_backward = Split(lstm.lstm_backward, _lstm_backward)
 gru_forward = Split(gru.gru_forward, _gru_forward)

@@ -133,7 +133,7 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
                 for j in range(H):
                     d[j] += si[j] + bias[j]
         else:
-            add_recurrent(pre, h, w_hh_t, bias, rows, times, n, reverse, sp1, sg)
+            add_recurrent(pre, h, w_hh_t, bias, rows, times, n, reverse)
         for i in range(n):
             p, o = slots(times[i], reverse)
             _activate(pre[times[i], rows[i]], h[o, rows[i]], relu, acts, clip)

@@ -130,6 +130,70 @@ def vstore(typingctx, a, i, v):
     return types.void(a, i, v), codegen
 
 
+def _lanes_below(builder, count, m, mty):
+    """The mask <count x i1> of the lanes j < m (m: an integer of Numba type mty)."""
+    i64 = ir.IntType(64)
+    iota = ir.Constant(ir.VectorType(i64, count), list(range(count)))
+    mv = builder.sext(m, i64) if mty.bitwidth < 64 else m
+    undef = ir.Constant(ir.VectorType(i64, count), ir.Undefined)
+    v = builder.insert_element(undef, mv, ir.Constant(ir.IntType(32), 0))
+    splat = builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), count),
+                                                         [0] * count))
+    return builder.icmp_signed("<", iota, splat)
+
+
+def _masked_name(op, vt):
+    # the typed-pointer name, which LLVMs with opaque pointers accept as well (see prefetch)
+    return f"llvm.masked.{op}.v{vt.count}f{vt.dtype.bitwidth}.p0v{vt.count}f{vt.dtype.bitwidth}"
+
+
+@intrinsic
+def vload_first(typingctx, a, i, m):
+    """The vector at flat element i of the C-contiguous array a with only its first m lanes
+    read (m <= 0: none, m >= the width: all), the others zero: a vector that may run past
+    the array's end (a panel's last, partial columns) without touching memory there."""
+    if not (_float_array(a) and isinstance(i, types.Integer) and isinstance(m, types.Integer)):
+        return None
+    vt = _vec_of(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        _widen(builder)
+        llvt = context.get_value_type(vt)
+        p = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        vp = builder.bitcast(p, llvt.as_pointer())
+        mask = _lanes_below(builder, vt.count, args[2], sig.args[2])
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(llvt, [vp.type, ir.IntType(32), mask.type, llvt]),
+            _masked_name("load", vt))
+        zero = ir.Constant(llvt, [0.0] * vt.count)
+        return builder.call(fn, [vp, ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8), mask,
+                                 zero])
+    return vt(a, i, m), codegen
+
+
+@intrinsic
+def vstore_first(typingctx, a, i, v, m):
+    """Store the first m lanes of the vector v at flat element i of the C-contiguous array
+    a (m <= 0: none, m >= the width: all); memory past them is not touched."""
+    if not (_float_array(a) and isinstance(i, types.Integer) and isinstance(v, Vec)
+            and v.dtype == a.dtype and isinstance(m, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        llvt = context.get_value_type(sig.args[2])
+        p = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        vp = builder.bitcast(p, llvt.as_pointer())
+        mask = _lanes_below(builder, v.count, args[3], sig.args[3])
+        fn = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [llvt, vp.type, ir.IntType(32), mask.type]),
+            _masked_name("store", v))
+        builder.call(fn, [args[2], vp, ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8),
+                          mask])
+        return context.get_dummy_value()
+    return types.void(a, i, v, m), codegen
+
+
 @intrinsic
 def vsplat(typingctx, a, x):
     """A vector of a's dtype with every element x."""

@@ -18,9 +18,8 @@ whose rows lie apart in L1 (``padded_stride``; the LSTM's batched forward).
 from numba.extending import register_jitable
 
 from .config import inlined_kernel, kernel
-from .gemm import add_rows
-from .simd import (prefetch, vadd, vbroadcast, vfma, vload, vregisters, vsplat, vstore, vwidth,
-                   width)
+from .simd import (prefetch, vadd, vbroadcast, vfma, vload, vload_first, vregisters, vsplat,
+                   vstore, vstore_first, vwidth, width)
 from .tuning import (CACHE_LINE_BYTES, PANEL_BYTES, PREFETCH_GATES_BYTES,  # (see there)
                      ROW_BLOCK_BYTES)
 
@@ -49,6 +48,18 @@ def pack_gates(wp, w_t, blocks):
                 i += W
 
 
+@kernel
+def add_rows(out, r0, r1, v):
+    """out[r] += v for the rows r in r0:r1 of the 2-D out, nothing if v is empty: the bias
+    of an input projection."""
+    if v.shape[0] == 0:
+        return
+    for r in range(r0, r1):
+        o = out[r]
+        for j in range(o.shape[0]):
+            o[j] += v[j]
+
+
 # What a tile starts its sums from: the output's own values (a sum continued: the recurrent
 # product added to the input projection, or a later depth chunk), those plus the bias (a
 # projection made without the bias), or zero.
@@ -63,12 +74,31 @@ def depth_chunk(a):
     return max(1, PANEL_BYTES // (4 * vwidth(a) * a.itemsize))
 
 
+# A tile's columns: all 4 vectors (every tile but a panel product's last), or its first nc
+# columns, the rest neither read nor written (the last panel of N columns, N not a multiple of
+# the panel width: the packed weights are zero there, the output's row ends or another
+# product's columns begin).
+FULL = 1 << 30
+
+
 @inlined_kernel
-def _start(out, o, stride, bias, bo, start):
-    """The 4 vectors a tile's sums start from, for the row at out[o] (see FROM_*)."""
+def _start(out, o, stride, bias, bo, start, nc):
+    """The 4 vectors a tile's sums start from, for the row at out[o] (see FROM_*); of a
+    panel's first nc columns only (stride W) unless nc is ``FULL``."""
     if start == FROM_ZERO:
         z = vsplat(out, 0)
         return z, z, z, z
+    if nc < 4 * vwidth(out):
+        W = vwidth(out)
+        v0, v1, v2, v3 = (vload_first(out, o, nc), vload_first(out, o + W, nc - W),
+                          vload_first(out, o + 2 * W, nc - 2 * W),
+                          vload_first(out, o + 3 * W, nc - 3 * W))
+        if start == FROM_OUT_AND_BIAS:
+            v0 = vadd(v0, vload_first(bias, bo, nc))
+            v1 = vadd(v1, vload_first(bias, bo + W, nc - W))
+            v2 = vadd(v2, vload_first(bias, bo + 2 * W, nc - 2 * W))
+            v3 = vadd(v3, vload_first(bias, bo + 3 * W, nc - 3 * W))
+        return v0, v1, v2, v3
     v0, v1, v2, v3 = (vload(out, o), vload(out, o + stride), vload(out, o + 2 * stride),
                       vload(out, o + 3 * stride))
     if start == FROM_OUT_AND_BIAS:
@@ -81,14 +111,14 @@ def _start(out, o, stride, bias, bo, start):
 
 @inlined_kernel
 def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo, K, start,
-               step=1):
+               step=1, nc=FULL):
     """For 4 rows r: the 4 vectors out[o_r + q·stride : +W] (q = 0..3) = s + Σ_k a[a_r +
     k·step] · (row k of K rows of 4 vectors of packed weights from wp[wo]), s as ``start``
     says (FROM_*; the bias read at bo + q·stride). step: 1 where a's rows hold the sums'
     inputs, a's row length where its columns do (``weight_grad_panels``). The LSTM's gate
     tiles take stride H (one block of units of each gate, ``pack_gates``), the panels
-    stride W (4W consecutive columns, ``pack_panels``). All arrays flat; offsets in
-    elements.
+    stride W (4W consecutive columns, ``pack_panels``); nc < ``FULL``: a panel's first nc
+    columns only. All arrays flat; offsets in elements.
 
     With 32 vector registers (AVX-512, AArch64) the 4 rows' 16 accumulators, 4 weight
     vectors and a broadcast stay in registers through the sum. With 16 (AVX2) they do not:
@@ -97,14 +127,14 @@ def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo,
     and this one, called anyway, runs two tiles of 2 rows, each row's sum in the same
     order."""
     if vregisters(out) < 32:
-        tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start, step)
-        tile_rows2(out, o2, o3, stride, bias, bo, a, a2, a3, wp, wo, K, start, step)
+        tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start, step, nc)
+        tile_rows2(out, o2, o3, stride, bias, bo, a, a2, a3, wp, wo, K, start, step, nc)
         return
     W = vwidth(out)
-    c00, c01, c02, c03 = _start(out, o0, stride, bias, bo, start)
-    c10, c11, c12, c13 = _start(out, o1, stride, bias, bo, start)
-    c20, c21, c22, c23 = _start(out, o2, stride, bias, bo, start)
-    c30, c31, c32, c33 = _start(out, o3, stride, bias, bo, start)
+    c00, c01, c02, c03 = _start(out, o0, stride, bias, bo, start, nc)
+    c10, c11, c12, c13 = _start(out, o1, stride, bias, bo, start, nc)
+    c20, c21, c22, c23 = _start(out, o2, stride, bias, bo, start, nc)
+    c30, c31, c32, c33 = _start(out, o3, stride, bias, bo, start, nc)
     for k in range(K):
         w = wo + 4 * W * k
         w0 = vload(wp, w)
@@ -131,14 +161,22 @@ def tile_rows4(out, o0, o1, o2, o3, stride, bias, bo, a, a0, a1, a2, a3, wp, wo,
         c31 = vfma(x, w1, c31)
         c32 = vfma(x, w2, c32)
         c33 = vfma(x, w3, c33)
-    _store4(out, o0, stride, c00, c01, c02, c03)
-    _store4(out, o1, stride, c10, c11, c12, c13)
-    _store4(out, o2, stride, c20, c21, c22, c23)
-    _store4(out, o3, stride, c30, c31, c32, c33)
+    _store4(out, o0, stride, c00, c01, c02, c03, nc)
+    _store4(out, o1, stride, c10, c11, c12, c13, nc)
+    _store4(out, o2, stride, c20, c21, c22, c23, nc)
+    _store4(out, o3, stride, c30, c31, c32, c33, nc)
 
 
 @inlined_kernel
-def _store4(out, o, stride, v0, v1, v2, v3):
+def _store4(out, o, stride, v0, v1, v2, v3, nc):
+    """Store a tile's row of 4 vectors; a panel's first nc columns only (see ``FULL``)."""
+    if nc < 4 * vwidth(out):
+        W = vwidth(out)
+        vstore_first(out, o, v0, nc)
+        vstore_first(out, o + W, v1, nc - W)
+        vstore_first(out, o + 2 * W, v2, nc - 2 * W)
+        vstore_first(out, o + 3 * W, v3, nc - 3 * W)
+        return
     vstore(out, o, v0)
     vstore(out, o + stride, v1)
     vstore(out, o + 2 * stride, v2)
@@ -154,7 +192,8 @@ def tile_height(out):
 
 
 @inlined_kernel
-def tile_rows3(out, o0, o1, o2, stride, bias, bo, a, a0, a1, a2, wp, wo, K, start, step=1):
+def tile_rows3(out, o0, o1, o2, stride, bias, bo, a, a0, a1, a2, wp, wo, K, start, step=1,
+               nc=FULL):
     """``tile_rows4`` for 3 rows, with the same order of operations: the tile for targets
     with 16 vector registers (AVX2), where its 12 accumulators, 3 broadcasts and one
     weight vector at a time fill them. The 2-row tile's 8 accumulators only just cover
@@ -162,9 +201,9 @@ def tile_rows3(out, o0, o1, o2, stride, bias, bo, a, a0, a1, a2, wp, wo, K, star
     shapes on a Zen 3 core, 3 rows ran at 70-75 GFLOP/s against 57-62 for pairs of rows
     (peak 91), the same sums in one process."""
     W = vwidth(out)
-    c00, c01, c02, c03 = _start(out, o0, stride, bias, bo, start)
-    c10, c11, c12, c13 = _start(out, o1, stride, bias, bo, start)
-    c20, c21, c22, c23 = _start(out, o2, stride, bias, bo, start)
+    c00, c01, c02, c03 = _start(out, o0, stride, bias, bo, start, nc)
+    c10, c11, c12, c13 = _start(out, o1, stride, bias, bo, start, nc)
+    c20, c21, c22, c23 = _start(out, o2, stride, bias, bo, start, nc)
     for k in range(K):
         w = wo + 4 * W * k
         x0 = vbroadcast(a, a0 + k * step)
@@ -186,17 +225,17 @@ def tile_rows3(out, o0, o1, o2, stride, bias, bo, a, a0, a1, a2, wp, wo, K, star
         c03 = vfma(x0, v, c03)
         c13 = vfma(x1, v, c13)
         c23 = vfma(x2, v, c23)
-    _store4(out, o0, stride, c00, c01, c02, c03)
-    _store4(out, o1, stride, c10, c11, c12, c13)
-    _store4(out, o2, stride, c20, c21, c22, c23)
+    _store4(out, o0, stride, c00, c01, c02, c03, nc)
+    _store4(out, o1, stride, c10, c11, c12, c13, nc)
+    _store4(out, o2, stride, c20, c21, c22, c23, nc)
 
 
 @inlined_kernel
-def tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start, step=1):
+def tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start, step=1, nc=FULL):
     """``tile_rows4`` for 2 rows, with the same order of operations."""
     W = vwidth(out)
-    c00, c01, c02, c03 = _start(out, o0, stride, bias, bo, start)
-    c10, c11, c12, c13 = _start(out, o1, stride, bias, bo, start)
+    c00, c01, c02, c03 = _start(out, o0, stride, bias, bo, start, nc)
+    c10, c11, c12, c13 = _start(out, o1, stride, bias, bo, start, nc)
     for k in range(K):
         w = wo + 4 * W * k
         w0 = vload(wp, w)
@@ -213,17 +252,17 @@ def tile_rows2(out, o0, o1, stride, bias, bo, a, a0, a1, wp, wo, K, start, step=
         c11 = vfma(x, w1, c11)
         c12 = vfma(x, w2, c12)
         c13 = vfma(x, w3, c13)
-    _store4(out, o0, stride, c00, c01, c02, c03)
-    _store4(out, o1, stride, c10, c11, c12, c13)
+    _store4(out, o0, stride, c00, c01, c02, c03, nc)
+    _store4(out, o1, stride, c10, c11, c12, c13, nc)
 
 
 @inlined_kernel
-def tile_row(out, o, stride, bias, bo, a, a0, wp, wo, K, start, step=1):
+def tile_row(out, o, stride, bias, bo, a, a0, wp, wo, K, start, step=1, nc=FULL):
     """``tile_rows4`` for one row, with the same order of operations, so that a row's result
     does not depend on whether it ran in a tile of 4 or alone (and so not on how many
     threads split the batch)."""
     W = vwidth(out)
-    c0, c1, c2, c3 = _start(out, o, stride, bias, bo, start)
+    c0, c1, c2, c3 = _start(out, o, stride, bias, bo, start, nc)
     for k in range(K):
         w = wo + 4 * W * k
         x = vbroadcast(a, a0 + k * step)
@@ -231,7 +270,7 @@ def tile_row(out, o, stride, bias, bo, a, a0, wp, wo, K, start, step=1):
         c1 = vfma(x, vload(wp, w + W), c1)
         c2 = vfma(x, vload(wp, w + 2 * W), c2)
         c3 = vfma(x, vload(wp, w + 3 * W), c3)
-    _store4(out, o, stride, c0, c1, c2, c3)
+    _store4(out, o, stride, c0, c1, c2, c3, nc)
 
 
 @kernel
@@ -298,24 +337,34 @@ def panel_width(dtype) -> int:
 
 
 def packable_panels(w) -> bool:
-    """Whether products with w (D, N) suit the panel tiles: N a multiple of 4 vector
-    widths."""
-    return w.shape[1] > 0 and w.shape[1] % (4 * width(w.dtype)) == 0
+    """Whether products with w (D, N) can run on the panel tiles: any nonempty w (a last
+    panel of fewer than 4 vectors of columns is padded with zeros, see ``FULL``)."""
+    return w.shape[0] > 0 and w.shape[1] > 0
+
+
+def panels_size(w) -> int:
+    """Elements of w (D, N) packed by ``pack_panels``: whole panels, the last padded."""
+    S = panel_width(w.dtype)
+    return w.shape[0] * (-(-w.shape[1] // S) * S)
 
 
 @kernel
 def pack_panels(wp, w):
     """wp = w (D, N) in panels of S = 4W of its columns: wp[(u·D + k)·S + v] = w[k, u·S + v],
-    for products a (n, D) @ w (see ``panel_rows``). w may be any view; the transpose of a
-    C-contiguous array packs faster by ``pack_panels_of_transpose``."""
+    zero past N (``panels_size`` elements), for products a (n, D) @ w (see ``panel_rows``).
+    w may be any view; the transpose of a C-contiguous array packs faster by
+    ``pack_panels_of_transpose``."""
     D, N = w.shape
     S = 4 * vwidth(wp)
-    for u in range(N // S):
+    for u in range(-(-N // S)):
+        m = min(S, N - u * S)
         for k in range(D):
             dst = wp[(u * D + k) * S:(u * D + k + 1) * S]
-            src = w[k, u * S:u * S + S]
-            for v in range(S):
+            src = w[k, u * S:u * S + m]
+            for v in range(m):
                 dst[v] = src[v]
+            for v in range(m, S):
+                dst[v] = 0
 
 
 @kernel
@@ -329,40 +378,47 @@ def pack_panels_of_transpose(wp, w_t):
     N, D = w_t.shape
     S = 4 * vwidth(wp)
     kb = depth_chunk(wp)
-    for u in range(N // S):
+    for u in range(-(-N // S)):
         for k0 in range(0, D, kb):
             m = min(kb, D - k0)
             for v in range(S):
-                src = w_t[u * S + v, k0:k0 + m]
                 o = (u * D + k0) * S + v
-                for k in range(m):
-                    wp[o + k * S] = src[k]
+                if u * S + v < N:
+                    src = w_t[u * S + v, k0:k0 + m]
+                    for k in range(m):
+                        wp[o + k * S] = src[k]
+                else:  # the last panel's padding
+                    for k in range(m):
+                        wp[o + k * S] = 0
 
 
 @kernel
 def panel_rows(out, a, rows, n, wp, c0, c1, d0, d1, scatter, first=FROM_ZERO):
     """out[o_i, c0:c1] = a[i, d0:d1] @ w[d0:d1, c0:c1] for i < n, where o_i = rows[i] if
     ``scatter`` else i, through w (D, N) packed by ``pack_panels``. out: (≥, N) and a: (≥n,
-    D), C-contiguous; c0, c1: multiples of 4 vector widths. ``first``: FROM_OUT adds the
-    product to out's values instead (a sum continued over several calls)."""
+    D), C-contiguous; c0: a multiple of 4 vector widths (a panel's start), c1 any (a
+    partial last panel writes its columns only). ``first``: FROM_OUT adds the product to
+    out's values instead (a sum continued over several calls)."""
     D = a.shape[1]
     S = 4 * vwidth(out)
     of = out.reshape(out.size)
     af = a.reshape(a.size)
     kc = depth_chunk(out)
-    for u in range(c0 // S, c1 // S):
+    for u in range(c0 // S, -(-c1 // S)):
+        nc = min(S, c1 - u * S)
         for k0 in range(d0, d1, kc):
             _panel_chunk(of, out.shape[1], rows, n, scatter, u, af, k0, D, 1,
-                         wp, (u * D + k0) * S, min(kc, d1 - k0), FROM_OUT if k0 > d0 else first)
+                         wp, (u * D + k0) * S, min(kc, d1 - k0), FROM_OUT if k0 > d0 else first,
+                         nc)
 
 
 @inlined_kernel
-def _panel_chunk(of, N, rows, n, scatter, u, af, k0, rs, ks, wp, wo, m, start):
+def _panel_chunk(of, N, rows, n, scatter, u, af, k0, rs, ks, wp, wo, m, start, nc):
     """``panel_rows``' sums over one chunk of the depth, k0:k0+m, of panel u for its n
     rows: of flat (rows of N), row i's inputs at af[i·rs + k·ks] (rs = D, ks = 1 for the
     rows of an (n, D); rs = 1, ks = K for the columns of an (N, K), ``weight_grad_panels``;
     rs = B·I, ks = 1 for one batch row's steps of a (T, B, I), ``project_ragged_panels``),
-    the chunk's packed weights at wp[wo]."""
+    the chunk's packed weights at wp[wo]; the panel's first nc columns (see ``FULL``)."""
     S = 4 * vwidth(of)
     R = tile_height(of)
     i = 0
@@ -374,20 +430,20 @@ def _panel_chunk(of, N, rows, n, scatter, u, af, k0, rs, ks, wp, wo, m, start):
         if R == 4:
             o3 = _panel_at(rows, i + 3, N, S, u, scatter)
             tile_rows4(of, o0, o1, o2, o3, S // 4, of, 0, af, a0, a0 + rs, a0 + 2 * rs,
-                       a0 + 3 * rs, wp, wo, m, start, ks)
+                       a0 + 3 * rs, wp, wo, m, start, ks, nc)
         else:
             tile_rows3(of, o0, o1, o2, S // 4, of, 0, af, a0, a0 + rs, a0 + 2 * rs, wp, wo,
-                       m, start, ks)
+                       m, start, ks, nc)
         i += R
     if i + 2 <= n:
         a0 = i * rs + k0 * ks
         tile_rows2(of, _panel_at(rows, i, N, S, u, scatter),
                    _panel_at(rows, i + 1, N, S, u, scatter), S // 4, of, 0, af, a0, a0 + rs,
-                   wp, wo, m, start, ks)
+                   wp, wo, m, start, ks, nc)
         i += 2
     for r in range(i, n):
         tile_row(of, _panel_at(rows, r, N, S, u, scatter), S // 4, of, 0, af, r * rs + k0 * ks,
-                 wp, wo, m, start, ks)
+                 wp, wo, m, start, ks, nc)
 
 
 @inlined_kernel
@@ -430,11 +486,11 @@ def project_ragged_panels(b0, b1, x, wp, gates, bias, lengths, no_rows):
         for t0 in range(0, lengths[b], rb):
             n = min(lengths[b], t0 + rb) - t0
             xb, gb = xf[(t0 * B + b) * I:], gf[(t0 * B + b) * G:]
-            for u in range(G // S):
+            for u in range(-(-G // S)):
                 for k0 in range(0, I, kc):
                     _panel_chunk(gb, B * G, no_rows, n, False, u, xb, k0, B * I, 1, wp,
                                  (u * I + k0) * S, min(kc, I - k0),
-                                 FROM_OUT if k0 > 0 else FROM_ZERO)
+                                 FROM_OUT if k0 > 0 else FROM_ZERO, min(S, G - u * S))
         add_rows(gates[:, b], 0, max(0, lengths[b]), bias)
 
 
@@ -456,43 +512,51 @@ def grad_block(dg, a, b):
 
 
 @kernel
-def weight_grad_panels(p0, p1, c0, dg, a, gw_t, b, gv_t, dgp, no_rows):
+def weight_grad_panels(p0, p1, c0, c1, dg, a, gw_t, b, gv_t, dgp, no_rows):
     """gw_t[:, c] += aᵀ @ dg[:, c], and gv_t[:, c] += bᵀ @ dg[:, c] unless b has no
-    columns, for the columns c of panels p0:p1 (4 vector widths each) counted from column
-    c0: one thread's panels of one or two weight gradients from the same gate gradients
-    through the panel tiles. dg: (N, G') gate gradients; a: (N, K) and b: (N, K') the
-    products' other inputs; gw_t: (K, G') and gv_t: (K', G') the gradients as stored
-    (gwᵀ), all C-contiguous; dgp: flat scratch of at least G'·``grad_block`` elements
-    (each part packs into its own slice of it); no_rows: an empty int64 array.
+    columns, for the columns c of panels p0:p1 (4 vector widths each, the last one of
+    c0:c1 may be partial) of the columns c0:c1: one thread's panels of one or two weight
+    gradients from the same gate gradients through the panel tiles. dg: (N, G') gate
+    gradients; a: (N, K) and b: (N, K') the products' other inputs; gw_t: (K, G') and
+    gv_t: (K', G') the gradients as stored (gwᵀ), all C-contiguous; dgp: flat scratch of at
+    least (c1 - c0 + 4W)·``grad_block`` elements (each part packs into its own slice of
+    it); no_rows: an empty int64 array.
 
     A tile's 4 rows of gw_t are 4 adjacent columns of a, read where they are (step K
     along the depth: no transposed copy of a). The depth (N = T·B, thousands) runs in
     blocks (``grad_block``) whose rows of a and b stay in L2 across every panel; each
     block's sums continue the gradients'. Each panel's rows of a block are packed (dg's
-    rows are G' apart, at 4 KB and more they would fall into a few L1 sets) and then
-    serve both products while in L1 and L2: packed whole beforehand, dg went out to
-    memory and back, once for each product."""
+    rows are G' apart, at 4 KB and more they would fall into a few L1 sets), zero past
+    c1, and then serve both products while in L1 and L2: packed whole beforehand, dg went
+    out to memory and back, once for each product."""
     S = 4 * vwidth(gw_t)
     W = vwidth(gw_t)
     N, G = dg.shape
     K, K2 = a.shape[1], b.shape[1]
     kc = depth_chunk(gw_t)
     nb = grad_block(dg, a, b)
-    lo = c0 + p0 * S
-    buf = dgp[lo * nb:(lo + S) * nb]
-    gf, af = gw_t.reshape(gw_t.size), a.reshape(a.size)
-    vf, bf = gv_t.reshape(gv_t.size), b.reshape(b.size)
+    buf = dgp[p0 * S * nb:(p0 + 1) * S * nb]
+    # the outputs' flat views from column c0 on: panel j at row offset j·S
+    gf, af = gw_t.reshape(gw_t.size)[c0:], a.reshape(a.size)
+    vf, bf = gv_t.reshape(gv_t.size)[c0:], b.reshape(b.size)
     for d0 in range(0, N, nb):
         d1 = min(N, d0 + nb)
-        for u in range(lo // S, c0 // S + p1):
+        for j in range(p0, p1):
+            nc = min(S, c1 - c0 - j * S)
             for k in range(d0, d1):
                 row = dg[k]
                 o = (k - d0) * S
-                for q in range(4):
-                    vstore(buf, o + q * W, vload(row, u * S + q * W))
+                if nc == S:
+                    for q in range(4):
+                        vstore(buf, o + q * W, vload(row, c0 + j * S + q * W))
+                else:
+                    for q in range(4):
+                        vstore(buf, o + q * W, vload_first(row, c0 + j * S + q * W,
+                                                           nc - q * W))
             for k0 in range(d0, d1, kc):
                 m, wo = min(kc, d1 - k0), (k0 - d0) * S
-                _panel_chunk(gf, G, no_rows, K, False, u, af, k0, 1, K, buf, wo, m, FROM_OUT)
+                _panel_chunk(gf, G, no_rows, K, False, j, af, k0, 1, K, buf, wo, m, FROM_OUT,
+                             nc)
                 if K2 > 0:
-                    _panel_chunk(vf, G, no_rows, K2, False, u, bf, k0, 1, K2, buf, wo, m,
-                                 FROM_OUT)
+                    _panel_chunk(vf, G, no_rows, K2, False, j, bf, k0, 1, K2, buf, wo, m,
+                                 FROM_OUT, nc)

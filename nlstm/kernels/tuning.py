@@ -34,33 +34,17 @@ ALIGN_BYTES = CACHE_LINE_BYTES
 MIN_PARALLEL_WORK = 1_000_000
 
 # Run-time. Below this many multiply-adds a whole-sequence product (input projection, weight
-# gradients, dx) runs on the calling thread alone. The rule as for MIN_PARALLEL_WORK, at
-# BLAS's single-core rate (~100 GFLOP/s with AVX-512 FMA: 8M multiply-adds ≈ 0.1 ms).
+# gradients, dx) is one NumPy call on the calling thread (nothing to compile for a first
+# small call); from it on it runs on the panel tiles (``tiles``), split over nlstm's threads.
+# The rule as for MIN_PARALLEL_WORK, at a single core's rate (~100 GFLOP/s with AVX-512 FMA:
+# 8M multiply-adds ≈ 0.1 ms).
 SMALL_GEMM = 8_000_000
 
-# Run-time. The input projection of a ragged batch runs one product per batch row, skipping
-# the padding, when that skips more than this many multiply-adds per row (a NumPy call costs
-# a few microseconds, some 100k multiply-adds).
+# Run-time. The input projection of a ragged batch runs each batch row over its own steps
+# (the panel tiles), skipping the padding, when that skips more than this many
+# multiply-adds per row (a row's own pass costs a few microseconds, some 100k
+# multiply-adds); else one product over all the rows.
 PER_ROW_MIN_SAVING = 200_000
-
-# Run-time. Whether the input projection runs through nlstm's panel tiles (where its columns
-# suit them and it is big enough to split over the threads) rather than BLAS. A smaller one
-# is one NumPy product on the calling thread: nothing to compile for a first small call.
-# Ragged batches too, each batch row over its own steps: on Zen 5, ragged inference (200,
-# 32, 64, 128) took 0.74-0.85x the time of BLAS's per-row products under
-# OPENBLAS_CORETYPE=Haswell and 0.91-0.99x with OpenBLAS's own kernels (stop 32).
-PROJECT_ON_TILES = True
-
-# Run-time. Whether the backward's whole-sequence products (the weight gradients, dx =
-# dg·W_ih) run through the panel tiles, by the projection's rule (columns that suit the
-# panels, big enough to split over the threads) rather than BLAS. The rule: the tiles where
-# they are at least level with BLAS under every OpenBLAS kernel choice measured. On Zen 5
-# (bench.tiles --what backward, M, L, XL training, every cell) they took 0.69-0.74x BLAS's
-# time under OPENBLAS_CORETYPE=Haswell and 0.86-1.01x with OpenBLAS's own AVX-512 kernels,
-# once the weight gradients read a and b in place and packed dg a block at a time for both
-# products (bench/RESULTS.md, stop 32; before that they lost with OpenBLAS's own kernels,
-# 1.03-1.16x, and were off). The tests run both paths.
-BACKWARD_ON_TILES = True
 
 # Run-time. A one-row batch splits its hidden units over the threads (a spin barrier per
 # step) when each step has this many recurrent multiply-adds (the barrier and the exchange
@@ -98,31 +82,3 @@ PANEL_BYTES = 24 * 1024
 # the input stays in L2 across all the panels (256 KB: half or less of current x86 and ARM
 # cores' L2); unblocked, XL's 5 MB input would stream from L3 once per panel.
 ROW_BLOCK_BYTES = 256 * 1024
-
-# ---- per-step products through BLAS (nlstm.kernels.blocks) -----------------------------------
-# Compile-time. Where neither the small-matrix path nor its tiles fit (H in the thousands),
-# one single-threaded BLAS sgemm per step beats the kernels' loops from this many rows on
-# (68 vs 53 GFLOP/s at 32×128 @ 128×512; the loops win at 16 rows and fewer, where the call
-# overhead dominates). Single rows always take the loops.
-BLAS_MIN_ROWS = 32
-
-# Compile-time. Except where OpenBLAS's small-matrix path takes the call: then blocks of 8
-# (or 4) rows per call beat the loops from 2 rows on (at 128×512: 4.8 vs 14.2 µs for 4 rows,
-# 10.4 vs 21.9 µs for 8, 42 vs 64 µs for 32 as four calls of 8; at 64×256 about 20%
-# faster). Its AVX-512 kernels (which OpenBLAS picks on Zen 4) take a product when
-# M·N·K <= 10⁶ and, in the transposed-weights form of the backward carry, when the output
-# block has at most 1200 values (OpenBLAS's sgemm_small_kernel_permit_skylakex: a fact of
-# OpenBLAS, not of the CPU). Measured single-threaded: calls past those limits ran at 16-36
-# GFLOP/s, 2-5x slower than the loops or one whole call; 4-row calls within them at 90-115
-# GFLOP/s, against 256×768 weights too (whole 32-row calls: 58-73).
-SMALL_PATH_MNK = 1_000_000
-SMALL_PATH_OUT = 1200
-
-# Compile-time. Weights too big for whole-width calls in the small-matrix path are multiplied
-# in tiles of rows × output columns that each stay within it (``gemm.gemm_tiles``), the first
-# shape of these that fits. Single-threaded at 32×256 @ 256×1024 (L): 108-111 GFLOP/s for
-# tiles of 8-32 rows × 64-256 columns against 68-71 for one call; carry 98-101 (4 × 64-128)
-# against 42-47. At 64×512 @ 512×2048 (XL): 107 (16 × 64) against 78-85; carry 88-99
-# against 67.
-TILES_FWD = ((16, 128), (16, 64), (8, 64), (4, 64))
-TILES_CARRY = ((4, 128), (8, 32), (4, 64), (4, 32))
