@@ -29,12 +29,14 @@ def _switch(on: bool) -> None:
     import nlstm.recurrent as R
     L = R.RecurrentLayer
     if not hasattr(_switch, "real"):
-        _switch.real = (L._packed_gates, L._packed_carry, L._panels_fit)
+        _switch.real = (L._packed_gates, L._packed_panels, L._panels_fit)
     if on:
-        L._packed_gates, L._packed_carry, L._panels_fit = _switch.real
+        L._packed_gates, L._packed_panels, L._panels_fit = _switch.real
     else:
+        panels = _switch.real[1]
         L._packed_gates = lambda self, *a: self._no_pack
-        L._packed_carry = lambda self, *a: self._no_pack
+        L._packed_panels = lambda self, k, d, w, use: (  # the per-step uses only
+            self._no_pack if use in ("forward", "carry") else panels(self, k, d, w, use))
         L._panels_fit = lambda self: False
 
 

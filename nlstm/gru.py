@@ -115,7 +115,9 @@ class GRU(RecurrentLayer):
                                              acc=acc, **named)
             _threads.run_units(parts, P.gru_forward_units, args)
             return
-        wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
+        # (the panels end partial at other H; without lbr, W_hn's columns start mid-panel)
+        wf = (self._packed_panels(k, d, w, "forward")
+              if self._panels_fit() or self.linear_before_reset else self._no_pack)
         if ws.key[1] == 1 and self.linear_before_reset and not self._special:
             # one row of the PyTorch form: its own kernel (see LSTM._forward_dir)
             K.gru_forward_row(0, *K.gru_forward_row_args(zm=ex["zoneout"][0],
@@ -141,8 +143,7 @@ class GRU(RecurrentLayer):
                                               direct=ws.scratch[0][4][0], **named)
             _threads.run_units(parts, P.gru_backward_units, args)
         else:
-            wc = (self._packed_panels(k, d, self._w("weight_hh", k, d).T, "carry")
-                  if self._panels_fit() else self._no_pack)
+            wc = self._packed_panels(k, d, self._w("weight_hh", k, d).T, "carry")
             w = (self._carry_weights(ws, k, d) if self.linear_before_reset and not wc.size
                  else self._no_carry)
             acts, clip = self._gen(d)

@@ -172,8 +172,11 @@ class LSTM(RecurrentLayer):
             # time (it runs on the calling thread, as _rows runs one row).
             K.lstm_forward_row(0, *K.lstm_forward_row_args(**named))
         else:
+            # blocks of rows off the gate tiles: W_hh's panels (see blocks.add_recurrent)
+            wf = (self._packed_panels(k, d, w, "forward") if not wp.size and ws.key[1] > 1
+                  else self._no_pack)
             self._rows(ws, P.lstm_forward, K.lstm_forward_args(
-                opt=self._options(k, d), pre=ex["pre"], m=ex["m"], **named))
+                opt=self._options(k, d), pre=ex["pre"], m=ex["m"], wf=wf, **named))
 
     def _backward_dir(self, ws, k, d, inp, dy, dx) -> None:
         if self._layer_norm or self.zoneout:
@@ -197,7 +200,7 @@ class LSTM(RecurrentLayer):
             ws.ensure_scratch(self, 1)
             K.lstm_backward_row(0, *K.lstm_backward_row_args(dm=ws.scratch[0][5][0], **named))
         else:
-            wc = self._packed_carry(k, d) if self._plain() and ws.key[1] > 1 else self._no_pack
+            wc = self._packed_carry(k, d) if ws.key[1] > 1 else self._no_pack
             self._rows(ws, P.lstm_backward, K.lstm_backward_args(
                 h=h, w_hh=self._no_carry if wc.size else self._carry_weights(ws, k, d),
                 opt=self._options(k, d), pre=ex["pre"], m=ex["m"], dh_all=ex["dh_all"], wc=wc,

@@ -680,8 +680,10 @@ class RecurrentLayer(Lockable):
         return self._packed_panels(k, d, self._w("weight_hh", k, d).T, "carry")
 
     def _panels_fit(self) -> bool:
-        """Whether every per-step product of the cell suits the panel tiles: H a multiple of
-        their width (each gate block then is a whole number of panels)."""
+        """Whether each gate block is a whole number of panels (H a multiple of their
+        width): the per-step products that start at a gate block past the first (the GRU
+        without lbr's W_hn·(r⊙h), the unit splits' parts) need it; the others take a
+        partial last panel."""
         return self.hidden_size % tiles.panel_width(self.dtype) == 0
 
     def _packed_panels(self, k: int, d: int, w: np.ndarray, use: str) -> np.ndarray:

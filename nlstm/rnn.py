@@ -74,7 +74,7 @@ class RNN(RecurrentLayer):
         pre = self._project(ws, k, d, inp)  # the kernel adds the biases
         i, H = k * self.num_directions + d, self.hidden_size
         w = self._w("weight_hh", k, d)
-        wf = self._packed_panels(k, d, w, "forward") if self._panels_fit() else self._no_pack
+        wf = self._packed_panels(k, d, w, "forward")
         args = K.rnn_forward_args(
             y=ws.y[k], h=ws.states[0][k][d], h_n=ws.final[0][i], pre=pre, w_hh_t=w,
             bias=self._p("bias_ih", k, d) + self._p("bias_hh", k, d), h0=ws.init[0][i],
@@ -89,7 +89,7 @@ class RNN(RecurrentLayer):
         i, H = k * self.num_directions + d, self.hidden_size
         dpre, h = ws.gates[k][d], ws.states[0][k][d]
         w = self._w("weight_hh", k, d)
-        wc = self._packed_panels(k, d, w.T, "carry") if self._panels_fit() else self._no_pack
+        wc = self._packed_panels(k, d, w.T, "carry")
         self._rows(ws, P.rnn_backward, K.rnn_backward_args(
             dpre=dpre, dh0=ws.dinit[0][i], dy=dy, dh_n=ws.dfinal[0][i], h=h, w_hh_t=w,
             w_hh=self._no_carry if wc.size else self._carry_weights(ws, k, d),

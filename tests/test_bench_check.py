@@ -257,8 +257,8 @@ def test_kernel_clock_times_the_recurrence_and_not_the_products():
     fail here, not in the middle of a benchmark run."""
     import nlstm
     from bench.extra import KernelClock
-    # H = 6: no multiple of any vector width, so no packing kernel runs beside the
-    # recurrence (H = 8 packs W_hh for the tiles with 256-bit vectors: 2 calls more)
+    # H = 6: no multiple of any vector width, so W_hh is packed as panels for the blocks of
+    # rows (one pack_panels call per layer) rather than for the gate tiles
     m = nlstm.LSTM(4, 6, num_layers=2, seed=0)
     x = np.zeros((5, 3, 4), np.float32)
     m(x, lengths=[5, 2, 0])  # compiled before timing, as the breakdown does
@@ -266,7 +266,7 @@ def test_kernel_clock_times_the_recurrence_and_not_the_products():
         m(x, lengths=[5, 2, 0])
         m.step(x[0])
     assert clk.ok
-    assert clk.calls == 2 + 2  # one recurrence per layer, one step kernel per layer
+    assert clk.calls == 2 + 2 + 2  # per layer: its packing, its recurrence, its step kernel
     assert clk.kernel_s > 0
 
 

@@ -135,9 +135,10 @@ def test_a_first_one_row_inference_compiles_only_what_it_runs(tmp_path):
     env = dict(os.environ, NLSTM_CACHE_DIR=str(tmp_path), NLSTM_COMPILE_NOTICE="0")
     out = subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600,
                          capture_output=True, text=True).stdout.splitlines()
-    # (and the one-row tile's packing: H = 16 is a multiple of the vector width)
+    # (and the one-row tiles' packing: H = 16 is a multiple of the vector width, and the
+    # GRU's and RNN's rows run on panels at any H)
     assert out[0] == ("['gru.gru_forward_row', 'lstm.lstm_forward_row', 'lstm.lstm_step', "
-                      "'rnn.rnn_forward_row', 'tiles.pack_gates']"), out
+                      "'rnn.rnn_forward_row', 'tiles.pack_gates', 'tiles.pack_panels']"), out
     nested = out[1]
     for name in ("lstm._pointwise", "lstm.lstm_forward'", "lstm._forward_tiled",
                  "blocks.add_recurrent", "lstm.lstm_step_options", "gru.gru_forward'",

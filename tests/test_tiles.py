@@ -129,10 +129,15 @@ def _layer(kind, dtype, H, bi=False, layers=2, I=24, seed=0):
 
 
 def _use_tiles(monkeypatch, on):
-    """Switch the micro-kernels on (as shipped) or off (the loops of blocks.py)."""
+    """Switch the per-step micro-kernels on (as shipped) or off (the loops of blocks.py):
+    the gate tiles, and the panels of the per-step products and carries (the
+    whole-sequence products keep theirs)."""
     if not on:
+        real = R.RecurrentLayer._packed_panels
         monkeypatch.setattr(R.RecurrentLayer, "_packed_gates", lambda self, *a: self._no_pack)
         monkeypatch.setattr(R.RecurrentLayer, "_panels_fit", lambda self: False)
+        monkeypatch.setattr(R.RecurrentLayer, "_packed_panels", lambda self, k, d, w, use: (
+            self._no_pack if use in ("forward", "carry") else real(self, k, d, w, use)))
 
 
 def _products_on_tiles(monkeypatch):

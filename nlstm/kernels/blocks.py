@@ -7,9 +7,10 @@ matrix-vector product per row, each weight row is loaded once for several batch 
 which is what the recurrence is bound by (the weights stream from L2). Rows past their
 length are skipped, so ragged batches cost what their lengths add up to.
 
-These loops are the products of the cells and sizes the register tiles (``tiles``) do not
-take (H not a multiple of the vector width, the LSTM's variants); no BLAS is called from
-compiled code, so nlstm needs no SciPy (Numba's ``np.dot`` calls SciPy's BLAS).
+These loops are the products the register tiles (``tiles``) do not take (single rows off
+the gate tiles, the LayerNorm LSTM off them, the projection W_hr m, a GRU without lbr at H
+off the panels); no BLAS is called from compiled code, so nlstm needs no SciPy (Numba's
+``np.dot`` calls SciPy's BLAS).
 Weights arrive transposed, b = Wᵀ of shape (K, G), C-contiguous (see RecurrentLayer).
 The forward product a @ b runs as row updates over b (four rows of a sharing each load of
 b's rows), the backward carry a @ bᵀ as the same over a C-contiguous copy of bᵀ where the
@@ -23,6 +24,7 @@ from .activations import cast_like
 from .config import inlined_kernel, kernel
 from .simd import wide
 from .slots import slots, step_time
+from .tiles import panel_rows
 
 
 @kernel
@@ -97,15 +99,31 @@ def matmul_nn(out, a, b, n, c0, c1):
 
 
 @kernel
-def add_recurrent(gates, h, w_t, bias, rows, times, n, reverse):
-    """gates[t_i, b_i] += h[slot before t_i, b_i] @ w_t + bias for the n active rows,
-    straight into each row's gates (no gather), four rows sharing each load of w_t's rows.
+def add_recurrent(gates, h, w_t, bias, rows, times, n, reverse, wf, sp1, sg):
+    """gates[t_i, b_i] += h[slot before t_i, b_i] @ w_t + bias for the n active rows.
 
     gates: (T, B, G); h: (T+1, B, K) state slots; w_t: (K, G); bias: (G,) (added here
     rather than with the input projection: one pass over the gates less, 5-7% of a ragged
-    forward). The cells whose H suits the tiles take them instead (``tiles``).
+    forward). With wf (w_t packed as panels, ``tiles.pack_panels``; the layer packs it for
+    blocks of rows) the states are gathered into sp1 (≥n, K), multiplied on the panel tiles
+    into sg (≥n, G) and added; else straight into each row's gates (no gather), four rows
+    sharing each load of w_t's rows (wf empty: its sp1 and sg unused).
     """
     wide()
+    if wf.shape[0] > 0:
+        for i in range(n):
+            p, o = slots(times[i], reverse)
+            hp = h[p, rows[i]]
+            dst = sp1[i]
+            for k in range(hp.shape[0]):
+                dst[k] = hp[k]
+        panel_rows(sg, sp1, rows, n, wf, 0, w_t.shape[1], 0, w_t.shape[0], False)
+        for i in range(n):
+            g = gates[times[i], rows[i]]
+            src = sg[i]
+            for j in range(g.shape[0]):
+                g[j] += src[j] + bias[j]
+        return
     for i in range(n):
         g = gates[times[i], rows[i]]
         for j in range(g.shape[0]):
@@ -225,8 +243,8 @@ def matmul_nt(out, a, w, n, c0, c1):
 def matmul_carry(out, a, w_t, w, n):
     """out[:n] = a[:n] @ w_tᵀ, the backward carry, through ``w`` = w_tᵀ, a (G, K) C-
     contiguous copy, where it is given (more than one row per thread): as ``matmul_nn``'s
-    row updates, 1.5-2.5x the rate of ``matmul_nt``'s dot products (LSTM, H = 100-500, 8-128
-    rows, Zen 4). Else, with w empty, ``matmul_nt``.
+    row updates (row updates ran at 1.4-2.3x the rate of dot products in the forward's
+    shapes, H = 100-500, 8-128 rows, Zen 4). Else, with w empty, ``matmul_nt``.
     out: (≥n, K); a: (≥n, G); w_t: (K, G); w: (G, K) or (0, 0)."""
     if w.shape[0] == w_t.shape[1] and n > 1:
         matmul_nn(out, a, w, n, 0, w.shape[1])

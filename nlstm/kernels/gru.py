@@ -197,13 +197,14 @@ def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, s
     W = vwidth(s)
     hf = h.reshape(h.size)
     bn = b_hh[2 * H:]
+    last = 3 * H - (-(-3 * H // (4 * W)) - 1) * 4 * W  # the last panel's columns
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
         hp = h[p, b]
         if wf.shape[0] > 0:
-            row_blocks(s, 0, W, 4 * W, s, hf, (p * B + b) * H, wf, H, 0, 3 * H // (4 * W), step,
-                       FROM_ZERO)
+            row_blocks(s, 0, W, 4 * W, s, hf, (p * B + b) * H, wf, H, 0, -(-3 * H // (4 * W)),
+                       step, FROM_ZERO, last)
         else:
             row_nn(s, hp, w_hh_t, 0, 3 * H)
         hn = h[o, b]

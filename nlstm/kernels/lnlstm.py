@@ -653,7 +653,7 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
         elif tiled:
             step_tiles(gates, 0, h, wp, bias, rows, times, n, reverse, FROM_OUT_AND_BIAS)
         else:
-            add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse)
+            add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse, wp[:0], sp1, sg)
         for i in range(n):
             b = rows[i]
             t = times[i]

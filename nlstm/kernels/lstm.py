@@ -338,8 +338,8 @@ def _forward_tiled(b0, b1, y, h, c, gates, wp, bias, lengths, reverse, col, rows
 
 @kernel
 def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
-                 peep, clip, input_forget, proj, w_hr_t, acts, pre, m, wp, rows, times, sp1, sp2,
-                 sg, sh):
+                 peep, clip, input_forget, proj, w_hr_t, acts, pre, m, wp, wf, rows, times, sp1,
+                 sp2, sg, sh):
     """One direction of one layer over the whole sequence, for batch rows b0:b1.
 
     y: (T, B, Y) layer output; this direction writes columns col:col+P (P = H unprojected)
@@ -354,6 +354,8 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
     rows, times: (B,) int64 scratch; sp1, sp2: (B, P), sg: (``tiles.padded_rows(B, 4H)``,
     4H), sh: (B, H) scratch (one set per concurrent call; see nlstm.kernels.blocks)
     wp: W_hhᵀ packed for the tiles (``tiles.pack_gates``), plain cell only, or empty
+    wf: W_hhᵀ packed as panels (``tiles.pack_panels``) for blocks of rows where wp is
+    empty (H off the vector width, the variants), or empty (see ``blocks.add_recurrent``)
     """
     opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
     T = gates.shape[0]
@@ -379,7 +381,7 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break  # lengths only shrink the active set as steps go on
-        add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse)
+        add_recurrent(gates, h, w_hh_t, bias, rows, times, n, reverse, wf, sp1, sg)
         for i in range(n):
             b = rows[i]
             t = times[i]
@@ -404,11 +406,11 @@ def lstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths
 
 
 def lstm_forward_args(*, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col,
-                      opt, pre, m, wp):
+                      opt, pre, m, wp, wf):
     """``lstm_forward``'s arguments after b0, b1 and before the scratch (which
     nlstm.kernels.parallel's drivers add per part), by name; opt: an ``Options``."""
     return (y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengths, reverse, col, *opt, pre, m,
-            wp)
+            wp, wf)
 
 
 @inlined_kernel
@@ -580,7 +582,7 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     (0, 0) (see ``blocks.matmul_carry``)
     dh_all: (T, B, P) out with projection, else empty: the gradient of each step's h
     rows, times, sp1, sp2, sg, sh: scratch as for ``lstm_forward``
-    wc: W_hh packed for the carry tiles (``tiles.pack_panels``), plain cell only, or empty
+    wc: W_hh packed for the carry tiles (``tiles.pack_panels``), or empty
     """
     wide()
     opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)

@@ -15,7 +15,6 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, row_nn_
 from .config import inlined_kernel, kernel
 from .simd import vwidth, wide
 from .tiles import FROM_OUT_AND_BIAS, panel_rows, row_blocks
-from .units import copy
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 
@@ -70,13 +69,14 @@ def _forward_row(b, y, h, pre, w_hh_t, bias, lengths, reverse, col, relu, acts, 
     W = vwidth(pre)
     pf = pre.reshape(pre.size)
     hf = h.reshape(h.size)
+    last = H - (-(-H // (4 * W)) - 1) * 4 * W  # the last panel's columns
     for step in range(L):
         t = step_time(step, L, reverse)
         p, o = slots(t, reverse)
         g = pre[t, b]
         if wf.shape[0] > 0:
             row_blocks(pf, (t * B + b) * H, W, 4 * W, bias, hf, (p * B + b) * H, wf, H, 0,
-                       H // (4 * W), step, FROM_OUT_AND_BIAS)
+                       -(-H // (4 * W)), step, FROM_OUT_AND_BIAS, last)
         else:
             for j in range(g.shape[0]):
                 g[j] += bias[j]
@@ -123,17 +123,7 @@ def rnn_forward(b0, b1, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
         n = active_rows(step, b0, b1, lengths, reverse, rows, times)
         if n == 0:
             break
-        if wf.shape[0] > 0:
-            for i in range(n):
-                copy(sp1[i], h[slots(times[i], reverse)[0], rows[i]])
-            panel_rows(sg, sp1, rows, n, wf, 0, H, 0, H, False)
-            for i in range(n):
-                d = pre[times[i], rows[i]]
-                si = sg[i]
-                for j in range(H):
-                    d[j] += si[j] + bias[j]
-        else:
-            add_recurrent(pre, h, w_hh_t, bias, rows, times, n, reverse)
+        add_recurrent(pre, h, w_hh_t, bias, rows, times, n, reverse, wf, sp1, sg)
         for i in range(n):
             p, o = slots(times[i], reverse)
             _activate(pre[times[i], rows[i]], h[o, rows[i]], relu, acts, clip)

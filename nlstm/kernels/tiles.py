@@ -274,11 +274,12 @@ def tile_row(out, o, stride, bias, bo, a, a0, wp, wo, K, start, step=1, nc=FULL)
 
 
 @kernel
-def row_blocks(out, o, stride, block, bias, a, a0, wp, K, u0, u1, step, start):
+def row_blocks(out, o, stride, block, bias, a, a0, wp, K, u0, u1, step, start, nc_last=FULL):
     """One row's product with packed weights (K rows), one ``tile_row`` per block u in
     u0:u1: its 4 vectors at out[o + u·block + q·stride] (bias at u·block + q·stride, as
     ``start`` says), its weights at wp[u·K·4W]. The LSTM's gate tiles (``pack_gates``) take
-    stride H and block W; the panels (``pack_panels``) stride W and block 4W.
+    stride H and block W; the panels (``pack_panels``) stride W and block 4W, the last
+    block's first nc_last columns only where the panels end in a partial one.
 
     The blocks run in ascending order at even steps and descending at odd ones: a one-row
     step streams all the weights from the caches, and this way the ones it read last,
@@ -289,7 +290,7 @@ def row_blocks(out, o, stride, block, bias, a, a0, wp, K, u0, u1, step, start):
     for i in range(n):
         u = u0 + (i if step % 2 == 0 else n - 1 - i)
         tile_row(out, o + u * block, stride, bias, u * block, a, a0, wp, u * K * 4 * W, K,
-                 start)
+                 start, 1, nc_last if u == u1 - 1 else FULL)
 
 
 @inlined_kernel
