@@ -144,11 +144,9 @@ class GRU(RecurrentLayer):
             _threads.run_units(parts, P.gru_backward_units, args)
         else:
             wc = self._packed_panels(k, d, self._w("weight_hh", k, d).T, "carry")
-            w = (self._carry_weights(ws, k, d) if self.linear_before_reset and not wc.size
-                 else self._no_carry)
             acts, clip = self._gen(d)
             self._rows(ws, P.gru_backward, K.gru_backward_args(
-                w_hh=w, lbr=self.linear_before_reset, zm=ex["zoneout"][0], acts=acts, clip=clip,
+                lbr=self.linear_before_reset, zm=ex["zoneout"][0], acts=acts, clip=clip,
                 pre=ex["pre"], wc=wc, **named))
         self._input_grads(ws, k, d, inp, gates, dx)
         hprev = self._hprev(h, d)

@@ -301,8 +301,7 @@ def _backward_rows(layer, ws, k: int, d: int, dy: np.ndarray) -> Optional[np.nda
     # (the carry's panels for batches of more than one row, as the LSTM's)
     wc = layer._packed_carry(k, d) if ws.key[1] > 1 else layer._no_pack
     args = (gates, ws.dinit[0][i], ws.dinit[1][i], dy, ws.dfinal[0][i], ws.dfinal[1][i], gates, h,
-            c, layer._w("weight_hh", k, d), layer._no_carry if wc.size else
-            layer._carry_weights(ws, k, d), ws.lengths, d == 1, d * layer._out_size, ln,
+            c, layer._w("weight_hh", k, d), ws.lengths, d == 1, d * layer._out_size, ln,
             *_norm_params(layer, k, d), rhat, chat, rstd, dr, du, zh, zc,
             *_variant_args(layer, ws, k, d), *_variants(layer, k, d)[4:], ex["dh_all"], wc,
             *_input_side(layer, ws, k, d))

@@ -202,9 +202,8 @@ class LSTM(RecurrentLayer):
         else:
             wc = self._packed_carry(k, d) if ws.key[1] > 1 else self._no_pack
             self._rows(ws, P.lstm_backward, K.lstm_backward_args(
-                h=h, w_hh=self._no_carry if wc.size else self._carry_weights(ws, k, d),
-                opt=self._options(k, d), pre=ex["pre"], m=ex["m"], dh_all=ex["dh_all"], wc=wc,
-                **named))
+                h=h, opt=self._options(k, d), pre=ex["pre"], m=ex["m"], dh_all=ex["dh_all"],
+                wc=wc, **named))
         # The gates buffer now holds the gate gradients.
         self._input_grads(ws, k, d, inp, gates, dx, hprev=self._hprev(h, d))
         if self.proj_size:

@@ -16,7 +16,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _threads
-from .kernels import blocks, masks, tiles, tuning
+from .kernels import masks, tiles, tuning
 from .kernels import parallel as P
 from .kernels.sync import STRIDE
 from ._guard import GradBackup, Lockable, check_training_thread
@@ -184,7 +184,7 @@ class RecurrentLayer(Lockable):
         self._step_sizes = self._state_sizes()
         # a step allocates its new state arrays in one block when they have one size (LSTM)
         self._step_block = len(self._step_sizes) > 1 and len(set(self._step_sizes)) == 1
-        self._no_carry = np.zeros((0, 0), self.dtype)
+        self._no_matrix = np.zeros((0, 0), self.dtype)
         self._no_pack = np.zeros(0, self.dtype)
         self._no_rows = np.zeros(0, np.int64)
         self._no_acts = np.zeros((0, 3), self.dtype)
@@ -202,7 +202,6 @@ class RecurrentLayer(Lockable):
         self._step_zeros: list = []  # see _step_fast
         self._flags = np.zeros(0, np.int64)  # see _barrier_flags
         self._part_bufs: dict = {}  # see _part_rows
-        self._carry_bufs: dict = {}  # see _carry_weights
         self._pack_bufs: dict = {}  # see _packed_gates
         # One call at a time uses the workspace and the step scratch above: forward,
         # backward, step and the layer's streams each hold this lock (see the README).
@@ -645,21 +644,6 @@ class RecurrentLayer(Lockable):
         return (self._part_rows("unit weights", n, K, width),
                 self._part_rows("unit gates", n, 1, width + 16)[:, 0])
 
-    def _carry_weights(self, ws: Workspace, k: int, d: int) -> np.ndarray:
-        """W_hh of layer k, direction d, as a C-contiguous (G·H, O) copy of the parameters
-        made now (they may have changed since the last call), for the backward carry of
-        blocks of rows (``kernels.blocks.matmul_carry``); an empty (0, 0) array for batches
-        of at most one row per thread (single rows take the loops over W_hhᵀ; a batch that
-        small, run on one thread for lack of work, keeps the transposed product)."""
-        if ws.key[1] <= _threads.get_num_threads():
-            return self._no_carry
-        w_t = self._w("weight_hh", k, d)
-        buf = self._carry_bufs.get((k, d))
-        if buf is None:
-            buf = self._carry_bufs[(k, d)] = aligned_empty(w_t.shape[::-1], self.dtype)
-        blocks.transpose_into(buf, w_t)
-        return buf
-
     def _packed_gates(self, k: int, d: int) -> np.ndarray:
         """W_hhᵀ of layer k, direction d, packed now for the micro-kernels
         (``kernels.tiles.pack_gates``: the parameters may have changed since the last call),
@@ -776,16 +760,15 @@ class RecurrentLayer(Lockable):
         T, B = ws.key
         dg, x2, dx2 = dgates.reshape(T * B, -1), inp.reshape(T * B, -1), dx.reshape(T * B, -1)
         macs = T * B * x2.shape[1] * dg.shape[1]
-        if hprev is None:
-            self._weight_grads(ws, dg, [(x2, self._g("weight_ih", k, d))], macs)
-        else:
-            h2 = hprev.reshape(T * B, -1)
-            self._weight_grads(ws, dg, [(x2, self._g("weight_ih", k, d)),
-                                        (h2, self._g("weight_hh", k, d))],
-                               macs + T * B * h2.shape[1] * dg.shape[1])
         gb = self._g("bias_ih", k, d)
+        pairs, wmacs = [(x2, self._g("weight_ih", k, d))], macs
+        if hprev is not None:
+            h2 = hprev.reshape(T * B, -1)
+            pairs.append((h2, self._g("weight_hh", k, d)))
+            wmacs += T * B * h2.shape[1] * dg.shape[1]
+        db = self._weight_grads(ws, dg, pairs, wmacs, sum_rows=gb is not None and db is None,
+                                db=db)
         if gb is not None:
-            db = self._row_sum(dg) if db is None else db
             gb += db
             gbh = None if hprev is None else self._g("bias_hh", k, d)
             if gbh is not None:
@@ -806,38 +789,39 @@ class RecurrentLayer(Lockable):
             dx2 += np.matmul(dg, w_t.T, out=part)
 
     def _weight_grads(self, ws: Workspace, dg: np.ndarray, pairs: list, macs: float,
-                      cols: slice = slice(None)) -> None:
+                      cols: slice = slice(None), sum_rows: bool = False,
+                      db: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
         """gw[cols] += dg[:, cols]ᵀ·a for each (a, gw) of ``pairs`` (one or two); dg: (N, G'),
         a: (N, K), gw: (G', K), a parameter's gradient (stored transposed: gwᵀ has
         contiguous rows); macs: the multiply-adds of all of them. On the panel tiles
         (``kernels.tiles.weight_grad_panels``, both products from one packing of dg), the
         panels of columns split over nlstm's threads, each part adding into its own columns
-        of gwᵀ: no reduction, no copies. A small one by NumPy on the calling thread."""
+        of gwᵀ: no reduction, no copies. A small one by NumPy on the calling thread.
+        Returns ``db``, or with ``sum_rows`` Σ dg[:, cols] over the rows (a bias gradient,
+        (c1 - c0,); on the tiles summed while dg is packed), else None."""
         c0, c1, _ = cols.indices(dg.shape[1])
         if c1 <= c0:
-            return
+            return db
         S = tiles.panel_width(self.dtype)
         if macs >= tuning.SMALL_GEMM:
-            (a, gw), none = pairs[0], self._no_carry
+            (a, gw), none = pairs[0], self._no_matrix
             b, gv_t = (pairs[1][0], pairs[1][1].T) if len(pairs) > 1 else (none, none)
             size = (c1 - c0 + S) * tiles.grad_block(dg, a, b)
-            args = (c0, c1, dg, a, gw.T, b, gv_t, ws.flat("dg_panels", size, self.dtype),
+            sums = self._no_pack
+            if sum_rows:
+                sums = ws.flat("bias sum", dg.shape[1], self.dtype)[:dg.shape[1]]
+                sums[c0:c1] = 0
+            args = (c0, c1, dg, a, gw.T, b, gv_t, sums, ws.flat("dg_panels", size, self.dtype),
                     self._no_rows)
             _threads.run_rows(-(-(c1 - c0) // S), macs, P.weight_grad_panels, args, [()], (),
                               min_work=tuning.SMALL_GEMM)
-            return
+            return sums[c0:c1] if sum_rows else db
         for a, gw in pairs:
             n = a.shape[1] * (c1 - c0)
             part = ws.flat("dw part", n, self.dtype)[:n].reshape(a.shape[1], c1 - c0)
             gw.T[:, c0:c1] += np.matmul(a.T, dg[:, c0:c1], out=part)
-
-    @staticmethod
-    def _row_sum(dg: np.ndarray) -> np.ndarray:
-        """Σ dg over its rows, (N, G') -> (G',): a bias gradient. One matrix-vector product
-        (0.2-0.3 ms at L's 3200×1024); summing each thread's column slice inside the
-        weight-gradient products took 1-1.5 ms more there (a second pass over strided
-        columns the product had evicted)."""
-        return np.ones(dg.shape[0], dg.dtype) @ dg
+        # one matrix-vector product (a pass of its own over dg's columns)
+        return np.ones(dg.shape[0], dg.dtype) @ dg[:, c0:c1] if sum_rows else db
 
     def _hidden_grads(self, ws: Workspace, k: int, d: int, dgates: np.ndarray, hprev: np.ndarray,
                       rows: slice = slice(None), db: Optional[np.ndarray] = None) -> None:
@@ -847,11 +831,12 @@ class RecurrentLayer(Lockable):
         T, B = ws.key
         dg = dgates.reshape(T * B, -1)
         c0, c1, _ = rows.indices(dg.shape[1])
-        self._weight_grads(ws, dg, [(hprev.reshape(T * B, -1), self._g("weight_hh", k, d))],
-                           T * B * hprev.shape[2] * (c1 - c0), rows)
         gb = self._g("bias_hh", k, d)
+        db = self._weight_grads(ws, dg, [(hprev.reshape(T * B, -1), self._g("weight_hh", k, d))],
+                                T * B * hprev.shape[2] * (c1 - c0), rows,
+                                sum_rows=gb is not None and db is None, db=db)
         if gb is not None:
-            gb[rows] += self._row_sum(dg[:, rows]) if db is None else db
+            gb[rows] += db
 
     @staticmethod
     def _hprev(state: np.ndarray, d: int) -> np.ndarray:

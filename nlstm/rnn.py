@@ -92,7 +92,6 @@ class RNN(RecurrentLayer):
         wc = self._packed_panels(k, d, w.T, "carry")
         self._rows(ws, P.rnn_backward, K.rnn_backward_args(
             dpre=dpre, dh0=ws.dinit[0][i], dy=dy, dh_n=ws.dfinal[0][i], h=h, w_hh_t=w,
-            w_hh=self._no_carry if wc.size else self._carry_weights(ws, k, d),
             lengths=ws.lengths, reverse=d == 1, col=d * H, relu=self._relu, acts=self._acts(d),
             clip=self._clip, wc=wc))
         self._input_grads(ws, k, d, inp, dpre, dx, hprev=self._hprev(h, d))

@@ -15,7 +15,7 @@ import pytest
 from numba.core.runtime import rtsys
 
 import nlstm
-from nlstm.kernels import blocks, gru, lnlstm_row, lstm, parallel, rnn, tiles
+from nlstm.kernels import gru, lnlstm_row, lstm, parallel, rnn, tiles
 
 
 @pytest.fixture
@@ -59,7 +59,6 @@ def counted_kernels(monkeypatch):
         split = getattr(parallel, name)
         monkeypatch.setattr(parallel, name, parallel.Split(counting(split.serial),
                                                            counting_region(split.parallel)))
-    monkeypatch.setattr(blocks, "transpose_into", counting(blocks.transpose_into))
     for name in ("pack_gates", "pack_panels", "pack_panels_of_transpose"):
         monkeypatch.setattr(tiles, name, counting(getattr(tiles, name)))
     return count

@@ -85,8 +85,8 @@ def test_set_num_threads_rejects_bad_values():
 def test_in_place_parameter_updates_reach_every_path(cls):
     """Kernels read weights in a transposed internal layout; updating ``params`` in place
     (as optimizers do) or loading a state dict must be seen by forward, backward and step.
-    The batch has more rows than threads, so the backward carry uses its copy of W_hh,
-    which must be refreshed after the update."""
+    The batch has more rows than threads, so the backward carry uses W_hh packed as
+    panels, which must be repacked after the update."""
     rng = np.random.default_rng(0)
     B = nlstm.get_num_threads() + 3
     m = cls(3, 4, num_layers=2, dtype=np.float64, seed=0)
@@ -161,13 +161,13 @@ def test_weights_and_buffers_start_on_a_cache_line(cls):
     m.forward(np.ones((7, B, 5), np.float32))
     m.backward(np.ones((7, B, m.output_size), np.float32))
     ws = m._ws
-    arrays = list(m._wt.values()) + list(m._carry_bufs.values()) + [m._step_work, ws.x, ws.dx]
+    arrays = list(m._wt.values()) + [m._step_work, ws.x, ws.dx]
     arrays += list(m._pack_bufs.values())
     # The last layer's y is a fresh output array for the caller (see _output_buffer).
     arrays += [g for layer in ws.gates for g in layer] + ws.y[:-1]
-    # the backward carry's weights, a copy (GRU, RNN at this H) or packed (the LSTM's panels)
+    # the backward carry's weights, packed as panels (2 layers × 2 directions)
     carry = [key for key in m._pack_bufs if key[-1] == "carry"]
-    assert len(m._carry_bufs) + len(carry) == 4
+    assert len(carry) == 4
     for a in arrays:
         assert a.ctypes.data % ALIGN == 0 and a.flags.c_contiguous
 

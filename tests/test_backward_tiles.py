@@ -38,8 +38,9 @@ def _close(a, b, dtype, msg):
 @pytest.mark.parametrize("cols", ["panels", "partial"])
 def test_weight_grad_panels_matches_float64_and_numpy(dtype, N, K, K2, cols):
     """gwᵀ[:, c0:c1] += aᵀ·dg[:, c0:c1] (and, with K2 > 0, gvᵀ[:, c0:c1] += bᵀ·dg[:, c0:c1]
-    from the same packing of dg) on a column slice of 4S columns, as two threads' parts,
-    adding into what is there; nothing outside the slice written. The slice whole panels
+    from the same packing of dg), and db[c0:c1] += Σ dg[:, c0:c1] over the rows (the bias
+    gradient, summed as dg is packed), on a column slice of 4S columns, as two threads'
+    parts, adding into what is there; nothing outside the slice written. The slice whole panels
     (S:3S), or starting and ending inside panels (S+3:3S-5: the second part's panel
     partial, read and written through masks). One row, N not a multiple of 4 nor of the
     depth chunk, K = 700 (depth blocks of one chunk, the last one partial), K = 1 (no
@@ -59,8 +60,10 @@ def test_weight_grad_panels_matches_float64_and_numpy(dtype, N, K, K2, cols):
         want[-1][:, c0:c1] += a.T.astype(np.float64) @ dg[:, c0:c1].astype(np.float64)
         ins.append(a)
     dgp = np.full((c1 - c0 + S) * tiles.grad_block(dg, *ins), np.nan, dtype)
+    db = rng.standard_normal(4 * S).astype(dtype)
+    db_start = db.copy()
     for p0, p1 in ((0, 1), (1, 2)):  # panels counted from column c0
-        tiles.weight_grad_panels(p0, p1, c0, c1, dg, ins[0], got[0], ins[1], got[1], dgp,
+        tiles.weight_grad_panels(p0, p1, c0, c1, dg, ins[0], got[0], ins[1], got[1], db, dgp,
                                  NO_ROWS)
     scale = max(1.0, np.sqrt(N))  # sums of N products of order 1
     tol = dict(rtol=1e-4, atol=1e-5 * scale) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12 * scale)
@@ -69,6 +72,11 @@ def test_weight_grad_panels_matches_float64_and_numpy(dtype, N, K, K2, cols):
         np.testing.assert_allclose(g, r, err_msg=f"{i}: against NumPy", **tol)
         np.testing.assert_array_equal(g[:, :c0], r[:, :c0])  # outside the slice: as it was
         np.testing.assert_array_equal(g[:, c1:], r[:, c1:])
+    db_want = db_start.astype(np.float64)
+    db_want[c0:c1] += dg[:, c0:c1].astype(np.float64).sum(axis=0)
+    np.testing.assert_allclose(db, db_want, err_msg="the bias sum against float64", **tol)
+    np.testing.assert_array_equal(db[:c0], db_start[:c0])
+    np.testing.assert_array_equal(db[c1:], db_start[c1:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -244,8 +244,8 @@ def test_one_row_ranges(kind, B, threads):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_wide_small_weights_carry(dtype):
     """The backward carry against small weights with more than 128 outputs (H = 160, not a
-    whole number of panels in float32 with AVX-512: the loops over W_hh's copy, see
-    blocks.matmul_carry): an RNN over 6 rows, against the oracle."""
+    whole number of panels in float32 with AVX-512: the carry's last panel partial, see
+    tiles.panel_rows): an RNN over 6 rows, against the oracle."""
     import nlstm
     rng = np.random.default_rng(7)
     T, B, I, H = 3, 6, 4, 160
@@ -288,7 +288,7 @@ def test_backward_products_in_parts(dtype, N, K, G):
     panels = -(-G // S)
     for p0, p1 in zip(range(panels), range(1, panels + 1)):  # columns 2:2+G, a part a panel
         tiles.weight_grad_panels(p0, p1, 2, 2 + G, dg, a, gw_t, none, np.zeros((0, G + 3), dtype),
-                                 dgp, no_rows)
+                                 dg[0, :0], dgp, no_rows)
     want = start.copy()
     want[:, 2:2 + G] += a.T.astype(np.float64) @ dg[:, 2:2 + G].astype(np.float64)
     np.testing.assert_allclose(gw_t, want, **tol)
@@ -310,8 +310,9 @@ def test_backward_products_in_parts(dtype, N, K, G):
 @pytest.mark.parametrize("n", [1, 2, 7])
 def test_block_products(dtype, n):
     """blocks.matmul_nn over all columns (groups of four rows, then single rows) and a
-    column range, and blocks.matmul_carry through W_hh's copy and without it, against
-    NumPy: the per-step products where the tiles do not apply."""
+    column range, and blocks.matmul_nt (the backward carry's dot products along W_hhᵀ's
+    rows) over all columns and a column range, against NumPy: the per-step products where
+    the tiles do not apply."""
     from nlstm.kernels import blocks
     rng = np.random.default_rng(n)
     K, G = 13, 4 * 13
@@ -327,10 +328,10 @@ def test_block_products(dtype, n):
     np.testing.assert_allclose(out[:n, K:3 * K], a @ w_t[:, K:3 * K], **tol)
     assert (out[:, :K] == 7).all() and (out[:, 3 * K:] == 7).all() and (out[n] == 7).all()
     dg = rng.standard_normal((n, G)).astype(dtype)
-    for w in (np.ascontiguousarray(w_t.T), np.zeros((0, 0), dtype)):
+    for c0, c1 in ((0, G), (K, 3 * K)):
         carry = np.full((n + 1, K), np.nan, dtype)
-        blocks.matmul_carry(carry, dg, w_t, w, n)
-        np.testing.assert_allclose(carry[:n], dg @ w_t.T, **tol)
+        blocks.matmul_nt(carry, dg, w_t, n, c0, c1)
+        np.testing.assert_allclose(carry[:n], dg[:, c0:c1] @ w_t[:, c0:c1].T, **tol)
         assert np.isnan(carry[n]).all()
 
 
@@ -355,13 +356,3 @@ def test_row_loops(dtype):
     np.testing.assert_allclose(o, want, **tol)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("K,G", [(1, 1), (7, 31), (8, 32), (13, 70), (64, 256)])
-def test_transpose_into(dtype, K, G):
-    """The copy of W_hh the backward carry multiplies by (blocks.transpose_into): exact, for
-    shapes its 8 × 32 tiles divide and shapes they do not."""
-    from nlstm.kernels.blocks import transpose_into
-    src = np.random.default_rng(10).standard_normal((K, G)).astype(dtype)
-    dst = np.full((G, K), np.nan, dtype)
-    transpose_into(dst, src)
-    np.testing.assert_array_equal(dst, src.T)

@@ -13,11 +13,12 @@ off the panels); no BLAS is called from compiled code, so nlstm needs no SciPy (
 ``np.dot`` calls SciPy's BLAS).
 Weights arrive transposed, b = Wᵀ of shape (K, G), C-contiguous (see RecurrentLayer).
 The forward product a @ b runs as row updates over b (four rows of a sharing each load of
-b's rows), the backward carry a @ bᵀ as the same over a C-contiguous copy of bᵀ where the
-layer makes one, else as dot products along b's rows. The loops can be limited to the columns c0:c1 of b (a gate block); they slice first and loop
-from 0: a loop over range(c0, c1) indexes with a value Numba cannot prove non-negative, so
-each access keeps its negative-index wraparound and LLVM does not vectorise it (measured:
-4x slower at 128×512).
+b's rows), the backward carry a @ bᵀ as dot products along b's rows (where the panels do
+not take it: only with the tiles switched off, since every carry of more than one row
+runs on them). The loops can be limited to the columns c0:c1 of b (a gate block); they
+slice first and loop from 0: a loop over range(c0, c1) indexes with a value Numba cannot
+prove non-negative, so each access keeps its negative-index wraparound and LLVM does not
+vectorise it (measured: 4x slower at 128×512).
 """
 
 from .activations import cast_like
@@ -237,39 +238,6 @@ def matmul_nt(out, a, w, n, c0, c1):
         b += 4
     for r in range(b, n):
         row_dots(out[r], w, a[r], c0, c1, 0, K)
-
-
-@kernel
-def matmul_carry(out, a, w_t, w, n):
-    """out[:n] = a[:n] @ w_tᵀ, the backward carry, through ``w`` = w_tᵀ, a (G, K) C-
-    contiguous copy, where it is given (more than one row per thread): as ``matmul_nn``'s
-    row updates (row updates ran at 1.4-2.3x the rate of dot products in the forward's
-    shapes, H = 100-500, 8-128 rows, Zen 4). Else, with w empty, ``matmul_nt``.
-    out: (≥n, K); a: (≥n, G); w_t: (K, G); w: (G, K) or (0, 0)."""
-    if w.shape[0] == w_t.shape[1] and n > 1:
-        matmul_nn(out, a, w, n, 0, w.shape[1])
-        return
-    matmul_nt(out, a, w_t, n, 0, w_t.shape[1])
-
-
-@kernel
-def transpose_into(dst, src):
-    """dst = srcᵀ; src: (K, G), dst: (G, K), both C-contiguous. In tiles of 8 rows of src by
-    32 columns (at 256×1024: 148 µs, against 750 for NumPy's copy and 230-700 for other
-    tile shapes: rows of power-of-two length collide in the caches)."""
-    K, G = src.shape
-    for g0 in range(0, G, 32):
-        g1 = min(g0 + 32, G)
-        for k0 in range(0, K, 8):
-            if k0 + 8 <= K:
-                for g in range(g0, g1):
-                    d = dst[g, k0:k0 + 8]
-                    for i in range(8):
-                        d[i] = src[k0 + i, g]
-            else:
-                for g in range(g0, g1):
-                    for k in range(k0, K):
-                        dst[g, k] = src[k, g]
 
 
 @kernel

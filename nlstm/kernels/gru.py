@@ -19,7 +19,7 @@ backward; else ``acts`` is (0, 3) and the σ/tanh loops run.
 import numpy as np
 
 from .activations import cast_like, dgate, gates_inplace, sigmoid, tanh
-from .blocks import (active_rows, copy_out, matmul_carry, matmul_nn, matmul_nt, row_nn, row_out,
+from .blocks import (active_rows, copy_out, matmul_nn, matmul_nt, row_nn, row_out,
                      same, scatter_rows)
 from .config import inlined_kernel, kernel
 from .simd import vwidth, wide
@@ -323,8 +323,8 @@ def gru_forward_args(*, y, h, h_n, gates, aux, w_hh_t, b_hh, h0, lengths, revers
 
 
 @kernel
-def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths,
-                 reverse, col, lbr, zm, acts, clip, pre, wc, rows, times, sp1, sp2, sp3, sg):
+def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, lengths, reverse,
+                 col, lbr, zm, acts, clip, pre, wc, rows, times, sp1, sp2, sp3, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dgates: (T, B, 3H) out: gradients of the input-side pre-activations (may alias gates)
@@ -333,9 +333,9 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
     dh0: (B, H) out, also the running carry; dy: (T, B, Y) (columns col:col+H); dh_n: (B, H)
     gates, aux, h, w_hh_t, lengths, reverse, col, lbr, zm: as in ``gru_forward``; scratch
     as there
-    w_hh: (3H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``); used
-    with ``lbr`` only; acts, clip, pre: as given to ``gru_forward``
-    wc: W_hh packed by ``tiles.pack_panels`` for the carry products, or empty
+    acts, clip, pre: as given to ``gru_forward``
+    wc: W_hh packed by ``tiles.pack_panels`` for the carry products, or empty (then dot
+    products along W_hhᵀ's rows, ``blocks.matmul_nt``)
     """
     wide()
     T = gates.shape[0]
@@ -377,21 +377,19 @@ def gru_backward(b0, b1, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t
                             dgates_hh[t, b, :H], sg[i, :H], sp3[i], acts, clip)
         if wc.shape[0] > 0:
             panel_rows(sp2, sg, rows, n, wc, 0, H, 0, 3 * H if lbr else 2 * H, False)
-        elif lbr:
-            matmul_carry(sp2, sg, w_hh_t, w_hh, n)
         else:
-            matmul_nt(sp2, sg, w_hh_t, n, 0, 2 * H)
+            matmul_nt(sp2, sg, w_hh_t, n, 0, 3 * H if lbr else 2 * H)
         for i in range(n):
             for k in range(H):
                 sp2[i, k] += sp3[i, k]
         scatter_rows(dh0, sp2, rows, n)
 
 
-def gru_backward_args(*, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths,
-                      reverse, col, lbr, zm, acts, clip, pre, wc):
+def gru_backward_args(*, dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, lengths, reverse,
+                      col, lbr, zm, acts, clip, pre, wc):
     """``gru_backward``'s arguments after b0, b1 and before the scratch, by name."""
-    return (dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, w_hh, lengths, reverse, col,
-            lbr, zm, acts, clip, pre, wc)
+    return (dgates, dgates_hh, dh0, dy, dh_n, gates, aux, h, w_hh_t, lengths, reverse, col, lbr,
+            zm, acts, clip, pre, wc)
 
 
 @kernel

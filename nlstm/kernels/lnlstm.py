@@ -28,8 +28,8 @@ import numba
 import numpy as np
 
 from .activations import cast_like, dact, dgate, gate, gates_inplace, sigmoid, tanh
-from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, row_dots,
-                     row_nn, same)
+from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt, row_dots, row_nn,
+                     same)
 from .config import inlined_kernel, kernel, options
 from .lstm import step_tiles
 from .simd import wide
@@ -690,8 +690,8 @@ def lnlstm_forward(b0, b1, y, h, c, h_n, c_n, gates, w_hh_t, bias, h0, c0, lengt
 
 
 @kernel
-def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
-                    reverse, col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, peep,
+def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, lengths, reverse,
+                    col, ln, g_hh, g_c, b_c, rhat, chat, rstd, dr, du, zh, zc, peep,
                     clip, input_forget, acts, pre, proj, w_hr_t, dh_all, wc, g_ih, xhat, rows,
                     times, sp1, sp2, sg, sh, sums):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
@@ -700,11 +700,11 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
     length); may be the same array as ``gates``
     dh0, dc0: (B, H) out: gradients of the initial state, also the running carry
     dy: (T, B, Y) (columns col:col+H); dh_n, dc_n: (B, H) gradients of the final state
-    w_hh: (4H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``)
     dr: (T, B, 4H) out with ``ln``: the gradient of W_hh h; du: (T, B, H) out with ``ln``:
     that of γ_c ⊙ LN(c̃) + β_c (both empty without ``ln``)
     dh_all: (T, B, P) out with ``proj``: the gradient of each step's W_hr m, else empty
-    wc: W_hh packed for the carry's panels (``tiles.pack_panels``), or empty
+    wc: W_hh packed for the carry's panels (``tiles.pack_panels``), or empty (then dot
+    products along W_hhᵀ's rows, ``blocks.matmul_nt``)
     g_ih: (4H,) γ_ih; xhat: (T, B, 4H) LN(W_ih x) from ``normalize_input``; sums: (5, 4H)
     this range's, or (5, 0): with ``ln`` and sums not empty, each row's ``input_back`` runs
     as soon as its dz is known (while dz, rhat and du are in cache): xhat becomes the
@@ -776,7 +776,7 @@ def lnlstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_
                 continue
             panel_rows(sp1, sg, rows, n, wc, 0, P, 0, G, False)
         else:
-            matmul_carry(sp1, sg, w_hh_t, w_hh, n)
+            matmul_nt(sp1, sg, w_hh_t, n, 0, G)
         for i in range(n):
             dst = dh0[rows[i]]
             for k in range(P):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .activations import cast_like, dgate, gate, gates_inplace, sigmoid, tanh
 from .config import inlined_kernel, kernel
-from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, matmul_nn, matmul_nt,
+from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt,
                      row_dots_alternating, row_nn, row_nn_add, row_out, same, scatter_rows)
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
@@ -566,8 +566,8 @@ def lstm_backward_row_args(*, dgates, dh0, dc0, dy, dh_n, dc_n, gates, c, w_hh_t
 
 
 @kernel
-def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
-                  reverse, col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all, wc,
+def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, lengths, reverse,
+                  col, peep, clip, input_forget, proj, w_hr_t, acts, pre, m, dh_all, wc,
                   rows, times, sp1, sp2, sg, sh):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
@@ -578,11 +578,10 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
     dh_n: (B, P), dc_n: (B, H) gradients of the final state
     gates, h, c, w_hh_t, lengths, reverse, col, the option fields, pre, m: as given to
     ``lstm_forward``
-    w_hh: (4H, P) W_hh itself, C-contiguous (a copy), for the carry of blocks of rows, or
-    (0, 0) (see ``blocks.matmul_carry``)
     dh_all: (T, B, P) out with projection, else empty: the gradient of each step's h
     rows, times, sp1, sp2, sg, sh: scratch as for ``lstm_forward``
-    wc: W_hh packed for the carry tiles (``tiles.pack_panels``), or empty
+    wc: W_hh packed for the carry tiles (``tiles.pack_panels``), or empty (then dot products
+    along W_hhᵀ's rows, ``blocks.matmul_nt``)
     """
     wide()
     opt = Options(peep, clip, input_forget, proj, w_hr_t, acts)
@@ -641,16 +640,16 @@ def lstm_backward(b0, b1, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t,
         if wc.shape[0] > 0:
             panel_rows(dh0, sg, rows, n, wc, 0, P, 0, G, True)
         else:
-            matmul_carry(sp1, sg, w_hh_t, w_hh, n)
+            matmul_nt(sp1, sg, w_hh_t, n, 0, G)
             scatter_rows(dh0, sp1, rows, n)
 
 
-def lstm_backward_args(*, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths,
-                       reverse, col, opt, pre, m, dh_all, wc):
+def lstm_backward_args(*, dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, lengths, reverse,
+                       col, opt, pre, m, dh_all, wc):
     """``lstm_backward``'s arguments after b0, b1 and before the scratch, by name; opt: an
     ``Options``."""
-    return (dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, w_hh, lengths, reverse, col,
-            *opt, pre, m, dh_all, wc)
+    return (dgates, dh0, dc0, dy, dh_n, dc_n, gates, h, c, w_hh_t, lengths, reverse, col, *opt,
+            pre, m, dh_all, wc)
 
 
 @kernel

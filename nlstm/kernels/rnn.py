@@ -10,7 +10,7 @@ products, as for the LSTM.
 import numpy as np
 
 from .activations import cast_like, dgate, gate, tanh
-from .blocks import (active_rows, add_recurrent, copy_out, matmul_carry, row_nn_add, row_out,
+from .blocks import (active_rows, add_recurrent, copy_out, matmul_nt, row_nn_add, row_out,
                      scatter_rows)
 from .config import inlined_kernel, kernel
 from .simd import vwidth, wide
@@ -140,8 +140,8 @@ def rnn_forward_args(*, y, h, h_n, pre, w_hh_t, bias, h0, lengths, reverse, col,
 
 
 @kernel
-def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu,
-                 acts, clip, wc, rows, times, sp1, sg):
+def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, lengths, reverse, col, relu, acts, clip,
+                 wc, rows, times, sp1, sg):
     """Backward through time for one direction of one layer, for batch rows b0:b1.
 
     dpre: (T, B, H) in: the forward's pre-activations (read with acts); out: their gradients
@@ -149,8 +149,8 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse,
     dh0: (B, H) out: gradient of the initial state, also the running carry
     dy: (T, B, Y) gradient of the layer output (columns col:col+H); dh_n: (B, H)
     h, w_hh_t, lengths, reverse, col, relu, acts, clip: as in ``rnn_forward``; scratch as there
-    w_hh: (H, H) W_hh, a C-contiguous copy, or (0, 0) (see ``blocks.matmul_carry``)
-    wc: W_hh packed by ``tiles.pack_panels`` for the carry, or empty
+    wc: W_hh packed by ``tiles.pack_panels`` for the carry, or empty (then dot products along
+    W_hhᵀ's rows, ``blocks.matmul_nt``)
     """
     wide()
     T = dpre.shape[0]
@@ -170,14 +170,14 @@ def rnn_backward(b0, b1, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse,
         if wc.shape[0] > 0:
             panel_rows(dh0, sg, rows, n, wc, 0, H, 0, H, True)
         else:
-            matmul_carry(sp1, sg, w_hh_t, w_hh, n)
+            matmul_nt(sp1, sg, w_hh_t, n, 0, H)
             scatter_rows(dh0, sp1, rows, n)
 
 
-def rnn_backward_args(*, dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu, acts,
-                      clip, wc):
+def rnn_backward_args(*, dpre, dh0, dy, dh_n, h, w_hh_t, lengths, reverse, col, relu, acts, clip,
+                      wc):
     """``rnn_backward``'s arguments after b0, b1 and before the scratch, by name."""
-    return dpre, dh0, dy, dh_n, h, w_hh_t, w_hh, lengths, reverse, col, relu, acts, clip, wc
+    return dpre, dh0, dy, dh_n, h, w_hh_t, lengths, reverse, col, relu, acts, clip, wc
 
 
 @kernel
