@@ -766,8 +766,8 @@ class RecurrentLayer(Lockable):
             h2 = hprev.reshape(T * B, -1)
             pairs.append((h2, self._g("weight_hh", k, d)))
             wmacs += T * B * h2.shape[1] * dg.shape[1]
-        db = self._weight_grads(ws, dg, pairs, wmacs, sum_rows=gb is not None and db is None,
-                                db=db)
+        sums = self._weight_grads(ws, dg, pairs, wmacs, sum_rows=gb is not None and db is None)
+        db = sums if db is None else db
         if gb is not None:
             gb += db
             gbh = None if hprev is None else self._g("bias_hh", k, d)
@@ -789,19 +789,18 @@ class RecurrentLayer(Lockable):
             dx2 += np.matmul(dg, w_t.T, out=part)
 
     def _weight_grads(self, ws: Workspace, dg: np.ndarray, pairs: list, macs: float,
-                      cols: slice = slice(None), sum_rows: bool = False,
-                      db: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+                      cols: slice = slice(None), sum_rows: bool = False) -> Optional[np.ndarray]:
         """gw[cols] += dg[:, cols]ᵀ·a for each (a, gw) of ``pairs`` (one or two); dg: (N, G'),
         a: (N, K), gw: (G', K), a parameter's gradient (stored transposed: gwᵀ has
         contiguous rows); macs: the multiply-adds of all of them. On the panel tiles
         (``kernels.tiles.weight_grad_panels``, both products from one packing of dg), the
         panels of columns split over nlstm's threads, each part adding into its own columns
         of gwᵀ: no reduction, no copies. A small one by NumPy on the calling thread.
-        Returns ``db``, or with ``sum_rows`` Σ dg[:, cols] over the rows (a bias gradient,
-        (c1 - c0,); on the tiles summed while dg is packed), else None."""
+        With ``sum_rows``, returns Σ dg[:, cols] over the rows (a bias gradient, (c1 - c0,);
+        on the tiles summed while dg is packed), else None."""
         c0, c1, _ = cols.indices(dg.shape[1])
         if c1 <= c0:
-            return db
+            return np.zeros(0, self.dtype) if sum_rows else None
         S = tiles.panel_width(self.dtype)
         if macs >= tuning.SMALL_GEMM:
             (a, gw), none = pairs[0], self._no_matrix
@@ -815,13 +814,13 @@ class RecurrentLayer(Lockable):
                     self._no_rows)
             _threads.run_rows(-(-(c1 - c0) // S), macs, P.weight_grad_panels, args, [()], (),
                               min_work=tuning.SMALL_GEMM)
-            return sums[c0:c1] if sum_rows else db
+            return sums[c0:c1] if sum_rows else None
         for a, gw in pairs:
             n = a.shape[1] * (c1 - c0)
             part = ws.flat("dw part", n, self.dtype)[:n].reshape(a.shape[1], c1 - c0)
             gw.T[:, c0:c1] += np.matmul(a.T, dg[:, c0:c1], out=part)
         # one matrix-vector product (a pass of its own over dg's columns)
-        return np.ones(dg.shape[0], dg.dtype) @ dg[:, c0:c1] if sum_rows else db
+        return np.ones(dg.shape[0], dg.dtype) @ dg[:, c0:c1] if sum_rows else None
 
     def _hidden_grads(self, ws: Workspace, k: int, d: int, dgates: np.ndarray, hprev: np.ndarray,
                       rows: slice = slice(None), db: Optional[np.ndarray] = None) -> None:
@@ -832,11 +831,12 @@ class RecurrentLayer(Lockable):
         dg = dgates.reshape(T * B, -1)
         c0, c1, _ = rows.indices(dg.shape[1])
         gb = self._g("bias_hh", k, d)
-        db = self._weight_grads(ws, dg, [(hprev.reshape(T * B, -1), self._g("weight_hh", k, d))],
-                                T * B * hprev.shape[2] * (c1 - c0), rows,
-                                sum_rows=gb is not None and db is None, db=db)
+        sums = self._weight_grads(ws, dg, [(hprev.reshape(T * B, -1),
+                                            self._g("weight_hh", k, d))],
+                                  T * B * hprev.shape[2] * (c1 - c0), rows,
+                                  sum_rows=gb is not None and db is None)
         if gb is not None:
-            gb[rows] += db
+            gb[rows] += sums if db is None else db
 
     @staticmethod
     def _hprev(state: np.ndarray, d: int) -> np.ndarray:

@@ -13,12 +13,13 @@ off the panels); no BLAS is called from compiled code, so nlstm needs no SciPy (
 ``np.dot`` calls SciPy's BLAS).
 Weights arrive transposed, b = Wᵀ of shape (K, G), C-contiguous (see RecurrentLayer).
 The forward product a @ b runs as row updates over b (four rows of a sharing each load of
-b's rows), the backward carry a @ bᵀ as dot products along b's rows (where the panels do
-not take it: only with the tiles switched off, since every carry of more than one row
-runs on them). The loops can be limited to the columns c0:c1 of b (a gate block); they
-slice first and loop from 0: a loop over range(c0, c1) indexes with a value Numba cannot
-prove non-negative, so each access keeps its negative-index wraparound and LLVM does not
-vectorise it (measured: 4x slower at 128×512).
+b's rows), the backward carry a @ bᵀ as dot products along b's rows where the panels do
+not take it (a one-row batch of the LSTM's or the LayerNorm LSTM's variant options, or
+the tiles switched off: every carry of a batch of more than one row runs on them). The
+loops can be limited to the columns c0:c1 of b (a gate block); they slice first and loop
+from 0: a loop over range(c0, c1) indexes with a value Numba cannot prove non-negative, so
+each access keeps its negative-index wraparound and LLVM does not vectorise it (measured:
+4x slower at 128×512).
 """
 
 from .activations import cast_like
