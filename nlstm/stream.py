@@ -56,6 +56,9 @@ class Stream:
         # y_t: a view of the last layer's new h, per buffer set written
         self._y = [b[0][-1, 0] if self._unbatched else b[0][-1] for b in self._bufs]
         self._entry = None  # what later calls call (see __call__)
+        # A one-layer stream's arguments after (k, check, x), per buffer set, once _entry is
+        # set: its calls skip the loop over layers (0.18 µs of a 2.4 µs RNN step).
+        self._one = None
         self.reset(state)
 
     def reset(self, state=None) -> None:
@@ -97,14 +100,20 @@ class Stream:
         # The layer's lock: a call reads and flips this stream's state and writes the
         # layer's step scratch, which every stream of the layer and its step() share.
         with self.layer._lock:
-            p, check = self._cur, self.layer.check_finite
-            kernel = self._entry or self._kernel
-            for k, rest in self._calls[p]:
-                if not kernel(k, check, x, *rest):
+            p, check, one = self._cur, self.layer.check_finite, self._one
+            if one is not None:
+                if not self._entry(0, check, x, *one[p]):
                     self._raise_not_finite(x)
-            if self._entry is None:  # the first call: from now on, the compiled function
-                every = [(k, check, x, *r) for calls in self._calls for k, r in calls]
-                self._entry = _entry_point(self._kernel, every) or self._kernel
+            else:
+                kernel = self._entry or self._kernel
+                for k, rest in self._calls[p]:
+                    if not kernel(k, check, x, *rest):
+                        self._raise_not_finite(x)
+                if self._entry is None:  # the first call: from now on, the compiled function
+                    every = [(k, check, x, *r) for calls in self._calls for k, r in calls]
+                    self._entry = _entry_point(self._kernel, every) or self._kernel
+                    if len(self._calls[0]) == 1:
+                        self._one = [calls[0][1] for calls in self._calls]
             self._cur = p = 1 - p
             if out is None:
                 return self._y[p].copy()

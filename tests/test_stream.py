@@ -16,12 +16,13 @@ def _arrays(state):
 @pytest.mark.parametrize("kind", list(ALL_KINDS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("batch", [None, 3])
-def test_stream_equals_sequence(kind, dtype, batch):
+@pytest.mark.parametrize("layers", [1, 2])  # one layer: Stream's own fast path
+def test_stream_equals_sequence(kind, dtype, batch, layers):
     cls, extra, _ = ALL_KINDS[kind]
     if extra.get("proj_size") == -1:
         extra = dict(extra, proj_size=3)
     rng = np.random.default_rng(5)
-    m = cls(4, 5, num_layers=2, dtype=dtype, seed=6, **extra)
+    m = cls(4, 5, num_layers=layers, dtype=dtype, seed=6, **extra)
     shape = (7, 4) if batch is None else (7, batch, 4)
     x = rng.standard_normal(shape).astype(dtype)
     y, final = m(x)
@@ -93,8 +94,9 @@ def _snapshot(s):
     (np.array([[0, 0, 0], [0, np.inf, 0]], np.float32), ValueError, "x_t contains"),
     (np.array([[0, 0, 0], [0, -np.inf, 0]]), ValueError, "x_t contains"),  # float64: converted
 ])
-def test_stream_rejects_bad_x_and_keeps_its_state(cls, x_t, exc, match):
-    m = cls(3, 4, num_layers=2, seed=0)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_stream_rejects_bad_x_and_keeps_its_state(cls, x_t, exc, match, layers):
+    m = cls(3, 4, num_layers=layers, seed=0)
     s = m.stream(batch_size=2)
     s(np.ones((2, 3), np.float32))
     before = _snapshot(s)
@@ -131,19 +133,23 @@ def test_stream_rejects_bad_out_state_and_layers():
             m.stream(batch_size=bad_size)
 
 
-def test_stream_non_finite_state_is_reported():
+@pytest.mark.parametrize("layers", [1, 2])
+def test_stream_non_finite_state_is_reported(layers):
     """A state gone non-finite (here from a NaN parameter, which layer checks cannot see
     between calls) makes the next call raise and leaves that state alone."""
-    m = nlstm.LSTM(3, 4, num_layers=2, seed=0)
+    m = nlstm.LSTM(3, 4, num_layers=layers, seed=0)
     s = m.stream()
     x = np.ones(3, np.float32)
     s(x)
-    m.params["weight_hh_l1"][0, 0] = np.nan
-    s(x)  # layer 1's new h is NaN now; its inputs were finite
+    m.params[f"weight_hh_l{layers - 1}"][0, 0] = np.nan
+    s(x)  # the last layer's new h is NaN now; its inputs were finite
+    before = _snapshot(s)
     with pytest.raises(ValueError, match="state or a layer's output"):
         s(x)
     with pytest.raises(ValueError, match="state or a layer's output"):
         s(x)  # the same state again: nothing moved on
+    for a, b in zip(_arrays(s.state), before):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_stream_state_is_a_copy():
