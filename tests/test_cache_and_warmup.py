@@ -20,6 +20,18 @@ def test_cache_dir_is_user_level_and_versioned(monkeypatch, tmp_path):
         os.path.dirname(nlstm.__file__))
 
 
+def test_each_install_caches_in_a_folder_of_its_own(monkeypatch, tmp_path):
+    """Two installs of the same versions (two virtual environments, a renamed copy of the
+    package) must not share Numba's index files, which name an entry by file and function
+    only: they would overwrite each other's, or fail to unpickle the other's types."""
+    monkeypatch.setenv("NLSTM_CACHE_DIR", str(tmp_path))
+    here = config.cache_dir()
+    assert config.cache_dir() == here  # the same install: the same folder, every call
+    monkeypatch.setattr(config, "_KERNELS_DIR", str(tmp_path / "elsewhere" / "nlstm" / "kernels"))
+    there = config.cache_dir()
+    assert there != here and os.path.dirname(there) == os.path.dirname(here) == str(tmp_path)
+
+
 def test_kernels_cache_to_the_given_directory_in_a_fresh_process(tmp_path):
     """...and a first run says on stderr, once, that it compiles and what; warmup() reports
     what it compiled and how long it took, and a call at the grid's M after it compiles

@@ -6,13 +6,15 @@ Inf still propagate as IEEE says; the flags kept allow reassociation and FMA con
 which is what lets LLVM vectorise the gate loops and the dot products.
 
 The on-disk cache of these kernels lives in a user cache directory (``cache_dir()``), one
-folder per nlstm, Numba and Python version, so a read-only install still caches and an
-upgrade never loads stale code. Each entry is keyed to a hash of every source file of this
+folder per nlstm, Numba and Python version and install location, so a read-only install
+still caches, an upgrade never loads stale code, and two installs (two virtual
+environments, a checkout beside an installed copy) never overwrite each other's entries. Each entry is keyed to a hash of every source file of this
 folder (Numba's own key, the function's file alone, misses edits to the helpers it inlines).
 
 When a kernel really compiles (not when it loads from that cache), nlstm says so once per
 process on stderr (``NLSTM_COMPILE_NOTICE=0`` silences it) and records it in ``compiled``.
 """
+import hashlib
 import os
 import sys
 
@@ -26,12 +28,18 @@ _KERNELS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def cache_dir() -> str:
     """Where nlstm's compiled kernels are cached: ``$NLSTM_CACHE_DIR`` if set, else the user
-    cache directory (``~/.cache/nlstm/...`` on Linux)."""
+    cache directory (``~/.cache/nlstm/...`` on Linux), in a folder of its own for this
+    install."""
     root = os.environ.get("NLSTM_CACHE_DIR")
     if not root:
         from numba.misc.appdirs import user_cache_dir
         root = user_cache_dir("nlstm")
-    tag = f"nlstm-{__version__}-numba-{numba.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
+    # Numba names an entry by its file and function, not its path: installs sharing a folder
+    # would overwrite each other's index (each run of the other one recompiling everything),
+    # and one whose package goes by another name makes the other's index unreadable.
+    where = hashlib.sha256(_KERNELS_DIR.encode()).hexdigest()[:12]
+    tag = (f"nlstm-{__version__}-numba-{numba.__version__}-py{sys.version_info[0]}"
+           f"{sys.version_info[1]}-{where}")
     return os.path.join(root, tag)
 
 
@@ -44,7 +52,6 @@ def _kernels_stamp() -> str:
     files = sorted(f for f in os.listdir(_KERNELS_DIR) if f.endswith(".py"))
     key = tuple((f, os.stat(os.path.join(_KERNELS_DIR, f)).st_mtime_ns) for f in files)
     if _stamp[0] != key:
-        import hashlib
         h = hashlib.sha256()
         for f in files:
             with open(os.path.join(_KERNELS_DIR, f), "rb") as fh:
