@@ -8,8 +8,9 @@ which is what lets LLVM vectorise the gate loops and the dot products.
 The on-disk cache of these kernels lives in a user cache directory (``cache_dir()``), one
 folder per nlstm, Numba and Python version and install location, so a read-only install
 still caches, an upgrade never loads stale code, and two installs (two virtual
-environments, a checkout beside an installed copy) never overwrite each other's entries. Each entry is keyed to a hash of every source file of this
-folder (Numba's own key, the function's file alone, misses edits to the helpers it inlines).
+environments, a checkout beside an installed copy) never overwrite each other's entries.
+Each entry is keyed to a hash of every source file of this folder (Numba's own key, the
+function's file alone, misses edits to the helpers it inlines).
 
 When a kernel really compiles (not when it loads from that cache), nlstm says so once per
 process on stderr (``NLSTM_COMPILE_NOTICE=0`` silences it) and records it in ``compiled``.
