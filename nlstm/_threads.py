@@ -206,13 +206,15 @@ def row_bounds(B: int, n: int, row_cost=None) -> np.ndarray:
 
 
 def run_rows(B: int, work: float, split, args: tuple, parts: list, stacked: tuple,
-             row_cost=None, min_work: Optional[float] = None) -> None:
+             row_cost=None, min_work: Optional[float] = None, n: Optional[int] = None) -> None:
     """Run the batched kernel ``split`` (a ``kernels.parallel.Split``) over B rows: on the
     calling thread below ``min_work`` (default ``tuning.MIN_PARALLEL_WORK``) multiply-adds of
     ``work``, else over Numba's threads, rows balanced by ``row_cost``. ``parts[i]``: part
     i's scratch tuple, views of ``stacked`` (a tuple of (parts, ...) arrays, as many parts
-    as threads)."""
-    n = parts_for(B, work, min_work)
+    as threads). ``n``: ``parts_for(B, work, min_work)`` if the caller already asked it
+    (to size its parts), else asked here."""
+    if n is None:
+        n = parts_for(B, work, min_work)
     if n == 1:
         split.serial(0, B, *args, *parts[0])
         return

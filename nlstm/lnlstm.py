@@ -278,11 +278,8 @@ def _flat_rows(layer, ws, split, args: tuple, stacked: tuple = ()) -> None:
     T, B = ws.key
     n = _flat_parts(ws)
     parts = [tuple(s[i] for s in stacked) for i in range(n)]
-    if n == 1:  # (run_rows would ask parts_for again)
-        split.serial(0, T * B, *args, *parts[0])
-        return
-    _threads.run_rows(T * B, _flat_work(ws), split, args, parts, stacked,
-                      row_cost=_flat_cost(ws) if ws.valid < T * B else None)
+    cost = _flat_cost(ws) if n > 1 and ws.valid < T * B else None  # (one part: unused)
+    _threads.run_rows(T * B, _flat_work(ws), split, args, parts, stacked, row_cost=cost, n=n)
 
 
 def _flat_cost(ws) -> np.ndarray:
