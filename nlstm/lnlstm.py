@@ -174,12 +174,13 @@ def forward_dir(layer, ws, k: int, d: int, inp: np.ndarray) -> None:
     parts = layer._unit_parts(ws)
     if parts:  # a one-row batch: its hidden units split over the threads
         ws.ensure_scratch(layer, 1)
-        r, ct = ws.scratch[0][4][0], ws.scratch[0][5][0]  # shared by the parts
+        H = layer.hidden_size
+        r = layer._part_rows("forward units W_hh h", 1, 2, 4 * H)[0]  # shared by the parts
         args = (layer._barrier_flags(parts), ws.y[k], ws.states[0][k][d], ws.states[1][k][d],
                 ws.final[0][i], ws.final[1][i], gates, layer._packed_gates(k, d), bias,
                 ws.init[0][i], ws.init[1][i], ws.lengths, d == 1, d * layer._out_size, ln,
-                *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc, r, ct,
-                layer._part_rows("forward units", parts, 4, layer.hidden_size))
+                *_norm_params(layer, k, d), rhat, chat, rstd, zh, zc, r,
+                ws.scratch[0][5][0], layer._part_rows("forward units", parts, 13 if ln else 0, H))
         _threads.run_units(parts, P.lnlstm_forward_units, args)
         return
     if _one_row(layer, ws):  # its own kernel, on the one-row tile

@@ -368,7 +368,7 @@ def test_tiled_products_match_reference(kind, dtype, H, threads, monkeypatch):
     """Two layers, both directions, B = 7 with ragged lengths (6 then 5 active rows: both
     tails of the 4-row tiles); H = 128 in float64 runs the tiles' depth chunks; with two
     threads each runs a range of rows (4 and 3)."""
-    from nlstm.kernels import simd, tiles, tuning
+    from nlstm.kernels import simd, tuning
     if H % simd.width(dtype) or kind == "lstm_proj" and H < 64:
         pytest.skip("H off this machine's tiles")
     monkeypatch.setattr(tuning, "MIN_PARALLEL_WORK", 0)  # every recurrence splits its rows
@@ -432,6 +432,35 @@ def test_unit_split_matches_reference(unit_split, kind, p, dtype, H, length):
     m = _model(kind, p, dtype=dtype, I=5, H=H)
     _assert_one_row_batch(m, kind, p, dtype, length, ["ln_weight_hh_l0", "ln_weight_c_l1"],
                           lambda: unit_split == [("forward", 2)] * 4 + [("backward", 2)] * 4)
+
+
+@pytest.mark.parametrize("H", [48, 128])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_unit_split_gives_the_one_row_kernels_bits(unit_split, p, H):
+    """The LayerNorm cell split over two threads runs the whole cell in every part with
+    the one-row kernel's functions: its forward has that kernel's bits (outputs and final
+    state, inference and training); its backward, float32 rounding (its moments' sums run
+    in another order). H = 48 splits unevenly."""
+    from nlstm.kernels import simd
+    if H % simd.width(np.float32):
+        pytest.skip("H off this machine's tiles")
+    rng = np.random.default_rng(4)
+    T = 40
+    x = rng.standard_normal((T, 1, 5)).astype(np.float32)
+    dy = rng.standard_normal((T, 1, 2 * H)).astype(np.float32)
+    runs = []
+    for threads in (2, 1):
+        nlstm.set_num_threads(threads)  # (the fixture restores the count)
+        m = _model("lnlstm", p, dtype=np.float32, I=5, H=H)
+        y, (h, c) = m(x)
+        yt, (ht, ct) = m.forward(x)
+        dx, (dh, dc) = m.backward(dy)
+        runs.append(([y, h, c, yt, ht, ct], [dx, dh, dc, *m.grads.values()]))
+    assert unit_split == [("forward", 2)] * 8 + [("backward", 2)] * 4
+    for a, b in zip(runs[0][0], runs[1][0]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(runs[0][1], runs[1][1]):  # (through LayerNorm: scaled to the largest)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(b).max()))
 
 
 def _assert_one_row_batch(m, kind, p, dtype, length, ln_names, ran):

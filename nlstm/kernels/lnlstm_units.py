@@ -5,33 +5,31 @@ Each of ``parts`` threads owns the hidden units j0:j1 (``units.unit_range``) and
 one-row tile over its own unit blocks of the packed W_hhᵀ. Without normalisation its
 product goes straight into its units' gates, and one barrier per step (before the next
 step reads the whole h) is all the parts share. LayerNorm normalises W_hh h over all 4H
-gates and c̃ over all H units, so each step has two barriers, and each part sends its
-share's moments (mean and squared deviations) with its barrier, in its counter's cache
-line (``sync.barrier_sending``); every part combines them (Chan et al.'s pairwise formula,
-in part order: the same bits in every part). After the second barrier every unit's o and
-c̃ are written, so each part computes the whole new h itself into its own row, for its
-next product, and writes only its own units of the outputs: no third barrier for h.
-Backward likewise: without LayerNorm one barrier (the carry, rows j0:j1 of W_hhᵀ against
-every gate's gradient, reads them all); with it two, each sending the part's sums for the
-means of LN(c̃)'s and of LN(W_hh h)'s gradients, after which each part computes every
-gate's dr itself for its carry.
+gates and c̃ over all H units. Rather than meet again for each normalisation's moments,
+every part runs the whole cell after the step's one barrier (W_hh h written by every
+part, in a row shared by the parts, one of two by step parity): the moments, the gates,
+c and h of every unit, on rows of its own, with the one-row kernel's functions
+(``lnlstm_row``), so its sums and its bits are the one-row kernel's at any thread count.
+It writes only its own units of the outputs, and keeps the whole h for its next product.
+In inference it writes none of what only backward reads (the gates, LN(W_hh h), LN(c̃)):
+both parts read every gate's input, and a part writing its units of those lines makes
+the other core give them up each step (long inference 9% faster without the writes).
 
-Measured at long (T = 4000, H = 128, 2 threads; bench/RESULTS.md, stop 26): three barriers
-a step with the moments in a line of their own, against two with them in the counter's
-line, gave the same outputs bit for bit and 0-5% less time.
+Backward meets twice a step, each part sending its share's sums with its barrier (in its
+counter's cache line, ``sync.barrier_sending``), combined in part order: the first pass
+of the cell's gradient (for the means over every unit), then the gate gradients and
+dz ⊙ γ_hh (for the means over the 4H gates); after the second every part computes the
+gradient of W_hh h, dr, for every gate itself for its carry. Run whole by every part
+after one barrier instead, as forward runs, it was no faster (bench/RESULTS.md, stop 39).
 
-The cell's equations are the one-thread kernels' (``lnlstm._gates``, ``_out_units``,
-``add_normalized``, ``_back_ln``, ``_back_gates``, inlined). Plain cell only (no variant options,
-no projection); H a multiple of the vector width (the tiles). Slots as in
-:mod:`nlstm.kernels.slots`; gate order i, f, g, o.
+Plain cell only (no variant options, no projection); H a multiple of the vector width
+(the tiles). Slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
 """
-import numpy as np
-
 from .activations import cast_like
 from .blocks import row_dots_alternating, same
 from .config import kernel
-from .lnlstm import (EPS, _back_gates, _back_ln, _gates, _out_units, _zoneout, add_normalized,
-                     split_dh)
+from .lnlstm import (EPS, _back_gates, _back_ln, _cell_plain, _gates, _out_units,
+                     add_normalized, moments, split_dh)
 from .simd import vwidth, wide
 from .slots import (begin_rows, end_rows, saved_at, slots, step_time, zero_padding,
                     zero_rows_past)
@@ -40,54 +38,11 @@ from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, row_blocks
 from .units import copy, unit_range
 
 
-# Each part sends two pairs with its meetings (slots 0 and 1: the moments or sums of the two
-# normalisations), in its counter's cache line.
+# Backward's parts send two pairs with its meetings (slots 0 and 1: the sums of the two
+# normalisations' gradients), in its counter's cache line.
 if SLOTS < 2:
     raise ImportError(f"lnlstm_units sends 2 pairs per part with its meetings; a cache line "
                       f"of tuning.CACHE_LINE_BYTES holds {SLOTS}")
-
-
-@kernel
-def share_moments(a, j0, j1, H, blocks):
-    """The moments of this part's share of a: units j0:j1 of each of a's ``blocks`` blocks
-    of H: their mean and sum of squared deviations from it."""
-    wide()
-    n = j1 - j0
-    s = cast_like(a, 0)
-    for q in range(blocks):
-        aq = a[q * H + j0:q * H + j1]
-        for j in range(n):
-            s += aq[j]
-    mean = s / cast_like(a, max(1, n * blocks))
-    v = cast_like(a, 0)
-    for q in range(blocks):
-        aq = a[q * H + j0:q * H + j1]
-        for j in range(n):
-            d = aq[j] - mean
-            v += d * d
-    return mean, v
-
-
-@kernel
-def combined_moments(flags, slot, parts, H, blocks, eps, like):
-    """The mean and rstd = 1/√(var + eps) of the whole of ``blocks`` blocks of H from every
-    part's ``share_moments``, received as pair ``slot`` of ``sync.barrier_sending``:
-    M2 = Σ M2_p + Σ n_p (mean_p − mean)² (Chan, Golub and LeVeque), summed in part order, in
-    the dtype of ``like``."""
-    n = cast_like(like, H * blocks)
-    s = cast_like(like, 0)
-    for p in range(parts):
-        j0, j1 = unit_range(p, parts, H)
-        mp, _ = received(flags, p, slot)
-        s += cast_like(like, (j1 - j0) * blocks) * cast_like(like, mp)
-    mean = s / n
-    v = cast_like(like, 0)
-    for p in range(parts):
-        j0, j1 = unit_range(p, parts, H)
-        mp, vp = received(flags, p, slot)
-        d = cast_like(like, mp) - mean
-        v += cast_like(like, vp) + cast_like(like, (j1 - j0) * blocks) * d * d
-    return mean, cast_like(like, 1) / np.sqrt(v / n + cast_like(like, eps))
 
 
 @kernel
@@ -113,15 +68,14 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
     Every part is called at once, each on its own thread, with the same arrays (shapes and
     meanings as for ``lnlstm_forward``, B = 1; no variant options); flags:
     (parts·sync.STRIDE,) int64 zeros, cache-line aligned; wp: W_hhᵀ packed by
-    ``tiles.pack_gates``; r: (4H,) and ct: (H,) scratch shared by the parts (W_hh h and c̃
-    of the step); mine: (parts, 4, H) scratch, 4 rows per part (``ln`` only; forward uses
-    3).
+    ``tiles.pack_gates``; r: (2, 4H) scratch shared by the parts (W_hh h, by step parity;
+    ``ln`` only); ct: (H,) scratch shared by the parts (c̃; without ``ln``); mine:
+    (parts, 13, H) scratch, each part's own rows (``ln`` only).
 
-    Without ``ln``: the plain LSTM's split with zoneout, one barrier a step. With it, two:
-    each part sends its share's moments of W_hh h, then of c̃, with its barrier; after the
-    second, every unit's o and c̃ are written, and each part computes every unit's h itself
-    (mine[part, 0 or 1], alternating; the same bits in every part) for its next product,
-    and writes its own units of the step's outputs.
+    Without ``ln``: the plain LSTM's split with zoneout, one barrier a step. With it, also
+    one: after it each part runs the whole cell in mine[part] (the gates, LN(W_hh h), h
+    before and after, c, c̃, LN(c̃): the one-row kernel's bits) and writes its own units of
+    the step's outputs.
     """
     H = c.shape[2]
     G = 4 * H
@@ -160,43 +114,46 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
             barrier(flags, part, parts, count)  # the next step reads every unit of h
     else:
         mf = mine.reshape(mine.size)
-        hm = mine[part]  # rows 0, 1: h (before, after); 2: LN(c̃)
+        at = part * mine.shape[1] * mine.shape[2]  # this part's rows, flat
+        pg, rh = mf[at:at + G], mf[at + G:at + 2 * G]
+        hs = at + 2 * G  # h, two rows: before and after the step, alternating
+        cn, ctp = mf[hs + 2 * H:hs + 3 * H], mf[hs + 3 * H:hs + 4 * H]
+        chp = mf[hs + 4 * H:hs + 5 * H]
+        rf = r.reshape(r.size)
+        save = rhat.shape[0] == gates.shape[0]
+        if L > 0:  # the initial state, every unit (the parts met above)
+            copy(mf[hs:hs + H], h[slots(step_time(0, L, reverse), reverse)[0], 0])
         cur = 0
         for step in range(L):
             t = step_time(step, L, reverse)
             p, o = slots(t, reverse)
-            g = gates[t, 0]
-            if step == 0:  # the initial state, every unit (the parts met above)
-                copy(hm[0], h[p, 0])
-            row_blocks(r, 0, H, W, bias, mf, (part * 4 + cur) * H, wp, K, j0 // W, j1 // W,
-                       step, FROM_ZERO)
-            m, v = share_moments(r, j0, j1, H, 4)
+            # before the barrier: after it the parts write their units of the gates
+            copy(pg, gates[t, 0])
+            row_blocks(rf, cur * G, H, W, bias, mf, hs + cur * H, wp, K, j0 // W, j1 // W, step,
+                       FROM_ZERO)
             count += 1
-            barrier_sending(flags, part, parts, count, 0, m, v)
-            mean, rs = combined_moments(flags, 0, parts, H, 4, EPS, r)
+            barrier(flags, part, parts, count)  # every unit of W_hh h is written
+            # the whole cell, as lnlstm_forward_row runs it, on this part's own rows
+            rv = rf[cur * G:(cur + 1) * G]
+            mean, rs = moments(rv, EPS)
+            add_normalized(pg, rv, rh, mean, rs, g_hh, bias, 0, G)
+            nxt = 1 - cur
+            hp, hn = mf[hs + cur * H:hs + (cur + 1) * H], mf[hs + nxt * H:hs + (nxt + 1) * H]
+            rs_c = _cell_plain(pg, c[p, 0], hp, cn, hn, ctp if zo_h or zo_c else cn, ln, g_c,
+                               b_c, chp, zh[t, 0] if zo_h else zero, zc[t, 0] if zo_c else zero)
             if part == 0:
                 rstd[t, 0, 1] = rs
-            for q in range(4):
-                add_normalized(g, r, rhat[saved_at(rhat, t), 0], mean, rs, g_hh, bias, q * H + j0,
-                               q * H + j1)
-            cp = c[p, 0]
-            _gates(g[j0:j1], g[H + j0:H + j1], g[2 * H + j0:2 * H + j1],
-                   g[3 * H + j0:3 * H + j1], cp[j0:j1], ct[j0:j1])
-            m, v = share_moments(ct, j0, j1, H, 1)
-            count += 1
-            barrier_sending(flags, part, parts, count, 1, m, v)
-            mean_c, rstd_c = combined_moments(flags, 1, parts, H, 1, EPS, ct)
-            if part == 0:
-                rstd[t, 0, 2] = rstd_c
-            nxt = 1 - cur
-            # every unit's h (c's zoneout below, for this part's units alone; c̃ stays)
-            _out_units(g, cp, hm[cur], ct, hm[nxt], ct, True, g_c, b_c, hm[2], mean_c,
-                       rstd_c, zh[t, 0] if zo_h else zero, zero, 0, H)
-            _zoneout(zero, zero, zero, c[o, 0, j0:j1], ct[j0:j1], cp[j0:j1],
-                     zc[t, 0, j0:j1] if zo_c else zero)
-            copy(h[o, 0, j0:j1], hm[nxt, j0:j1])
-            copy(chat[saved_at(chat, t), 0, j0:j1], hm[2, j0:j1])
-            copy(y[t, 0, col + j0:col + j1], hm[nxt, j0:j1])
+                rstd[t, 0, 2] = rs_c
+            if save:
+                gt, rt = gates[t, 0], rhat[saved_at(rhat, t), 0]
+                for q in range(4):
+                    a, b = q * H + j0, q * H + j1
+                    copy(gt[a:b], pg[a:b])
+                    copy(rt[a:b], rh[a:b])
+                copy(chat[saved_at(chat, t), 0, j0:j1], chp[j0:j1])
+            copy(c[o, 0, j0:j1], cn[j0:j1])
+            copy(h[o, 0, j0:j1], hn[j0:j1])
+            copy(y[t, 0, col + j0:col + j1], hn[j0:j1])
             cur = nxt
     end_rows(0, 1, h_n[:, j0:j1], h[:, :, j0:j1], lengths, reverse)
     end_rows(0, 1, c_n[:, j0:j1], c[:, :, j0:j1], lengths, reverse)
@@ -209,15 +166,16 @@ def lnlstm_backward_units(part, parts, flags, dgates, dh0, dc0, dy, dh_n, dc_n, 
     """``lnlstm_backward`` of the plain cell for B = 1, the units j0:j1 of this ``part``.
 
     Arrays as for ``lnlstm_backward`` (B = 1; dgates may be ``gates``; no variant options);
-    flags and mine as for ``lnlstm_forward_units``; dht, keep: (H,) and sd: (4H,) scratch
-    shared by the parts. Each step: the units' gate gradients; without ``ln`` a barrier
-    (the carry reads every gate's gradient), then the carry for the units: rows j0:j1 of
-    W_hhᵀ against every gate's gradient. With ``ln`` two barriers, each sending the part's
-    sums: the first pass of the cell's gradient (its sums, for the means over every unit),
-    then the gate gradients and dz ⊙ γ_hh into sd (its sums, for the means over the 4H
-    gates); after the second every unit's dz ⊙ γ_hh is written, and each part computes the
-    gradient of W_hh h, dr, for every gate itself (in mine[part], the same bits in every
-    part) for its carry, and writes its own units of dr.
+    flags as for ``lnlstm_forward_units``; mine: (parts, 4, H) scratch, each part's own
+    rows; dht, keep: (H,) and sd: (4H,) scratch shared by the parts. Each step: the units'
+    gate gradients; without ``ln`` a barrier (the carry reads every gate's gradient), then
+    the carry for the units: rows j0:j1 of W_hhᵀ against every gate's gradient. With
+    ``ln`` two barriers, each sending the part's sums: the first pass of the cell's
+    gradient (its sums, for the means over every unit), then the gate gradients and
+    dz ⊙ γ_hh into sd (its sums, for the means over the 4H gates); after the second every
+    unit's dz ⊙ γ_hh is written, and each part computes the gradient of W_hh h, dr, for
+    every gate itself (in mine[part], the same bits in every part) for its carry, and
+    writes its own units of dr.
     """
     wide()
     H = c.shape[2]
