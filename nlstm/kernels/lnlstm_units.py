@@ -13,7 +13,7 @@ c and h of every unit, on rows of its own, with the one-row kernel's functions
 It writes only its own units of the outputs, and keeps the whole h for its next product.
 In inference it writes none of what only backward reads (the gates, LN(W_hh h), LN(c̃)):
 both parts read every gate's input, and a part writing its units of those lines makes
-the other core give them up each step (long inference 9% faster without the writes).
+the other core give them up each step (long inference 6-15% faster without them).
 
 Backward meets twice a step, each part sending its share's sums with its barrier (in its
 counter's cache line, ``sync.barrier_sending``), combined in part order: the first pass
