@@ -19,8 +19,12 @@ def locked(method):
     """Run ``method`` holding ``self._lock``: calls from several threads take turns."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (a with statement costs 0.08 µs more: see Stream.__call__)
+        try:
             return method(self, *args, **kwargs)
+        finally:
+            lock.release()
     return run
 
 

@@ -99,7 +99,10 @@ class Stream:
             self._check_out(out)
         # The layer's lock: a call reads and flips this stream's state and writes the
         # layer's step scratch, which every stream of the layer and its step() share.
-        with self.layer._lock:
+        # (acquire and release: a with statement costs 0.08 µs more, 3% of an RNN step)
+        lock = self.layer._lock
+        lock.acquire()
+        try:
             p, check, one = self._cur, self.layer.check_finite, self._one
             if one is not None:
                 if not self._entry(0, check, x, *one[p]):
@@ -119,6 +122,8 @@ class Stream:
                 return self._y[p].copy()
             np.copyto(out, self._y[p])
             return out
+        finally:
+            lock.release()
 
     step = __call__
 
