@@ -20,7 +20,8 @@ counter's cache line, ``sync.barrier_sending``), combined in part order: the fir
 of the cell's gradient (for the means over every unit), then the gate gradients and
 dz ⊙ γ_hh (for the means over the 4H gates); after the second every part computes the
 gradient of W_hh h, dr, for every gate itself for its carry. Run whole by every part
-after one barrier instead, as forward runs, it was no faster (bench/RESULTS.md, stop 39).
+after one barrier instead, as forward runs, it took 12-14% longer: the gradient's passes
+over the 4H gates cost more twice than the meeting (bench/RESULTS.md, stop 39).
 
 Plain cell only (no variant options, no projection); H a multiple of the vector width
 (the tiles). Slots as in :mod:`nlstm.kernels.slots`; gate order i, f, g, o.
@@ -120,7 +121,7 @@ def lnlstm_forward_units(part, parts, flags, y, h, c, h_n, c_n, gates, wp, bias,
         cn, ctp = mf[hs + 2 * H:hs + 3 * H], mf[hs + 3 * H:hs + 4 * H]
         chp = mf[hs + 4 * H:hs + 5 * H]
         rf = r.reshape(r.size)
-        save = rhat.shape[0] == gates.shape[0]
+        save = rhat.shape[0] == gates.shape[0]  # training (inference passes one row of rhat)
         if L > 0:  # the initial state, every unit (the parts met above)
             copy(mf[hs:hs + H], h[slots(step_time(0, L, reverse), reverse)[0], 0])
         cur = 0
