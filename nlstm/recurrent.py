@@ -214,6 +214,21 @@ class RecurrentLayer(Lockable):
         state["_step_entry"] = None  # compiled code's address: this process's alone
         return state
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # Pickle (and copy.deepcopy) copies each array on its own: params' views of the
+        # stored weights arrive as arrays apart from them, so a load_state_dict or an
+        # optimizer step on the copy would never reach its kernels. The kernels read views
+        # of params again: params' arrays are the ones an optimizer copied along with the
+        # layer holds (they may start off a cache line: a little slower, never stale).
+        for name in self._wt:
+            p = self.params[name]
+            if not p.T.flags.c_contiguous:  # pickle keeps the order: not expected
+                p = self.params[name] = aligned_empty(p.shape[::-1], self.dtype).T
+                p[...] = self._wt[name].T
+            self._wt[name] = p.T
+        self._plan = None  # it held the arrays replaced here
+
     def _sibling(self) -> "RecurrentLayer":
         """A layer that shares this one's parameters and gradients (the same arrays, so
         in-place updates reach both) but has its own workspace and lock: a concurrent call

@@ -81,12 +81,18 @@ def test_set_num_threads_rejects_bad_values():
             nlstm.set_num_threads(bad)
 
 
-@pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])
-def test_in_place_parameter_updates_reach_every_path(cls):
+@pytest.mark.parametrize("copied", [None, "pickle", "deepcopy"])
+@pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN, nlstm.LayerNormLSTM])
+def test_in_place_parameter_updates_reach_every_path(cls, copied):
     """Kernels read weights in a transposed internal layout; updating ``params`` in place
     (as optimizers do) or loading a state dict must be seen by forward, backward and step.
     The batch has more rows than threads, so the backward carry uses W_hh packed as
-    panels, which must be repacked after the update."""
+    panels, which must be repacked after the update. A pickled or deep-copied layer
+    (``best = copy.deepcopy(model)``) too: pickle copies params' views of the stored
+    weights apart from them; an optimizer copied with the layer must still reach it."""
+    import copy
+    import pickle
+
     rng = np.random.default_rng(0)
     B = nlstm.get_num_threads() + 3
     m = cls(3, 4, num_layers=2, dtype=np.float64, seed=0)
@@ -94,6 +100,12 @@ def test_in_place_parameter_updates_reach_every_path(cls):
     dy = np.ones((5, B, 4))
     m.forward(x)
     m.backward(dy)  # a backward with the old weights first
+    m.step(x[0])  # and a step: the copy must not keep the step's arrays
+    opt = nlstm.optim.SGD(m, lr=0.5)
+    if copied == "pickle":
+        m, opt = pickle.loads(pickle.dumps((m, opt)))
+    elif copied == "deepcopy":
+        m, opt = copy.deepcopy((m, opt))
     fresh = cls(3, 4, num_layers=2, dtype=np.float64, seed=1)
     for k, v in fresh.params.items():
         m.params[k][...] = v  # in place, like an optimizer step
@@ -105,6 +117,14 @@ def test_in_place_parameter_updates_reach_every_path(cls):
     m.load_state_dict(cls(3, 4, num_layers=2, dtype=np.float64, seed=2).state_dict())
     np.testing.assert_array_equal(m(x)[0], cls(3, 4, num_layers=2, dtype=np.float64, seed=2)(x)[0])
     assert all(m.grads[k].shape == p.shape for k, p in m.params.items())
+    # the optimizer's arrays are the layer's: its step reaches the kernels
+    want = {k: v - 0.5 * m.grads[k] for k, v in m.params.items()}
+    assert all(abs(g).max() > 0 for g in m.grads.values())
+    opt.step()
+    for k, v in want.items():
+        np.testing.assert_allclose(m.params[k], v, rtol=1e-12, atol=0)
+    fresh.load_state_dict(m.state_dict())
+    np.testing.assert_array_equal(m(x)[0], fresh(x)[0])
 
 
 @pytest.mark.parametrize("cost,want", [
