@@ -92,8 +92,9 @@ def warmup(cells: Iterable[str] = ("LSTM",), dtypes: Iterable = ("float32",),
                     layer.forward(np.zeros((2, 2, 2), layer.dtype), train=training)
                     if training:
                         layer.backward(np.zeros((2, 2, 2), layer.dtype))
-            if streaming:
+            if streaming:  # step passes the arrays, a stream one table of them (Stream)
                 layer.step(x[0])
+                layer.stream(batch_size=1)(x[0])
             _tile_call(cls, dtype, training)
     return WarmupReport(time.perf_counter() - start, compiled_since(mark))
 

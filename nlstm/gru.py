@@ -159,6 +159,9 @@ class GRU(RecurrentLayer):
     def _step_kernel(self):
         return K.gru_step_options if self._special else K.gru_step
 
+    def _step_table_kernel(self):
+        return None if self._special else K.gru_step_table
+
     def _make_step_args(self, k: int) -> tuple:
         return K.gru_step_args(
             w_ih_t=self._w("weight_ih", k, 0), w_hh_t=self._w("weight_hh", k, 0),

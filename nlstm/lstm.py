@@ -244,6 +244,10 @@ class LSTM(RecurrentLayer):
             return lnlstm.step_kernel()
         return K.lstm_step if self._plain() else K.lstm_step_options
 
+    def _step_table_kernel(self):
+        plain = self._plain() and not (self._layer_norm or self.zoneout)
+        return K.lstm_step_table if plain else None
+
     def _make_step_args(self, k: int) -> tuple:
         if self._layer_norm or self.zoneout:
             from . import lnlstm

@@ -354,6 +354,11 @@ class RecurrentLayer(Lockable):
         """Layer k's weight and option arguments of the cell's step kernel."""
         raise NotImplementedError
 
+    def _step_table_kernel(self):
+        """The step kernel taking every argument after (k, check, x) as one table
+        (``kernels.table``), or None where the cell's options have none."""
+        return None
+
     def _step_plan(self) -> tuple:
         """(the step kernel, [``_make_step_args(k)`` for every layer k]), cached: parameters
         are only ever updated in place, so the arrays stay the same objects for the layer's

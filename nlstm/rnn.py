@@ -99,6 +99,9 @@ class RNN(RecurrentLayer):
     def _step_kernel(self):
         return K.rnn_step if self._act_spec is None else K.rnn_step_options
 
+    def _step_table_kernel(self):
+        return K.rnn_step_table if self._act_spec is None else None
+
     def _make_step_args(self, k: int) -> tuple:
         return K.rnn_step_args(
             w_ih_t=self._w("weight_ih", k, 0), w_hh_t=self._w("weight_hh", k, 0),

@@ -199,3 +199,38 @@ def test_stream_keeps_the_dispatcher_when_layers_differ_in_type():
     same = [(0, True, x, *rest), (1, True, x, *rest)]
     assert _entry_point(s._kernel, same) is not None
     assert _entry_point(s._kernel, same + [(0, True, x.astype(np.float64), *rest)]) is None
+
+
+@pytest.mark.parametrize("make", [
+    lambda dt: nlstm.RNN(4, 5, num_layers=2, dtype=dt, seed=1),
+    lambda dt: nlstm.RNN(4, 5, nonlinearity="relu", bias=False, dtype=dt, seed=1),
+    lambda dt: nlstm.GRU(4, 5, num_layers=2, dtype=dt, seed=1),
+    lambda dt: nlstm.GRU(4, 5, zoneout=0.3, linear_before_reset=False, dtype=dt, seed=1),
+    lambda dt: nlstm.LSTM(4, 5, num_layers=2, bias=False, dtype=dt, seed=1),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_plain_cells_stream_takes_its_arguments_as_one_table(make, dtype):
+    """A plain cell's stream hands its step kernel one table of addresses (kernels.table)
+    instead of eight to ten arrays: every row must come back as the array, flag or number
+    it was, so the stream gives ``layer.step``'s bits (which passes the arrays)."""
+    m = make(dtype)
+    s = m.stream(batch_size=3)
+    assert s._kernel.py_func.__name__.endswith("_step_table")
+    x = np.random.default_rng(2).standard_normal((6, 3, 4)).astype(dtype)
+    state = None
+    for t in range(6):
+        y, state = m.step(x[t], state)
+        np.testing.assert_array_equal(s(x[t]), y)
+    for a, b in zip(_arrays(s.state), _arrays(state)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_stream_is_never_copied():
+    """A copy would point into the original's buffers (its table holds their addresses)."""
+    import copy
+    import pickle
+    s = nlstm.RNN(4, 5, seed=1).stream()
+    s(np.ones(4, np.float32))
+    for how in (copy.copy, copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="layer.stream"):
+            how(s)

@@ -23,6 +23,7 @@ from .blocks import (active_rows, copy_out, matmul_nn, matmul_nt, row_nn, row_ou
                      same, scatter_rows)
 from .config import inlined_kernel, kernel
 from .simd import vwidth, wide
+from .table import array1, array2, array3, flag, number
 from .tiles import FROM_ZERO, panel_rows, row_blocks
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
@@ -415,6 +416,15 @@ def gru_step_args(*, w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, options, work):
     """The arguments after (k, check, x, h, h_out), by name: of ``gru_step`` when options is
     None, else of ``gru_step_options`` (options: (acts, clip))."""
     return (w_ih_t, w_hh_t, b_ih, b_hh, lbr, p, *(() if options is None else options), work)
+
+
+@kernel
+def gru_step_table(k, check, x, t):
+    """``gru_step`` with its arguments after (k, check, x) as one table (``table.encode``
+    of h, h_out and ``gru_step_args``): a stream's call."""
+    return gru_step(k, check, x, array3(t, 0, x), array3(t, 1, x), array2(t, 2, x),
+                    array2(t, 3, x), array1(t, 4, x), array1(t, 5, x), flag(t, 6),
+                    number(t, 7, x), array1(t, 8, x))
 
 
 @kernel

@@ -33,6 +33,7 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt,
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
 from .simd import vwidth, wide
+from .table import array1, array2, array3
 from .units import gather_blocks_add
 from .tiles import (FROM_OUT, FROM_OUT_AND_BIAS, FROM_ZERO, depth_chunk, gates_far,
                     padded_stride, panel_rows, prefetch_span, row_blocks, tile_height, tile_row,
@@ -682,6 +683,15 @@ def lstm_step_args(*, w_ih_t, w_hh_t, b_ih, b_hh, opt, work):
     if opt is None:
         return w_ih_t, w_hh_t, b_ih, b_hh, work
     return (w_ih_t, w_hh_t, b_ih, b_hh, *opt, work)
+
+
+@kernel
+def lstm_step_table(k, check, x, t):
+    """``lstm_step`` with its arguments after (k, check, x) as one table (``table.encode`` of
+    h, c, h_out, c_out and ``lstm_step_args``): a stream's call."""
+    return lstm_step(k, check, x, array3(t, 0, x), array3(t, 1, x), array3(t, 2, x),
+                     array3(t, 3, x), array2(t, 4, x), array2(t, 5, x), array1(t, 6, x),
+                     array1(t, 7, x), array1(t, 8, x))
 
 
 @kernel

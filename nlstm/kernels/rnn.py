@@ -14,6 +14,7 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_nt, row_nn_add
                      scatter_rows)
 from .config import inlined_kernel, kernel
 from .simd import vwidth, wide
+from .table import array1, array2, array3, flag
 from .tiles import FROM_OUT_AND_BIAS, panel_rows, row_blocks
 from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
                     step_time, zero_padding, zero_rows_past)
@@ -200,6 +201,15 @@ def rnn_step_args(*, w_ih_t, w_hh_t, b_ih, b_hh, relu, options, pre):
     """The arguments after (k, check, x, h, h_out), by name: of ``rnn_step`` when options is
     None, else of ``rnn_step_options`` (options: (acts, clip)); pre: (H,) scratch."""
     return (w_ih_t, w_hh_t, b_ih, b_hh, relu, *(() if options is None else options), pre)
+
+
+@kernel
+def rnn_step_table(k, check, x, t):
+    """``rnn_step`` with its arguments after (k, check, x) as one table (``table.encode``
+    of h, h_out and ``rnn_step_args``): a stream's call."""
+    return rnn_step(k, check, x, array3(t, 0, x), array3(t, 1, x), array2(t, 2, x),
+                    array2(t, 3, x), array1(t, 4, x), array1(t, 5, x), flag(t, 6),
+                    array1(t, 7, x))
 
 
 @kernel
