@@ -108,6 +108,9 @@ class GRU(RecurrentLayer):
                      aux=ex["aux"], w_hh_t=w, b_hh=self._p("bias_hh", k, d), h0=ws.init[0][i],
                      lengths=ws.lengths, reverse=d == 1, col=d * H)
         parts = self._unit_parts(ws)
+        one_row = parts or (ws.key[1] == 1 and self.linear_before_reset and not self._special)
+        if one_row and not ws.train:  # aux, which only backward reads: one row, rewritten
+            named["aux"] = named["aux"][:1]  # every step (kernels.slots.saved_at)
         if parts:  # a one-row batch: its hidden units split over the threads
             j0, j1 = units.unit_range(0, parts, H)  # part 0's is the widest
             w_own, acc = self._unit_scratch(parts, H, 3 * (j1 - j0))
@@ -118,7 +121,7 @@ class GRU(RecurrentLayer):
         # (the panels end partial at other H; without lbr, W_hn's columns start mid-panel)
         wf = (self._packed_panels(k, d, w, "forward")
               if self._panels_fit() or self.linear_before_reset else self._no_pack)
-        if ws.key[1] == 1 and self.linear_before_reset and not self._special:
+        if one_row:
             # one row of the PyTorch form: its own kernel (see LSTM._forward_dir)
             K.gru_forward_row(0, *K.gru_forward_row_args(zm=ex["zoneout"][0],
                                                          s=ws.scratch[0][5][0], wf=wf, **named))

@@ -282,3 +282,25 @@ def test_barrier_sends_values_bit_for_bit(dtype):
     for part in range(parts):
         np.testing.assert_array_equal(got[part].astype(dtype).view(np.uint8),
                                       np.transpose(sent, (1, 0, 2)).view(np.uint8))
+
+
+@pytest.mark.parametrize("threads", [1, 2])  # the one-row kernel; the unit split
+def test_a_gru_inference_keeps_one_row_of_aux(split_calls, threads):
+    """A one-row GRU inference writes aux (W_hn h + b_hn, which only backward reads) into
+    its first time row at every step (``kernels.slots.saved_at``): the other rows keep what
+    they held (NaN here, which y would show had a step read them), and y is a training
+    forward's, which writes every row (the gradient tests read them)."""
+    nlstm.set_num_threads(threads)  # (the fixture restores it)
+    m = nlstm.GRU(5, 32, num_layers=2, bidirectional=True, seed=0)
+    x = np.random.default_rng(2).standard_normal((6, 1, 5)).astype(np.float32)
+    y_train, _ = m.forward(x, train=True)
+    aux = [m._ws.extra[k][d]["aux"] for k in range(2) for d in range(2)]
+    assert all(np.isfinite(a).all() for a in aux)
+    for a in aux:
+        a[...] = np.nan
+    split_calls["forward"] = 0
+    y, _ = m(x)
+    np.testing.assert_array_equal(y, y_train)
+    for a in aux:
+        assert np.isfinite(a[0]).all() and np.isnan(a[1:]).all()
+    assert split_calls["forward"] == (8 if threads == 2 else 0)  # 4 runs of 2 parts

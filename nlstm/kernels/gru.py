@@ -6,7 +6,8 @@
 then h' = (1 − z) ⊙ n + z ⊙ h; with zoneout (a mask zm, (T, B, H), else empty) each unit
 keeps its previous value with the mask's weight, h' ← zm ⊙ h + (1 − zm) ⊙ h'. The layer
 folds b_ih, b_hr, b_hz (and b_hn when not ``lbr``) into the input projection. ``aux``
-saves what backward needs of the n gate: W_hn h + b_hn with ``lbr``, r ⊙ h without.
+saves what backward needs of the n gate: W_hn h + b_hn with ``lbr``, r ⊙ h without (an
+inference of one row keeps it in one row, ``slots.saved_at``).
 Slots as in :mod:`nlstm.kernels.slots`, per-step block products as in
 :mod:`nlstm.kernels.blocks` (without ``lbr`` the n block's product waits for r, so it runs
 as a second product over W_hhᵀ's last H columns).
@@ -25,8 +26,8 @@ from .config import inlined_kernel, kernel
 from .simd import vwidth, wide
 from .table import array1, array2, array3, flag, number
 from .tiles import FROM_ZERO, panel_rows, row_blocks
-from .slots import (begin_rows, copy_rows, end_rows, slots, step_inputs_finite, step_layer_rows,
-                    step_time, zero_padding, zero_rows_past)
+from .slots import (begin_rows, copy_rows, end_rows, saved_at, slots, step_inputs_finite,
+                    step_layer_rows, step_time, zero_padding, zero_rows_past)
 from .units import copy
 
 
@@ -209,7 +210,7 @@ def _forward_row(b, y, h, gates, aux, w_hh_t, b_hh, lengths, reverse, col, zm, s
         else:
             row_nn(s, hp, w_hh_t, 0, 3 * H)
         hn = h[o, b]
-        _cell(gates[t, b], s, bn, aux[t, b], hp, hn)
+        _cell(gates[t, b], s, bn, aux[saved_at(aux, t), b], hp, hn)
         if zm.shape[0] > 0:
             _zone_out(hn, hp, zm[t, b])
         row_out(y, t, b, col, hn)

@@ -15,7 +15,7 @@ from .blocks import row_dots_alternating, row_nn
 from .config import kernel
 from .gru import _cell_back, _gate_n, _gates_rz, _new_h
 from .simd import vwidth, wide
-from .slots import begin_rows, end_rows, slots, step_time, zero_padding
+from .slots import begin_rows, end_rows, saved_at, slots, step_time, zero_padding
 from .sync import barrier
 from .tiles import FROM_ZERO, pack_panels, row_blocks
 from .units import copy, gather_blocks, unit_range
@@ -62,7 +62,7 @@ def gru_forward_units(part, parts, flags, y, h, h_n, gates, aux, w_hh_t, b_hh, h
         else:
             row_nn(a, h[p, 0], w, 0, 3 * n)
         g = gates[t, 0]
-        ax, hp, ho = aux[t, 0, j0:j1], h[p, 0, j0:j1], h[o, 0, j0:j1]
+        ax, hp, ho = aux[saved_at(aux, t), 0, j0:j1], h[p, 0, j0:j1], h[o, 0, j0:j1]
         _gates_rz(g[j0:j1], a[:n], None, 0, a[:0])
         _gates_rz(g[H + j0:H + j1], a[n:2 * n], None, 0, a[:0])
         _gate_n(g[2 * H + j0:2 * H + j1], g[j0:j1], a[2 * n:], bn, ax, None, 0, a[:0])
