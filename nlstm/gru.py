@@ -163,7 +163,7 @@ class GRU(RecurrentLayer):
         return K.gru_step_options if self._special else K.gru_step
 
     def _step_table_kernel(self):
-        return None if self._special else K.gru_step_table
+        return K.gru_step_table if self._step_kernel() is K.gru_step else None
 
     def _make_step_args(self, k: int) -> tuple:
         return K.gru_step_args(

@@ -245,8 +245,7 @@ class LSTM(RecurrentLayer):
         return K.lstm_step if self._plain() else K.lstm_step_options
 
     def _step_table_kernel(self):
-        plain = self._plain() and not (self._layer_norm or self.zoneout)
-        return K.lstm_step_table if plain else None
+        return K.lstm_step_table if self._step_kernel() is K.lstm_step else None
 
     def _make_step_args(self, k: int) -> tuple:
         if self._layer_norm or self.zoneout:

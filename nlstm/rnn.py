@@ -100,7 +100,7 @@ class RNN(RecurrentLayer):
         return K.rnn_step if self._act_spec is None else K.rnn_step_options
 
     def _step_table_kernel(self):
-        return K.rnn_step_table if self._act_spec is None else None
+        return K.rnn_step_table if self._step_kernel() is K.rnn_step else None
 
     def _make_step_args(self, k: int) -> tuple:
         return K.rnn_step_args(

@@ -22,6 +22,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .config import kernel
+from .table import bits_of, float_of_bits
 from .tuning import CACHE_LINE_BYTES, SPINS_BEFORE_YIELD
 
 # int64 slots between two parts' counters: one cache line each (no false sharing).
@@ -84,28 +85,6 @@ def _sched_yield(typingctx):
     return types.void(), codegen
 
 
-@intrinsic
-def _bits(typingctx, x):
-    """The bits of the float64 x as an int64."""
-    if x != types.float64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-    return types.int64(x), codegen
-
-
-@intrinsic
-def _from_bits(typingctx, i):
-    """The float64 whose bits are the int64 i."""
-    if i != types.int64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return types.float64(i), codegen
-
-
 @kernel
 def barrier(flags, part, parts, count):
     """Pass barrier number ``count`` (1, 2, ...): publish it, then wait for the other parts.
@@ -129,8 +108,8 @@ def barrier_sending(flags, part, parts, count, slot, a, b):
     this part's pair ``slot`` (< SLOTS). A part may send a slot again only after one more
     barrier has passed (every part reads what it received before its next barrier)."""
     i = part * STRIDE + 1 + 2 * slot
-    flags[i] = _bits(np.float64(a))
-    flags[i + 1] = _bits(np.float64(b))
+    flags[i] = bits_of(np.float64(a))
+    flags[i + 1] = bits_of(np.float64(b))
     barrier(flags, part, parts, count)
 
 
@@ -138,4 +117,4 @@ def barrier_sending(flags, part, parts, count, slot, a, b):
 def received(flags, part, slot):
     """The pair ``slot`` that ``part`` sent with its last ``barrier_sending``, as float64."""
     i = part * STRIDE + 1 + 2 * slot
-    return _from_bits(flags[i]), _from_bits(flags[i + 1])
+    return float_of_bits(flags[i]), float_of_bits(flags[i + 1])

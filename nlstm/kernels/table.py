@@ -7,8 +7,9 @@ arguments into one int64 table, taken once; a ``*_step_table`` kernel turns the 
 into the arrays (views of the same memory: no copy, no reference count) and calls the step.
 
 Row i of the table (n, 4) is argument i: an array as (address, its shape, padded with 0),
-a bool or int as (value, 0, 0, 0), a float as (its float64 bits, 0, 0, 0). Whoever holds a
-table must hold its arrays too: the table alone keeps nothing alive.
+a bool or int as (value, 0, 0, 0), a float as (its float64 bits, 0, 0, 0: ``bits_of`` and
+``float_of_bits``, which ``sync`` sends floats with too). Whoever holds a table must hold
+its arrays too: the table alone keeps nothing alive.
 """
 import numpy as np
 from numba import types
@@ -78,13 +79,25 @@ array3 = _view(3)
 
 
 @intrinsic
-def _float_of_bits(typingctx, bits):
-    if bits != types.int64:
+def bits_of(typingctx, x):
+    """The bits of the float64 x as an int64."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(x), codegen
+
+
+@intrinsic
+def float_of_bits(typingctx, i):
+    """The float64 whose bits are the int64 i."""
+    if i != types.int64:
         return None
 
     def codegen(context, builder, sig, args):
         return builder.bitcast(args[0], ir.DoubleType())
-    return types.float64(bits), codegen
+    return types.float64(i), codegen
 
 
 @inlined_kernel
@@ -96,4 +109,4 @@ def flag(t, i):
 @inlined_kernel
 def number(t, i, like):
     """Row i (a float) as a scalar of ``like``'s dtype."""
-    return like.dtype.type(_float_of_bits(t[i, 0]))
+    return like.dtype.type(float_of_bits(t[i, 0]))
