@@ -370,7 +370,13 @@ class KernelClock:
             untimed = thr.run_rows
 
             products = (parallel.project_panels, parallel.project_ragged_panels,
-                        parallel.weight_grad_panels)
+                        parallel.project_narrow, parallel.weight_grad_panels,
+                        parallel.nonfinite)
+            # the packing of the weights counts as kernel time (as its calls on the calling
+            # thread, which go to the split's own kernel, not through run_rows)
+            for name in ("pack_gates", "pack_panels", "pack_panels_of_transpose"):
+                split = getattr(parallel, name)
+                self._patch(parallel, name, parallel.Split(timed(split.serial), split.parallel))
 
             def run_rows(B, work, split, *a, **k):  # the whole-sequence products are not
                 if split in products:  # the recurrence

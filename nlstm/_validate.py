@@ -6,6 +6,8 @@ from typing import Mapping
 
 import numpy as np
 
+from .kernels import tuning
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -57,7 +59,7 @@ def check_in_range(name: str, a: np.ndarray, dtype=None, hint: str = _SKIP_HINT)
     to word the error."""
     dt = a.dtype if dtype is None else np.dtype(dtype)
     if dt.itemsize >= a.dtype.itemsize or a.size == 0:
-        if not np.isfinite(a).all():
+        if not all_finite(a):
             raise ValueError(f"{name} contains NaN or Inf ({hint})")
         return
     top = np.finfo(dt).max
@@ -69,6 +71,22 @@ def check_in_range(name: str, a: np.ndarray, dtype=None, hint: str = _SKIP_HINT)
     worst = hi if hi > top else lo
     raise ValueError(f"{name} has values outside {dt.name}'s range (±{float(top):.4g}), e.g. "
                      f"{float(worst):.4g}: they would be Inf in {dt.name} ({hint})")
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """Whether the float array ``a`` holds no NaN and no Inf. A C-contiguous one from
+    ``tuning.NUMBA_CHECK`` elements on in one pass of nlstm's (``kernels.checks``), from
+    ``tuning.PARALLEL_CHECK`` on over its threads; otherwise NumPy's ``isfinite``."""
+    if a.size < tuning.NUMBA_CHECK or not (a.flags.c_contiguous and a.flags.aligned) \
+            or a.dtype not in FLOAT_DTYPES:
+        return bool(np.isfinite(a).all())
+    from . import _threads
+    from .kernels import parallel
+    chunks = -(-a.size // tuning.CHECK_CHUNK)
+    found = np.zeros(chunks, np.int64)
+    _threads.run_rows(chunks, float(a.size), parallel.nonfinite, (a, found), [()], (),
+                      min_work=tuning.PARALLEL_CHECK)
+    return not found.any()
 
 
 def expect_shape(name: str, a: np.ndarray, shape: tuple) -> None:

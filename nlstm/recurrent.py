@@ -54,6 +54,18 @@ def _output_buffer(shape, dtype) -> np.ndarray:
     return np.empty(shape, dtype)
 
 
+def _pack(split, parts: int, cost: int, args: tuple) -> None:
+    """Pack weights by ``split``, one of ``kernels.parallel``'s packings, in ``parts``
+    independent ranges: over nlstm's threads from a ``cost`` of ``tuning.PARALLEL_PACK`` on
+    (the elements, 3 each for a transpose's). A training step packs its weights anew three
+    or four times (at L 0.9 ms of 55, the weights out of cache)."""
+    if cost < tuning.PARALLEL_PACK:  # (run_rows would decide so too, a microsecond later)
+        split.serial(0, parts, *args)
+    else:
+        _threads.run_rows(parts, float(cost), split, args, [()], (),
+                          min_work=tuning.PARALLEL_PACK)
+
+
 class Workspace:
     """Every buffer one (T, B) shape needs, allocated once and reused.
 
@@ -675,7 +687,7 @@ class RecurrentLayer(Lockable):
         buf = self._pack_bufs.get((k, d))
         if buf is None:
             buf = self._pack_bufs[(k, d)] = aligned_empty(w_t.size, self.dtype)
-        tiles.pack_gates(buf, w_t, self._G)
+        _pack(P.pack_gates, tiles.gate_units(w_t, self._G), w_t.size, (buf, w_t, self._G))
         return buf
 
     def _packed_carry(self, k: int, d: int) -> np.ndarray:
@@ -690,18 +702,23 @@ class RecurrentLayer(Lockable):
         partial last panel."""
         return self.hidden_size % tiles.panel_width(self.dtype) == 0
 
-    def _packed_panels(self, k: int, d: int, w: np.ndarray, use: str) -> np.ndarray:
+    def _packed_panels(self, k: int, d: int, w: np.ndarray, use: str,
+                       vectors: int = 4) -> np.ndarray:
         """w (D, N) packed now for ``kernels.tiles.panel_rows`` into the layer's buffer for
-        ``use`` of layer k, direction d, or an empty array where the tiles do not apply."""
+        ``use`` of layer k, direction d, or an empty array where the tiles do not apply.
+        ``vectors=2``: panels of 2 vector widths, for ``tiles.project_narrow`` (w must be
+        the transpose of a C-contiguous array)."""
         if not tiles.packable_panels(w):
             return self._no_pack
         buf = self._pack_bufs.get((k, d, use))
         if buf is None:
-            buf = self._pack_bufs[(k, d, use)] = aligned_empty(tiles.panels_size(w), self.dtype)
-        if not w.flags.c_contiguous and w.T.flags.c_contiguous:  # the transpose of weights
-            tiles.pack_panels_of_transpose(buf, w.T)
+            buf = self._pack_bufs[(k, d, use)] = aligned_empty(tiles.panels_size(w, vectors),
+                                                               self.dtype)
+        if vectors != 4 or not w.flags.c_contiguous and w.T.flags.c_contiguous:  # transposed
+            _pack(P.pack_panels_of_transpose, tiles.panel_count(w, vectors), 3 * w.size,
+                  (buf, w.T, vectors))
         else:
-            tiles.pack_panels(buf, w)
+            _pack(P.pack_panels, tiles.panel_count(w), w.size, (buf, w))
         return buf
 
     # ---- backward -------------------------------------------------------------------------
@@ -750,6 +767,12 @@ class RecurrentLayer(Lockable):
         # The gradient of each lower layer's output goes to dy_a, dy_b, dy_a, ... in turn, so
         # no layer writes the buffer it reads (the top one reads the caller's dy or dy_b).
         ping_pong = (ws.dy_a, ws.dy_b)
+        # dx goes to a fresh array handed to the caller, as y does (a copy of it took 0.27 ms
+        # of 55 at L), unless batch_first makes it a transposed copy anyway; like y, not
+        # aligned (finding an aligned address cost more than it saved at S).
+        handed = not self.batch_first or unbatched
+        if handed:
+            ws.dx = _output_buffer(ws.dx.shape, self.dtype)
         # A backward that stops early (an error, KeyboardInterrupt) puts the gradients back.
         with _threads.single_threaded_blas:
             with self._grad_backup.guard(self.grads):
@@ -761,7 +784,7 @@ class RecurrentLayer(Lockable):
                     if k > 0 and self.dropout:
                         dx *= ws.masks[k - 1]
                     dy = dx
-        return (self._user_layout(ws.dx, unbatched),
+        return (self._user_layout(ws.dx, unbatched, copy=not handed),
                 self._pack_state([g.reshape(s).copy() for g, s in zip(ws.dinit, shapes)]))
 
     def _input_grads(self, ws: Workspace, k: int, d: int, inp: np.ndarray, dgates: np.ndarray,
@@ -798,10 +821,11 @@ class RecurrentLayer(Lockable):
         # on the calling thread.
         w_t = self._w("weight_ih", k, d)
         if macs >= tuning.SMALL_GEMM:
-            args = (dg, self._packed_panels(k, d, w_t.T, "dx"), dx2, self._no_pack,
-                    self._no_rows, tiles.FROM_ZERO if d == 0 else tiles.FROM_OUT)
-            _threads.run_rows(T * B, float(macs), P.project_panels, args, [()], (),
-                              min_work=tuning.SMALL_GEMM)
+            narrow = tiles.narrow(dx2.shape[1], self.dtype)  # few inputs: panels of 2 vectors
+            args = (dg, self._packed_panels(k, d, w_t.T, "dx", 2 if narrow else 4), dx2,
+                    self._no_pack, self._no_rows, tiles.FROM_ZERO if d == 0 else tiles.FROM_OUT)
+            _threads.run_rows(T * B, float(macs), P.project_narrow if narrow else P.project_panels,
+                              args, [()], (), min_work=tuning.SMALL_GEMM)
         elif d == 0:
             np.matmul(dg, w_t.T, out=dx2)
         else:

@@ -53,9 +53,10 @@ def counted_kernels(monkeypatch):
     # (the small whole-sequence products are NumPy calls in Python: they adapt no array)
     for name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward",
                  "rnn_backward", "lstm_forward_units", "lstm_backward_units",
-                 "gru_forward_units", "gru_backward_units", "project_panels",
+                 "gru_forward_units", "gru_backward_units", "project_panels", "project_narrow",
                  "project_ragged_panels", "weight_grad_panels", "normalize_input",
-                 "normalize_input_back"):
+                 "normalize_input_back", "pack_gates", "pack_panels", "pack_panels_of_transpose",
+                 "nonfinite"):
         split = getattr(parallel, name)
         monkeypatch.setattr(parallel, name, parallel.Split(counting(split.serial),
                                                            counting_region(split.parallel)))

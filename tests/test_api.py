@@ -181,15 +181,35 @@ def test_weights_and_buffers_start_on_a_cache_line(cls):
     m.forward(np.ones((7, B, 5), np.float32))
     m.backward(np.ones((7, B, m.output_size), np.float32))
     ws = m._ws
-    arrays = list(m._wt.values()) + [m._step_work, ws.x, ws.dx]
+    arrays = list(m._wt.values()) + [m._step_work, ws.x]
     arrays += list(m._pack_bufs.values())
-    # The last layer's y is a fresh output array for the caller (see _output_buffer).
+    # The last layer's y and dx are fresh output arrays for the caller (see _output_buffer).
     arrays += [g for layer in ws.gates for g in layer] + ws.y[:-1]
     # the backward carry's weights, packed as panels (2 layers × 2 directions)
     carry = [key for key in m._pack_bufs if key[-1] == "carry"]
     assert len(carry) == 4
     for a in arrays:
         assert a.ctypes.data % ALIGN == 0 and a.flags.c_contiguous
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_dx_is_a_fresh_array_each_backward(batch_first, unbatched):
+    """backward hands dx over (no copy) in a new array each call: a dx kept from one call
+    is not changed by the next, in every layout."""
+    rng = np.random.default_rng(4)
+    m = nlstm.LSTM(5, 12, seed=0, batch_first=batch_first)
+    shape = (7, 5) if unbatched else ((3, 7, 5) if batch_first else (7, 3, 5))
+    x1, x2 = rng.standard_normal(shape), rng.standard_normal(shape)
+    dy = np.ones(shape[:-1] + (12,), np.float32)
+    m.forward(x1)
+    dx1 = m.backward(dy)[0]
+    kept = dx1.copy()
+    m.forward(x2)
+    dx2 = m.backward(dy)[0]
+    assert dx1.shape == dx2.shape == shape and dx2.flags.c_contiguous
+    np.testing.assert_array_equal(dx1, kept)
+    assert not np.shares_memory(dx1, dx2) and not np.array_equal(dx1, dx2)
 
 
 @pytest.mark.parametrize("cls", [nlstm.LSTM, nlstm.GRU, nlstm.RNN])

@@ -130,9 +130,9 @@ def _spy(monkeypatch):
         used["weight_grad_panels"] += split is P.weight_grad_panels
         return real_rows(B, work, split, *rest, **kw)
 
-    def packed_panels(self, k, d, w, use):
+    def packed_panels(self, k, d, w, use, vectors=4):
         used["dx"] += use == "dx"
-        return real_pack(self, k, d, w, use)
+        return real_pack(self, k, d, w, use, vectors)
 
     monkeypatch.setattr(_threads, "run_rows", run_rows)
     monkeypatch.setattr(R.RecurrentLayer, "_packed_panels", packed_panels)

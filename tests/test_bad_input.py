@@ -232,3 +232,44 @@ def test_single_state_cells_reject_bad_state_and_gradients(cls):
     assert_unchanged(m, snap)
     with pytest.raises(TypeError):
         m.backward(np.ones((T, B, H)), np.ones((L, B, H)), np.ones((L, B, H)))  # no dc_n
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", ["one", "split"])
+def test_the_compiled_finiteness_check_finds_every_position(monkeypatch, dtype, threads):
+    """The check large arrays get (``kernels.checks``, by chunks, on one thread or split):
+    a NaN or an Inf at either end of any chunk is found, a finite array passes (huge values
+    too: a·0 is 0 for them)."""
+    from nlstm import _validate
+    from nlstm.kernels import tuning
+    monkeypatch.setattr(tuning, "NUMBA_CHECK", 0)
+    monkeypatch.setattr(tuning, "PARALLEL_CHECK", 0 if threads == "split" else 1 << 62)
+    C = tuning.CHECK_CHUNK
+    a = np.random.default_rng(1).standard_normal((3, C + 5)).astype(dtype)
+    a[0, 0] = np.finfo(dtype).max
+    assert _validate.all_finite(a)
+    for i in (0, 1, C - 1, C, 2 * C - 1, 2 * C, a.size - 1):
+        for bad in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b.flat[i] = bad
+            assert not _validate.all_finite(b), (i, bad)
+
+
+def test_a_large_bad_dy_raises_and_changes_nothing(monkeypatch):
+    """dy large enough for the compiled check, with one Inf at its end: the same ValueError
+    as NumPy's check gives, and the gradients and the pending forward are kept."""
+    from nlstm.kernels import tuning
+    monkeypatch.setattr(tuning, "NUMBA_CHECK", 0)
+    monkeypatch.setattr(tuning, "PARALLEL_CHECK", 0)
+    m = nlstm.LSTM(I, H, seed=0)
+    x = np.ones((T, B, I), np.float32)
+    m.forward(x)
+    dy = np.ones((T, B, H), np.float32)
+    dy[-1, -1, -1] = np.inf
+    grads = {k: g.copy() for k, g in m.grads.items()}
+    with pytest.raises(ValueError, match="dy contains NaN or Inf"):
+        m.backward(dy)
+    for k, g in m.grads.items():
+        np.testing.assert_array_equal(g, grads[k])
+    dy[-1, -1, -1] = 0
+    m.backward(dy)  # the training forward is still there to backpropagate

@@ -151,7 +151,8 @@ def test_a_first_one_row_inference_compiles_only_what_it_runs(tmp_path):
     # GRU's and RNN's rows run on panels at any H)
     # (the stream's step kernel takes its arguments as one table: lstm_step_table)
     assert out[0] == ("['gru.gru_forward_row', 'lstm.lstm_forward_row', 'lstm.lstm_step_table', "
-                      "'rnn.rnn_forward_row', 'tiles.pack_gates', 'tiles.pack_panels']"), out
+                      "'rnn.rnn_forward_row', 'tiles.pack_gates_part', "
+                      "'tiles.pack_panels_part']"), out
     nested = out[1]
     for name in ("lstm._pointwise", "lstm.lstm_forward'", "lstm._forward_tiled",
                  "blocks.add_recurrent", "lstm.lstm_step_options", "gru.gru_forward'",

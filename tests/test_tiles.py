@@ -12,7 +12,7 @@ import pytest
 
 import nlstm
 import nlstm.recurrent as R
-from nlstm.kernels import config, simd, tiles
+from nlstm.kernels import config, parallel, simd, tiles
 
 import reference
 
@@ -224,9 +224,10 @@ def test_tiles_agree_with_the_loops(monkeypatch, kind, dtype):
     dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
     used = []
     real = tiles.panel_rows
-    for name in ("pack_panels", "pack_panels_of_transpose"):
-        monkeypatch.setattr(tiles, name,
-                            lambda *a, _real=getattr(tiles, name): used.append(1) or _real(*a))
+    for name in ("pack_panels", "pack_panels_of_transpose"):  # as the layers pack them
+        split = getattr(parallel, name)
+        monkeypatch.setattr(parallel, name, parallel.Split(
+            lambda *a, _real=split.serial: used.append(1) or _real(*a), split.parallel))
     with_tiles = _run(_layer(kind, dtype, H, True, 1, I), x, lengths, dy, 1)
     assert used and real is tiles.panel_rows, "the micro-kernels did not run"
     _use_tiles(monkeypatch, False)
@@ -476,3 +477,59 @@ def test_ragged_projection_on_tiles_in_the_layers(monkeypatch, kind, dtype):
     tol = dict(rtol=2e-3, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-11)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("G", [1, 5, "1 vector", "2 vectors"])
+@pytest.mark.parametrize("first", ["zero", "out"])
+def test_project_narrow_is_bitwise_the_panels_product(dtype, G, first):
+    """A product of at most 2 vector widths of columns (dx of a small input) on the narrow
+    tiles gives the bits of the 4-vector panels (each row's sums in the same order): rows
+    as tiles of 8, 4 and alone (n = 8·3 + 4 + 3, split over two row ranges), a depth over
+    several chunks (I = 700), continued from out (a second direction's dx) or from zero;
+    and it matches NumPy."""
+    rng = np.random.default_rng(13)
+    W = simd.width(dtype)
+    G = {"1 vector": W, "2 vectors": 2 * W}.get(G, G)
+    n, I = 31, 700
+    x = rng.standard_normal((n, I)).astype(dtype)
+    w_t = rng.standard_normal((G, I)).astype(dtype)  # as dx reads W_ih: the transpose
+    assert tiles.narrow(G, dtype)
+    start = rng.standard_normal((n, G)).astype(dtype)
+    outs = []
+    for vectors, kernel in ((2, tiles.project_narrow), (4, tiles.project_panels)):
+        wp = np.full(tiles.panels_size(w_t.T, vectors), np.nan, dtype)
+        tiles.pack_panels_of_transpose_part(0, tiles.panel_count(w_t.T, vectors), wp, w_t,
+                                            vectors)
+        assert not np.isnan(wp).any()
+        out = start.copy()
+        for r0, r1 in ((0, 13), (13, n)):
+            kernel(r0, r1, x, wp, out, np.zeros(0, dtype), np.zeros(0, np.int64),
+                   tiles.FROM_ZERO if first == "zero" else tiles.FROM_OUT)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    want = x.astype(np.float64) @ w_t.T.astype(np.float64) + (first == "out") * start
+    tol = dict(rtol=1e-4, atol=5e-4) if dtype == np.float32 else _tol(dtype)
+    np.testing.assert_allclose(outs[0], want, **tol)
+
+
+def test_narrow_dx_runs_on_its_tiles(monkeypatch):
+    """A layer's dx of a narrow input (I = 7) runs on ``project_narrow`` once the product
+    is large enough, and equals the float64 product's."""
+    from nlstm.kernels import tuning
+    used = []
+    split = parallel.project_narrow
+    monkeypatch.setattr(parallel, "project_narrow", parallel.Split(
+        lambda *a: used.append(1) or split.serial(*a),
+        lambda *a: used.append(2) or split.parallel(*a)))
+    monkeypatch.setattr(tuning, "SMALL_GEMM", 0)
+    rng = np.random.default_rng(14)
+    T, B, I, H = 20, 9, 7, 32
+    x, dy = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, 2 * H))
+    m = nlstm.LSTM(I, H, bidirectional=True, seed=0)
+    m.forward(x)
+    dx = m.backward(dy)[0]
+    assert used
+    m64 = nlstm.LSTM(I, H, bidirectional=True, seed=0, dtype=np.float64)
+    m64.forward(x)
+    np.testing.assert_allclose(dx, m64.backward(dy)[0], rtol=1e-4, atol=1e-5)

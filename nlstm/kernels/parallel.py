@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 from numba import prange
 from numba.extending import overload
 
-from . import gru, gru_units, lnlstm, lnlstm_units, lstm, lstm_units, rnn, tiles
+from . import checks, gru, gru_units, lnlstm, lnlstm_units, lstm, lstm_units, rnn, tiles
 from .config import parallel_kernel
 
 
@@ -114,6 +114,12 @@ def _project_panels(bounds, args, stacked):
 
 
 @parallel_kernel
+def _project_narrow(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        tiles.project_narrow(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
+@parallel_kernel
 def _project_ragged_panels(bounds, args, stacked):
     for i in prange(bounds.shape[0] - 1):
         tiles.project_ragged_panels(bounds[i], bounds[i + 1], *args, *part(stacked, i))
@@ -123,6 +129,30 @@ def _project_ragged_panels(bounds, args, stacked):
 def _weight_grad_panels(bounds, args, stacked):
     for i in prange(bounds.shape[0] - 1):
         tiles.weight_grad_panels(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
+@parallel_kernel
+def _nonfinite(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        checks.nonfinite_part(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
+@parallel_kernel
+def _pack_gates(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        tiles.pack_gates_part(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
+@parallel_kernel
+def _pack_panels(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        tiles.pack_panels_part(bounds[i], bounds[i + 1], *args, *part(stacked, i))
+
+
+@parallel_kernel
+def _pack_panels_of_transpose(bounds, args, stacked):
+    for i in prange(bounds.shape[0] - 1):
+        tiles.pack_panels_of_transpose_part(bounds[i], bounds[i + 1], *args, *part(stacked, i))
 
 
 # ---- unit-split drivers: every part of ``parts`` at once (one per thread; see the module doc)
@@ -165,7 +195,12 @@ def _gru_backward_units(parts, args):
 
 project_ragged_panels = Split(tiles.project_ragged_panels, _project_ragged_panels)
 project_panels = Split(tiles.project_panels, _project_panels)
+project_narrow = Split(tiles.project_narrow, _project_narrow)
 weight_grad_panels = Split(tiles.weight_grad_panels, _weight_grad_panels)
+pack_gates = Split(tiles.pack_gates_part, _pack_gates)
+nonfinite = Split(checks.nonfinite_part, _nonfinite)
+pack_panels = Split(tiles.pack_panels_part, _pack_panels)
+pack_panels_of_transpose = Split(tiles.pack_panels_of_transpose_part, _pack_panels_of_transpose)
 lstm_forward = Split(lstm.lstm_forward, _lstm_forward)
 lstm_backward = Split(lstm.lstm_backward, _lstm_backward)
 gru_forward = Split(gru.gru_forward, _gru_forward)

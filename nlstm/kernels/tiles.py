@@ -35,11 +35,24 @@ def packable(w_t, blocks: int) -> bool:
 def pack_gates(wp, w_t, blocks):
     """wp = w_t (K, blocks·H) in tile order: wp[((u·K + k)·blocks + q)·W + v] =
     w_t[k, q·H + u·W + v]. wp: flat, K·blocks·H; H a multiple of W (see ``packable``)."""
+    pack_gates_part(0, w_t.shape[1] // blocks // vwidth(wp), wp, w_t, blocks)
+
+
+def gate_units(w_t, blocks: int) -> int:
+    """How many blocks of W units ``pack_gates`` packs w_t (K, blocks·H) into: the parts
+    its split runs. (Plain Python.)"""
+    return w_t.shape[1] // blocks // width(w_t.dtype)
+
+
+@kernel
+def pack_gates_part(u0, u1, wp, w_t, blocks):
+    """``pack_gates`` for the unit blocks u in u0:u1 only (each block's weights are a
+    range of wp of their own: the parts of a split write apart)."""
     K = w_t.shape[0]
     H = w_t.shape[1] // blocks
     W = vwidth(wp)
-    i = 0
-    for u in range(H // W):
+    i = u0 * K * blocks * W
+    for u in range(u0, u1):
         for k in range(K):
             row = w_t[k]
             for q in range(blocks):
@@ -343,10 +356,24 @@ def packable_panels(w) -> bool:
     return w.shape[0] > 0 and w.shape[1] > 0
 
 
-def panels_size(w) -> int:
-    """Elements of w (D, N) packed by ``pack_panels``: whole panels, the last padded."""
-    S = panel_width(w.dtype)
+def panels_size(w, vectors: int = 4) -> int:
+    """Elements of w (D, N) packed by ``pack_panels`` (in panels of ``vectors`` vector widths:
+    ``pack_panels_of_transpose_part``): whole panels, the last padded."""
+    S = vectors * width(w.dtype)
     return w.shape[0] * (-(-w.shape[1] // S) * S)
+
+
+def panel_count(w, vectors: int = 4) -> int:
+    """How many panels ``pack_panels`` makes of w (D, N): the parts its split runs (those of
+    ``pack_panels_of_transpose`` of w_t: ``panel_count(w_t.T)``); of ``vectors`` vector widths
+    each. (Plain Python.)"""
+    return -(-w.shape[1] // (vectors * width(w.dtype)))
+
+
+def narrow(N: int, dtype) -> bool:
+    """Whether a product with N output columns runs on ``project_narrow``: at most 2 vector
+    widths (dx of an input of up to 32 float32 features with AVX-512). (Plain Python.)"""
+    return N <= 2 * width(dtype)
 
 
 @kernel
@@ -355,9 +382,15 @@ def pack_panels(wp, w):
     zero past N (``panels_size`` elements), for products a (n, D) @ w (see ``panel_rows``).
     w may be any view; the transpose of a C-contiguous array packs faster by
     ``pack_panels_of_transpose``."""
+    pack_panels_part(0, -(-w.shape[1] // (4 * vwidth(wp))), wp, w)
+
+
+@kernel
+def pack_panels_part(u0, u1, wp, w):
+    """``pack_panels`` for the panels u in u0:u1 only (each a range of wp of its own)."""
     D, N = w.shape
     S = 4 * vwidth(wp)
-    for u in range(-(-N // S)):
+    for u in range(u0, u1):
         m = min(S, N - u * S)
         for k in range(D):
             dst = wp[(u * D + k) * S:(u * D + k + 1) * S]
@@ -376,10 +409,17 @@ def pack_panels_of_transpose(wp, w_t):
     ``pack_panels`` on the transposed view read a column of w_t per panel row, 5-6x slower
     (the backward carry's and dx's weights, packed every training step: 0.73 against 0.12
     ms at L's W_hh, 2.9 against 0.5 ms at XL's, on Zen 4)."""
+    pack_panels_of_transpose_part(0, -(-w_t.shape[0] // (4 * vwidth(wp))), wp, w_t, 4)
+
+
+@kernel
+def pack_panels_of_transpose_part(u0, u1, wp, w_t, vectors):
+    """``pack_panels_of_transpose`` for the panels u in u0:u1 only, in panels of ``vectors``
+    vector widths: 4, or 2 for ``project_narrow``."""
     N, D = w_t.shape
-    S = 4 * vwidth(wp)
+    S = vectors * vwidth(wp)
     kb = depth_chunk(wp)
-    for u in range(-(-N // S)):
+    for u in range(u0, u1):
         for k0 in range(0, D, kb):
             m = min(kb, D - k0)
             for v in range(S):
@@ -466,6 +506,152 @@ def project_panels(r0, r1, x, wp, out, bias, no_rows, first):
         i1 = min(r1, i0 + rb)
         panel_rows(out[i0:i1], x[i0:i1], no_rows, i1 - i0, wp, 0, G, 0, I, False, first)
         add_rows(out, i0, i1, bias)
+
+
+@kernel
+def project_narrow(r0, r1, x, wp, out, bias, no_rows, first):
+    """``project_panels`` for an out of at most 2 vector widths of columns (``narrow``: dx of
+    a small input), w (I, G) packed as one panel of 2 vector widths
+    (``pack_panels_of_transpose_part(..., 2)``). On the panels of 4 such a product left half
+    of every vector zero: dx at long (4000 x 512 x 32) ran at 110 GFLOP/s against 222 for
+    the input projection. Here a tile is 8 rows × 2 vectors (``narrow_rows8``)."""
+    I, G = x.shape[1], out.shape[1]
+    S = 2 * vwidth(out)
+    kc = 2 * depth_chunk(out)  # the same bytes of weights as a 4-vector panel's chunk
+    rb = _row_block(x, I)
+    of, xf = out.reshape(out.size), x.reshape(x.size)
+    for i0 in range(r0, r1, rb):
+        i1 = min(r1, i0 + rb)
+        for k0 in range(0, I, kc):
+            m = min(kc, I - k0)
+            start = FROM_OUT if k0 > 0 else first
+            i = i0
+            while i + 8 <= i1:
+                narrow_rows8(of, i * G, G, xf, i * I + k0, I, wp, k0 * S, m, start, G)
+                i += 8
+            if i + 4 <= i1:
+                narrow_rows4(of, i * G, G, xf, i * I + k0, I, wp, k0 * S, m, start, G)
+                i += 4
+            for r in range(i, i1):
+                narrow_row(of, r * G, xf, r * I + k0, wp, k0 * S, m, start, G)
+        add_rows(out, i0, i1, bias)
+
+
+@inlined_kernel
+def _nstart(of, o, start, nc):
+    """A narrow tile row's 2 vectors to start from: zero, or out's first nc columns at o."""
+    if start == FROM_ZERO:
+        z = vsplat(of, 0)
+        return z, z
+    W = vwidth(of)
+    return vload_first(of, o, nc), vload_first(of, o + W, nc - W)
+
+
+@inlined_kernel
+def _nstore(of, o, v0, v1, nc):
+    W = vwidth(of)
+    vstore_first(of, o, v0, nc)
+    vstore_first(of, o + W, v1, nc - W)
+
+
+@inlined_kernel
+def narrow_row(of, o, af, a0, wp, wo, K, start, nc):
+    """One row of ``project_narrow``: of[o:o+nc] (+)= Σ_k af[a0 + k] · (row k of the panel at
+    wp[wo], 2 vectors). Each row's sums run in the same order in every tile (so a row's bits
+    do not depend on how the threads split the rows)."""
+    W = vwidth(of)
+    c0, c1 = _nstart(of, o, start, nc)
+    for k in range(K):
+        w = wo + 2 * W * k
+        x = vbroadcast(af, a0 + k)
+        c0 = vfma(x, vload(wp, w), c0)
+        c1 = vfma(x, vload(wp, w + W), c1)
+    _nstore(of, o, c0, c1, nc)
+
+
+@inlined_kernel
+def narrow_rows4(of, o, ro, af, a0, ra, wp, wo, K, start, nc):
+    """``narrow_row`` for the 4 rows at of[o + r·ro], af[a0 + r·ra]: 8 accumulators."""
+    W = vwidth(of)
+    c00, c01 = _nstart(of, o, start, nc)
+    c10, c11 = _nstart(of, o + ro, start, nc)
+    c20, c21 = _nstart(of, o + 2 * ro, start, nc)
+    c30, c31 = _nstart(of, o + 3 * ro, start, nc)
+    for k in range(K):
+        w = wo + 2 * W * k
+        w0 = vload(wp, w)
+        w1 = vload(wp, w + W)
+        x = vbroadcast(af, a0 + k)
+        c00 = vfma(x, w0, c00)
+        c01 = vfma(x, w1, c01)
+        x = vbroadcast(af, a0 + ra + k)
+        c10 = vfma(x, w0, c10)
+        c11 = vfma(x, w1, c11)
+        x = vbroadcast(af, a0 + 2 * ra + k)
+        c20 = vfma(x, w0, c20)
+        c21 = vfma(x, w1, c21)
+        x = vbroadcast(af, a0 + 3 * ra + k)
+        c30 = vfma(x, w0, c30)
+        c31 = vfma(x, w1, c31)
+    _nstore(of, o, c00, c01, nc)
+    _nstore(of, o + ro, c10, c11, nc)
+    _nstore(of, o + 2 * ro, c20, c21, nc)
+    _nstore(of, o + 3 * ro, c30, c31, nc)
+
+
+@inlined_kernel
+def narrow_rows8(of, o, ro, af, a0, ra, wp, wo, K, start, nc):
+    """``narrow_row`` for 8 rows: 16 accumulators, which with 32 vector registers stay in
+    them; with 16 (AVX2) two tiles of 4 rows instead."""
+    if vregisters(of) < 32:
+        narrow_rows4(of, o, ro, af, a0, ra, wp, wo, K, start, nc)
+        narrow_rows4(of, o + 4 * ro, ro, af, a0 + 4 * ra, ra, wp, wo, K, start, nc)
+        return
+    W = vwidth(of)
+    c00, c01 = _nstart(of, o, start, nc)
+    c10, c11 = _nstart(of, o + ro, start, nc)
+    c20, c21 = _nstart(of, o + 2 * ro, start, nc)
+    c30, c31 = _nstart(of, o + 3 * ro, start, nc)
+    c40, c41 = _nstart(of, o + 4 * ro, start, nc)
+    c50, c51 = _nstart(of, o + 5 * ro, start, nc)
+    c60, c61 = _nstart(of, o + 6 * ro, start, nc)
+    c70, c71 = _nstart(of, o + 7 * ro, start, nc)
+    for k in range(K):
+        w = wo + 2 * W * k
+        w0 = vload(wp, w)
+        w1 = vload(wp, w + W)
+        x = vbroadcast(af, a0 + k)
+        c00 = vfma(x, w0, c00)
+        c01 = vfma(x, w1, c01)
+        x = vbroadcast(af, a0 + ra + k)
+        c10 = vfma(x, w0, c10)
+        c11 = vfma(x, w1, c11)
+        x = vbroadcast(af, a0 + 2 * ra + k)
+        c20 = vfma(x, w0, c20)
+        c21 = vfma(x, w1, c21)
+        x = vbroadcast(af, a0 + 3 * ra + k)
+        c30 = vfma(x, w0, c30)
+        c31 = vfma(x, w1, c31)
+        x = vbroadcast(af, a0 + 4 * ra + k)
+        c40 = vfma(x, w0, c40)
+        c41 = vfma(x, w1, c41)
+        x = vbroadcast(af, a0 + 5 * ra + k)
+        c50 = vfma(x, w0, c50)
+        c51 = vfma(x, w1, c51)
+        x = vbroadcast(af, a0 + 6 * ra + k)
+        c60 = vfma(x, w0, c60)
+        c61 = vfma(x, w1, c61)
+        x = vbroadcast(af, a0 + 7 * ra + k)
+        c70 = vfma(x, w0, c70)
+        c71 = vfma(x, w1, c71)
+    _nstore(of, o, c00, c01, nc)
+    _nstore(of, o + ro, c10, c11, nc)
+    _nstore(of, o + 2 * ro, c20, c21, nc)
+    _nstore(of, o + 3 * ro, c30, c31, nc)
+    _nstore(of, o + 4 * ro, c40, c41, nc)
+    _nstore(of, o + 5 * ro, c50, c51, nc)
+    _nstore(of, o + 6 * ro, c60, c61, nc)
+    _nstore(of, o + 7 * ro, c70, c71, nc)
 
 
 @kernel

@@ -40,6 +40,23 @@ MIN_PARALLEL_WORK = 1_000_000
 # 8M multiply-adds ≈ 0.1 ms).
 SMALL_GEMM = 8_000_000
 
+# Run-time. Weights are packed for the tiles over nlstm's threads (``recurrent._pack``, each
+# thread its own panels) from this cost on: elements, counted 3 times for a transpose's
+# (``pack_panels_of_transpose``, whose scattered stores make an element 3-4x dearer). Zen 4,
+# µs serial / split over 2, in cache and out of it: the transpose of 128 x 512 34 / 23 and
+# 99 / 93, of 256 x 1024 135 / 75 and 337 / 195; pack_gates of 128 x 512 11 / 11 and 46 / 64
+# (a loss), of 256 x 1024 35 / 26 and 127 / 96. A second thread costs 5-6 µs to start.
+PARALLEL_PACK = 196_608
+
+# Compile-time. The finiteness check (``checks``) splits an array over threads in chunks of
+# this many elements. Run-time: it is NumPy's ``isfinite`` below NUMBA_CHECK elements, runs
+# on the calling thread below PARALLEL_CHECK, else over the threads. Zen 4, float32, µs for
+# NumPy / one thread / two, in cache and out of it: 65,536 elements 6.6 / 6.8 / 9.9 and
+# 27 / 39 / 57; 204,800 20 / 15 / 14 and 50 / 50 / 93; 819,200 66 / 40 / 52 and 172 / 109 / 94.
+CHECK_CHUNK = 16_384
+NUMBA_CHECK = 131_072
+PARALLEL_CHECK = 524_288
+
 # Run-time. The input projection of a ragged batch runs each batch row over its own steps
 # (the panel tiles), skipping the padding, when that skips more than this many
 # multiply-adds per row (a row's own pass costs a few microseconds, some 100k
