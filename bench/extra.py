@@ -135,6 +135,19 @@ def section_coldstart(args) -> Dict:
     torch_s = out.get("torch", {}).get("total_s")
     out["target_s"] = None if torch_s is None else TARGETS["coldstart_share"] * torch_s
     out["met"] = out["target_s"] is not None and out["nlstm"]["total_s"] <= out["target_s"]
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        # nlstm runs here from its checkout, whose sources then compile to bytecode in every
+        # process (torch's came compiled from its wheel); an installed nlstm has them
+        # compiled too. Both engines again with bytecode kept in a folder of their own.
+        import tempfile
+        with tempfile.TemporaryDirectory() as pyc:
+            env = {"PYTHONPYCACHEPREFIX": pyc, "PYTHONDONTWRITEBYTECODE": ""}
+            _fresh(_S_NLSTM, env_extra=env)
+            out["nlstm_bytecode"] = _median_runs(_S_NLSTM, args.fresh_runs, env_extra=env)
+            if "total_s" in out.get("torch", {}):
+                _fresh(_S_TORCH, env_extra=env)
+                out["torch_bytecode"] = _median_runs(_S_TORCH, max(1, args.fresh_runs - 2),
+                                                     env_extra=env)
     return out
 
 
@@ -544,7 +557,15 @@ def markdown(res: Dict) -> str:
                          f"{e['process_s']:.2f} s; median of {e['runs']})")
         L += [f"- target ≤ half of torch's"
               + (f" ({c['target_s']:.2f} s)" if c.get("target_s") else " (torch not measured)")
-              + f": {yn(c['met'])}", ""]
+              + f": {yn(c['met'])}"]
+        if "nlstm_bytecode" in c:
+            t = c.get("torch_bytecode", {}).get("total_s")
+            L.append(f"- `PYTHONDONTWRITEBYTECODE` is set, so the checkout's sources compiled to "
+                     f"bytecode in each run above; with bytecode kept (as an installed nlstm has "
+                     f"it): nlstm {c['nlstm_bytecode']['total_s']:.2f} s (import "
+                     f"{c['nlstm_bytecode']['import_s']:.2f} s)"
+                     + (f", torch {t:.2f} s" if t is not None else ""))
+        L.append("")
     if "compile" in res:
         c = res["compile"]
         L += ["## First-ever compile (empty NLSTM_CACHE_DIR and NUMBA_CACHE_DIR)", "",

@@ -106,11 +106,51 @@ def test_an_edit_to_any_kernel_file_changes_every_kernels_cache_stamp(monkeypatc
     with open(tmp_path / "blocks.py", "a") as fh:
         fh.write("\n# an edit\n")
     os.utime(tmp_path / "blocks.py", ns=(1, 1))  # a different mtime even on a coarse clock
-    assert config._kernels_stamp() != before
+    after = config._kernels_stamp()
+    assert after != before
     from numba.core import caching
     locator = next(c for c in caching.CacheImpl._locator_classes
                    if c.__name__ == "NlstmCacheLocator")
-    assert locator.get_source_stamp(None) == config._kernels_stamp()
+
+    def stamp_of(file, line):
+        loc = locator.__new__(locator)
+        loc._py_file, loc._lineno = str(tmp_path / file), line
+        return loc.get_source_stamp()
+
+    # One import decorates a file's kernels top to bottom: the stamp is taken once for them.
+    monkeypatch.setattr(config, "_last_decorated", (None, 0))
+    assert stamp_of("lstm.py", 10) == after
+    with open(tmp_path / "blocks.py", "a") as fh:
+        fh.write("\n# a second edit\n")
+    os.utime(tmp_path / "blocks.py", ns=(2, 2))
+    assert stamp_of("lstm.py", 20) == after
+    # A kernel of another file, or a reload (the same file from the top), stamps afresh.
+    newer = config._kernels_stamp()
+    assert newer != after
+    assert stamp_of("gru.py", 30) == newer
+    with open(tmp_path / "blocks.py", "a") as fh:
+        fh.write("\n# a third edit\n")
+    os.utime(tmp_path / "blocks.py", ns=(3, 3))
+    assert stamp_of("gru.py", 5) == config._kernels_stamp() != newer
+
+
+def test_a_cache_folder_is_proven_writable_once_per_process(monkeypatch, tmp_path):
+    """Numba writes a temporary file to prove the folder writable; nlstm does that once per
+    folder, not for each of the ~180 kernels an import decorates."""
+    from numba.core import caching
+    locator = next(c for c in caching.CacheImpl._locator_classes
+                   if c.__name__ == "NlstmCacheLocator")
+    made = []
+    real = caching._CacheLocator.ensure_cache_path
+    monkeypatch.setattr(caching._CacheLocator, "ensure_cache_path",
+                        lambda self: (made.append(self._cache_path), real(self)))
+    monkeypatch.setattr(config, "_writable", set())
+    for folder in ("a", "a", "b", "a"):
+        loc = locator.__new__(locator)
+        loc._cache_path = str(tmp_path / folder)
+        loc.ensure_cache_path()
+    assert made == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert os.path.isdir(tmp_path / "b")
 
 
 def test_warmup_compiles_the_drivers_that_split_a_batch_over_threads():

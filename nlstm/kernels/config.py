@@ -61,6 +61,22 @@ def _kernels_stamp() -> str:
     return _stamp[1]
 
 
+_writable: set = set()  # cache folders proven writable in this process
+_last_decorated: tuple = (None, 0)  # (file, first line) of the last kernel given a stamp
+
+
+def _stamp_for(py_file: str, lineno: int) -> str:
+    """``_kernels_stamp()`` for a kernel being decorated, without stat-ing every file for
+    each of the ~180 kernels an import decorates: a module's kernels are decorated top to
+    bottom, so a kernel below the last one in the same file is the same import, in which no
+    file changed. Any other kernel (another file, a reload, a kernel made by a factory)
+    stamps afresh."""
+    global _last_decorated
+    same_import = _stamp[1] is not None and _last_decorated[0] == py_file and lineno > _last_decorated[1]
+    _last_decorated = (py_file, lineno)
+    return _stamp[1] if same_import else _kernels_stamp()
+
+
 def _install_cache_locator() -> None:
     """Point Numba's cache for the files of this folder (and only them) at ``cache_dir()``.
     Uses Numba's locator hook; if a Numba version lacks it, its default locations apply."""
@@ -83,7 +99,14 @@ def _install_cache_locator() -> None:
         def get_source_stamp(self):
             # Numba stamps an entry with its own file only; kernels inline helpers from the
             # other files here, so an edit to any of them must invalidate every entry.
-            return _kernels_stamp()
+            return _stamp_for(self._py_file, self._lineno)
+
+        def ensure_cache_path(self):
+            # Numba proves the folder writable by creating a file in it, for every kernel
+            # it decorates (a fifth of import time): once per folder and process is enough.
+            if self._cache_path not in _writable:
+                super().ensure_cache_path()
+                _writable.add(self._cache_path)
 
         @classmethod
         def from_function(cls, py_func, py_file):
