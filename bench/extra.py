@@ -555,7 +555,7 @@ def markdown(res: Dict) -> str:
                 L.append(f"- {eng}: {e['total_s']:.2f} s (import {e['import_s']:.2f} s, first forward "
                          f"{e['first_forward_s']:.2f} s; whole process incl. interpreter "
                          f"{e['process_s']:.2f} s; median of {e['runs']})")
-        L += [f"- target ≤ half of torch's"
+        L += ["- target ≤ half of torch's"
               + (f" ({c['target_s']:.2f} s)" if c.get("target_s") else " (torch not measured)")
               + f": {yn(c['met'])}"]
         if "nlstm_bytecode" in c:
