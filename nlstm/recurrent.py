@@ -630,8 +630,9 @@ class RecurrentLayer(Lockable):
         if more:
             stacked = stacked + more
             parts = [sc + tuple(a[i] for a in more) for i, sc in enumerate(parts[:n])]
-        # ragged rows cost their lengths
-        _threads.run_rows(B, work, split, args, parts, stacked, row_cost=ws.lengths)
+        # ragged rows cost their lengths (rows all of length T: an even split)
+        cost = ws.lengths if ws.valid < T * B else None
+        _threads.run_rows(B, work, split, args, parts, stacked, row_cost=cost)
 
     def _split_units(self) -> bool:
         """Whether the cell has kernels that split one row's hidden units over threads."""

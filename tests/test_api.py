@@ -142,6 +142,16 @@ def test_row_ranges_balance_the_rows_cost(cost, want):
     assert list(zip(bounds[:-1], bounds[1:])) == want
 
 
+def test_even_row_ranges_are_kept_and_a_cost_never_changes_them():
+    from nlstm import _threads
+
+    even = _threads.row_bounds(10, 2).tolist()
+    assert even == [0, 5, 10]
+    assert _threads.row_bounds(10, 2, np.array([10] + [1] * 9)).tolist() == [0, 1, 10]
+    assert _threads.row_bounds(10, 2).tolist() == even
+    assert _threads.row_bounds(10, 3).tolist() == [0, 3, 6, 10]
+
+
 def test_parallel_calls_work_in_a_forked_child(monkeypatch):
     """Threads do not survive fork(), and Numba's GNU OpenMP layer terminates a forked child
     that starts a parallel region: the child runs its calls on its own thread instead."""
