@@ -200,7 +200,8 @@ def row_bounds(B: int, n: int, row_cost=None) -> np.ndarray:
     """n + 1 cuts of B rows into n ranges: by count, or with ``row_cost`` (B,), e.g. the
     rows' lengths, each cut where the cost before it is nearest i/n of the total."""
     if row_cost is None:
-        # kept: the NumPy calls cost a few µs, six calls a training step (M: 1.6% of it)
+        # kept: cutting anew costs 1.6 µs of NumPy, with lengths as costs 6.1 (six calls a
+        # training step)
         bounds = _even_bounds.get((B, n))
         if bounds is None:
             bounds = np.arange(n + 1, dtype=np.int64) * B // n

@@ -72,7 +72,8 @@ def _stamp_for(py_file: str, lineno: int) -> str:
     file changed. Any other kernel (another file, a reload, a kernel made by a factory)
     stamps afresh."""
     global _last_decorated
-    same_import = _stamp[1] is not None and _last_decorated[0] == py_file and lineno > _last_decorated[1]
+    last_file, last_line = _last_decorated
+    same_import = _stamp[1] is not None and last_file == py_file and lineno > last_line
     _last_decorated = (py_file, lineno)
     return _stamp[1] if same_import else _kernels_stamp()
 
