@@ -145,9 +145,12 @@ def section_coldstart(args) -> Dict:
             _fresh(_S_NLSTM, env_extra=env)
             out["nlstm_bytecode"] = _median_runs(_S_NLSTM, args.fresh_runs, env_extra=env)
             if "total_s" in out.get("torch", {}):
-                _fresh(_S_TORCH, env_extra=env)
-                out["torch_bytecode"] = _median_runs(_S_TORCH, max(1, args.fresh_runs - 2),
-                                                     env_extra=env)
+                try:
+                    _fresh(_S_TORCH, env_extra=env)
+                    out["torch_bytecode"] = _median_runs(_S_TORCH, max(1, args.fresh_runs - 2),
+                                                         env_extra=env)
+                except RuntimeError as e:
+                    out["torch_bytecode"] = {"error": str(e)}
     return out
 
 
