@@ -196,8 +196,8 @@ def to_torch(layer: Any) -> Any:
                   bidirectional=layer.bidirectional, dropout=layer.dropout)
         if name == "LSTM" and layer.proj_size:
             kw["proj_size"] = layer.proj_size
-        if name == "RNN":
-            kw["nonlinearity"] = layer.nonlinearity
+        if name == "RNN":  # activations=("Relu",) runs as nonlinearity="relu" (_relu)
+            kw["nonlinearity"] = "relu" if layer._relu else "tanh"
         tdt = torch.float64 if layer.dtype == np.float64 else torch.float32
         m = getattr(nn, name)(layer.input_size, layer.hidden_size, **kw).to(tdt)
     elif isinstance(layer, Linear):

@@ -94,13 +94,17 @@ def test_from_torch_matches_torch(kind, config, dtype):
             f"{what}: torch -> nlstm -> torch", TOL[dtype])
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu", "rnn_relu_activations"])
 def test_to_torch_from_nlstm_layer(kind):
     rng = np.random.default_rng(seed_of(kind, "to"))
-    cls = {"lstm": nlstm.LSTM, "gru": nlstm.GRU, "rnn_relu": nlstm.RNN}[kind]
-    kw = dict(nonlinearity="relu") if kind == "rnn_relu" else {}
+    cls = {"lstm": nlstm.LSTM, "gru": nlstm.GRU}.get(kind, nlstm.RNN)
+    # activations=("Relu",) is documented as nonlinearity="relu": the same torch module
+    kw = {"rnn_relu": dict(nonlinearity="relu"),
+          "rnn_relu_activations": dict(activations=("Relu", "Relu"))}.get(kind, {})
     layer = cls(I, H, num_layers=2, bidirectional=True, batch_first=True, seed=3, bias=kind != "gru", **kw)
     m = nlstm.to_torch(layer)
+    if kind.startswith("rnn_relu"):
+        assert m.nonlinearity == "relu"
     x, state = inputs(m, rng, torch.float32)
     compare(torch_run(m, x, state, LENGTHS), nlstm_run(layer, x, state, LENGTHS), f"{kind} to_torch",
             TOL[torch.float32])
