@@ -21,6 +21,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import CancelledError
@@ -63,19 +64,28 @@ def _model_from_bytes(data: bytes):
         return load(path)
 
 
-# A worker loads each model once (per run token) and keeps it for the run's later tasks.
-# Bounded, so a long-lived worker holds at most a few replicas of finished runs.
-_REPLICAS: Dict[str, object] = {}
-_MAX_REPLICAS = 4
+# A worker loads each model once per run (token) and keeps it for the run's later tasks:
+# one copy per worker thread, since a model's workspace and gradients serve one call at a
+# time and a process may run several tasks at once (threads_per_worker > 1, or workers
+# in one process). Bounded: a long-lived worker keeps the copies of a few runs at most.
+_REPLICAS: Dict[str, Dict[int, object]] = {}  # token -> thread ident -> model
+_REPLICAS_LOCK = threading.Lock()
+_MAX_REPLICAS = 4  # runs
 
 
 def _replica(token: str, data: bytes):
-    model = _REPLICAS.get(token)
+    """This thread's copy of run ``token``'s model (loaded from ``data`` the first time)."""
+    me = threading.get_ident()
+    with _REPLICAS_LOCK:
+        model = _REPLICAS.get(token, {}).get(me)
     if model is None:
         model = _model_from_bytes(data)
-        while len(_REPLICAS) >= _MAX_REPLICAS:
-            _REPLICAS.pop(next(iter(_REPLICAS)))
-        _REPLICAS[token] = model
+        with _REPLICAS_LOCK:
+            if token not in _REPLICAS:
+                while len(_REPLICAS) >= _MAX_REPLICAS:
+                    _REPLICAS.pop(next(iter(_REPLICAS)))
+                _REPLICAS[token] = {}
+            _REPLICAS[token][me] = model
     return model
 
 
@@ -466,7 +476,8 @@ class _Trainer:
 
 
 def _forget(token: str) -> None:
-    _REPLICAS.pop(token, None)
+    with _REPLICAS_LOCK:
+        _REPLICAS.pop(token, None)
 
 
 # ---- checkpoints --------------------------------------------------------------------------

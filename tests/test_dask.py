@@ -174,6 +174,25 @@ def test_fit_options_match(client):
     assert got["lr"] == want["lr"]
 
 
+def test_fit_and_predict_with_workers_in_one_process():
+    """Workers in one process (processes=False; or one worker process running tasks in
+    several threads) each use a copy of the model of their own: two tasks at once on one
+    copy broke the run (a training forward and its backward on different threads)."""
+    X, Y, lengths = _data(6, N=200, T=20)
+    kw = dict(FIT, batch_size=40)
+    ref = _model(cell="GRU")
+    want = ref.fit(X, Y, lengths, **kw)
+    with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1,
+                                  dashboard_address=None) as cl, distributed.Client(cl) as c:
+        got_m = _model(cell="GRU")
+        Xd = da.from_array(X, chunks=(50, -1, -1))
+        got = nd.fit(c, got_m, Xd, Y, lengths, **kw)
+        pred = nd.predict(c, got_m, Xd, lengths).compute()
+    _assert_weights(ref, got_m)
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+    np.testing.assert_allclose(pred, ref.predict(X, lengths), rtol=1e-5, atol=1e-6)
+
+
 def test_fit_survives_a_killed_worker(client):
     X, Y, lengths = _data(6)
     ref = _model()
