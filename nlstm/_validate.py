@@ -2,6 +2,7 @@
 that has no bounds checks. Each raises TypeError or ValueError naming the argument."""
 from __future__ import annotations
 
+import numbers
 from typing import Mapping
 
 import numpy as np
@@ -27,6 +28,12 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return int(value)
+
+
+def is_real(value) -> bool:
+    """Whether ``value`` is a real number: Python's or NumPy's (np.float32(0.25) too), not a
+    bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 _SKIP_HINT = "pass check_finite=False to the layer to skip this check"

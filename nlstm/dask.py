@@ -39,6 +39,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError('nlstm.dask needs dask.distributed: pip install "nlstm[dask]" '
                       f'(or "dask[distributed]"): {e}') from None
 
+from ._validate import is_real
 from .io import atomic_write, load, save
 from .model import FitRun, Sequential, _chunk_bounds
 
@@ -591,8 +592,7 @@ def fit(client, model: Sequential, X, Y, lengths=None, epochs: int = 10, batch_s
     if L is not None:
         L = L.rechunk({0: X.chunks[0]})
     Y = Y.rechunk({0: X.chunks[0]})
-    if isinstance(worker_timeout, bool) or not isinstance(worker_timeout, (int, float)) \
-            or not worker_timeout >= 0:
+    if not is_real(worker_timeout) or not worker_timeout >= 0:
         raise ValueError(f"worker_timeout must be a number of seconds >= 0, got {worker_timeout!r}")
     if workers is not None:
         if isinstance(workers, str) or not all(isinstance(w, str) for w in workers):

@@ -6,7 +6,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from ._validate import checked_state_dict, expect_shape, layer_dtype, positive_int, real_array
+from ._validate import (checked_state_dict, expect_shape, is_real, layer_dtype, positive_int,
+                        real_array)
 
 
 class Linear:
@@ -119,7 +120,7 @@ class Dropout:
     """
 
     def __init__(self, p: float = 0.5, seed: Optional[int] = None):
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        if not is_real(p) or not 0 <= p < 1:
             raise ValueError(f"p must be a number in [0, 1), got {p!r}")
         self.p = float(p)
         self.seed = seed

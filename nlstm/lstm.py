@@ -11,7 +11,7 @@ from .kernels import lstm_units as KU
 from .kernels import parallel as P
 from .kernels import tiles
 from .kernels import units
-from ._validate import positive_int
+from ._validate import is_real, positive_int
 from .recurrent import RecurrentLayer, Workspace
 
 State = Tuple[np.ndarray, np.ndarray]
@@ -74,8 +74,7 @@ class LSTM(RecurrentLayer):
             raise ValueError(f"proj_size must be smaller than hidden_size ({self.hidden_size}), "
                              f"got {self.proj_size}")
         self._set_options(clip, activations, activation_alpha, activation_beta)
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
-                or not np.isfinite(forget_bias):
+        if not is_real(forget_bias) or not np.isfinite(forget_bias):
             raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
         if forget_bias and not self.bias:
             raise ValueError("forget_bias needs bias=True")

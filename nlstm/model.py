@@ -17,7 +17,7 @@ from typing import Callable, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ._guard import GradBackup, Lockable, check_training_thread, locked
-from ._validate import lengths_array, positive_int, real_array
+from ._validate import is_real, lengths_array, positive_int, real_array
 from .linear import Dropout, Linear
 from .losses import CrossEntropyLoss, Loss, get_loss
 from .optim import SGD, Adam, AdamW, CosineLR, LRScheduler, Optimizer, StepLR, clip_grad_norm
@@ -446,8 +446,8 @@ class Sequential(Lockable):
             if any(getattr(l, "bidirectional", False) for l in self.layers):
                 raise ValueError("tbptt needs unidirectional layers: a bidirectional layer must "
                                  "see the whole sequence")
-        if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool)
-                                          and math.isfinite(clip_norm) and clip_norm > 0):
+        if clip_norm is not None and not (is_real(clip_norm) and math.isfinite(clip_norm)
+                                          and clip_norm > 0):
             raise ValueError(f"clip_norm must be a positive number, got {clip_norm!r}")
         mode = {0: 0, False: 0, 1: 1, True: 1, 2: 2}.get(verbose) if verbose != "auto" else \
             (1 if sys.stderr.isatty() else 0)

@@ -21,8 +21,8 @@ from .kernels import parallel as P
 from .kernels.sync import STRIDE
 from ._guard import GradBackup, Lockable, check_training_thread
 from .stream import Stream, _entry_point
-from ._validate import (checked_state_dict, expect_shape, layer_dtype, lengths_array, positive_int,
-                        real_array)
+from ._validate import (checked_state_dict, expect_shape, is_real, layer_dtype, lengths_array,
+                        positive_int, real_array)
 
 
 # The tuning constants (per-row projections, the tiles, the unit split, alignment) are in
@@ -152,7 +152,7 @@ class RecurrentLayer(Lockable):
         self.num_directions = 2 if self.bidirectional else 1
         self.dtype = layer_dtype(dtype)
         self.check_finite = bool(check_finite)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        if not is_real(dropout) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
         self.seed = seed
@@ -162,8 +162,7 @@ class RecurrentLayer(Lockable):
         """Zoneout (Krueger et al., 2017): in training forwards each unit of every state
         keeps its previous value with probability ``zoneout``; inference takes the
         expectation, state = p·previous + (1 − p)·new."""
-        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) \
-                or not 0 <= zoneout < 1:
+        if not is_real(zoneout) or not 0 <= zoneout < 1:
             raise ValueError(f"zoneout must be a number in [0, 1), got {zoneout!r}")
         self.zoneout = float(zoneout)
 
@@ -255,10 +254,10 @@ class RecurrentLayer(Lockable):
         given), ``activation_alpha``/``activation_beta`` and ``_act_spec`` (one spec per
         direction, None for the cell's defaults)."""
         from . import activations as A
-        if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
-                                 or not clip > 0):
+        if clip is not None and (not is_real(clip) or not clip > 0):
             raise ValueError(f"clip must be None or a positive number, got {clip!r}")
-        self.clip = None if clip is None else float(clip)
+        # inf clips nothing: the same as None (and a config JSON can hold)
+        self.clip = None if clip is None or np.isinf(clip) else float(clip)
         spec = A.parse(self._gate_math, activations, activation_alpha, activation_beta,
                        self.num_directions)
         self._act_spec = None if A.is_default(self._gate_math, spec) else spec

@@ -149,6 +149,29 @@ def test_constructor_rejects(kw, exc, match):
         nlstm.LSTM(**kw)
 
 
+def test_numpy_scalars_are_numbers_and_bools_are_not(tmp_path):
+    """np.float32(0.25) is a number wherever a float is asked for (an optimizer's lr always
+    took it); True is not. clip=inf clips nothing: the same as None, and it saves."""
+    f = np.float32
+    made = [nlstm.LSTM(I, H, num_layers=2, dropout=f(0.25), zoneout=f(0.25), clip=f(2.0),
+                       forget_bias=f(1.0)),
+            nlstm.GRU(I, H, zoneout=np.float64(0.5)), nlstm.RNN(I, H, clip=np.int64(3)),
+            nlstm.Dropout(f(0.25))]
+    assert [type(v) for v in (made[0].dropout, made[0].zoneout, made[0].clip, made[3].p)] == [float] * 4
+    for bad in (dict(dropout=True), dict(zoneout=np.bool_(False)), dict(clip=True),
+                dict(forget_bias=True), dict(dropout="0.1")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            nlstm.LSTM(I, H, num_layers=2, **bad)
+    with pytest.raises(ValueError, match="p must"):
+        nlstm.Dropout(True)
+    x = np.random.default_rng(0).standard_normal((T, B, I)).astype(np.float32)
+    inf, none = nlstm.LSTM(I, H, clip=float("inf"), seed=0), nlstm.LSTM(I, H, seed=0)
+    assert inf.clip is None
+    np.testing.assert_array_equal(inf(x)[0], none(x)[0])
+    back = nlstm.load(nlstm.save(inf, tmp_path / "inf.npz"))
+    np.testing.assert_array_equal(back(x)[0], none(x)[0])
+
+
 def test_load_state_dict_rejects_and_keeps_weights():
     m = nlstm.LSTM(I, H, num_layers=2, seed=0)
     good = m.state_dict()
