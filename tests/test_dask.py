@@ -183,7 +183,8 @@ def test_fit_and_predict_with_workers_in_one_process():
     ref = _model(cell="GRU")
     want = ref.fit(X, Y, lengths, **kw)
     with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1,
-                                  dashboard_address=None) as cl, distributed.Client(cl) as c:
+                                  dashboard_address=None, worker_dashboard_address=None) as cl, \
+            distributed.Client(cl) as c:
         got_m = _model(cell="GRU")
         Xd = da.from_array(X, chunks=(50, -1, -1))
         got = nd.fit(c, got_m, Xd, Y, lengths, **kw)
