@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
+import traceback
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -855,6 +856,11 @@ def load(model_or_path: Union[str, os.PathLike, bytes, Any]) -> Model:
     except ValueError:
         raise
     except Exception as e:
+        if isinstance(e, TypeError) and \
+                traceback.extract_tb(e.__traceback__)[-1].filename == __file__:
+            # nlstm's own check (an input dtype nlstm cannot run, e.g. float16) names the
+            # node; the checker would blame the graph instead
+            raise ValueError(f"{what}: {e}") from None
         try:
             onnx.checker.check_model(proto)
             problem = f"{what}: malformed ONNX model: {type(e).__name__}: {e}"

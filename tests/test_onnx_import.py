@@ -380,6 +380,22 @@ def test_bad_model_gives_clear_error(make, match):
         nonnx.load(make())
 
 
+def test_float16_model_names_the_dtype():
+    """A valid float16 LSTM (ONNX Runtime runs it): the error names W's dtype, not the
+    graph (the checker's complaint about an output declared without a shape came first)."""
+    from onnx import TensorProto, helper, numpy_helper
+    W, R = np.zeros((1, 4 * H, I), np.float16), np.zeros((1, 4 * H, H), np.float16)
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=H)
+    for out_shape in (None, [None, 1, None, H]):
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT16,
+                                                                          [None, None, I])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT16, out_shape)],
+                              [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        with pytest.raises(ValueError, match="W must be float32 or float64.*float16"):
+            nonnx.load(m)
+
+
 def test_truncated_file_gives_clear_error(tmp_path):
     data = glue_model(np.random.default_rng(0)).SerializeToString()
     for cut in (0, 1, 17, len(data) // 3, len(data) // 2, len(data) - 40, len(data) - 1):
