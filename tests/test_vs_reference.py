@@ -3,6 +3,8 @@ configurations (layers, directions, layouts, lengths with zeros, given/omitted s
 import numpy as np
 import pytest
 
+import nlstm
+
 import reference as R
 from cases import (ALL_KINDS, KINDS, TOL, VARIANTS, answer_arrays, make_case, run_nlstm, state3,
                    time_major, tolerance)
@@ -356,3 +358,31 @@ def test_row_loops(dtype):
     np.testing.assert_allclose(o, want, **tol)
 
 
+
+
+def test_saturated_float32_gates_pass_no_gradient():
+    """Past the rational tanh's clamp, float32 tanh and σ are exactly ±1 and 0/1, as float64's:
+    at 0.9999997 a saturated unit kept a derivative floor that inputs of 1e4 turned into
+    weight gradients of order one where the true ones are ~0."""
+    import numba
+    from nlstm.kernels.activations import sigmoid, tanh
+
+    @numba.njit
+    def acts(x):
+        return tanh(x), sigmoid(x)
+    for v, t, s in ((1e4, 1, 1), (-1e4, -1, 0), (20.0, 1, 1), (np.inf, 1, 1)):
+        assert acts(np.float32(v)) == (t, s), v
+    assert acts(np.float32(8.0))[0] == 1  # past the clamp (7.9053)
+    assert all(np.isnan(acts(np.float32(np.nan))))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((12, 3, 4)) * 3e4
+    x[:, 0] = 1e4  # a row held where every unit saturates
+    for cls in (nlstm.LSTM, nlstm.GRU, nlstm.RNN, nlstm.LayerNormLSTM):
+        got = {}
+        for dt in (np.float32, np.float64):
+            m = cls(4, 6, seed=1, dtype=dt)
+            y, _ = m.forward(x.astype(dt))
+            dx, _ = m.backward(np.ones_like(y))
+            got[dt] = (y, dx, *m.grads.values())
+        for a, b in zip(got[np.float32], got[np.float64]):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=cls.__name__)
