@@ -531,6 +531,13 @@ def _constant_of_shape(attrs, shape):
 
 
 def _softmax(attrs, x):
+    x = np.asarray(x)
+    if attrs.get("_before_13"):
+        # opset < 13: the input flattened to 2-D at axis (default 1), softmax over the
+        # second dimension, shape restored
+        ax = int(attrs.get("axis", 1))
+        ax = ax + x.ndim if ax < 0 else ax
+        return [_softmax({"axis": -1}, x.reshape(int(np.prod(x.shape[:ax])), -1))[0].reshape(x.shape)]
     ax = int(attrs.get("axis", -1))
     e = np.exp(x - x.max(axis=ax, keepdims=True))
     return [e / e.sum(axis=ax, keepdims=True)]
@@ -657,6 +664,8 @@ class Model:
                     raise ValueError(f"{where}: missing attribute 'axis'")
                 if op == "Cast" and "to" not in attrs:
                     raise ValueError(f"{where}: missing attribute 'to'")
+                if op == "Softmax" and self.opset is not None and self.opset < 13:
+                    attrs["_before_13"] = True  # its older axis rule (see _softmax)
                 step = _Glue(op, label, list(node.input), list(node.output), attrs)
             else:
                 raise ValueError(f"{where}: unsupported operator {op!r} (nlstm runs LSTM, GRU, RNN "

@@ -380,6 +380,21 @@ def test_bad_model_gives_clear_error(make, match):
         nonnx.load(make())
 
 
+@pytest.mark.parametrize("opset,axis", [(11, None), (12, 1), (11, -1), (13, None), (13, 1)])
+def test_softmax_follows_the_models_opset(opset, axis):
+    """Before opset 13 Softmax flattens its input to 2-D at axis (default 1); from 13 it runs
+    along axis (default -1). nlstm ran every opset by the new rule."""
+    x = np.random.default_rng(opset).standard_normal((2, 3, 4)).astype(np.float32)
+    kw = {} if axis is None else {"axis": axis}
+    g = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"], **kw)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 7
+    want = ort_run(m, {"x": x})[0]
+    np.testing.assert_allclose(nonnx.load(m).run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-7)
+
+
 def test_float16_model_names_the_dtype():
     """A valid float16 LSTM (ONNX Runtime runs it): the error names W's dtype, not the
     graph (the checker's complaint about an output declared without a shape came first)."""
