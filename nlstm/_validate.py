@@ -36,6 +36,16 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def seed_value(seed):
+    """A layer's ``seed``: None or an int (NumPy's integers become Python's, so the config
+    saves as JSON). TypeError otherwise."""
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be None or an int, got {type(seed).__name__}")
+    return int(seed)
+
+
 _SKIP_HINT = "pass check_finite=False to the layer to skip this check"
 _PARAM_HINT = "parameters must be finite"
 

@@ -7,7 +7,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from ._validate import (checked_state_dict, expect_shape, is_real, layer_dtype, positive_int,
-                        real_array)
+                        real_array, seed_value)
 
 
 class Linear:
@@ -24,7 +24,7 @@ class Linear:
         self.out_features = positive_int("out_features", out_features)
         self.bias = bool(bias)
         self.dtype = layer_dtype(dtype)
-        self.seed = seed
+        self.seed = seed_value(seed)
         self.check_finite = bool(check_finite)
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)
@@ -123,7 +123,7 @@ class Dropout:
         if not is_real(p) or not 0 <= p < 1:
             raise ValueError(f"p must be a number in [0, 1), got {p!r}")
         self.p = float(p)
-        self.seed = seed
+        self.seed = seed_value(seed)
         self.params: dict = {}
         self.grads: dict = {}
         self._rng = np.random.default_rng(seed)

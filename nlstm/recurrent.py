@@ -22,7 +22,7 @@ from .kernels.sync import STRIDE
 from ._guard import GradBackup, Lockable, check_training_thread
 from .stream import Stream, _entry_point
 from ._validate import (checked_state_dict, expect_shape, is_real, layer_dtype, lengths_array,
-                        positive_int, real_array)
+                        positive_int, real_array, seed_value)
 
 
 # The tuning constants (per-row projections, the tiles, the unit split, alignment) are in
@@ -155,7 +155,7 @@ class RecurrentLayer(Lockable):
         if not is_real(dropout) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
-        self.seed = seed
+        self.seed = seed_value(seed)
         self.zoneout = 0.0  # see _set_zoneout (LSTM, LayerNormLSTM, GRU)
 
     def _set_zoneout(self, zoneout: float) -> None:

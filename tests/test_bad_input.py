@@ -172,6 +172,21 @@ def test_numpy_scalars_are_numbers_and_bools_are_not(tmp_path):
     np.testing.assert_array_equal(back(x)[0], none(x)[0])
 
 
+def test_numpy_integer_seeds_save(tmp_path):
+    """seed=np.int64(3) (from rng.integers or np.arange) is an int: the layer saves (its
+    config is JSON); anything but None or an integer is refused at once."""
+    made = [nlstm.LSTM(I, H, seed=np.int64(3)), nlstm.GRU(H, H, seed=np.uint8(2)),
+            nlstm.Dropout(0.1, seed=np.int64(4)), nlstm.Linear(H, 2, seed=np.int32(1))]
+    model = nlstm.Sequential(made)
+    assert all(type(l.seed) is int for l in made)
+    back = nlstm.load(nlstm.save(model, tmp_path / "m.npz"))
+    assert [l.seed for l in back.layers] == [3, 2, 4, 1]
+    np.testing.assert_array_equal(made[0].params["weight_hh_l0"], nlstm.LSTM(I, H, seed=3).params["weight_hh_l0"])
+    for bad in (1.5, True, "3"):
+        with pytest.raises(TypeError, match="seed"):
+            nlstm.LSTM(I, H, seed=bad)
+
+
 def test_load_state_dict_rejects_and_keeps_weights():
     m = nlstm.LSTM(I, H, num_layers=2, seed=0)
     good = m.state_dict()
