@@ -529,11 +529,13 @@ def cmd_train(args) -> int:
     mae = lambda a: float(np.mean(np.abs(a - truth)))
     m_rmse, b_rmse, m_mae, b_mae = rmse(pred), rmse(last), mae(pred), mae(last)
     print(f"validation ({len(X_va)} windows, {args.target} units):")
-    print(f"  LSTM        RMSE {m_rmse:.6g}  MAE {m_mae:.6g}")
-    print(f"  last value  RMSE {b_rmse:.6g}  MAE {b_mae:.6g}")
+    name = _CELLS[args.cell]  # the model's recurrent layer, as the report names it
+    width = max(len(name), len("last value"))
+    print(f"  {name:<{width}}  RMSE {m_rmse:.6g}  MAE {m_mae:.6g}")
+    print(f"  {'last value':<{width}}  RMSE {b_rmse:.6g}  MAE {b_mae:.6g}")
     if b_rmse > 0:
         better = "better" if m_rmse < b_rmse else "worse"
-        print(f"  the LSTM is {better} than the last-value baseline ({m_rmse / b_rmse:.2f}x its RMSE)")
+        print(f"  the {name} is {better} than the last-value baseline ({m_rmse / b_rmse:.2f}x its RMSE)")
     meta = {"task": "forecast", "features": features, "target": args.target, "window": W,
             "horizon": K, "x_mean": x_mean.tolist(), "x_std": x_std.tolist(), "y_mean": y_mean,
             "y_std": y_std, "val_rmse": m_rmse, "baseline_rmse": b_rmse,

@@ -2,6 +2,8 @@
 with the same masks (training) and with the expectation (inference), every gradient by
 finite differences, streaming, the seeded masks, saving and the bad arguments. The plain
 LayerNormLSTM runs the whole reference suite through tests/cases.py."""
+import re
+
 import numpy as np
 import pytest
 
@@ -306,6 +308,9 @@ def test_cli_train_cell_and_zoneout(tmp_path, cell, cls):
     assert_ok(p)
     rec = nlstm.load(tmp_path / "m.npz").layers[0]
     assert type(rec).__name__ == cls and rec.zoneout == 0.1
+    # the report names the layer it trained
+    assert re.search(rf"^  {cls} +RMSE", p.stdout, re.M) and "LSTM " not in p.stdout.replace(
+        "LayerNormLSTM ", ""), p.stdout
     p = run(["inspect", "--model", "m.npz", "--csv", "s.csv", "--out", "i.png"], tmp_path)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("nlstm: error:") \
