@@ -398,7 +398,6 @@ def test_softmax_follows_the_models_opset(opset, axis):
 def test_float16_model_names_the_dtype():
     """A valid float16 LSTM (ONNX Runtime runs it): the error names W's dtype, not the
     graph (the checker's complaint about an output declared without a shape came first)."""
-    from onnx import TensorProto, helper, numpy_helper
     W, R = np.zeros((1, 4 * H, I), np.float16), np.zeros((1, 4 * H, H), np.float16)
     node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=H)
     for out_shape in (None, [None, 1, None, H]):
