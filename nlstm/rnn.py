@@ -39,6 +39,7 @@ class RNN(RecurrentLayer):
         if activations is not None and nonlinearity != "tanh":
             raise ValueError("give nonlinearity or activations, not both "
                              "(activations=('Relu',) is nonlinearity='relu')")
+        self._nonlinearity_arg = nonlinearity  # the constructor's argument, for the config
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          dtype, seed, check_finite, dropout)
@@ -46,6 +47,7 @@ class RNN(RecurrentLayer):
         spec = self._act_spec
         if spec is not None and all(s[0][0] == "Relu" for s in spec):
             self._act_spec, self._relu = None, True  # the relu loops
+            self.nonlinearity = "relu"
         else:
             self._relu = nonlinearity == "relu"
         if self.clip is not None and self._act_spec is None:
@@ -56,7 +58,7 @@ class RNN(RecurrentLayer):
         self._init_params()
 
     def _config_extra(self) -> dict:
-        return dict(nonlinearity=self.nonlinearity, **self._options_config())
+        return dict(nonlinearity=self._nonlinearity_arg, **self._options_config())
 
     def _config_defaults(self) -> dict:
         return dict(nonlinearity="tanh", clip=None, activations=None, activation_alpha=None,

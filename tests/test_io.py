@@ -353,3 +353,18 @@ def test_new_files_follow_the_umask_and_replaced_ones_keep_their_mode(tmp_path, 
     os.chmod(tmp_path / "m.npz", 0o604)
     nlstm.save(nlstm.LSTM(2, 3), tmp_path / "m.npz")
     assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o604
+
+
+@pytest.mark.parametrize("kw", [dict(activations=("Relu",)), dict(nonlinearity="relu"),
+                                dict(activations=("Relu", "Relu"), bidirectional=True)])
+def test_an_rnn_of_relus_says_relu_and_round_trips(tmp_path, kw):
+    # activations=("Relu",) is nonlinearity="relu" (README): the attribute says so, and the
+    # saved config still rebuilds the layer from the arguments it was given.
+    layer = nlstm.RNN(3, 4, seed=0, **kw)
+    assert layer.nonlinearity == "relu"
+    nlstm.save(layer, tmp_path / "r.npz")
+    back = nlstm.load(tmp_path / "r.npz")
+    assert back.nonlinearity == "relu" and back.activations == layer.activations
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(back(x)[0], layer(x)[0])
+    assert nlstm.RNN(3, 4, activations=("Tanh",)).nonlinearity == "tanh"
