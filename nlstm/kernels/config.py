@@ -140,12 +140,10 @@ def _install_private_helpers() -> None:
     from llvmlite import binding as ll
     from numba.core import codegen
 
-    cls = getattr(codegen, "CPUCodeLibrary", None)
-    optimize = getattr(cls, "_optimize_final_module", None)
-    if optimize is None or getattr(optimize, "_nlstm", False):
-        # A Numba without this hook still runs nlstm; only a first run's last bits may
-        # then differ from later runs' (tests/test_reproducibility.py says so).
+    cls = codegen.CPUCodeLibrary
+    if getattr(cls._optimize_final_module, "_nlstm", False):
         return
+    optimize = cls._optimize_final_module
 
     def _optimize_final_module(self):
         for fn in self._final_module.functions:
