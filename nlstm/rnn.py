@@ -39,7 +39,6 @@ class RNN(RecurrentLayer):
         if activations is not None and nonlinearity != "tanh":
             raise ValueError("give nonlinearity or activations, not both "
                              "(activations=('Relu',) is nonlinearity='relu')")
-        self._nonlinearity_arg = nonlinearity  # the constructor's argument, for the config
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          dtype, seed, check_finite, dropout)
@@ -58,7 +57,10 @@ class RNN(RecurrentLayer):
         self._init_params()
 
     def _config_extra(self) -> dict:
-        return dict(nonlinearity=self._nonlinearity_arg, **self._options_config())
+        # The constructor's argument: with activations given it can only have been "tanh"
+        # (the relu an all-Relu list means shows in self.nonlinearity, not in the config).
+        return dict(nonlinearity="tanh" if self.activations is not None else self.nonlinearity,
+                    **self._options_config())
 
     def _config_defaults(self) -> dict:
         return dict(nonlinearity="tanh", clip=None, activations=None, activation_alpha=None,
