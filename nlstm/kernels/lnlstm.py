@@ -32,7 +32,7 @@ from .blocks import (active_rows, add_recurrent, copy_out, matmul_nn, matmul_nt,
                      same)
 from .config import inlined_kernel, kernel, options
 from .lstm import step_tiles
-from .simd import wide
+from .simd import vadd, vfma, vload, vsplat, vsub, vsum, vwidth, wide
 from .slots import (begin_rows, copy_rows, end_rows, saved_at, slots, step_inputs_finite,
                     step_layer_rows, zero_padding, zero_rows_past)
 from .tiles import FROM_OUT_AND_BIAS, FROM_ZERO, padded_stride, panel_rows
@@ -43,16 +43,30 @@ EPS = 1e-5  # the ε of every normalisation (PyTorch's LayerNorm default)
 @kernel
 def moments(a, eps):
     """The mean of the vector a (n,) and rstd = 1/√(var a + eps). Two passes: the mean
-    first, then the spread around it."""
-    wide()
+    first, then the spread around it.
+
+    The sums run on explicit vectors, whole vectors first and the tail after, each vector
+    summed in a fixed order (``simd.vsum``): LLVM's reassociation would vectorise a scalar
+    sum in whatever order the caller it is inlined into leads it to, and kernels that share
+    these moments (the one-row kernel and the unit split) must get the same bits."""
     n = a.shape[0]
-    s = cast_like(a, 0)
-    for j in range(n):
+    W = vwidth(a)
+    nv = n - n % W
+    acc = vsplat(a, 0)
+    for j in range(0, nv, W):
+        acc = vadd(acc, vload(a, j))
+    s = vsum(acc)
+    for j in range(nv, n):
         s += a[j]
     inv_n = cast_like(a, 1.0 / n)  # float32 stays float32 (a division by n would not)
     mean = s * inv_n
-    v = cast_like(a, 0)
-    for j in range(n):
+    mv = vsplat(a, mean)
+    acc = vsplat(a, 0)
+    for j in range(0, nv, W):
+        d = vsub(vload(a, j), mv)
+        acc = vfma(d, d, acc)
+    v = vsum(acc)
+    for j in range(nv, n):
         dv = a[j] - mean
         v += dv * dv
     return mean, cast_like(a, 1) / np.sqrt(v * inv_n + cast_like(a, eps))

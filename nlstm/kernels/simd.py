@@ -238,6 +238,37 @@ def vadd(typingctx, x, y):
 
 
 @intrinsic
+def vsub(typingctx, x, y):
+    """x - y, element by element."""
+    if not (isinstance(x, Vec) and x == y):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fsub(args[0], args[1])
+    return x(x, y), codegen
+
+
+@intrinsic
+def vsum(typingctx, x):
+    """The sum of x's elements, in a fixed order (halves added pairwise down to one), so the
+    same in every caller whatever LLVM's reassociation does with loops around it."""
+    if not isinstance(x, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v, n = args[0], x.count
+        i32 = ir.IntType(32)
+        while n > 1:
+            n //= 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, n), list(range(n))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, n),
+                                                          list(range(n, 2 * n))))
+            v = builder.fadd(lo, hi)
+        return builder.extract_element(v, ir.Constant(i32, 0))
+    return x.dtype(x), codegen
+
+
+@intrinsic
 def vwidth(typingctx, a):
     """The number of elements of a's dtype per vector (a constant)."""
     if not _float_array(a):
