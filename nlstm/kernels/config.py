@@ -121,6 +121,50 @@ def _install_cache_locator() -> None:
 
 _install_cache_locator()
 
+
+_OWN_PREFIX = "_ZN5nlstm7kernels"  # Numba's mangled names of this folder's functions
+
+
+def _install_private_helpers() -> None:
+    """Make the helper kernels a kernel calls private to that kernel's compiled code.
+
+    Numba links a copy of every helper into each caller, as ``linkonce_odr`` (a weak
+    symbol), and the JIT binds a weak symbol to the first definition it loaded: the
+    helper's own build when this process compiled the caller (it compiles the helper
+    first), the copy inside a cached kernel when it loaded the caller from the disk cache.
+    The two builds round differently (the copy is optimised again inside the caller), so a
+    first run and later ones differed in the last bit (bench/RESULTS.md, stop 45). With
+    this folder's helper copies made internal once linked (and before the caller is
+    optimised), each kernel always runs its own copies, compiled or loaded. Other
+    packages' functions keep Numba's linkage.
+
+    Two kernels that must give the same bits (the LayerNorm unit split and the one-row
+    kernel) then each optimise their own copy of a shared helper, inlined or not, so such
+    a helper's sums must not leave their order to LLVM's reassociation (``lnlstm.moments``
+    sums on explicit vectors)."""
+    from llvmlite import binding as ll
+    from numba.core import codegen
+
+    cls = getattr(codegen, "CPUCodeLibrary", None)
+    optimize = getattr(cls, "_optimize_final_module", None)
+    if optimize is None or getattr(optimize, "_nlstm", False):
+        # A Numba without this hook still runs nlstm; only a first run's last bits may
+        # then differ from later runs' (tests/test_reproducibility.py says so).
+        return
+
+    def _optimize_final_module(self):
+        for fn in self._final_module.functions:
+            if (not fn.is_declaration and fn.linkage == ll.Linkage.linkonce_odr
+                    and fn.name.startswith(_OWN_PREFIX)):
+                fn.linkage = "internal"
+        optimize(self)
+
+    _optimize_final_module._nlstm = True
+    cls._optimize_final_module = _optimize_final_module
+
+
+_install_private_helpers()
+
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 
